@@ -1,0 +1,8 @@
+//! Adapters behind the ports. `dynamodb`, `sqs` and `s3` are the only modules where
+//! `aws_sdk_*` types appear; `local` is the embedded store (SQLite and a spill folder).
+
+pub mod aws;
+pub mod dynamodb;
+pub mod local;
+pub mod s3;
+pub mod sqs;

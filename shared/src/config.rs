@@ -1,0 +1,635 @@
+//! The endpoint configuration (`infra/endpoints.toml`): the source and each entity.
+//!
+//! Read once at start-up (`Config::load`); a mistake is a `ConfigError` naming the file, the
+//! entity and the field. Secrets are never part of it: `auth` names where the secret lives.
+
+use crate::core::timefmt::TimestampFormat;
+use crate::error::ConfigError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The configuration embedded at build time.
+pub const EMBEDDED: &str = include_str!("../../infra/endpoints.toml");
+pub const EMBEDDED_NAME: &str = "infra/endpoints.toml (embedded)";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(rename = "entity")]
+    pub entities: Vec<EntityConfig>,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Overridden by `SOURCE_BASE_URL` at run time.
+    pub base_url: String,
+    pub timestamp_format: TimestampFormat,
+    /// The source's timestamp resolution in microseconds (default: from the format, whole
+    /// seconds for RFC 3339). Used to turn `>=` into `>` and back; too coarse only over-reads.
+    #[serde(default)]
+    pub timestamp_resolution_us: Option<i64>,
+    pub pagination: Pagination,
+    pub filter: Filter,
+    /// Query parameter that orders a listing (`order=updated_at`). Required: both listings must
+    /// come back in a stable order.
+    pub order_param: String,
+    /// JSON pointer to the records in a page (`/data`); empty for a bare top-level array.
+    #[serde(default)]
+    pub records_pointer: String,
+    /// JSON pointer to the total count of the listing (`/meta/total_count`), if the source has it.
+    #[serde(default)]
+    pub total_count_pointer: Option<String>,
+    /// Sparse fieldset parameter, `{type}` replaced by the entity's `sparse_type`
+    /// (`fields[{type}]`), if the source has sparse fieldsets.
+    #[serde(default)]
+    pub sparse_fields_param: Option<String>,
+    /// Largest page size the source serves (`stream_ids` uses it).
+    pub max_page_size: u32,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts per request, first included, before a retryable failure surfaces.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Base of the exponential backoff (full jitter), in milliseconds.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    pub rate_limit: RateLimit,
+    pub auth: AuthConfig,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_backoff_ms() -> u64 {
+    200
+}
+fn default_backoff_cap_ms() -> u64 {
+    20_000
+}
+
+impl SourceConfig {
+    pub fn resolution_us(&self) -> i64 {
+        self.timestamp_resolution_us
+            .unwrap_or_else(|| self.timestamp_format.default_resolution_us())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: f64,
+}
+
+/// How pages are walked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// `?offset=200&per_page=100`.
+    Offset {
+        offset_param: String,
+        limit_param: String,
+    },
+    /// `?page=3&per_page=100` (pages counted from `first_page`).
+    Page {
+        page_param: String,
+        limit_param: String,
+        #[serde(default = "one")]
+        first_page: u32,
+    },
+    /// JSON:API `links.next`: a full URL in the body.
+    LinksNext {
+        limit_param: String,
+        next_pointer: String,
+    },
+    /// RFC 8288 `Link: <...>; rel="next"` header.
+    LinkHeader { limit_param: String },
+    /// An opaque cursor in the body, passed back as a parameter.
+    Cursor {
+        limit_param: String,
+        cursor_param: String,
+        next_cursor_pointer: String,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Pagination {
+    pub fn limit_param(&self) -> &str {
+        match self {
+            Pagination::Offset { limit_param, .. }
+            | Pagination::Page { limit_param, .. }
+            | Pagination::LinksNext { limit_param, .. }
+            | Pagination::LinkHeader { limit_param }
+            | Pagination::Cursor { limit_param, .. } => limit_param,
+        }
+    }
+    /// Offset and page styles are positional: the client pages them by keyset.
+    pub fn is_positional(&self) -> bool {
+        matches!(self, Pagination::Offset { .. } | Pagination::Page { .. })
+    }
+}
+
+/// Comparison operator of a delta filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterOp {
+    Gt,
+    Gte,
+}
+
+impl FilterOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterOp::Gt => "gt",
+            FilterOp::Gte => "gte",
+        }
+    }
+}
+
+/// How a "changed since" filter is written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Filter {
+    /// `where[updated_at][gt]=...` (Planning Center).
+    Bracket { ops: Vec<FilterOp> },
+    /// `updated_at_gte=...`.
+    Suffix { ops: Vec<FilterOp> },
+    /// One named parameter with a fixed operator: `updated_since=...`.
+    Named { param: String, op: FilterOp },
+}
+
+impl Filter {
+    pub fn supports(&self, op: FilterOp) -> bool {
+        match self {
+            Filter::Bracket { ops } | Filter::Suffix { ops } => ops.contains(&op),
+            Filter::Named { op: o, .. } => *o == op,
+        }
+    }
+    /// The query parameter name for `field op value`.
+    pub fn param(&self, field: &str, op: FilterOp) -> String {
+        match self {
+            Filter::Bracket { .. } => format!("where[{field}][{}]", op.as_str()),
+            Filter::Suffix { .. } => format!("{field}_{}", op.as_str()),
+            Filter::Named { param, .. } => param.clone(),
+        }
+    }
+}
+
+/// Where the source secret lives. The secret itself is never in this file.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    None,
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        secret: SecretRef,
+    },
+    /// `Authorization: Basic base64(<secret>)`, the secret being `user:password`.
+    Basic {
+        secret: SecretRef,
+    },
+    /// `<header>: <secret>`.
+    ApiKey {
+        header: String,
+        secret: SecretRef,
+    },
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfig::None => f.write_str("None"),
+            AuthConfig::Bearer { secret } => write!(f, "Bearer({secret:?})"),
+            AuthConfig::Basic { secret } => write!(f, "Basic({secret:?})"),
+            AuthConfig::ApiKey { header, secret } => write!(f, "ApiKey({header}, {secret:?})"),
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn secret_ref(&self) -> Option<&SecretRef> {
+        match self {
+            AuthConfig::None => None,
+            AuthConfig::Bearer { secret }
+            | AuthConfig::Basic { secret }
+            | AuthConfig::ApiKey { secret, .. } => Some(secret),
+        }
+    }
+}
+
+/// Names a secret: an environment variable locally; when deployed, `SOURCE_SECRET_ID` (a
+/// Secrets Manager ARN or an `ssm:` parameter name) takes precedence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub env: String,
+}
+
+/// A resolved secret. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What a webhook event means for the record it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookAction {
+    Upsert,
+    Delete,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    pub name: String,
+    /// Path of the collection (`/people/v2/people`); one record is `<path>/<id>`.
+    pub path: String,
+    /// JSON pointer to the ID inside a record (`/id`).
+    #[serde(alias = "idField")]
+    pub id_pointer: String,
+    /// Name of the delta field in filters and ordering (`updated_at`).
+    #[serde(alias = "deltaSyncField")]
+    pub delta_sync_field: String,
+    /// JSON pointer to the delta field inside a record (`/attributes/updated_at`).
+    pub delta_pointer: String,
+    /// Name of the ID in ordering (`id`).
+    #[serde(default = "default_id_field")]
+    pub id_order_field: String,
+    #[serde(alias = "supportsWebhooks")]
+    pub supports_webhooks: bool,
+    #[serde(default)]
+    pub webhook_events: BTreeMap<String, WebhookAction>,
+    pub page_size: u32,
+    /// An entity's own limit, applied on top of the source's.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Resource type for sparse fieldsets (`Person` in `fields[Person]=updated_at`).
+    #[serde(default)]
+    pub sparse_type: Option<String>,
+    /// The attribute name to ask for in a sparse fieldset (defaults to `delta_sync_field`).
+    #[serde(default)]
+    pub sparse_delta_attribute: Option<String>,
+}
+
+fn default_id_field() -> String {
+    "id".to_owned()
+}
+
+impl Config {
+    /// `SYNC_CONFIG` names a file, else the embedded configuration; `SOURCE_BASE_URL` overrides
+    /// the base URL.
+    pub fn load() -> Result<Config, ConfigError> {
+        let mut cfg = match std::env::var_os("SYNC_CONFIG") {
+            Some(path) => Config::from_file(Path::new(&path))?,
+            None => Config::from_toml_str(EMBEDDED, Path::new(EMBEDDED_NAME))?,
+        };
+        if let Ok(url) = std::env::var("SOURCE_BASE_URL") {
+            cfg.source.base_url = url;
+            cfg.validate()?;
+        }
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let invalid = |entity: String, field: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            entity,
+            field,
+            message,
+        };
+        let value: toml::Table = toml::from_str(text)
+            .map_err(|e| invalid("-".into(), "-".into(), format!("not valid TOML: {e}")))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(value.clone()))
+            .map_err(|e| {
+            let (entity, field) = locate(&value, &e.path().to_string());
+            invalid(entity, field, e.into_inner().to_string())
+        })?;
+        cfg.file = file.to_owned();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&EntityConfig> {
+        self.entities.iter().find(|e| e.name == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |entity: &str, field: &str, message: String| ConfigError::Invalid {
+            file: self.file.clone(),
+            entity: entity.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        let s = &self.source;
+        match url::Url::parse(&s.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => {
+                return Err(err(
+                    "-",
+                    "source.base_url",
+                    format!("scheme {} is not http(s)", u.scheme()),
+                ));
+            }
+            Err(e) => return Err(err("-", "source.base_url", format!("not a URL: {e}"))),
+        }
+        if !s.records_pointer.is_empty() && !s.records_pointer.starts_with('/') {
+            return Err(err(
+                "-",
+                "source.records_pointer",
+                "a JSON pointer starts with `/` (or is empty for a bare array)".into(),
+            ));
+        }
+        if s.max_page_size < 2 {
+            return Err(err(
+                "-",
+                "source.max_page_size",
+                "must be at least 2".into(),
+            ));
+        }
+        if s.max_attempts == 0 {
+            return Err(err("-", "source.max_attempts", "must be at least 1".into()));
+        }
+        check_rate(&s.rate_limit).map_err(|m| err("-", "source.rate_limit", m))?;
+        match &s.filter {
+            Filter::Bracket { ops } | Filter::Suffix { ops } if ops.is_empty() => {
+                return Err(err(
+                    "-",
+                    "source.filter.ops",
+                    "name at least one of gt, gte".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(r) = s.timestamp_resolution_us
+            && r <= 0
+        {
+            return Err(err(
+                "-",
+                "source.timestamp_resolution_us",
+                "must be positive".into(),
+            ));
+        }
+        if self.entities.is_empty() {
+            return Err(err(
+                "-",
+                "entity",
+                "configure at least one [[entity]]".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.entities {
+            let n = e.name.as_str();
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(err(
+                    n,
+                    "name",
+                    "use letters, digits, `_` or `-` (it is part of keys)".into(),
+                ));
+            }
+            if !seen.insert(n) {
+                return Err(err(n, "name", "configured twice".into()));
+            }
+            if !e.path.starts_with('/') {
+                return Err(err(n, "path", "must start with `/`".into()));
+            }
+            for (field, p) in [
+                ("id_pointer", &e.id_pointer),
+                ("delta_pointer", &e.delta_pointer),
+            ] {
+                if !p.starts_with('/') {
+                    return Err(err(
+                        n,
+                        field,
+                        format!("{p:?} is not a JSON pointer (starts with `/`)"),
+                    ));
+                }
+            }
+            if e.delta_sync_field.is_empty() {
+                return Err(err(n, "delta_sync_field", "must not be empty".into()));
+            }
+            if e.page_size < 2 || e.page_size > s.max_page_size {
+                return Err(err(
+                    n,
+                    "page_size",
+                    format!(
+                        "must be between 2 and source.max_page_size ({})",
+                        s.max_page_size
+                    ),
+                ));
+            }
+            if let Some(r) = &e.rate_limit {
+                check_rate(r).map_err(|m| err(n, "rate_limit", m))?;
+            }
+            if e.supports_webhooks && e.webhook_events.is_empty() {
+                return Err(err(
+                    n,
+                    "webhook_events",
+                    "supports_webhooks is true but no event is mapped".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(r: &RateLimit) -> Result<(), String> {
+    if r.requests == 0 || !(r.per_seconds > 0.0 && r.per_seconds.is_finite()) {
+        return Err("requests and per_seconds must be positive".into());
+    }
+    Ok(())
+}
+
+/// Turn a serde path (`entity[1].page_size`) into (entity name, field).
+fn locate(value: &toml::Table, path: &str) -> (String, String) {
+    if let Some(rest) = path.strip_prefix("entity[")
+        && let Some((idx, field)) = rest.split_once(']')
+    {
+        let name = idx
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| {
+                value
+                    .get("entity")?
+                    .as_array()?
+                    .get(i)?
+                    .get("name")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| format!("#{idx}"));
+        let field = field.trim_start_matches('.');
+        return (
+            name,
+            if field.is_empty() {
+                "-".into()
+            } else {
+                field.to_owned()
+            },
+        );
+    }
+    (
+        "-".into(),
+        if path.is_empty() || path == "." {
+            "-".into()
+        } else {
+            path.to_owned()
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn embedded_config_is_valid() {
+        let c = load(EMBEDDED).unwrap();
+        assert!(c.entity("people").is_some());
+        assert!(c.entity("donations").is_some());
+    }
+
+    fn expect_invalid(text: &str, entity: &str, field: &str) {
+        match load(text) {
+            Err(ConfigError::Invalid {
+                file,
+                entity: e,
+                field: f,
+                message,
+            }) => {
+                assert_eq!(file, Path::new("test.toml"));
+                assert_eq!((e.as_str(), f.as_str()), (entity, field), "{message}");
+                let shown = ConfigError::Invalid {
+                    file,
+                    entity: e,
+                    field: f,
+                    message,
+                }
+                .to_string();
+                assert!(shown.contains("test.toml"), "{shown}");
+            }
+            other => panic!("expected Invalid({entity}, {field}), got {other:?}"),
+        }
+    }
+
+    fn with(find: &str, replace: &str) -> String {
+        assert!(EMBEDDED.contains(find), "fixture lost: {find}");
+        EMBEDDED.replacen(find, replace, 1)
+    }
+
+    #[test]
+    fn each_kind_of_mistake_names_file_entity_and_field() {
+        // wrong type
+        expect_invalid(
+            &with("\npage_size = 100", "\npage_size = \"many\""),
+            "people",
+            "page_size",
+        );
+        // missing field
+        expect_invalid(
+            &with("delta_pointer = \"/attributes/updated_at\"\n", ""),
+            "people",
+            "-",
+        );
+        // unknown field (a typo)
+        expect_invalid(
+            &with("supports_webhooks = true", "supports_webhook = true"),
+            "people",
+            "supports_webhook",
+        );
+        // bad enum value
+        expect_invalid(
+            &with(
+                "timestamp_format = \"rfc3339\"",
+                "timestamp_format = \"iso\"",
+            ),
+            "-",
+            "source.timestamp_format",
+        );
+        // semantic: page size over the source maximum
+        expect_invalid(
+            &with("\npage_size = 100", "\npage_size = 1000"),
+            "people",
+            "page_size",
+        );
+        // semantic: pointer without a slash
+        expect_invalid(
+            &with("id_pointer = \"/id\"", "id_pointer = \"id\""),
+            "people",
+            "id_pointer",
+        );
+        // duplicate entity
+        expect_invalid(
+            &with("name = \"donations\"", "name = \"people\""),
+            "people",
+            "name",
+        );
+        // bad URL
+        expect_invalid(
+            &with(
+                "base_url = \"http://127.0.0.1:3001\"",
+                "base_url = \"ftp://x\"",
+            ),
+            "-",
+            "source.base_url",
+        );
+        // not TOML at all
+        expect_invalid("[source", "-", "-");
+    }
+
+    #[test]
+    fn missing_field_error_mentions_the_field() {
+        let err = load(&with("delta_pointer = \"/attributes/updated_at\"\n", "")).unwrap_err();
+        assert!(err.to_string().contains("delta_pointer"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure logic: no IO, no SDK types. Unit-tested table by table.
+
+pub mod timefmt;
+pub mod version;
+
+pub use version::{decide_delete, decide_upsert};

@@ -1,0 +1,111 @@
+//! The one version rule (I2, I3). Every write path uses it: the SQLite store calls it inside its
+//! transaction, the DynamoDB store encodes the same rule as a ConditionExpression and calls it to
+//! classify a failed condition. The conformance suite checks the two agree.
+
+use crate::model::{DeleteOutcome, Micros, StoredVersion, Version, WriteOutcome};
+
+/// Decide what an upsert of `incoming` over `stored` does.
+///
+/// - nothing stored: insert;
+/// - stored is soft-deleted: write only when fetched after the deletion's evidence (the source
+///   really has it again), else stale;
+/// - greater delta: update; smaller: stale;
+/// - equal delta: same hash is unchanged; a different hash is written only when fetched later.
+pub fn decide_upsert(stored: Option<&StoredVersion>, incoming: &Version) -> WriteOutcome {
+    let Some(s) = stored else {
+        return WriteOutcome::Inserted;
+    };
+    if let Some(deleted_at) = s.deleted_at_us {
+        return if incoming.fetched_at_us > deleted_at {
+            WriteOutcome::Restored
+        } else {
+            WriteOutcome::Stale
+        };
+    }
+    use std::cmp::Ordering::*;
+    match incoming.delta_us.cmp(&s.delta_us) {
+        Greater if incoming.hash == s.hash => WriteOutcome::Unchanged,
+        Greater => WriteOutcome::Updated,
+        Less => WriteOutcome::Stale,
+        Equal if incoming.hash == s.hash => WriteOutcome::Unchanged,
+        Equal if incoming.fetched_at_us > s.fetched_at_us => WriteOutcome::Updated,
+        Equal => WriteOutcome::Stale,
+    }
+}
+
+/// Decide what a soft delete with evidence observed at `evidence_us` does: delete only a live
+/// item whose last fetch is strictly before the evidence (I3, I4).
+pub fn decide_delete(stored: Option<&StoredVersion>, evidence_us: Micros) -> DeleteOutcome {
+    match stored {
+        None => DeleteOutcome::NotFound,
+        Some(s) if s.deleted_at_us.is_some() => DeleteOutcome::AlreadyDeleted,
+        Some(s) if s.fetched_at_us >= evidence_us => DeleteOutcome::NewerThanEvidence,
+        Some(_) => DeleteOutcome::Deleted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContentHash;
+
+    fn v(delta: i64, fetched: i64, hash: u128) -> Version {
+        Version {
+            delta_us: delta,
+            fetched_at_us: fetched,
+            hash: ContentHash(hash),
+        }
+    }
+    fn s(delta: i64, fetched: i64, hash: u128, deleted: Option<i64>) -> StoredVersion {
+        StoredVersion {
+            delta_us: delta,
+            fetched_at_us: fetched,
+            hash: ContentHash(hash),
+            deleted_at_us: deleted,
+        }
+    }
+
+    #[test]
+    fn upsert_table() {
+        use WriteOutcome::*;
+        let cases: &[(Option<StoredVersion>, Version, WriteOutcome)] = &[
+            (None, v(10, 100, 1), Inserted),
+            (Some(s(10, 100, 1, None)), v(11, 50, 2), Updated),
+            (Some(s(10, 100, 1, None)), v(9, 500, 2), Stale),
+            (Some(s(10, 100, 1, None)), v(10, 500, 1), Unchanged),
+            (Some(s(10, 100, 1, None)), v(10, 101, 2), Updated),
+            (Some(s(10, 100, 1, None)), v(10, 100, 2), Stale),
+            (Some(s(10, 100, 1, None)), v(10, 99, 2), Stale),
+            (Some(s(10, 100, 1, None)), v(11, 101, 1), Unchanged),
+            (Some(s(10, 100, 1, Some(200))), v(5, 201, 1), Restored),
+            (Some(s(10, 100, 1, Some(200))), v(99, 200, 3), Stale),
+            (Some(s(10, 100, 1, Some(200))), v(99, 150, 3), Stale),
+        ];
+        for (stored, incoming, want) in cases {
+            assert_eq!(
+                decide_upsert(stored.as_ref(), incoming),
+                *want,
+                "{stored:?} <- {incoming:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_table() {
+        use DeleteOutcome::*;
+        assert_eq!(decide_delete(None, 10), NotFound);
+        assert_eq!(decide_delete(Some(&s(1, 5, 1, None)), 10), Deleted);
+        assert_eq!(
+            decide_delete(Some(&s(1, 10, 1, None)), 10),
+            NewerThanEvidence
+        );
+        assert_eq!(
+            decide_delete(Some(&s(1, 11, 1, None)), 10),
+            NewerThanEvidence
+        );
+        assert_eq!(
+            decide_delete(Some(&s(1, 5, 1, Some(7))), 10),
+            AlreadyDeleted
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The common crate of the workspace: the domain model, the one version rule, the ports the sync
+//! logic depends on, the source-API client and the adapters (AWS and the embedded local store).
+//!
+//! Invariant: `core` is pure (no IO, no SDK types); `aws_sdk_*` types appear only under
+//! `adapters::{dynamodb, sqs, s3}`.
+
+pub mod adapters;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod source;
+pub mod telemetry;
+pub mod wire;
+
+pub use config::{Config, EntityConfig, SourceConfig};
+pub use error::{ConfigError, SourceError, StoreError};
+pub use model::{ContentHash, Record, Strategy, Version};

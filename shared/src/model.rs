@@ -1,0 +1,199 @@
+//! Domain types shared by every strategy. No IO, no SDK types.
+
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Microseconds since the Unix epoch (UTC). Every timestamp we compare is one of these.
+pub type Micros = i64;
+
+/// Number of shards of the live-ID index per entity. Fixed: changing it would put existing items
+/// in the wrong shard (see ARCHITECTURE.md, "DynamoDB key design").
+pub const ID_SHARDS: u16 = 16;
+
+/// The shard of an ID in the live-ID index: a stable hash of its bytes.
+pub fn shard_of(id: &str) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(ID_SHARDS)) as u16
+}
+
+/// 128-bit hash of a record's JSON as the source sent it (xxh3-128; not a security measure,
+/// only "did the content change").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(pub u128);
+
+impl ContentHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        ContentHash(xxhash_rust::xxh3::xxh3_128(bytes))
+    }
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(ContentHash)
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({})", self.to_hex())
+    }
+}
+
+/// The version of one observation of a record: what the version rule compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// The source's delta field (`updated_at`), normalised to epoch microseconds.
+    pub delta_us: Micros,
+    /// Our clock when the source answered with this content.
+    pub fetched_at_us: Micros,
+    /// Hash of the content.
+    pub hash: ContentHash,
+}
+
+/// A full record as fetched from the source. The payload stays raw JSON: we never rebuild it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub entity: String,
+    pub id: String,
+    pub version: Version,
+    pub payload: Box<RawValue>,
+}
+
+/// One `(id, version)` pair of an ID listing (reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdVersion {
+    pub id: String,
+    pub delta_us: Micros,
+}
+
+/// Which strategy wrote an item (stored as `written_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Delta,
+    Webhook,
+    Targeted,
+    Reconcile,
+    Manual,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Delta => "delta",
+            Strategy::Webhook => "webhook",
+            Strategy::Targeted => "targeted",
+            Strategy::Reconcile => "reconcile",
+            Strategy::Manual => "manual",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "delta" => Strategy::Delta,
+            "webhook" => Strategy::Webhook,
+            "targeted" => Strategy::Targeted,
+            "reconcile" => Strategy::Reconcile,
+            "manual" => Strategy::Manual,
+            _ => return None,
+        })
+    }
+}
+
+/// The last thing done to an item (stored as `last_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastAction {
+    Insert,
+    Update,
+    Restore,
+    Delete,
+}
+
+impl LastAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastAction::Insert => "insert",
+            LastAction::Update => "update",
+            LastAction::Restore => "restore",
+            LastAction::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "insert" => LastAction::Insert,
+            "update" => LastAction::Update,
+            "restore" => LastAction::Restore,
+            "delete" => LastAction::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// What the version rule needs to know of the stored item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub delta_us: Micros,
+    pub fetched_at_us: Micros,
+    pub hash: ContentHash,
+    /// Evidence time of the soft delete (when the source was seen not to have the record).
+    pub deleted_at_us: Option<Micros>,
+}
+
+/// An item as a store returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub entity: String,
+    pub id: String,
+    pub version: StoredVersion,
+    pub payload: serde_json::Value,
+    pub first_seen_us: Micros,
+    pub last_synced_us: Micros,
+    pub last_action: LastAction,
+    pub written_by: Strategy,
+}
+
+impl StoredRecord {
+    pub fn is_deleted(&self) -> bool {
+        self.version.deleted_at_us.is_some()
+    }
+}
+
+/// Result of a conditional upsert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Inserted,
+    Updated,
+    /// Written over a soft-deleted item: the source has it again.
+    Restored,
+    /// Same version and content: nothing written.
+    Unchanged,
+    /// Older than what is stored (or an equal version fetched earlier): nothing written.
+    Stale,
+}
+
+impl WriteOutcome {
+    pub fn wrote(self) -> bool {
+        matches!(
+            self,
+            WriteOutcome::Inserted | WriteOutcome::Updated | WriteOutcome::Restored
+        )
+    }
+}
+
+/// Result of a conditional soft delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    AlreadyDeleted,
+    /// The item was synced at or after the evidence: the source had it then, keep it.
+    NewerThanEvidence,
+}
+
+/// A page of live `(id, version)` pairs from one shard of the destination, sorted bytewise by ID.
+#[derive(Debug, Clone, Default)]
+pub struct LiveIdPage {
+    pub items: Vec<IdVersion>,
+    /// Pass back as `after` to get the next page; `None` at the end of the shard.
+    pub next_after: Option<String>,
+}

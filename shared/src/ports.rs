@@ -1,0 +1,258 @@
+//! The ports: small traits the sync logic depends on. Adapters implement them (`adapters::*`):
+//! DynamoDB/SQS/S3 when deployed, SQLite and a folder locally, in-memory fakes in unit tests.
+//! No SDK type crosses these signatures.
+
+use crate::error::{SourceError, StoreError};
+use crate::model::{
+    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, StoredRecord, Strategy, WriteOutcome,
+};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio::io::AsyncRead;
+
+/// The synced records (the `records` table).
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Conditional upserts, each under the version rule (`core::decide_upsert`), many in flight.
+    /// Outcomes come back in input order. An error means some items may not have been written
+    /// (those that were are correct: the caller retries the whole batch).
+    async fn upsert_many(
+        &self,
+        records: &[Record],
+        by: Strategy,
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    async fn upsert(&self, record: &Record, by: Strategy) -> Result<WriteOutcome, StoreError> {
+        let mut out = self.upsert_many(std::slice::from_ref(record), by).await?;
+        out.pop().ok_or_else(|| StoreError::Decode {
+            key: format!("{}#{}", record.entity, record.id),
+            message: "store returned no outcome".into(),
+        })
+    }
+
+    /// Conditional soft delete (`core::decide_delete`): only a live item last fetched strictly
+    /// before `evidence_us`.
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// One page of live IDs of one shard (`model::shard_of`), sorted bytewise, after `after`.
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError>;
+}
+
+/// Which job a lease and cursor belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Delta,
+    Reconcile,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Delta => "delta",
+            JobKind::Reconcile => "reconcile",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delta" => Some(JobKind::Delta),
+            "reconcile" => Some(JobKind::Reconcile),
+            _ => None,
+        }
+    }
+}
+
+/// Result of trying to take a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Taken (or re-taken by the same holder); `token` grows with every acquisition.
+    Acquired { token: u64, expires_us: Micros },
+    /// Another run holds it until `expires_us`.
+    Held { holder: String, expires_us: Micros },
+}
+
+/// A job's persisted state: cursor and lease live in one item per `(entity, kind)`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobState {
+    pub cursor: Option<String>,
+    pub cursor_updated_us: Option<Micros>,
+    pub lease_holder: Option<String>,
+    pub lease_expires_us: Option<Micros>,
+    pub lease_token: u64,
+}
+
+/// One entry of a job's run history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub entity: String,
+    pub kind: JobKind,
+    pub run_id: String,
+    pub started_us: Micros,
+    pub finished_us: Option<Micros>,
+    /// `running`, `succeeded`, `partial`, `failed`, `skipped`, ...
+    pub status: String,
+    /// A JSON object with the run's counts (written by the strategy; opaque to the store).
+    pub summary: String,
+}
+
+/// Result of claiming an event ID (webhook dedup, the Powertools idempotency pattern).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventClaim {
+    /// New (or its earlier in-progress marker expired): process it, then `complete_event`.
+    Claimed,
+    /// Another worker is processing it right now.
+    InProgress { until_us: Micros },
+    /// Already processed.
+    Completed,
+}
+
+/// Cursors, leases, run history and processed event IDs (the `control` table).
+#[async_trait]
+pub trait ControlStore: Send + Sync {
+    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError>;
+
+    /// Take the lease when free, expired, or already ours.
+    async fn acquire_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<LeaseOutcome, StoreError>;
+
+    /// Release our lease; a no-op when we no longer hold it.
+    async fn release_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Save the cursor and extend the lease, only while `holder` holds an unexpired lease:
+    /// otherwise `StoreError::LeaseLost` (fencing: a run that lost its lease cannot move it).
+    async fn save_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+        cursor: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Insert or replace a run-history entry (keyed by entity, kind, start, run ID).
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+
+    /// Newest first.
+    async fn list_runs(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Claim an event ID: an in-progress marker until `now + in_progress_ttl`.
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        now_us: Micros,
+        in_progress_ttl_us: Micros,
+    ) -> Result<EventClaim, StoreError>;
+
+    /// Mark processed, kept until `retain_until_us` (at least the sender's retry horizon).
+    async fn complete_event(
+        &self,
+        event_id: &str,
+        retain_until_us: Micros,
+    ) -> Result<(), StoreError>;
+
+    /// Drop an in-progress marker after a failure so that a redelivery can process it.
+    async fn release_event(&self, event_id: &str) -> Result<(), StoreError>;
+}
+
+/// A message received from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    /// Handle to delete it (SQS receipt handle; the local queue's row ID).
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+/// A work queue (SQS; a table locally). Bodies are `wire::QueueEnvelope` JSON.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Send bodies (batched by the adapter); returns the indices that could not be sent.
+    async fn send_batch(&self, bodies: &[String]) -> Result<Vec<usize>, StoreError>;
+    async fn receive(&self, max: usize, wait_ms: u64) -> Result<Vec<ReceivedMessage>, StoreError>;
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+}
+
+/// Objects of reconciliation's spilled runs (S3; a folder locally).
+#[async_trait]
+pub trait SpillStore: Send + Sync {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError>;
+    /// A streaming reader over the object: never the whole object in memory.
+    async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError>;
+    /// Keys under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Delete everything under `prefix`; returns how many objects went.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
+}
+
+/// Where a delta listing starts: records strictly after `(delta_us, after_id)`; with no
+/// `after_id`, every record whose delta is `>= delta_us`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowerBound {
+    pub delta_us: Micros,
+    pub after_id: Option<String>,
+}
+
+/// A page of full records from a delta listing.
+#[derive(Debug, Clone)]
+pub struct RecordPage {
+    pub records: Vec<Record>,
+    /// The source's clock (`Date` header) when it answered.
+    pub source_date_us: Option<Micros>,
+}
+
+/// A page of `(id, version)` pairs from an ID listing.
+#[derive(Debug, Clone)]
+pub struct IdPage {
+    pub ids: Vec<IdVersion>,
+    /// The listing's total, when the source reports one (checked by reconciliation).
+    pub total_count: Option<u64>,
+}
+
+/// The third-party API: the seed's three operations.
+#[async_trait]
+pub trait SourceApi: Send + Sync {
+    /// Full records changed after `since` (all when `None`), ordered by (delta, ID), lazily,
+    /// one page in memory.
+    fn list_changed_since<'a>(
+        &'a self,
+        entity: &'a str,
+        since: Option<LowerBound>,
+    ) -> BoxStream<'a, Result<RecordPage, SourceError>>;
+
+    /// Every `(id, version)` pair, ordered by ID at the source, lazily, one page in memory.
+    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>>;
+
+    /// One record; `None` only when the source answers a JSON 404.
+    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError>;
+}

@@ -1,0 +1,1 @@
+//! The source-API client: filter styles, paginators as lazy streams, retry policy, auth.

@@ -1,0 +1,1 @@
+//! Integration tests: DynamoDB Local, moto and the simulator.

@@ -1,0 +1,1 @@
+//! The third-party API simulator.
