@@ -215,14 +215,6 @@ pub trait SpillStore: Send + Sync {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
 }
 
-/// Where a delta listing starts: records strictly after `(delta_us, after_id)`; with no
-/// `after_id`, every record whose delta is `>= delta_us`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LowerBound {
-    pub delta_us: Micros,
-    pub after_id: Option<String>,
-}
-
 /// A page of full records from a delta listing.
 #[derive(Debug, Clone)]
 pub struct RecordPage {
@@ -242,12 +234,14 @@ pub struct IdPage {
 /// The third-party API: the seed's three operations.
 #[async_trait]
 pub trait SourceApi: Send + Sync {
-    /// Full records changed after `since` (all when `None`), ordered by (delta, ID), lazily,
-    /// one page in memory.
+    /// Full records whose delta is at or after `since_us` (all when `None`: a backfill),
+    /// ordered by (delta, ID), lazily, one page in memory. Inclusive on purpose: re-reading the
+    /// boundary costs no writes (unchanged records are skipped by hash) and loses nothing.
+    /// Each record is yielded once per call, ties at a page boundary included.
     fn list_changed_since<'a>(
         &'a self,
         entity: &'a str,
-        since: Option<LowerBound>,
+        since_us: Option<Micros>,
     ) -> BoxStream<'a, Result<RecordPage, SourceError>>;
 
     /// Every `(id, version)` pair, ordered by ID at the source, lazily, one page in memory.

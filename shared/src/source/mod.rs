@@ -1,1 +1,570 @@
-//! The source-API client: filter styles, paginators as lazy streams, retry policy, auth.
+//! The source-API client: filter styles, paginators as lazy streams (one page in memory),
+//! the retry policy and auth. Implements `ports::SourceApi`.
+//!
+//! Positional sources (offset, page number) are paged by keyset: each query restarts from the
+//! highest delta value seen (inclusive), and records of that value already yielded are skipped
+//! by ID, so an update mid-scan cannot shift a record past us. A full page of one delta value
+//! (a tie larger than a page) is read by position within the tie, repeated until two passes see
+//! the same members, then the walk continues strictly after that value.
+
+pub mod http;
+pub mod parse;
+pub mod ratelimit;
+
+use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
+use crate::error::{ConfigError, SourceError};
+use crate::model::{Micros, Record};
+use crate::ports::{IdPage, RecordPage, SourceApi};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+pub use http::ClientStats;
+use http::{Body, Http};
+use parse::{RecordShape, pointer_segments};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use ratelimit::SlidingWindow;
+use std::collections::{HashMap, HashSet};
+use url::Url;
+
+/// Passes over a tie group before giving up (each pass that differs from the previous one
+/// means records left the group while we read it).
+const MAX_TIE_PASSES: usize = 8;
+/// Longest ID we accept in a path.
+const MAX_ID_LEN: usize = 512;
+/// Characters kept as they are in a path segment (RFC 3986 unreserved); all else is encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+struct EntityRt {
+    cfg: EntityConfig,
+    shape: RecordShape,
+    collection: Url,
+    limiter: Option<SlidingWindow>,
+}
+
+pub struct SourceClient {
+    source: SourceConfig,
+    base: Url,
+    entities: HashMap<String, EntityRt>,
+    http: Http,
+}
+
+impl std::fmt::Debug for SourceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The source secret from the environment variable the configuration names.
+pub fn secret_from_env(auth: &AuthConfig) -> Result<Option<Secret>, ConfigError> {
+    match auth.secret_ref() {
+        None => Ok(None),
+        Some(r) => match std::env::var(&r.env) {
+            Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+            _ => Err(ConfigError::MissingEnv(r.env.clone())),
+        },
+    }
+}
+
+impl SourceClient {
+    pub fn new(cfg: &Config, secret: Option<Secret>) -> Result<Self, ConfigError> {
+        let bad = |field: &str, message: String| ConfigError::Invalid {
+            file: cfg.file.clone(),
+            entity: "-".into(),
+            field: field.into(),
+            message,
+        };
+        let base =
+            Url::parse(&cfg.source.base_url).map_err(|e| bad("source.base_url", e.to_string()))?;
+        let http = Http::new(&cfg.source, secret.as_ref()).map_err(|m| bad("source.auth", m))?;
+        let (next_link_pointer, next_cursor_pointer) = match &cfg.source.pagination {
+            Pagination::LinksNext { next_pointer, .. } => {
+                (Some(pointer_segments(next_pointer)), None)
+            }
+            Pagination::Cursor {
+                next_cursor_pointer,
+                ..
+            } => (None, Some(pointer_segments(next_cursor_pointer))),
+            _ => (None, None),
+        };
+        let mut entities = HashMap::new();
+        for e in &cfg.entities {
+            let shape = RecordShape {
+                records_pointer: pointer_segments(&cfg.source.records_pointer),
+                id_pointer: pointer_segments(&e.id_pointer),
+                delta_pointer: pointer_segments(&e.delta_pointer),
+                total_count_pointer: cfg
+                    .source
+                    .total_count_pointer
+                    .as_deref()
+                    .map(pointer_segments),
+                next_link_pointer: next_link_pointer.clone(),
+                next_cursor_pointer: next_cursor_pointer.clone(),
+                timestamp_format: cfg.source.timestamp_format,
+            };
+            let collection = join_path(&base, &e.path).map_err(|m| ConfigError::Invalid {
+                file: cfg.file.clone(),
+                entity: e.name.clone(),
+                field: "path".into(),
+                message: m,
+            })?;
+            entities.insert(
+                e.name.clone(),
+                EntityRt {
+                    cfg: e.clone(),
+                    shape,
+                    collection,
+                    limiter: e.rate_limit.as_ref().map(SlidingWindow::new),
+                },
+            );
+        }
+        Ok(SourceClient {
+            source: cfg.source.clone(),
+            base,
+            entities,
+            http,
+        })
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.http.stats()
+    }
+
+    fn entity(&self, name: &str) -> Result<&EntityRt, SourceError> {
+        self.entities
+            .get(name)
+            .ok_or_else(|| SourceError::UnknownEntity(name.to_owned()))
+    }
+
+    /// The filter parameter for "delta >= t" (`strict = false`) or "delta > t" (`strict = true`)
+    /// in the source's own syntax and timestamp format.
+    fn delta_filter(&self, e: &EntityRt, t: Micros, strict: bool) -> (String, String) {
+        let f = &self.source.filter;
+        let res = self.source.resolution_us();
+        let fmt = self.source.timestamp_format;
+        let field = &e.cfg.delta_sync_field;
+        match (strict, f.supports(FilterOp::Gte), f.supports(FilterOp::Gt)) {
+            (false, true, _) => (f.param(field, FilterOp::Gte), fmt.format(t)),
+            (false, false, _) => (f.param(field, FilterOp::Gt), fmt.format(t - res)),
+            (true, _, true) => (f.param(field, FilterOp::Gt), fmt.format(t)),
+            (true, _, false) => (f.param(field, FilterOp::Gte), fmt.format(t + res)),
+        }
+    }
+
+    fn url(&self, e: &EntityRt, params: &[(String, String)]) -> Url {
+        let mut u = e.collection.clone();
+        {
+            let mut q = u.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+        }
+        u
+    }
+
+    fn position_param(&self, k: u64, page_size: u32) -> Option<(String, String)> {
+        match &self.source.pagination {
+            Pagination::Offset { offset_param, .. } => {
+                Some((offset_param.clone(), (k * u64::from(page_size)).to_string()))
+            }
+            Pagination::Page {
+                page_param,
+                first_page,
+                ..
+            } => Some((page_param.clone(), (u64::from(*first_page) + k).to_string())),
+            _ => None,
+        }
+    }
+
+    /// The URL of the next page for link and cursor styles; `None` at the end.
+    fn next_url(
+        &self,
+        e: &EntityRt,
+        first: &[(String, String)],
+        link_header: Option<String>,
+        body_link: Option<String>,
+        cursor: Option<String>,
+    ) -> Result<Option<Url>, SourceError> {
+        let link = match &self.source.pagination {
+            Pagination::LinksNext { .. } => body_link,
+            Pagination::LinkHeader { .. } => link_header,
+            Pagination::Cursor { cursor_param, .. } => {
+                return Ok(cursor.filter(|c| !c.is_empty()).map(|c| {
+                    let mut params = first.to_vec();
+                    params.push((cursor_param.clone(), c));
+                    self.url(e, &params)
+                }));
+            }
+            _ => None,
+        };
+        let Some(link) = link else { return Ok(None) };
+        let next = self
+            .base
+            .join(&link)
+            .map_err(|err| SourceError::Pagination {
+                url: e.collection.to_string(),
+                message: format!("next link is not a URL: {err}"),
+            })?;
+        // Never send our credentials to another origin.
+        if next.origin() != self.base.origin() {
+            return Err(SourceError::Pagination {
+                url: e.collection.to_string(),
+                message: format!(
+                    "next link leaves the source's origin: {}",
+                    next.origin().ascii_serialization()
+                ),
+            });
+        }
+        Ok(Some(next))
+    }
+
+    fn order_by_delta(&self, e: &EntityRt) -> (String, String) {
+        (
+            self.source.order_param.clone(),
+            e.cfg.delta_sync_field.clone(),
+        )
+    }
+}
+
+fn join_path(base: &Url, path: &str) -> Result<Url, String> {
+    let mut u = base.clone();
+    let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
+    u.set_path(&joined);
+    u.set_query(None);
+    Ok(u)
+}
+
+fn decode_err(url: &Url) -> impl Fn(String) -> SourceError + '_ {
+    move |message| SourceError::Decode {
+        url: http::redact_url(url),
+        message,
+    }
+}
+
+/// Reject IDs that cannot safely become one path segment.
+pub fn validate_id(id: &str) -> Result<(), SourceError> {
+    let bad = |reason| {
+        Err(SourceError::BadId {
+            id: id.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return bad("longer than 512 bytes");
+    }
+    if id == "." || id == ".." {
+        return bad("a dot segment would change the path");
+    }
+    if id.chars().any(char::is_control) {
+        return bad("control characters");
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SourceApi for SourceClient {
+    fn list_changed_since<'a>(
+        &'a self,
+        entity: &'a str,
+        since_us: Option<Micros>,
+    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
+        Box::pin(async_stream::try_stream! {
+            let e = self.entity(entity)?;
+            let p = e.cfg.page_size;
+            let per_page = (self.source.pagination.limit_param().to_owned(), p.to_string());
+            if !self.source.pagination.is_positional() {
+                let mut first = vec![self.order_by_delta(e), per_page];
+                if let Some(t) = since_us {
+                    first.push(self.delta_filter(e, t, false));
+                }
+                let mut url = self.url(e, &first);
+                let mut followed = HashSet::new();
+                loop {
+                    let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                        Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
+                        Body::NotFound => Err("the listing answered 404".into()),
+                    }).await?;
+                    let page = ans.value;
+                    let next = self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?;
+                    if !page.records.is_empty() {
+                        yield RecordPage { records: page.records, source_date_us: ans.date_us };
+                    }
+                    match next {
+                        Some(n) if !followed.insert(n.to_string()) => {
+                            Err(SourceError::Pagination { url: http::redact_url(&n), message: "the next link repeats".into() })?;
+                        }
+                        Some(n) => url = n,
+                        None => break,
+                    }
+                }
+                return;
+            }
+            // Positional: keyset on the delta value.
+            let mut lower: Option<(Micros, bool)> = since_us.map(|t| (t, false));
+            let mut cur_t: Option<Micros> = None;
+            let mut seen: HashSet<String> = HashSet::new();
+            loop {
+                let mut params = vec![self.order_by_delta(e), per_page.clone()];
+                if let Some((t, strict)) = lower {
+                    params.push(self.delta_filter(e, t, strict));
+                }
+                params.extend(self.position_param(0, p));
+                let url = self.url(e, &params);
+                let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                    Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
+                    Body::NotFound => Err("the listing answered 404".into()),
+                }).await?;
+                let full = ans.value.records.len() >= p as usize;
+                let mut fresh = Vec::with_capacity(ans.value.records.len());
+                for r in ans.value.records {
+                    if let Some((t, strict)) = lower
+                        && (r.version.delta_us < t || (strict && r.version.delta_us == t))
+                    {
+                        continue; // outside the filter: the source ignored part of it
+                    }
+                    let d = r.version.delta_us;
+                    if cur_t.is_none_or(|c| d > c) {
+                        cur_t = Some(d);
+                        seen.clear();
+                    }
+                    if Some(d) == cur_t && !seen.insert(r.id.clone()) {
+                        continue;
+                    }
+                    fresh.push(r);
+                }
+                let progressed = !fresh.is_empty();
+                if progressed {
+                    yield RecordPage { records: fresh, source_date_us: ans.date_us };
+                }
+                if !full {
+                    break;
+                }
+                let Some(t) = cur_t else {
+                    Err(SourceError::Pagination { url: http::redact_url(&url), message: "a full page held no record inside the filter".into() })?;
+                    break;
+                };
+                if progressed {
+                    lower = Some((t, false));
+                    continue;
+                }
+                // Tie overflow: a full page of records sharing `t`, all seen. Read the group by
+                // position until two consecutive passes agree on its members.
+                let mut previous: Option<HashSet<String>> = None;
+                let mut converged = false;
+                for _pass in 0..MAX_TIE_PASSES {
+                    let mut members = HashSet::new();
+                    let mut k = 0u64;
+                    loop {
+                        let mut params = vec![self.order_by_delta(e), per_page.clone(), self.delta_filter(e, t, false)];
+                        params.extend(self.position_param(k, p));
+                        let url = self.url(e, &params);
+                        let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                            Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
+                            Body::NotFound => Err("the listing answered 404".into()),
+                        }).await?;
+                        let n = ans.value.records.len();
+                        let mut beyond = false;
+                        let mut fresh = Vec::new();
+                        for r in ans.value.records {
+                            if r.version.delta_us < t {
+                                continue;
+                            }
+                            if r.version.delta_us > t {
+                                beyond = true;
+                                break;
+                            }
+                            members.insert(r.id.clone());
+                            if seen.insert(r.id.clone()) {
+                                fresh.push(r);
+                            }
+                        }
+                        if !fresh.is_empty() {
+                            yield RecordPage { records: fresh, source_date_us: ans.date_us };
+                        }
+                        if beyond || n < p as usize {
+                            break;
+                        }
+                        k += 1;
+                    }
+                    if previous.as_ref() == Some(&members) {
+                        converged = true;
+                        break;
+                    }
+                    previous = Some(members);
+                }
+                if !converged {
+                    Err(SourceError::Pagination {
+                        url: http::redact_url(&e.collection),
+                        message: format!("records kept leaving the tie group at {t} while it was read"),
+                    })?;
+                }
+                lower = Some((t, true));
+            }
+        })
+    }
+
+    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        Box::pin(async_stream::try_stream! {
+            let e = self.entity(entity)?;
+            let p = self.source.max_page_size;
+            let mut first = vec![
+                (self.source.order_param.clone(), e.cfg.id_order_field.clone()),
+                (self.source.pagination.limit_param().to_owned(), p.to_string()),
+            ];
+            if let (Some(param), Some(ty)) = (&self.source.sparse_fields_param, &e.cfg.sparse_type) {
+                let attr = e.cfg.sparse_delta_attribute.clone().unwrap_or_else(|| e.cfg.delta_sync_field.clone());
+                first.push((param.replace("{type}", ty), attr));
+            }
+            let positional = self.source.pagination.is_positional();
+            let mut k = 0u64;
+            let mut url = {
+                let mut params = first.clone();
+                params.extend(self.position_param(0, p));
+                self.url(e, &params)
+            };
+            let mut followed = HashSet::new();
+            loop {
+                let ans = self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
+                    Body::Json(t) => parse::parse_id_page(t, &e.shape),
+                    Body::NotFound => Err("the listing answered 404".into()),
+                }).await?;
+                let page = ans.value;
+                let n = page.ids.len();
+                let next = if positional {
+                    None
+                } else {
+                    self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?
+                };
+                if n > 0 {
+                    yield IdPage { ids: page.ids, total_count: page.total_count };
+                }
+                if positional {
+                    if n < p as usize {
+                        break;
+                    }
+                    k += 1;
+                    let mut params = first.clone();
+                    params.extend(self.position_param(k, p));
+                    url = self.url(e, &params);
+                } else {
+                    match next {
+                        Some(n) if !followed.insert(n.to_string()) => {
+                            Err(SourceError::Pagination { url: http::redact_url(&n), message: "the next link repeats".into() })?;
+                        }
+                        Some(n) => url = n,
+                        None => break,
+                    }
+                }
+            }
+        })
+    }
+
+    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+        let e = self.entity(entity)?;
+        validate_id(id)?;
+        let mut url = e.collection.clone();
+        let path = format!("{}/{}", url.path(), utf8_percent_encode(id, PATH_SEGMENT));
+        url.set_path(&path);
+        let ans = self
+            .http
+            .get(&url, e.limiter.as_ref(), |b, at| match b {
+                Body::NotFound => Ok(None),
+                Body::Json(t) => parse::parse_single(entity, t, &e.shape, at).map(Some),
+            })
+            .await?;
+        if let Some(r) = &ans.value
+            && r.id != id
+        {
+            return Err(decode_err(&url)(format!(
+                "asked for ID {id:?}, got {:?}",
+                r.id
+            )));
+        }
+        Ok(ans.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated_and_encoded() {
+        assert!(validate_id("").is_err());
+        assert!(validate_id("..").is_err());
+        assert!(validate_id("a\nb").is_err());
+        assert!(validate_id(&"x".repeat(600)).is_err());
+        validate_id("a/b?c#d").unwrap();
+        assert_eq!(
+            utf8_percent_encode("a/b?c#d %", PATH_SEGMENT).to_string(),
+            "a%2Fb%3Fc%23d%20%25"
+        );
+    }
+
+    #[test]
+    fn filters_in_each_style_echo_the_source_format() {
+        let mut cfg =
+            Config::from_toml_str(crate::config::EMBEDDED, std::path::Path::new("t")).unwrap();
+        let t = crate::core::timefmt::parse_rfc3339("2024-05-01T12:00:00Z").unwrap();
+        let c = SourceClient::new(&cfg, Some(Secret::new("u:p"))).unwrap();
+        let e = c.entity("people").unwrap();
+        assert_eq!(
+            c.delta_filter(e, t, false),
+            (
+                "where[updated_at][gte]".into(),
+                "2024-05-01T12:00:00Z".into()
+            )
+        );
+        assert_eq!(
+            c.delta_filter(e, t, true),
+            (
+                "where[updated_at][gt]".into(),
+                "2024-05-01T12:00:00Z".into()
+            )
+        );
+        cfg.source.filter = crate::config::Filter::Suffix {
+            ops: vec![FilterOp::Gt],
+        };
+        let c = SourceClient::new(&cfg, Some(Secret::new("u:p"))).unwrap();
+        let e = c.entity("people").unwrap();
+        assert_eq!(
+            c.delta_filter(e, t, false),
+            ("updated_at_gt".into(), "2024-05-01T11:59:59Z".into())
+        );
+        cfg.source.filter = crate::config::Filter::Named {
+            param: "updated_since".into(),
+            op: FilterOp::Gte,
+        };
+        cfg.source.timestamp_format = crate::core::timefmt::TimestampFormat::EpochMillis;
+        let c = SourceClient::new(&cfg, Some(Secret::new("u:p"))).unwrap();
+        let e = c.entity("people").unwrap();
+        assert_eq!(
+            c.delta_filter(e, t, false),
+            ("updated_since".into(), "1714564800000".into())
+        );
+        assert_eq!(
+            c.delta_filter(e, t, true),
+            ("updated_since".into(), "1714564800001".into())
+        );
+    }
+
+    #[test]
+    fn missing_secret_names_the_variable() {
+        let auth = AuthConfig::Bearer {
+            secret: crate::config::SecretRef {
+                env: "SYNC_TEST_SURELY_UNSET".into(),
+            },
+        };
+        match secret_from_env(&auth) {
+            Err(ConfigError::MissingEnv(v)) => assert_eq!(v, "SYNC_TEST_SURELY_UNSET"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! One GET with the retry policy: 429 honours `Retry-After`; 5xx, connection errors, timeouts,
+//! HTML error pages and undecodable bodies (truncated JSON) are retried with exponential backoff
+//! and full jitter, a bounded number of times, then surface as typed errors. Other 4xx are not
+//! retried.
+
+use crate::config::{Secret, SourceConfig};
+use crate::core::timefmt::{now_us, parse_http_date};
+use crate::error::SourceError;
+use crate::model::Micros;
+use crate::source::ratelimit::SlidingWindow;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Largest body we read from the source (a page of 100 large records is a few MB).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Longest `Retry-After` we honour before treating the answer as a failure of this attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Full jitter: uniform in [0, min(cap, base * 2^attempt)].
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(16));
+        let ceiling = exp.min(self.cap);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// Counters of what the client did (for run summaries and benchmarks).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot of `Stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub bytes: u64,
+}
+
+/// A successful answer, decoded by the caller's parser.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    pub date_us: Option<Micros>,
+    pub fetched_at_us: Micros,
+    pub link_next: Option<String>,
+}
+
+/// What a parser sees.
+pub enum Body<'a> {
+    Json(&'a str),
+    /// A JSON 404: the resource does not exist.
+    NotFound,
+}
+
+pub struct Http {
+    client: reqwest::Client,
+    auth: Option<HeaderValue>,
+    auth_header: header::HeaderName,
+    policy: RetryPolicy,
+    limiter: SlidingWindow,
+    pub(crate) stats: Stats,
+}
+
+impl Http {
+    pub fn new(cfg: &SourceConfig, secret: Option<&Secret>) -> Result<Self, String> {
+        use crate::config::AuthConfig;
+        let (auth_header, auth) = match (&cfg.auth, secret) {
+            (AuthConfig::None, _) => (header::AUTHORIZATION, None),
+            (_, None) => return Err("the source needs a secret and none was given".into()),
+            (AuthConfig::Bearer { .. }, Some(s)) => (
+                header::AUTHORIZATION,
+                Some(format!("Bearer {}", s.expose())),
+            ),
+            (AuthConfig::Basic { .. }, Some(s)) => {
+                use base64::Engine;
+                let enc = base64::engine::general_purpose::STANDARD.encode(s.expose());
+                (header::AUTHORIZATION, Some(format!("Basic {enc}")))
+            }
+            (AuthConfig::ApiKey { header, .. }, Some(s)) => (
+                header::HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| format!("invalid header name {header:?}"))?,
+                Some(s.expose().to_owned()),
+            ),
+        };
+        let auth = match auth {
+            Some(v) => {
+                let mut hv = HeaderValue::from_str(&v).map_err(|_| {
+                    "the secret holds characters not allowed in a header".to_owned()
+                })?;
+                hv.set_sensitive(true);
+                Some(hv)
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sync-engine/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Http {
+            client,
+            auth,
+            auth_header,
+            policy: RetryPolicy {
+                max_attempts: cfg.max_attempts,
+                base: Duration::from_millis(cfg.backoff_base_ms),
+                cap: Duration::from_millis(cfg.backoff_cap_ms),
+            },
+            limiter: SlidingWindow::new(&cfg.rate_limit),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            requests: self.stats.requests.load(Relaxed),
+            retries: self.stats.retries.load(Relaxed),
+            rate_limited: self.stats.rate_limited.load(Relaxed),
+            bytes: self.stats.bytes.load(Relaxed),
+        }
+    }
+
+    /// GET `url` and decode it with `parse`, under the retry policy. `extra` is an entity's own
+    /// rate limit, applied on top of the source's.
+    pub async fn get<T>(
+        &self,
+        url: &url::Url,
+        extra: Option<&SlidingWindow>,
+        parse: impl Fn(Body<'_>, Micros) -> Result<T, String>,
+    ) -> Result<Answer<T>, SourceError> {
+        let shown = redact_url(url);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.policy.max_attempts;
+            self.limiter.acquire().await;
+            if let Some(l) = extra {
+                l.acquire().await;
+            }
+            self.stats.requests.fetch_add(1, Relaxed);
+            let mut req = self
+                .client
+                .get(url.clone())
+                .header(header::ACCEPT, "application/json");
+            if let Some(a) = &self.auth {
+                req = req.header(self.auth_header.clone(), a.clone());
+            }
+            let failure = match req.send().await {
+                Err(e) if e.is_timeout() => SourceError::Timeout {
+                    url: shown.clone(),
+                    attempts: attempt,
+                },
+                Err(e) => SourceError::Connect {
+                    url: shown.clone(),
+                    attempts: attempt,
+                    source: e,
+                },
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers = resp.headers().clone();
+                    let json = is_json(&headers);
+                    if status == 429 {
+                        self.stats.rate_limited.fetch_add(1, Relaxed);
+                        let retry_after = retry_after(&headers);
+                        if !last && retry_after.is_some_and(|d| d <= MAX_RETRY_AFTER) {
+                            let wait = retry_after.unwrap_or_default();
+                            tracing::warn!(url = %shown, ?wait, "rate limited by the source; waiting");
+                            self.stats.retries.fetch_add(1, Relaxed);
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        SourceError::RateLimited {
+                            url: shown.clone(),
+                            retry_after,
+                            attempts: attempt,
+                        }
+                    } else if status == 404 && json {
+                        let fetched = now_us();
+                        let value = parse(Body::NotFound, fetched).map_err(|message| {
+                            SourceError::Decode {
+                                url: shown.clone(),
+                                message,
+                            }
+                        })?;
+                        return Ok(Answer {
+                            value,
+                            date_us: date(&headers),
+                            fetched_at_us: fetched,
+                            link_next: None,
+                        });
+                    } else if (400..500).contains(&status) {
+                        // Not retried: a 404 that is not JSON is a wrong path, not a deletion.
+                        return Err(SourceError::Client { status, url: shown });
+                    } else if status >= 500 || !(200..300).contains(&status) {
+                        if json {
+                            SourceError::Server {
+                                status,
+                                url: shown.clone(),
+                                attempts: attempt,
+                            }
+                        } else {
+                            SourceError::NotJson {
+                                status,
+                                url: shown.clone(),
+                                content_type: content_type(&headers),
+                                attempts: attempt,
+                            }
+                        }
+                    } else if !json {
+                        SourceError::NotJson {
+                            status,
+                            url: shown.clone(),
+                            content_type: content_type(&headers),
+                            attempts: attempt,
+                        }
+                    } else {
+                        match read_body(resp).await {
+                            Err(e) if e.is_timeout() => SourceError::Timeout {
+                                url: shown.clone(),
+                                attempts: attempt,
+                            },
+                            Err(e) => SourceError::Connect {
+                                url: shown.clone(),
+                                attempts: attempt,
+                                source: e,
+                            },
+                            Ok(None) => SourceError::Decode {
+                                url: shown.clone(),
+                                message: format!("body larger than {MAX_BODY_BYTES} bytes"),
+                            },
+                            Ok(Some(bytes)) => {
+                                self.stats.bytes.fetch_add(bytes.len() as u64, Relaxed);
+                                let fetched = now_us();
+                                let decoded = std::str::from_utf8(&bytes)
+                                    .map_err(|e| format!("body is not UTF-8: {e}"))
+                                    .and_then(|text| parse(Body::Json(text), fetched));
+                                match decoded {
+                                    Ok(value) => {
+                                        return Ok(Answer {
+                                            value,
+                                            date_us: date(&headers),
+                                            fetched_at_us: fetched,
+                                            link_next: link_next(&headers),
+                                        });
+                                    }
+                                    Err(message) => SourceError::Decode {
+                                        url: shown.clone(),
+                                        message,
+                                    },
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            if last || !failure.is_retryable() {
+                return Err(failure);
+            }
+            let wait = self.policy.backoff(attempt);
+            tracing::warn!(url = %shown, attempt, ?wait, error = %failure, "source call failed; retrying");
+            self.stats.retries.fetch_add(1, Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut buf = Vec::with_capacity(
+        resp.content_length()
+            .unwrap_or(16 * 1024)
+            .min(MAX_BODY_BYTES as u64) as usize,
+    );
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf))
+}
+
+fn content_type(h: &HeaderMap) -> Option<String> {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `application/json`, `application/vnd.api+json`, `...+json`.
+fn is_json(h: &HeaderMap) -> bool {
+    content_type(h).is_some_and(|ct| {
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        mime == "application/json" || mime.ends_with("+json")
+    })
+}
+
+fn date(h: &HeaderMap) -> Option<Micros> {
+    h.get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(v)?;
+    Some(Duration::from_micros(
+        at.saturating_sub(now_us()).max(0) as u64
+    ))
+}
+
+/// The `rel="next"` target of an RFC 8288 `Link` header.
+pub fn link_next(h: &HeaderMap) -> Option<String> {
+    for v in h.get_all(header::LINK) {
+        let Ok(v) = v.to_str() else { continue };
+        for part in v.split(',') {
+            let mut pieces = part.split(';');
+            let target = pieces.next()?.trim();
+            let is_next = pieces.any(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next && target.starts_with('<') && target.ends_with('>') {
+                return Some(target[1..target.len() - 1].to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// A URL fit for logs: scheme, host, path, and the query with values of secret-looking keys dropped.
+pub fn redact_url(u: &url::Url) -> String {
+    let mut out = format!(
+        "{}://{}{}",
+        u.scheme(),
+        u.host_str().unwrap_or(""),
+        u.path()
+    );
+    if let Some(port) = u.port() {
+        out = format!(
+            "{}://{}:{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            port,
+            u.path()
+        );
+    }
+    let q: Vec<String> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let lk = k.to_ascii_lowercase();
+            if lk.contains("key") || lk.contains("token") || lk.contains("secret") {
+                format!("{k}=<redacted>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect();
+    if !q.is_empty() {
+        out.push('?');
+        out.push_str(&q.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(
+                r#"<https://a/x?page=1>; rel="prev", <https://a/x?page=3>; rel="next""#,
+            ),
+        );
+        assert_eq!(link_next(&h).as_deref(), Some("https://a/x?page=3"));
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(r#"<https://a/x?page=1>; rel="prev""#),
+        );
+        assert_eq!(link_next(&h), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_full_jitter() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        for attempt in 0..20 {
+            let d = p.backoff(attempt);
+            assert!(d <= Duration::from_secs(1), "{d:?}");
+        }
+        let mut saw_small = false;
+        for _ in 0..200 {
+            saw_small |= p.backoff(10) < Duration::from_millis(500);
+        }
+        assert!(saw_small, "full jitter spreads over [0, cap]");
+    }
+
+    #[test]
+    fn secret_query_values_never_logged() {
+        let u = url::Url::parse("http://h:8/p?api_key=s3cr3t&offset=5").unwrap();
+        let shown = redact_url(&u);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("offset=5"));
+    }
+}
