@@ -122,3 +122,24 @@ impl StoreError {
         matches!(self, StoreError::Throttled(_) | StoreError::Backend { .. })
     }
 }
+
+/// A sync run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored state is unreadable: {0}")]
+    State(String),
+}
+
+impl SyncError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Source(e) => e.is_retryable(),
+            SyncError::Store(e) => e.is_retryable(),
+            SyncError::State(_) => false,
+        }
+    }
+}

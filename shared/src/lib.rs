@@ -8,12 +8,14 @@ pub mod adapters;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod ports;
 pub mod source;
+pub mod sync;
 pub mod telemetry;
 pub mod wire;
 
 pub use config::{Config, EntityConfig, SourceConfig};
-pub use error::{ConfigError, SourceError, StoreError};
+pub use error::{ConfigError, SourceError, StoreError, SyncError};
 pub use model::{ContentHash, Record, Strategy, Version};

@@ -1,0 +1,326 @@
+//! In-memory ports for pure-logic unit tests only (never used by a binary). Their state can be
+//! asserted directly; they apply the same version rule as the real stores.
+
+use crate::core::{decide_delete, decide_upsert};
+use crate::error::{SourceError, StoreError};
+use crate::model::*;
+use crate::ports::*;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemoryRecords {
+    pub items: Mutex<BTreeMap<(String, String), StoredRecord>>,
+}
+
+#[async_trait]
+impl RecordStore for MemoryRecords {
+    async fn upsert_many(
+        &self,
+        records: &[Record],
+        by: Strategy,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let now = crate::core::timefmt::now_us();
+        Ok(records
+            .iter()
+            .map(|r| {
+                let key = (r.entity.clone(), r.id.clone());
+                let old = items.get(&key);
+                let out = decide_upsert(old.map(|o| &o.version), &r.version);
+                if out.wrote() {
+                    let first_seen = old.map_or(now, |o| o.first_seen_us);
+                    let payload =
+                        serde_json::from_str(r.payload.get()).unwrap_or(serde_json::Value::Null);
+                    items.insert(
+                        key,
+                        StoredRecord {
+                            entity: r.entity.clone(),
+                            id: r.id.clone(),
+                            version: StoredVersion {
+                                delta_us: r.version.delta_us,
+                                fetched_at_us: r.version.fetched_at_us,
+                                hash: r.version.hash,
+                                deleted_at_us: None,
+                            },
+                            payload,
+                            first_seen_us: first_seen,
+                            last_synced_us: now,
+                            last_action: match out {
+                                WriteOutcome::Inserted => LastAction::Insert,
+                                WriteOutcome::Restored => LastAction::Restore,
+                                _ => LastAction::Update,
+                            },
+                            written_by: by,
+                        },
+                    );
+                }
+                out
+            })
+            .collect())
+    }
+
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let key = (entity.to_owned(), id.to_owned());
+        let out = decide_delete(items.get(&key).map(|o| &o.version), evidence_us);
+        if out == DeleteOutcome::Deleted
+            && let Some(item) = items.get_mut(&key)
+        {
+            item.version.deleted_at_us = Some(evidence_us);
+            item.last_action = LastAction::Delete;
+            item.written_by = by;
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        Ok(self
+            .items
+            .lock()
+            .expect("poisoned")
+            .get(&(entity.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError> {
+        let items = self.items.lock().expect("poisoned");
+        let mut ids: Vec<IdVersion> = items
+            .values()
+            .filter(|r| r.entity == entity && !r.is_deleted() && shard_of(&r.id) == shard)
+            .filter(|r| after.is_none_or(|a| r.id.as_str() > a))
+            .map(|r| IdVersion {
+                id: r.id.clone(),
+                delta_us: r.version.delta_us,
+            })
+            .collect();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let next_after = if more {
+            ids.last().map(|i| i.id.clone())
+        } else {
+            None
+        };
+        Ok(LiveIdPage {
+            items: ids,
+            next_after,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryControl {
+    pub jobs: Mutex<HashMap<(String, JobKind), JobState>>,
+    pub runs: Mutex<Vec<RunRecord>>,
+    pub events: Mutex<HashMap<String, (bool, Micros)>>,
+}
+
+#[async_trait]
+impl ControlStore for MemoryControl {
+    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
+        Ok(self
+            .jobs
+            .lock()
+            .expect("poisoned")
+            .get(&(entity.to_owned(), kind))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn acquire_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut jobs = self.jobs.lock().expect("poisoned");
+        let s = jobs.entry((entity.to_owned(), kind)).or_default();
+        match (&s.lease_holder, s.lease_expires_us) {
+            (Some(h), Some(exp)) if h != holder && exp > now_us => Ok(LeaseOutcome::Held {
+                holder: h.clone(),
+                expires_us: exp,
+            }),
+            _ => {
+                if s.lease_holder.as_deref() != Some(holder) {
+                    s.lease_token += 1;
+                }
+                s.lease_holder = Some(holder.to_owned());
+                s.lease_expires_us = Some(now_us + ttl_us);
+                Ok(LeaseOutcome::Acquired {
+                    token: s.lease_token,
+                    expires_us: now_us + ttl_us,
+                })
+            }
+        }
+    }
+
+    async fn release_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut jobs = self.jobs.lock().expect("poisoned");
+        if let Some(s) = jobs.get_mut(&(entity.to_owned(), kind))
+            && s.lease_holder.as_deref() == Some(holder)
+        {
+            s.lease_holder = None;
+            s.lease_expires_us = None;
+        }
+        Ok(())
+    }
+
+    async fn save_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+        cursor: &str,
+    ) -> Result<(), StoreError> {
+        let mut jobs = self.jobs.lock().expect("poisoned");
+        let s = jobs.entry((entity.to_owned(), kind)).or_default();
+        if s.lease_holder.as_deref() != Some(holder)
+            || s.lease_expires_us.is_none_or(|e| e <= now_us)
+        {
+            return Err(StoreError::LeaseLost {
+                scope: format!("{entity}/{}", kind.as_str()),
+                holder: holder.to_owned(),
+            });
+        }
+        s.cursor = Some(cursor.to_owned());
+        s.cursor_updated_us = Some(now_us);
+        s.lease_expires_us = Some(now_us + ttl_us);
+        Ok(())
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let mut runs = self.runs.lock().expect("poisoned");
+        runs.retain(|r| {
+            !(r.entity == run.entity
+                && r.kind == run.kind
+                && r.run_id == run.run_id
+                && r.started_us == run.started_us)
+        });
+        runs.push(run.clone());
+        Ok(())
+    }
+
+    async fn list_runs(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let runs = self.runs.lock().expect("poisoned");
+        let mut out: Vec<RunRecord> = runs
+            .iter()
+            .filter(|r| r.entity == entity && r.kind == kind)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (b.started_us, &b.run_id).cmp(&(a.started_us, &a.run_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        now_us: Micros,
+        in_progress_ttl_us: Micros,
+    ) -> Result<EventClaim, StoreError> {
+        let mut ev = self.events.lock().expect("poisoned");
+        match ev.get(event_id) {
+            Some((true, _)) => Ok(EventClaim::Completed),
+            Some((false, until)) if *until > now_us => {
+                Ok(EventClaim::InProgress { until_us: *until })
+            }
+            _ => {
+                ev.insert(event_id.to_owned(), (false, now_us + in_progress_ttl_us));
+                Ok(EventClaim::Claimed)
+            }
+        }
+    }
+
+    async fn complete_event(
+        &self,
+        event_id: &str,
+        retain_until_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.events
+            .lock()
+            .expect("poisoned")
+            .insert(event_id.to_owned(), (true, retain_until_us));
+        Ok(())
+    }
+
+    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
+        let mut ev = self.events.lock().expect("poisoned");
+        if matches!(ev.get(event_id), Some((false, _))) {
+            ev.remove(event_id);
+        }
+        Ok(())
+    }
+}
+
+/// A scripted source for unit tests: each call of `list_changed_since` yields the next script
+/// entry's pages (filtered by `since`), so a test can shape exactly what a run sees.
+#[derive(Default)]
+pub struct ScriptedSource {
+    pub listings: Mutex<std::collections::VecDeque<Vec<Result<RecordPage, SourceError>>>>,
+    pub calls: Mutex<Vec<Option<Micros>>>,
+}
+
+#[async_trait]
+impl SourceApi for ScriptedSource {
+    fn list_changed_since<'a>(
+        &'a self,
+        _entity: &'a str,
+        since_us: Option<Micros>,
+    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
+        self.calls.lock().expect("poisoned").push(since_us);
+        let pages = self
+            .listings
+            .lock()
+            .expect("poisoned")
+            .pop_front()
+            .unwrap_or_default();
+        let pages: Vec<_> = pages
+            .into_iter()
+            .map(|p| {
+                p.map(|mut p| {
+                    p.records
+                        .retain(|r| since_us.is_none_or(|s| r.version.delta_us >= s));
+                    p
+                })
+            })
+            .collect();
+        Box::pin(futures::stream::iter(pages))
+    }
+
+    fn stream_ids<'a>(&'a self, _entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        Box::pin(futures::stream::empty())
+    }
+
+    async fn get_by_id(&self, _entity: &str, _id: &str) -> Result<Option<Record>, SourceError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,428 @@
+//! Delta sync (the seed's "fast lane", made safe): one run for one entity under a lease, the
+//! cursor rule of `core::cursor`, a checkpoint after every written page, a clean stop before
+//! the deadline.
+
+use crate::core::cursor::{self, DeltaCursor};
+use crate::core::timefmt::{format_rfc3339, now_us};
+use crate::error::{StoreError, SyncError};
+use crate::model::{Micros, Strategy, WriteOutcome};
+use crate::ports::{ControlStore, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi};
+use futures::StreamExt;
+use serde::Serialize;
+use std::time::Instant;
+
+/// How a run behaves. `Default` is the production setting.
+#[derive(Debug, Clone)]
+pub struct DeltaOptions {
+    pub run_id: String,
+    /// How far before the cursor a run starts reading again (late commits, clock skew between
+    /// the source's web and database servers).
+    pub overlap_us: Micros,
+    /// Used as the ceiling when the source sends no `Date` header: our clock minus this bound on
+    /// the skew between us and the source.
+    pub max_clock_skew_us: Micros,
+    pub lease_ttl_us: Micros,
+    /// Stop cleanly (checkpoint saved) once this instant has passed.
+    pub stop_at: Option<Instant>,
+    /// Negative controls for tests only: the naive rules this engine exists to avoid.
+    #[doc(hidden)]
+    pub naive_cursor: Option<NaiveCursor>,
+}
+
+/// The cursor rules that lose data (kept to prove the tests can see the loss).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NaiveCursor {
+    /// The seed's rule: the cursor is our wall clock when the run ends; next run reads `>` it.
+    WallClock,
+    /// Strict `>` on the highest value seen, no ceiling, no overlap.
+    StrictMaxSeen,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        DeltaOptions {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            overlap_us: 120_000_000,
+            max_clock_skew_us: 300_000_000,
+            lease_ttl_us: 16 * 60_000_000,
+            stop_at: None,
+            naive_cursor: None,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Read to the end of the listing.
+    Succeeded,
+    /// Stopped before the deadline with its checkpoint saved; the next run continues.
+    Partial,
+    /// Another run holds the entity's lease.
+    Skipped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What one run did: logged, stored in the run history, published as metrics.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeltaSummary {
+    pub entity: String,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub pages: u64,
+    pub seen: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub restored: u64,
+    pub unchanged: u64,
+    pub stale: u64,
+    pub duration_ms: u64,
+    pub cursor_before: Option<String>,
+    pub cursor_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl DeltaSummary {
+    pub fn written(&self) -> u64 {
+        self.inserted + self.updated + self.restored
+    }
+}
+
+fn show(c: Option<&DeltaCursor>) -> Option<String> {
+    c.map(|c| format_rfc3339(c.watermark_us))
+}
+
+/// Run delta sync for one entity. A run that finds the lease held returns `Skipped`; a failure
+/// is recorded in the run history, the lease released, and the error returned (the cursor
+/// stays at the last checkpoint, so nothing is lost).
+pub async fn run_delta(
+    source: &dyn SourceApi,
+    records: &dyn RecordStore,
+    control: &dyn ControlStore,
+    entity: &str,
+    opts: &DeltaOptions,
+) -> Result<DeltaSummary, SyncError> {
+    let clock = Instant::now();
+    let started_us = now_us();
+    let mut summary = DeltaSummary {
+        entity: entity.to_owned(),
+        run_id: opts.run_id.clone(),
+        status: RunStatus::Succeeded,
+        pages: 0,
+        seen: 0,
+        inserted: 0,
+        updated: 0,
+        restored: 0,
+        unchanged: 0,
+        stale: 0,
+        duration_ms: 0,
+        cursor_before: None,
+        cursor_after: None,
+        held_by: None,
+        error: None,
+    };
+    match control
+        .acquire_lease(
+            entity,
+            JobKind::Delta,
+            &opts.run_id,
+            started_us,
+            opts.lease_ttl_us,
+        )
+        .await?
+    {
+        LeaseOutcome::Acquired { .. } => {}
+        LeaseOutcome::Held { holder, expires_us } => {
+            tracing::info!(entity, held_by = %holder, until = %format_rfc3339(expires_us), "another delta run holds the lease; exiting");
+            summary.status = RunStatus::Skipped;
+            summary.held_by = Some(holder);
+            return Ok(summary);
+        }
+    }
+    let result = sync_pages(source, records, control, entity, opts, &mut summary).await;
+    summary.duration_ms = clock.elapsed().as_millis() as u64;
+    if let Err(e) = &result {
+        summary.status = RunStatus::Failed;
+        summary.error = Some(e.to_string());
+    }
+    let run = RunRecord {
+        entity: entity.to_owned(),
+        kind: JobKind::Delta,
+        run_id: opts.run_id.clone(),
+        started_us,
+        finished_us: Some(now_us()),
+        status: summary.status.as_str().to_owned(),
+        summary: serde_json::to_string(&summary).unwrap_or_default(),
+    };
+    // History and release are best effort after a failure: the error that matters is the run's.
+    let history = control.put_run(&run).await;
+    let release = control
+        .release_lease(entity, JobKind::Delta, &opts.run_id)
+        .await;
+    result?;
+    history?;
+    release?;
+    Ok(summary)
+}
+
+async fn sync_pages(
+    source: &dyn SourceApi,
+    records: &dyn RecordStore,
+    control: &dyn ControlStore,
+    entity: &str,
+    opts: &DeltaOptions,
+    summary: &mut DeltaSummary,
+) -> Result<(), SyncError> {
+    let state = control.job_state(entity, JobKind::Delta).await?;
+    let mut cursor = match state.cursor.as_deref() {
+        Some(s) => Some(DeltaCursor::decode(s).map_err(SyncError::State)?),
+        None => None,
+    };
+    summary.cursor_before = show(cursor.as_ref());
+    summary.cursor_after = summary.cursor_before.clone();
+    let since = match opts.naive_cursor {
+        None => cursor::query_start(cursor.as_ref(), opts.overlap_us),
+        // Strict `>`: the next microsecond.
+        Some(_) => cursor.map(|c| c.watermark_us + 1),
+    };
+    let mut ceiling: Option<Micros> = None;
+    let mut max_written: Option<Micros> = None;
+    let mut pages = source.list_changed_since(entity, since);
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        if ceiling.is_none() {
+            ceiling = Some(
+                page.source_date_us
+                    .unwrap_or_else(|| now_us() - opts.max_clock_skew_us),
+            );
+        }
+        let outcomes = records.upsert_many(&page.records, Strategy::Delta).await?;
+        summary.pages += 1;
+        summary.seen += page.records.len() as u64;
+        for o in &outcomes {
+            match o {
+                WriteOutcome::Inserted => summary.inserted += 1,
+                WriteOutcome::Updated => summary.updated += 1,
+                WriteOutcome::Restored => summary.restored += 1,
+                WriteOutcome::Unchanged => summary.unchanged += 1,
+                WriteOutcome::Stale => summary.stale += 1,
+            }
+        }
+        let page_max = page.records.iter().map(|r| r.version.delta_us).max();
+        max_written = max_written.max(page_max);
+        let Some(max) = max_written else { continue };
+        let next = match opts.naive_cursor {
+            None => cursor::advance(cursor.as_ref(), max, ceiling),
+            Some(NaiveCursor::StrictMaxSeen) => DeltaCursor::new(max),
+            Some(NaiveCursor::WallClock) => DeltaCursor::new(now_us()),
+        };
+        if Some(&next) != cursor.as_ref() {
+            checkpoint(control, entity, opts, &next).await?;
+            cursor = Some(next);
+            summary.cursor_after = show(cursor.as_ref());
+        }
+        if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+            tracing::info!(
+                entity,
+                "stopping before the deadline; the next run continues from the checkpoint"
+            );
+            summary.status = RunStatus::Partial;
+            return Ok(());
+        }
+    }
+    if opts.naive_cursor == Some(NaiveCursor::WallClock) {
+        let next = DeltaCursor::new(now_us());
+        checkpoint(control, entity, opts, &next).await?;
+        summary.cursor_after = show(Some(&next));
+    }
+    Ok(())
+}
+
+async fn checkpoint(
+    control: &dyn ControlStore,
+    entity: &str,
+    opts: &DeltaOptions,
+    c: &DeltaCursor,
+) -> Result<(), StoreError> {
+    control
+        .save_cursor(
+            entity,
+            JobKind::Delta,
+            &opts.run_id,
+            now_us(),
+            opts.lease_ttl_us,
+            &c.encode(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryControl, MemoryRecords, ScriptedSource};
+    use crate::model::{ContentHash, Record, Version};
+    use crate::ports::RecordPage;
+
+    fn rec(id: &str, delta: Micros, body: &str) -> Record {
+        let payload = serde_json::value::RawValue::from_string(format!(
+            "{{\"id\":\"{id}\",\"b\":\"{body}\"}}"
+        ))
+        .unwrap();
+        Record {
+            entity: "people".into(),
+            id: id.into(),
+            version: Version {
+                delta_us: delta,
+                fetched_at_us: now_us(),
+                hash: ContentHash::of(payload.get().as_bytes()),
+            },
+            payload,
+        }
+    }
+
+    fn page(recs: Vec<Record>, date: Micros) -> Result<RecordPage, crate::SourceError> {
+        Ok(RecordPage {
+            records: recs,
+            source_date_us: Some(date),
+        })
+    }
+
+    #[tokio::test]
+    async fn cursor_advances_to_min_of_max_written_and_ceiling_and_reruns_overlap() {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        // Run 1: two pages, one record newer than the source's clock at the start (updated
+        // during the run).
+        src.listings.lock().unwrap().push_back(vec![
+            page(vec![rec("1", 100, "a"), rec("2", 200, "a")], 1_000),
+            page(vec![rec("3", 1_500, "a")], 1_600),
+        ]);
+        let s = run_delta(
+            &src,
+            &rs,
+            &cs,
+            "people",
+            &DeltaOptions {
+                overlap_us: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (s.status, s.inserted, s.pages),
+            (RunStatus::Succeeded, 3, 2)
+        );
+        let state = cs.job_state("people", JobKind::Delta).await.unwrap();
+        assert_eq!(
+            DeltaCursor::decode(state.cursor.as_deref().unwrap())
+                .unwrap()
+                .watermark_us,
+            1_000
+        );
+        assert_eq!(state.lease_holder, None, "lease released");
+        // Run 2 starts an overlap before the cursor; a re-read of unchanged records writes nothing.
+        src.listings
+            .lock()
+            .unwrap()
+            .push_back(vec![page(vec![rec("3", 1_500, "a")], 2_000)]);
+        let s = run_delta(
+            &src,
+            &rs,
+            &cs,
+            "people",
+            &DeltaOptions {
+                overlap_us: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(src.calls.lock().unwrap().clone(), vec![None, Some(950)]);
+        assert_eq!((s.unchanged, s.written()), (1, 0));
+        let runs = cs.list_runs("people", JobKind::Delta, 10).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        assert!(runs[0].summary.contains("\"unchanged\":1"));
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_skips_and_a_failure_keeps_the_checkpoint() {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        cs.acquire_lease("people", JobKind::Delta, "other", now_us(), 60_000_000)
+            .await
+            .unwrap();
+        let s = run_delta(&src, &rs, &cs, "people", &DeltaOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.status, s.held_by.as_deref()),
+            (RunStatus::Skipped, Some("other"))
+        );
+        cs.release_lease("people", JobKind::Delta, "other")
+            .await
+            .unwrap();
+
+        src.listings.lock().unwrap().push_back(vec![
+            page(vec![rec("1", 100, "a")], 1_000),
+            Err(crate::SourceError::Timeout {
+                url: "u".into(),
+                attempts: 6,
+            }),
+        ]);
+        let err = run_delta(&src, &rs, &cs, "people", &DeltaOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable());
+        let state = cs.job_state("people", JobKind::Delta).await.unwrap();
+        assert_eq!(
+            DeltaCursor::decode(state.cursor.as_deref().unwrap())
+                .unwrap()
+                .watermark_us,
+            100
+        );
+        assert_eq!(state.lease_holder, None);
+        let runs = cs.list_runs("people", JobKind::Delta, 1).await.unwrap();
+        assert_eq!(runs[0].status, "failed");
+    }
+
+    #[tokio::test]
+    async fn stops_at_the_deadline_after_a_checkpoint() {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        src.listings.lock().unwrap().push_back(vec![
+            page(vec![rec("1", 100, "a")], 1_000),
+            page(vec![rec("2", 200, "a")], 1_000),
+        ]);
+        let opts = DeltaOptions {
+            stop_at: Some(Instant::now()),
+            ..Default::default()
+        };
+        let s = run_delta(&src, &rs, &cs, "people", &opts).await.unwrap();
+        assert_eq!((s.status, s.pages), (RunStatus::Partial, 1));
+        assert!(rs.get("people", "2").await.unwrap().is_none());
+        let state = cs.job_state("people", JobKind::Delta).await.unwrap();
+        assert_eq!(
+            DeltaCursor::decode(state.cursor.as_deref().unwrap())
+                .unwrap()
+                .watermark_us,
+            100
+        );
+    }
+}

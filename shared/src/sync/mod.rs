@@ -1,0 +1,4 @@
+//! The strategies, written against the ports only: delta sync (later: webhook worker,
+//! reconciliation steps).
+
+pub mod delta;
