@@ -2,7 +2,7 @@
 //! logic depends on, the source-API client and the adapters (AWS and the embedded local store).
 //!
 //! Invariant: `core` is pure (no IO, no SDK types); `aws_sdk_*` types appear only under
-//! `adapters::{dynamodb, sqs, s3}`.
+//! `adapters::{aws, dynamodb, sqs, s3, secrets}`.
 
 pub mod adapters;
 pub mod config;

@@ -1,0 +1,126 @@
+//! Event in → `shared::sync::delta` per entity → summaries out. No business rules here.
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde::{Deserialize, Serialize};
+use shared::Config;
+use shared::ports::{ControlStore, RecordStore, SourceApi};
+use shared::sync::delta::{DeltaOptions, DeltaSummary, RunStatus, run_delta};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Built once per cold start in `main`.
+pub struct Deps {
+    pub config: Config,
+    pub source: Arc<dyn SourceApi>,
+    pub records: Arc<dyn RecordStore>,
+    pub control: Arc<dyn ControlStore>,
+    pub overlap_us: i64,
+    /// Stop this long before the Lambda deadline, checkpoint saved.
+    pub safety_margin: Duration,
+}
+
+/// The bare input: `{}` (every entity) or `{"entity": "people"}`.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    #[serde(default)]
+    pub entity: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Output {
+    pub runs: Vec<DeltaSummary>,
+}
+
+/// Accept the bare input and the EventBridge Scheduled Event envelope (whose `detail` may
+/// carry the same fields).
+pub fn parse_input(v: serde_json::Value) -> Result<Input, Diagnostic> {
+    let bad = |m: String| Diagnostic {
+        error_type: "InvalidInput".into(),
+        error_message: m,
+    };
+    if v.get("detail-type").is_some() {
+        let ev: CloudWatchEvent<serde_json::Value> =
+            serde_json::from_value(v).map_err(|e| bad(format!("not a scheduled event: {e}")))?;
+        return match ev.detail {
+            None | Some(serde_json::Value::Null) => Ok(Input::default()),
+            Some(d) => {
+                serde_json::from_value(d).map_err(|e| bad(format!("scheduled event detail: {e}")))
+            }
+        };
+    }
+    serde_json::from_value(v)
+        .map_err(|e| bad(format!("expected {{}} or {{\"entity\": \"...\"}}: {e}")))
+}
+
+pub async fn handle(
+    deps: &Deps,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<Output, Diagnostic> {
+    let input = parse_input(event.payload)?;
+    let entities: Vec<String> = match input.entity {
+        Some(e) if deps.config.entity(&e).is_some() => vec![e],
+        Some(e) => {
+            return Err(Diagnostic {
+                error_type: "UnknownEntity".into(),
+                error_message: format!("entity {e:?} is not configured"),
+            });
+        }
+        None => deps
+            .config
+            .entities
+            .iter()
+            .map(|e| e.name.clone())
+            .collect(),
+    };
+    let stop_at = stop_instant(event.context.deadline(), deps.safety_margin);
+    let runs = futures::future::join_all(entities.iter().map(|entity| {
+        let opts = DeltaOptions {
+            overlap_us: deps.overlap_us,
+            stop_at,
+            ..DeltaOptions::default()
+        };
+        async move {
+            let r = run_delta(&*deps.source, &*deps.records, &*deps.control, entity, &opts).await;
+            (entity.clone(), r)
+        }
+    }))
+    .await;
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    for (entity, r) in runs {
+        match r {
+            Ok(s) => {
+                shared::telemetry::delta_run(&s);
+                out.push(s);
+            }
+            Err(e) => {
+                tracing::error!(%entity, error = %e, retryable = e.is_retryable(), "delta run failed");
+                failed.push(format!("{entity}: {e}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Diagnostic {
+            error_type: "DeltaRunFailed".into(),
+            error_message: failed.join("; "),
+        });
+    }
+    debug_assert!(out.iter().all(|s| s.status != RunStatus::Failed));
+    Ok(Output { runs: out })
+}
+
+/// `None` when the context has no deadline (a local invocation).
+fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
+    if deadline == SystemTime::UNIX_EPOCH {
+        return None;
+    }
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Some(Instant::now() + left.saturating_sub(margin))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! The source secret when deployed: `SOURCE_SECRET_ID` names a Secrets Manager secret (its ARN
+//! or name) or, with an `ssm:` prefix, an SSM Parameter Store parameter (SecureString). Read
+//! once at cold start; a failure names what is missing and never shows the value.
+
+use crate::config::{AuthConfig, Secret};
+use crate::error::ConfigError;
+
+/// Where the deployed secret lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    SecretsManager(String),
+    Ssm(String),
+}
+
+impl SecretSource {
+    pub fn parse(id: &str) -> Self {
+        match id.strip_prefix("ssm:") {
+            Some(name) => SecretSource::Ssm(name.to_owned()),
+            None => SecretSource::SecretsManager(id.to_owned()),
+        }
+    }
+}
+
+/// Resolve the source secret: `SOURCE_SECRET_ID` when set (deployed), else the environment
+/// variable the configuration names (local runs). `None` when the source needs no auth.
+pub async fn resolve(
+    auth: &AuthConfig,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Option<Secret>, ConfigError> {
+    if auth.secret_ref().is_none() {
+        return Ok(None);
+    }
+    match std::env::var("SOURCE_SECRET_ID") {
+        Ok(id) if !id.is_empty() => fetch(&SecretSource::parse(&id), sdk).await.map(Some),
+        _ => crate::source::secret_from_env(auth),
+    }
+}
+
+pub async fn fetch(src: &SecretSource, sdk: &aws_config::SdkConfig) -> Result<Secret, ConfigError> {
+    match src {
+        SecretSource::SecretsManager(id) => {
+            let client = aws_sdk_secretsmanager::Client::new(sdk);
+            let out = client
+                .get_secret_value()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| ConfigError::Secret {
+                    name: id.clone(),
+                    message: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                })?;
+            out.secret_string()
+                .map(Secret::new)
+                .ok_or_else(|| ConfigError::Secret {
+                    name: id.clone(),
+                    message: "the secret has no string value".into(),
+                })
+        }
+        SecretSource::Ssm(name) => {
+            let client = aws_sdk_ssm::Client::new(sdk);
+            let out = client
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| ConfigError::Secret {
+                    name: name.clone(),
+                    message: aws_sdk_ssm::error::DisplayErrorContext(e).to_string(),
+                })?;
+            out.parameter()
+                .and_then(|p| p.value())
+                .map(Secret::new)
+                .ok_or_else(|| ConfigError::Secret {
+                    name: name.clone(),
+                    message: "the parameter has no value".into(),
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_ids_pick_their_service() {
+        assert_eq!(
+            SecretSource::parse("ssm:/sync/source"),
+            SecretSource::Ssm("/sync/source".into())
+        );
+        assert_eq!(
+            SecretSource::parse("arn:aws:secretsmanager:us-east-1:1:secret:x"),
+            SecretSource::SecretsManager("arn:aws:secretsmanager:us-east-1:1:secret:x".into())
+        );
+    }
+}
