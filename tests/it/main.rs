@@ -1,1 +1,9 @@
 //! Integration tests: DynamoDB Local, moto and the simulator.
+
+mod conformance;
+mod conformance_dynamodb;
+mod conformance_local;
+mod harness;
+mod smoke_s3;
+mod smoke_sqs;
+mod template_tables;

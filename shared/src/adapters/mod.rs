@@ -2,6 +2,7 @@
 //! `aws_sdk_*` types appear; `local` is the embedded store (SQLite and a spill folder).
 
 pub mod aws;
+pub mod deploy;
 pub mod dynamodb;
 pub mod local;
 pub mod s3;

@@ -241,10 +241,10 @@ pub struct ParsedIds {
     pub next_cursor: Option<String>,
 }
 
-fn page_meta(
-    body: &str,
-    shape: &RecordShape,
-) -> Result<(Option<u64>, Option<String>, Option<String>), String> {
+/// Total count, next link and next cursor of a page, where the source has them.
+type PageMeta = (Option<u64>, Option<String>, Option<String>);
+
+fn page_meta(body: &str, shape: &RecordShape) -> Result<PageMeta, String> {
     let total = match &shape.total_count_pointer {
         Some(p) => match pluck(body, p)? {
             Some(v) => Some(

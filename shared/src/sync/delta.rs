@@ -24,9 +24,21 @@ pub struct DeltaOptions {
     pub lease_ttl_us: Micros,
     /// Stop cleanly (checkpoint saved) once this instant has passed.
     pub stop_at: Option<Instant>,
+    /// Called after every written page with the summary so far (progress bars).
+    pub on_page: Option<PageHook>,
     /// Negative controls for tests only: the naive rules this engine exists to avoid.
     #[doc(hidden)]
     pub naive_cursor: Option<NaiveCursor>,
+}
+
+/// A progress callback.
+#[derive(Clone)]
+pub struct PageHook(pub std::sync::Arc<dyn Fn(&DeltaSummary) + Send + Sync>);
+
+impl std::fmt::Debug for PageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageHook")
+    }
 }
 
 /// The cursor rules that lose data (kept to prove the tests can see the loss).
@@ -47,6 +59,7 @@ impl Default for DeltaOptions {
             max_clock_skew_us: 300_000_000,
             lease_ttl_us: 16 * 60_000_000,
             stop_at: None,
+            on_page: None,
             naive_cursor: None,
         }
     }
@@ -236,6 +249,9 @@ async fn sync_pages(
             checkpoint(control, entity, opts, &next).await?;
             cursor = Some(next);
             summary.cursor_after = show(cursor.as_ref());
+        }
+        if let Some(hook) = &opts.on_page {
+            (hook.0)(summary);
         }
         if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
             tracing::info!(

@@ -1,0 +1,45 @@
+//! What every deployed Lambda builds once per cold start: the configuration, the source client
+//! (secret from Secrets Manager / SSM, or the environment) and the DynamoDB stores. A missing
+//! variable or secret fails the cold start with an error naming it.
+
+use crate::adapters::aws;
+use crate::adapters::dynamodb::{DynamoControl, DynamoRecords, TableNames, stores};
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::source::SourceClient;
+use std::sync::Arc;
+
+pub struct Deployed {
+    pub config: Config,
+    pub sdk: aws_config::SdkConfig,
+    pub source: Arc<SourceClient>,
+    pub records: Arc<DynamoRecords>,
+    pub control: Arc<DynamoControl>,
+}
+
+pub async fn load() -> Result<Deployed, ConfigError> {
+    let config = Config::load()?;
+    let tables = TableNames::from_env()?;
+    let sdk = aws::sdk_config().await;
+    let secret = crate::adapters::secrets::resolve(&config.source.auth, &sdk).await?;
+    let source = SourceClient::new(&config, secret)?;
+    let (records, control) = stores(aws::dynamodb_client(&sdk), &tables.records, &tables.control);
+    Ok(Deployed {
+        config,
+        sdk,
+        source: Arc::new(source),
+        records: Arc::new(records),
+        control: Arc::new(control),
+    })
+}
+
+/// An optional numeric environment variable; a bad value names the variable.
+pub fn env_u64(name: &str, default: u64) -> Result<u64, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| ConfigError::BadEnv {
+            name: name.to_owned(),
+            message: format!("{v:?} is not a whole number"),
+        }),
+        _ => Ok(default),
+    }
+}

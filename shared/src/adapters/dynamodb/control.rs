@@ -1,0 +1,556 @@
+//! `ControlStore` on the `control` table (layout in [`super::schema`]). Every state change is
+//! one conditional write on one item; a failed condition is classified from the item's old
+//! image (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), never by a second read.
+
+use super::Contention;
+use super::item::{Item, ItemReader, n, s, ttl_seconds};
+use super::schema::attr;
+use crate::adapters::aws::store_error;
+use crate::core::timefmt::now_us;
+use crate::error::StoreError;
+use crate::model::Micros;
+use crate::ports::{ControlStore, EventClaim, JobKind, JobState, LeaseOutcome, RunRecord};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+
+/// Run-history entries expire this long after their last write (DynamoDB TTL).
+pub const RUN_HISTORY_RETENTION_US: Micros = 90 * 24 * 3_600 * 1_000_000;
+
+const STATE_SK: &str = "state";
+const EVENT_SK: &str = "event";
+const IN_PROGRESS: &str = "in_progress";
+const COMPLETED: &str = "completed";
+
+/// Attempts of a lease or claim whose item changes between the condition check and the next
+/// try (each failed attempt means another writer moved it).
+const MAX_ATTEMPTS: usize = 16;
+
+pub fn job_pk(entity: &str, kind: JobKind) -> String {
+    format!("job#{entity}#{}", kind.as_str())
+}
+
+pub fn runs_pk(entity: &str, kind: JobKind) -> String {
+    format!("runs#{entity}#{}", kind.as_str())
+}
+
+/// The run-history sort key: the start zero-padded to 20 digits (sorts numerically for any
+/// epoch-µs time), then the run ID.
+pub fn run_sk(started_us: Micros, run_id: &str) -> String {
+    format!("{started_us:020}#{run_id}")
+}
+
+pub fn event_pk(event_id: &str) -> String {
+    format!("event#{event_id}")
+}
+
+/// How `LeaseLost` names a job (as the local store does).
+fn scope(entity: &str, kind: JobKind) -> String {
+    format!("{entity}/{}", kind.as_str())
+}
+
+/// The `control` table through the AWS SDK.
+///
+/// - Leases: `acquire_lease` first tries to *take* the lease
+///   (`attribute_not_exists(lease_holder) OR (lease_holder <> :me AND lease_expires_us <= :now)`,
+///   `ADD lease_token 1`); when the old image shows we already hold it, it *renews*
+///   (`lease_holder = :me`, token unchanged); when another holder's lease is unexpired, it
+///   answers `Held` from that image. A lease is expired at its expiry instant.
+/// - `save_cursor` is fenced: `lease_holder = :me AND lease_expires_us > :now`, else
+///   `StoreError::LeaseLost`; it extends the lease in the same write.
+/// - `release_lease`: `lease_holder = :me`, REMOVE holder and expiry (token and cursor kept).
+/// - Events: `claim_event` puts an in-progress marker when
+///   `attribute_not_exists(pk) OR until_us <= :now` (absent, or expired whether in progress or
+///   completed, exactly like the local store and like TTL will eventually make it);
+///   `complete_event` overwrites it with `completed`; `release_event` deletes only an
+///   in-progress marker.
+#[derive(Debug, Clone)]
+pub struct DynamoControl {
+    client: Client,
+    table: String,
+}
+
+impl DynamoControl {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoControl {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Take a free or expired lease held by someone else (or nobody): a new acquisition.
+    async fn take_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        expires_us: Micros,
+    ) -> Result<Result<u64, Option<Item>>, StoreError> {
+        let op = "acquire lease";
+        let pk = job_pk(entity, kind);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&pk))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression(
+                "SET #entity = :entity, #kind = :kind, #holder = :me, #expires = :expires \
+                 ADD #token :one",
+            )
+            .condition_expression(
+                "attribute_not_exists(#holder) OR (#holder <> :me AND \
+                 (attribute_not_exists(#expires) OR #expires <= :now))",
+            )
+            .expression_attribute_names("#entity", attr::ENTITY)
+            .expression_attribute_names("#kind", attr::KIND)
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_names("#token", attr::LEASE_TOKEN)
+            .expression_attribute_values(":entity", s(entity))
+            .expression_attribute_values(":kind", s(kind.as_str()))
+            .expression_attribute_values(":me", s(holder))
+            .expression_attribute_values(":expires", n(expires_us))
+            .expression_attribute_values(":now", n(now_us))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => Ok(Ok(token_of(&pk, out.attributes())?)),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(f) => Ok(Err(f.item().cloned())),
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+
+    /// Extend a lease we hold (expired or not): the same acquisition, the same token.
+    async fn renew_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        expires_us: Micros,
+    ) -> Result<Option<u64>, StoreError> {
+        let op = "acquire lease";
+        let pk = job_pk(entity, kind);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&pk))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression("SET #expires = :expires")
+            .condition_expression("#holder = :me")
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_values(":me", s(holder))
+            .expression_attribute_values(":expires", n(expires_us))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => Ok(Some(token_of(&pk, out.attributes())?)),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(None),
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+}
+
+fn token_of(key: &str, attrs: Option<&Item>) -> Result<u64, StoreError> {
+    let empty = Item::new();
+    let r = ItemReader::new(key, attrs.unwrap_or(&empty));
+    r.opt_u64(attr::LEASE_TOKEN)?
+        .ok_or_else(|| r.error("lease_token is missing after an acquisition"))
+}
+
+fn decode_job(key: &str, item: &Item) -> Result<JobState, StoreError> {
+    let r = ItemReader::new(key, item);
+    Ok(JobState {
+        cursor: r.opt_s(attr::CURSOR)?.map(str::to_owned),
+        cursor_updated_us: r.opt_i64(attr::CURSOR_UPDATED_US)?,
+        lease_holder: r.opt_s(attr::LEASE_HOLDER)?.map(str::to_owned),
+        lease_expires_us: r.opt_i64(attr::LEASE_EXPIRES_US)?,
+        lease_token: r.opt_u64(attr::LEASE_TOKEN)?.unwrap_or(0),
+    })
+}
+
+fn decode_run(key: &str, item: &Item) -> Result<RunRecord, StoreError> {
+    let r = ItemReader::new(key, item);
+    let kind = r.s(attr::KIND)?;
+    Ok(RunRecord {
+        entity: r.s(attr::ENTITY)?.to_owned(),
+        kind: JobKind::parse(kind).ok_or_else(|| r.error(format!("unknown job kind {kind:?}")))?,
+        run_id: r.s(attr::RUN_ID)?.to_owned(),
+        started_us: r.i64(attr::STARTED_US)?,
+        finished_us: r.opt_i64(attr::FINISHED_US)?,
+        status: r.s(attr::STATUS)?.to_owned(),
+        summary: r.s(attr::SUMMARY)?.to_owned(),
+    })
+}
+
+/// What an event marker says: its status and until when.
+fn decode_event(key: &str, item: &Item) -> Result<(EventClaim, Micros), StoreError> {
+    let r = ItemReader::new(key, item);
+    let until_us = r.i64(attr::UNTIL_US)?;
+    let claim = match r.s(attr::STATUS)? {
+        IN_PROGRESS => EventClaim::InProgress { until_us },
+        COMPLETED => EventClaim::Completed,
+        other => return Err(r.error(format!("unknown event status {other:?}"))),
+    };
+    Ok((claim, until_us))
+}
+
+#[async_trait]
+impl ControlStore for DynamoControl {
+    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
+        let pk = job_pk(entity, kind);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&pk))
+            .key(attr::SK, s(STATE_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error("read job state", e))?;
+        match out.item() {
+            Some(item) => decode_job(&pk, item),
+            None => Ok(JobState::default()),
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let expires_us = now_us.saturating_add(ttl_us);
+        let pk = job_pk(entity, kind);
+        for _ in 0..MAX_ATTEMPTS {
+            let old = match self
+                .take_lease(entity, kind, holder, now_us, expires_us)
+                .await?
+            {
+                Ok(token) => return Ok(LeaseOutcome::Acquired { token, expires_us }),
+                Err(old) => old,
+            };
+            let state = match &old {
+                Some(item) => decode_job(&pk, item)?,
+                None => JobState::default(),
+            };
+            match (state.lease_holder, state.lease_expires_us) {
+                (Some(h), _) if h == holder => {
+                    if let Some(token) = self.renew_lease(entity, kind, holder, expires_us).await? {
+                        return Ok(LeaseOutcome::Acquired { token, expires_us });
+                    }
+                }
+                (Some(h), Some(exp)) if exp > now_us => {
+                    return Ok(LeaseOutcome::Held {
+                        holder: h,
+                        expires_us: exp,
+                    });
+                }
+                // Released or expired in between: try again.
+                _ => {}
+            }
+        }
+        Err(StoreError::backend(
+            "acquire lease",
+            Contention {
+                key: pk,
+                attempts: MAX_ATTEMPTS,
+            },
+        ))
+    }
+
+    async fn release_lease(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(job_pk(entity, kind)))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression("REMOVE #holder, #expires")
+            .condition_expression("#holder = :me")
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_values(":me", s(holder))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                // Not ours (any more): nothing to release.
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
+                other => Err(store_error("release lease", other)),
+            },
+            Err(other) => Err(store_error("release lease", other)),
+        }
+    }
+
+    async fn save_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+        cursor: &str,
+    ) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(job_pk(entity, kind)))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression("SET #cursor = :cursor, #cursor_updated = :now, #expires = :expires")
+            .condition_expression("#holder = :me AND #expires > :now")
+            .expression_attribute_names("#cursor", attr::CURSOR)
+            .expression_attribute_names("#cursor_updated", attr::CURSOR_UPDATED_US)
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_values(":cursor", s(cursor))
+            .expression_attribute_values(":now", n(now_us))
+            .expression_attribute_values(":expires", n(now_us.saturating_add(ttl_us)))
+            .expression_attribute_values(":me", s(holder))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Err(StoreError::LeaseLost {
+                    scope: scope(entity, kind),
+                    holder: holder.to_owned(),
+                }),
+                other => Err(store_error("save cursor", other)),
+            },
+            Err(other) => Err(store_error("save cursor", other)),
+        }
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let ttl = ttl_seconds(now_us().saturating_add(RUN_HISTORY_RETENTION_US));
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::PK, s(runs_pk(&run.entity, run.kind)))
+            .item(attr::SK, s(run_sk(run.started_us, &run.run_id)))
+            .item(attr::ENTITY, s(&run.entity))
+            .item(attr::KIND, s(run.kind.as_str()))
+            .item(attr::RUN_ID, s(&run.run_id))
+            .item(attr::STARTED_US, n(run.started_us))
+            .item(attr::STATUS, s(&run.status))
+            .item(attr::SUMMARY, s(&run.summary))
+            .item(attr::TTL, n(ttl));
+        if let Some(f) = run.finished_us {
+            req = req.item(attr::FINISHED_US, n(f));
+        }
+        req.send()
+            .await
+            .map(drop)
+            .map_err(|e| store_error("put run", e))
+    }
+
+    async fn list_runs(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let pk = runs_pk(entity, kind);
+        let mut out: Vec<RunRecord> = Vec::new();
+        let mut start: Option<Item> = None;
+        while out.len() < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_values(":pk", s(&pk))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .limit(i32::try_from(limit - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_error("list runs", e))?;
+            for item in page.items() {
+                out.push(decode_run(&pk, item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        now_us: Micros,
+        in_progress_ttl_us: Micros,
+    ) -> Result<EventClaim, StoreError> {
+        let op = "claim event";
+        let pk = event_pk(event_id);
+        let until_us = now_us.saturating_add(in_progress_ttl_us);
+        for _ in 0..MAX_ATTEMPTS {
+            let sent = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(attr::PK, s(&pk))
+                .item(attr::SK, s(EVENT_SK))
+                .item(attr::EVENT_ID, s(event_id))
+                .item(attr::STATUS, s(IN_PROGRESS))
+                .item(attr::UNTIL_US, n(until_us))
+                .item(attr::TTL, n(ttl_seconds(until_us)))
+                .condition_expression("attribute_not_exists(#pk) OR #until <= :now")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#until", attr::UNTIL_US)
+                .expression_attribute_values(":now", n(now_us))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return Ok(EventClaim::Claimed),
+                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                    PutItemError::ConditionalCheckFailedException(f) => {
+                        if let Some(item) = f.item() {
+                            let (claim, until) = decode_event(&pk, item)?;
+                            if until > now_us {
+                                return Ok(claim);
+                            }
+                        }
+                        // Expired or gone in between: try again.
+                    }
+                    other => return Err(store_error(op, other)),
+                },
+                Err(other) => return Err(store_error(op, other)),
+            }
+        }
+        Err(StoreError::backend(
+            op,
+            Contention {
+                key: pk,
+                attempts: MAX_ATTEMPTS,
+            },
+        ))
+    }
+
+    async fn complete_event(
+        &self,
+        event_id: &str,
+        retain_until_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::PK, s(event_pk(event_id)))
+            .item(attr::SK, s(EVENT_SK))
+            .item(attr::EVENT_ID, s(event_id))
+            .item(attr::STATUS, s(COMPLETED))
+            .item(attr::UNTIL_US, n(retain_until_us))
+            .item(attr::TTL, n(ttl_seconds(retain_until_us)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| store_error("complete event", e))
+    }
+
+    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(event_pk(event_id)))
+            .key(attr::SK, s(EVENT_SK))
+            .condition_expression("#status = :in_progress")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                // Completed, or not there: nothing to release.
+                DeleteItemError::ConditionalCheckFailedException(_) => Ok(()),
+                other => Err(store_error("release event", other)),
+            },
+            Err(other) => Err(store_error("release event", other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_keys_sort_by_start_then_run_id() {
+        let mut keys = [
+            run_sk(10, "b"),
+            run_sk(9, "z"),
+            run_sk(1_700_000_000_000_000, "a"),
+            run_sk(10, "a"),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                run_sk(9, "z"),
+                run_sk(10, "a"),
+                run_sk(10, "b"),
+                run_sk(1_700_000_000_000_000, "a")
+            ]
+        );
+        assert_eq!(run_sk(7, "r"), "00000000000000000007#r");
+    }
+
+    #[test]
+    fn bad_event_items_are_decode_errors() {
+        let item = Item::from([
+            (attr::STATUS.to_owned(), s("weird")),
+            (attr::UNTIL_US.to_owned(), n(5)),
+        ]);
+        assert!(matches!(
+            decode_event("event#x", &item),
+            Err(StoreError::Decode { .. })
+        ));
+        let item = Item::from([(attr::STATUS.to_owned(), s(COMPLETED))]);
+        assert!(matches!(
+            decode_event("event#x", &item),
+            Err(StoreError::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,581 @@
+//! `RecordStore` on the `records` table (layout in [`super::schema`]).
+
+use super::Contention;
+use super::item::{Item, ItemReader, n, s};
+use super::payload::{self, StoredPayload};
+use super::schema::{LIVE_IDS_INDEX, PAYLOAD_ENCODING_ZLIB_JSON, attr};
+use crate::adapters::aws::store_error;
+use crate::core::timefmt::now_us;
+use crate::core::{decide_delete, decide_upsert};
+use crate::error::StoreError;
+use crate::model::{
+    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
+    StoredVersion, Strategy, Version, WriteOutcome, shard_of,
+};
+use crate::ports::RecordStore;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Conditional writes in flight per `upsert_many` (outcomes still come back in input order).
+pub const UPSERT_CONCURRENCY: usize = 32;
+
+/// Conditional attempts per item before giving up with a retryable error. Every failed attempt
+/// after the first means another writer changed the item in between, so this is only reached
+/// under extreme contention on one ID.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Longest ID DynamoDB can index: `gsi_sk` is a sort key of the live-ID index, and sort keys
+/// hold at most 1024 bytes. A longer ID is refused with `StoreError::TooLarge` (`bytes` = the
+/// ID's length) rather than an SDK validation error that a retry cannot fix.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Longest partition key value (`pk`), in bytes.
+pub const MAX_PK_BYTES: usize = 2048;
+
+/// Whether an item with this key could ever have been written (see [`MAX_ID_BYTES`]).
+fn storable(pk: &str, id: &str) -> bool {
+    id.len() <= MAX_ID_BYTES && pk.len() <= MAX_PK_BYTES
+}
+
+/// The item key of a record: `"<entity>#<id>"`.
+pub fn record_key(entity: &str, id: &str) -> String {
+    let mut k = String::with_capacity(entity.len() + 1 + id.len());
+    k.push_str(entity);
+    k.push('#');
+    k.push_str(id);
+    k
+}
+
+/// The live-ID index partition of an ID: `"<entity>#<shard>"`.
+pub fn live_ids_partition(entity: &str, shard: u16) -> String {
+    format!("{entity}#{shard}")
+}
+
+/// The `records` table through the AWS SDK.
+///
+/// # Upserts
+///
+/// One conditional `UpdateItem` per record (never BatchWriteItem, which takes no condition,
+/// nor TransactWriteItems, where one conflict cancels the rest), [`UPSERT_CONCURRENCY`] in
+/// flight. The condition is `core::decide_upsert` written on numbers (no timestamp strings):
+///
+/// ```text
+/// attribute_not_exists(pk)                                                      -- Inserted
+/// OR (attribute_exists(deleted_at_us) AND deleted_at_us < :fetched)             -- Restored
+/// OR (attribute_not_exists(deleted_at_us) AND hash <> :hash
+///     AND (delta_us < :delta OR (delta_us = :delta AND fetched_at_us < :fetched))) -- Updated
+/// ```
+///
+/// `last_action` must say which of the three happened, and an update expression cannot branch
+/// on the old item. So each attempt sends **one disjunct** as its condition, with the matching
+/// `last_action`: a guess first (the kind of the last successful write: inserts during a
+/// backfill, updates afterwards), then, when the condition fails, the case that
+/// `decide_upsert` picks from the old item (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+/// Unchanged and Stale come straight from that classification, so the pure function is the
+/// single source of truth for every outcome; a written outcome is checked against
+/// `decide_upsert` of the replaced item (`ReturnValues = ALL_OLD`). The union of the conditions
+/// is the rule above, and a record is written only under its own case's condition, so I2/I3 hold
+/// whatever the guess. Cost: one call for Unchanged, Stale and a correct guess, two for a wrong
+/// guess or a restore; another attempt only when a concurrent writer changed the item.
+///
+/// Every written item gets `gsi_pk`/`gsi_sk` (live in the index), loses `deleted_at_us` (a
+/// restore), keeps `first_seen_us` (`if_not_exists`), and has exactly one of `payload` and
+/// `payload_z` (see [`super::payload`]). All payloads of a batch are encoded before the first
+/// write, so a `TooLarge` record fails the batch before anything is written.
+///
+/// # Soft deletes
+///
+/// `attribute_exists(pk) AND attribute_not_exists(deleted_at_us) AND fetched_at_us < :evidence`:
+/// sets `deleted_at_us`, `last_action = delete`, `written_by`, `last_synced_us`, and REMOVEs
+/// `gsi_pk`/`gsi_sk` (out of the sparse index); the payload stays. A failed condition is
+/// classified by `core::decide_delete` on the old item (none: NotFound).
+///
+/// # Reads
+///
+/// `get` is a consistent GetItem. `list_live_ids` queries the `live_ids` index (eventually
+/// consistent, as every GSI: a write shows up in it after a short delay on AWS).
+#[derive(Debug)]
+pub struct DynamoRecords {
+    client: Client,
+    table: String,
+    /// The kind of the last successful write: the first guess of the next upsert.
+    guess: AtomicU8,
+}
+
+impl DynamoRecords {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoRecords {
+            client,
+            table: table.into(),
+            guess: AtomicU8::new(Case::Insert as u8),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn first_guess(&self) -> Case {
+        if self.guess.load(Ordering::Relaxed) == Case::Update as u8 {
+            Case::Update
+        } else {
+            Case::Insert
+        }
+    }
+
+    async fn upsert_one(
+        &self,
+        e: &Encoded<'_>,
+        by: Strategy,
+        now: Micros,
+    ) -> Result<WriteOutcome, StoreError> {
+        let op = "upsert record";
+        let mut case = self.first_guess();
+        for _ in 0..MAX_ATTEMPTS {
+            match self.upsert_request(e, case, by, now).send().await {
+                Ok(out) => {
+                    let old = out
+                        .attributes()
+                        .filter(|a| !a.is_empty())
+                        .map(|a| decode_version(&e.pk, a))
+                        .transpose()?;
+                    let decided = decide_upsert(old.as_ref(), &e.version);
+                    if decided != case.outcome() {
+                        return Err(StoreError::Decode {
+                            key: e.pk.clone(),
+                            message: format!(
+                                "written as {:?}, but the version rule says {decided:?} for the \
+                                 item it replaced ({old:?})",
+                                case.outcome()
+                            ),
+                        });
+                    }
+                    if case != Case::Restore {
+                        self.guess.store(case as u8, Ordering::Relaxed);
+                    }
+                    return Ok(decided);
+                }
+                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => {
+                        let old = failed
+                            .item()
+                            .map(|a| decode_version(&e.pk, a))
+                            .transpose()?;
+                        let decided = decide_upsert(old.as_ref(), &e.version);
+                        match Case::for_outcome(decided) {
+                            None => return Ok(decided),
+                            Some(c) => case = c,
+                        }
+                    }
+                    other => return Err(store_error(op, other)),
+                },
+                Err(other) => return Err(store_error(op, other)),
+            }
+        }
+        Err(StoreError::backend(
+            op,
+            Contention {
+                key: e.pk.clone(),
+                attempts: MAX_ATTEMPTS,
+            },
+        ))
+    }
+
+    fn upsert_request(
+        &self,
+        e: &Encoded<'_>,
+        case: Case,
+        by: Strategy,
+        now: Micros,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        let v = &e.version;
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&e.pk))
+            .condition_expression(case.condition())
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#entity", attr::ENTITY)
+            .expression_attribute_names("#id", attr::ID)
+            .expression_attribute_names("#delta", attr::DELTA_US)
+            .expression_attribute_names("#fetched", attr::FETCHED_AT_US)
+            .expression_attribute_names("#hash", attr::HASH)
+            .expression_attribute_names("#payload", attr::PAYLOAD)
+            .expression_attribute_names("#payload_z", attr::PAYLOAD_Z)
+            .expression_attribute_names("#encoding", attr::PAYLOAD_ENCODING)
+            .expression_attribute_names("#first_seen", attr::FIRST_SEEN_US)
+            .expression_attribute_names("#last_synced", attr::LAST_SYNCED_US)
+            .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+            .expression_attribute_names("#last_action", attr::LAST_ACTION)
+            .expression_attribute_names("#written_by", attr::WRITTEN_BY)
+            .expression_attribute_names("#gsi_pk", attr::GSI_PK)
+            .expression_attribute_names("#gsi_sk", attr::GSI_SK)
+            .expression_attribute_values(":entity", s(e.entity))
+            .expression_attribute_values(":id", s(e.id))
+            .expression_attribute_values(":delta", n(v.delta_us))
+            .expression_attribute_values(":fetched", n(v.fetched_at_us))
+            .expression_attribute_values(":hash", s(v.hash.to_hex()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":action", s(case.action().as_str()))
+            .expression_attribute_values(":by", s(by.as_str()))
+            .expression_attribute_values(":gsi_pk", s(&e.gsi_pk));
+        req = match &e.payload {
+            StoredPayload::Native(av) => req
+                .update_expression(UPSERT_NATIVE)
+                .expression_attribute_values(":payload", av.clone()),
+            StoredPayload::Compressed(z) => req
+                .update_expression(UPSERT_COMPRESSED)
+                .expression_attribute_values(":payload_z", AttributeValue::B(Blob::new(z.clone())))
+                .expression_attribute_values(":encoding", s(PAYLOAD_ENCODING_ZLIB_JSON)),
+        };
+        req
+    }
+
+    async fn soft_delete_one(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let op = "soft delete record";
+        let pk = record_key(entity, id);
+        if !storable(&pk, id) {
+            return Ok(DeleteOutcome::NotFound);
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let sent = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(attr::PK, s(&pk))
+                .update_expression(
+                    "SET #deleted_at = :evidence, #last_action = :delete, #written_by = :by, \
+                     #last_synced = :now REMOVE #gsi_pk, #gsi_sk",
+                )
+                .condition_expression(
+                    "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+                     AND #fetched < :evidence",
+                )
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+                .expression_attribute_names("#fetched", attr::FETCHED_AT_US)
+                .expression_attribute_names("#last_action", attr::LAST_ACTION)
+                .expression_attribute_names("#written_by", attr::WRITTEN_BY)
+                .expression_attribute_names("#last_synced", attr::LAST_SYNCED_US)
+                .expression_attribute_names("#gsi_pk", attr::GSI_PK)
+                .expression_attribute_names("#gsi_sk", attr::GSI_SK)
+                .expression_attribute_values(":evidence", n(evidence_us))
+                .expression_attribute_values(":delete", s(LastAction::Delete.as_str()))
+                .expression_attribute_values(":by", s(by.as_str()))
+                .expression_attribute_values(":now", n(now_us()))
+                .return_values(ReturnValue::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    let old = out
+                        .attributes()
+                        .filter(|a| !a.is_empty())
+                        .map(|a| decode_version(&pk, a))
+                        .transpose()?;
+                    let decided = decide_delete(old.as_ref(), evidence_us);
+                    if decided != DeleteOutcome::Deleted {
+                        return Err(StoreError::Decode {
+                            key: pk,
+                            message: format!(
+                                "soft-deleted, but the version rule says {decided:?} for the item \
+                                 it replaced ({old:?})"
+                            ),
+                        });
+                    }
+                    return Ok(decided);
+                }
+                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => {
+                        let old = failed.item().map(|a| decode_version(&pk, a)).transpose()?;
+                        let decided = decide_delete(old.as_ref(), evidence_us);
+                        if decided != DeleteOutcome::Deleted {
+                            return Ok(decided);
+                        }
+                        // The item changed between the check and its image: try again.
+                    }
+                    other => return Err(store_error(op, other)),
+                },
+                Err(other) => return Err(store_error(op, other)),
+            }
+        }
+        Err(StoreError::backend(
+            op,
+            Contention {
+                key: pk,
+                attempts: MAX_ATTEMPTS,
+            },
+        ))
+    }
+}
+
+/// One disjunct of the version rule's condition, with the `last_action` it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Case {
+    Insert = 0,
+    Update = 1,
+    Restore = 2,
+}
+
+impl Case {
+    fn outcome(self) -> WriteOutcome {
+        match self {
+            Case::Insert => WriteOutcome::Inserted,
+            Case::Update => WriteOutcome::Updated,
+            Case::Restore => WriteOutcome::Restored,
+        }
+    }
+
+    fn for_outcome(o: WriteOutcome) -> Option<Case> {
+        match o {
+            WriteOutcome::Inserted => Some(Case::Insert),
+            WriteOutcome::Updated => Some(Case::Update),
+            WriteOutcome::Restored => Some(Case::Restore),
+            WriteOutcome::Unchanged | WriteOutcome::Stale => None,
+        }
+    }
+
+    fn action(self) -> LastAction {
+        match self {
+            Case::Insert => LastAction::Insert,
+            Case::Update => LastAction::Update,
+            Case::Restore => LastAction::Restore,
+        }
+    }
+
+    /// The disjunct of the version rule for this case (every one mentions `#pk`, so that
+    /// every request uses the same expression attribute names).
+    fn condition(self) -> &'static str {
+        match self {
+            Case::Insert => "attribute_not_exists(#pk)",
+            Case::Update => {
+                "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+                 AND #hash <> :hash \
+                 AND (#delta < :delta OR (#delta = :delta AND #fetched < :fetched))"
+            }
+            Case::Restore => {
+                "attribute_exists(#pk) AND attribute_exists(#deleted_at) \
+                 AND #deleted_at < :fetched"
+            }
+        }
+    }
+}
+
+/// The update of an upsert with a native payload.
+const UPSERT_NATIVE: &str = "SET #entity = :entity, #id = :id, #delta = :delta, \
+     #fetched = :fetched, #hash = :hash, #payload = :payload, \
+     #first_seen = if_not_exists(#first_seen, :now), #last_synced = :now, \
+     #last_action = :action, #written_by = :by, #gsi_pk = :gsi_pk, #gsi_sk = :id \
+     REMOVE #deleted_at, #payload_z, #encoding";
+
+/// The update of an upsert with a compressed payload.
+const UPSERT_COMPRESSED: &str = "SET #entity = :entity, #id = :id, #delta = :delta, \
+     #fetched = :fetched, #hash = :hash, #payload_z = :payload_z, #encoding = :encoding, \
+     #first_seen = if_not_exists(#first_seen, :now), #last_synced = :now, \
+     #last_action = :action, #written_by = :by, #gsi_pk = :gsi_pk, #gsi_sk = :id \
+     REMOVE #deleted_at, #payload";
+
+/// A record ready to write.
+struct Encoded<'a> {
+    pk: String,
+    entity: &'a str,
+    id: &'a str,
+    version: Version,
+    payload: StoredPayload,
+    gsi_pk: String,
+}
+
+fn encode(r: &Record) -> Result<Encoded<'_>, StoreError> {
+    let pk = record_key(&r.entity, &r.id);
+    if !storable(&pk, &r.id) {
+        return Err(StoreError::TooLarge {
+            bytes: r.id.len(),
+            key: pk,
+        });
+    }
+    let gsi_pk = live_ids_partition(&r.entity, shard_of(&r.id));
+    // Attribute names (~120 bytes), numbers, hash, action and strategy, plus the key strings.
+    let other_bytes = 256 + 2 * pk.len() + gsi_pk.len() + 2 * r.id.len();
+    let payload = payload::encode(&pk, r.payload.get(), other_bytes)?;
+    Ok(Encoded {
+        pk,
+        entity: &r.entity,
+        id: &r.id,
+        version: r.version,
+        payload,
+        gsi_pk,
+    })
+}
+
+fn decode_version(key: &str, item: &Item) -> Result<StoredVersion, StoreError> {
+    let r = ItemReader::new(key, item);
+    let hash_hex = r.s(attr::HASH)?;
+    let hash = ContentHash::from_hex(hash_hex)
+        .ok_or_else(|| r.error(format!("hash {hash_hex:?} is not 32 hex digits")))?;
+    Ok(StoredVersion {
+        delta_us: r.i64(attr::DELTA_US)?,
+        fetched_at_us: r.i64(attr::FETCHED_AT_US)?,
+        hash,
+        deleted_at_us: r.opt_i64(attr::DELETED_AT_US)?,
+    })
+}
+
+/// A whole item as a `StoredRecord`.
+pub(crate) fn decode_record(key: &str, item: &Item) -> Result<StoredRecord, StoreError> {
+    let r = ItemReader::new(key, item);
+    let version = decode_version(key, item)?;
+    let compressed = match r.get(attr::PAYLOAD_Z) {
+        None => None,
+        Some(AttributeValue::B(b)) => Some(b),
+        Some(_) => return Err(r.error("payload_z is not binary")),
+    };
+    let payload = payload::decode(
+        r.get(attr::PAYLOAD),
+        compressed,
+        r.opt_s(attr::PAYLOAD_ENCODING)?,
+    )
+    .map_err(|m| r.error(m))?;
+    let action = r.s(attr::LAST_ACTION)?;
+    let by = r.s(attr::WRITTEN_BY)?;
+    Ok(StoredRecord {
+        entity: r.s(attr::ENTITY)?.to_owned(),
+        id: r.s(attr::ID)?.to_owned(),
+        version,
+        payload,
+        first_seen_us: r.i64(attr::FIRST_SEEN_US)?,
+        last_synced_us: r.i64(attr::LAST_SYNCED_US)?,
+        last_action: LastAction::parse(action)
+            .ok_or_else(|| r.error(format!("unknown last_action {action:?}")))?,
+        written_by: Strategy::parse(by)
+            .ok_or_else(|| r.error(format!("unknown written_by {by:?}")))?,
+    })
+}
+
+#[async_trait]
+impl RecordStore for DynamoRecords {
+    async fn upsert_many(
+        &self,
+        records: &[Record],
+        by: Strategy,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let now = now_us();
+        // The futures are built before the stream (not in a closure inside it) so that the
+        // whole future stays `Send` for `async_trait`.
+        let writes: Vec<_> = encoded
+            .iter()
+            .map(|e| self.upsert_one(e, by, now))
+            .collect();
+        futures::stream::iter(writes)
+            .buffered(UPSERT_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.soft_delete_one(entity, id, evidence_us, by).await
+    }
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let pk = record_key(entity, id);
+        if !storable(&pk, id) {
+            return Ok(None);
+        }
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error("get record", e))?;
+        out.item().map(|item| decode_record(&pk, item)).transpose()
+    }
+
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError> {
+        let op = "list live ids";
+        // A zero limit would return an empty page that looks like the end of the shard.
+        let limit = limit.max(1);
+        // One more than asked, to know whether another page follows (as the local store does).
+        let want = limit.saturating_add(1);
+        let partition = live_ids_partition(entity, shard);
+        // Every ID sorts after "", which is not a valid key value: no start key then.
+        let mut start: Option<Item> = after.filter(|a| !a.is_empty()).map(|a| {
+            HashMap::from([
+                (attr::GSI_PK.to_owned(), s(&partition)),
+                (attr::GSI_SK.to_owned(), s(a)),
+                (attr::PK.to_owned(), s(record_key(entity, a))),
+            ])
+        });
+        let mut items: Vec<IdVersion> = Vec::new();
+        loop {
+            let page_limit = i32::try_from(want - items.len()).unwrap_or(i32::MAX);
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(LIVE_IDS_INDEX)
+                .key_condition_expression("#gsi_pk = :partition")
+                .projection_expression("#gsi_sk, #delta")
+                .expression_attribute_names("#gsi_pk", attr::GSI_PK)
+                .expression_attribute_names("#gsi_sk", attr::GSI_SK)
+                .expression_attribute_names("#delta", attr::DELTA_US)
+                .expression_attribute_values(":partition", s(&partition))
+                .limit(page_limit)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_error(op, e))?;
+            for item in out.items() {
+                let r = ItemReader::new(&partition, item);
+                items.push(IdVersion {
+                    id: r.s(attr::GSI_SK)?.to_owned(),
+                    delta_us: r.i64(attr::DELTA_US)?,
+                });
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() && items.len() < want => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let next_after = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| i.id.clone())
+        } else {
+            None
+        };
+        Ok(LiveIdPage { items, next_after })
+    }
+}

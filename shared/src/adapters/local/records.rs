@@ -1,0 +1,399 @@
+//! `RecordStore` on the `records` table.
+
+use super::{LocalStore, row_error, sql_error, sql_limit};
+use crate::core::timefmt::now_us;
+use crate::core::{decide_delete, decide_upsert};
+use crate::error::StoreError;
+use crate::model::{
+    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
+    StoredVersion, Strategy, WriteOutcome, shard_of,
+};
+use crate::ports::RecordStore;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::io::Write;
+
+/// Payloads up to this many bytes are stored as they are (DynamoDB: as a native map).
+pub const INLINE_PAYLOAD_MAX_BYTES: usize = 350 * 1024;
+/// Larger payloads must fit in this many bytes zlib-compressed (DynamoDB: `payload_z`), else the
+/// item is rejected with `StoreError::TooLarge`.
+pub const COMPRESSED_PAYLOAD_MAX_BYTES: usize = 390 * 1024;
+
+/// Longest ID the DynamoDB store can index (a sort key of its live-ID index holds 1024 bytes);
+/// a longer one is `TooLarge` with the ID's length in `bytes`, in both stores.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Longest item key (`"<entity>#<id>"`) DynamoDB takes as a partition key, in bytes.
+pub const MAX_PK_BYTES: usize = 2048;
+
+/// Whether a record of this key fits both stores' key limits.
+fn check_key_size(pk: &str, id: &str) -> Result<(), StoreError> {
+    if id.len() > MAX_ID_BYTES || pk.len() > MAX_PK_BYTES {
+        return Err(StoreError::TooLarge {
+            key: pk.to_owned(),
+            bytes: id.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The size rule both stores apply: a payload over `INLINE_PAYLOAD_MAX_BYTES` whose zlib
+/// compression (default level) is over `COMPRESSED_PAYLOAD_MAX_BYTES` is `TooLarge`, with the
+/// compressed size in `bytes`.
+pub fn check_payload_size(entity: &str, id: &str, payload: &str) -> Result<(), StoreError> {
+    if payload.len() <= INLINE_PAYLOAD_MAX_BYTES {
+        return Ok(());
+    }
+    let compressed = zlib_len(payload.as_bytes());
+    if compressed > COMPRESSED_PAYLOAD_MAX_BYTES {
+        return Err(StoreError::TooLarge {
+            key: record_key(entity, id),
+            bytes: compressed,
+        });
+    }
+    Ok(())
+}
+
+/// Length of the zlib stream of `bytes` at the default level, without keeping it.
+fn zlib_len(bytes: &[u8]) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut enc = flate2::write::ZlibEncoder::new(Count(0), flate2::Compression::default());
+    // Writing into a counter cannot fail; should it, the payload counts as incompressible.
+    match enc.write_all(bytes).and_then(|()| enc.finish()) {
+        Ok(c) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// The item key, as in DynamoDB: `"<entity>#<id>"`.
+pub(crate) fn record_key(entity: &str, id: &str) -> String {
+    let mut k = String::with_capacity(entity.len() + 1 + id.len());
+    k.push_str(entity);
+    k.push('#');
+    k.push_str(id);
+    k
+}
+
+const SELECT_VERSION: &str =
+    "SELECT delta_us, fetched_at_us, hash, deleted_at_us FROM records WHERE pk = ?1";
+
+const INSERT: &str = "INSERT INTO records (pk, entity, id, shard, delta_us, fetched_at_us, hash, \
+     payload, first_seen_us, last_synced_us, deleted_at_us, last_action, written_by) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, NULL, ?10, ?11)";
+
+/// An update or a restore: `first_seen_us` kept, `deleted_at_us` cleared. Bound with `INSERT`'s
+/// parameters. `entity`, `id` and `shard` are set too, as DynamoDB's update sets them (they
+/// differ from the stored ones only when two (entity, ID) pairs share a key, an entity name
+/// holding `#`); the live index entry changes with `delta_us` anyway.
+const UPDATE: &str = "UPDATE records SET entity = ?2, id = ?3, shard = ?4, delta_us = ?5, \
+     fetched_at_us = ?6, hash = ?7, payload = ?8, last_synced_us = ?9, deleted_at_us = NULL, \
+     last_action = ?10, written_by = ?11 WHERE pk = ?1";
+
+const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = ?3, \
+     written_by = ?4, last_synced_us = ?5 WHERE pk = ?1";
+
+const SELECT_ITEM: &str = "SELECT entity, id, delta_us, fetched_at_us, hash, deleted_at_us, \
+     payload, first_seen_us, last_synced_us, last_action, written_by FROM records WHERE pk = ?1";
+
+// `deleted_at_us IS NULL` spelled as in the partial index, so that the planner uses it.
+const LIST_LIVE_FIRST: &str = "SELECT id, delta_us FROM records \
+     WHERE entity = ?1 AND shard = ?2 AND deleted_at_us IS NULL ORDER BY id LIMIT ?3";
+const LIST_LIVE_AFTER: &str = "SELECT id, delta_us FROM records \
+     WHERE entity = ?1 AND shard = ?2 AND deleted_at_us IS NULL AND id > ?4 ORDER BY id LIMIT ?3";
+
+/// The stored version of `pk`, if any, read inside the caller's transaction.
+fn stored_version(conn: &Connection, pk: &str) -> Result<Option<StoredVersion>, StoreError> {
+    let op = "read record version";
+    let mut st = conn
+        .prepare_cached(SELECT_VERSION)
+        .map_err(|e| sql_error(op, e))?;
+    let row = st
+        .query_row([pk], |r| {
+            let hash = r.get_ref(2)?.as_str().ok().and_then(ContentHash::from_hex);
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                hash,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()
+        .map_err(|e| row_error(op, pk, e))?;
+    let Some((delta_us, fetched_at_us, hash, deleted_at_us)) = row else {
+        return Ok(None);
+    };
+    let hash = hash.ok_or_else(|| StoreError::Decode {
+        key: pk.to_owned(),
+        message: "hash is not 32 hex digits".into(),
+    })?;
+    Ok(Some(StoredVersion {
+        delta_us,
+        fetched_at_us,
+        hash,
+        deleted_at_us,
+    }))
+}
+
+fn upsert_all(
+    conn: &mut Connection,
+    records: &[Record],
+    by: Strategy,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let op = "upsert records";
+    // Every record is checked before anything is written, as the DynamoDB store does.
+    for r in records {
+        check_key_size(&record_key(&r.entity, &r.id), &r.id)?;
+        check_payload_size(&r.entity, &r.id, r.payload.get())?;
+    }
+    let now = now_us();
+    let mut outcomes = Vec::with_capacity(records.len());
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    {
+        let mut insert = tx.prepare_cached(INSERT).map_err(|e| sql_error(op, e))?;
+        let mut update = tx.prepare_cached(UPDATE).map_err(|e| sql_error(op, e))?;
+        for r in records {
+            let pk = record_key(&r.entity, &r.id);
+            let stored = stored_version(&tx, &pk)?;
+            let outcome = decide_upsert(stored.as_ref(), &r.version);
+            let action = match outcome {
+                WriteOutcome::Inserted => LastAction::Insert,
+                WriteOutcome::Updated => LastAction::Update,
+                WriteOutcome::Restored => LastAction::Restore,
+                WriteOutcome::Unchanged | WriteOutcome::Stale => {
+                    outcomes.push(outcome);
+                    continue;
+                }
+            };
+            let stmt = if outcome == WriteOutcome::Inserted {
+                &mut insert
+            } else {
+                &mut update
+            };
+            stmt.execute(params![
+                pk,
+                r.entity,
+                r.id,
+                shard_of(&r.id),
+                r.version.delta_us,
+                r.version.fetched_at_us,
+                r.version.hash.to_hex(),
+                r.payload.get(),
+                now,
+                action.as_str(),
+                by.as_str(),
+            ])
+            .map_err(|e| sql_error(op, e))?;
+            outcomes.push(outcome);
+        }
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(outcomes)
+}
+
+fn soft_delete_one(
+    conn: &mut Connection,
+    entity: &str,
+    id: &str,
+    evidence_us: Micros,
+    by: Strategy,
+) -> Result<DeleteOutcome, StoreError> {
+    let op = "soft delete record";
+    let pk = record_key(entity, id);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    let outcome = decide_delete(stored_version(&tx, &pk)?.as_ref(), evidence_us);
+    if outcome == DeleteOutcome::Deleted {
+        tx.prepare_cached(SOFT_DELETE)
+            .and_then(|mut st| {
+                st.execute(params![
+                    pk,
+                    evidence_us,
+                    LastAction::Delete.as_str(),
+                    by.as_str(),
+                    now_us()
+                ])
+            })
+            .map_err(|e| sql_error(op, e))?;
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(outcome)
+}
+
+/// The columns of one row as SQLite has them, before any decoding that can fail.
+struct RawItem {
+    entity: String,
+    id: String,
+    delta_us: i64,
+    fetched_at_us: i64,
+    hash: String,
+    deleted_at_us: Option<i64>,
+    payload: String,
+    first_seen_us: i64,
+    last_synced_us: i64,
+    last_action: String,
+    written_by: String,
+}
+
+impl RawItem {
+    fn decode(self, pk: &str) -> Result<StoredRecord, StoreError> {
+        let bad = |message: String| StoreError::Decode {
+            key: pk.to_owned(),
+            message,
+        };
+        let hash = ContentHash::from_hex(&self.hash)
+            .ok_or_else(|| bad(format!("hash {:?} is not 32 hex digits", self.hash)))?;
+        let payload = serde_json::from_str(&self.payload)
+            .map_err(|e| bad(format!("payload is not JSON: {e}")))?;
+        let last_action = LastAction::parse(&self.last_action)
+            .ok_or_else(|| bad(format!("unknown last_action {:?}", self.last_action)))?;
+        let written_by = Strategy::parse(&self.written_by)
+            .ok_or_else(|| bad(format!("unknown written_by {:?}", self.written_by)))?;
+        Ok(StoredRecord {
+            entity: self.entity,
+            id: self.id,
+            version: StoredVersion {
+                delta_us: self.delta_us,
+                fetched_at_us: self.fetched_at_us,
+                hash,
+                deleted_at_us: self.deleted_at_us,
+            },
+            payload,
+            first_seen_us: self.first_seen_us,
+            last_synced_us: self.last_synced_us,
+            last_action,
+            written_by,
+        })
+    }
+}
+
+fn get_one(conn: &Connection, pk: &str) -> Result<Option<StoredRecord>, StoreError> {
+    let op = "get record";
+    let mut st = conn
+        .prepare_cached(SELECT_ITEM)
+        .map_err(|e| sql_error(op, e))?;
+    let raw = st
+        .query_row([pk], |r| {
+            Ok(RawItem {
+                entity: r.get(0)?,
+                id: r.get(1)?,
+                delta_us: r.get(2)?,
+                fetched_at_us: r.get(3)?,
+                hash: r.get(4)?,
+                deleted_at_us: r.get(5)?,
+                payload: r.get(6)?,
+                first_seen_us: r.get(7)?,
+                last_synced_us: r.get(8)?,
+                last_action: r.get(9)?,
+                written_by: r.get(10)?,
+            })
+        })
+        .optional()
+        .map_err(|e| row_error(op, pk, e))?;
+    raw.map(|raw| raw.decode(pk)).transpose()
+}
+
+fn list_live(
+    conn: &Connection,
+    entity: &str,
+    shard: u16,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<LiveIdPage, StoreError> {
+    let op = "list live ids";
+    // A zero limit would return an empty page that looks like the end of the shard.
+    let limit = limit.max(1);
+    let fetch = sql_limit(limit.saturating_add(1));
+    let key = format!("{entity}#{shard}");
+    let mut st = conn
+        .prepare_cached(if after.is_some() {
+            LIST_LIVE_AFTER
+        } else {
+            LIST_LIVE_FIRST
+        })
+        .map_err(|e| sql_error(op, e))?;
+    let map_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<IdVersion> {
+        Ok(IdVersion {
+            id: r.get(0)?,
+            delta_us: r.get(1)?,
+        })
+    };
+    let rows = match after {
+        Some(a) => st.query_map(params![entity, shard, fetch, a], map_row),
+        None => st.query_map(params![entity, shard, fetch], map_row),
+    }
+    .map_err(|e| sql_error(op, e))?;
+    let mut items = rows
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| row_error(op, &key, e))?;
+    let next_after = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|i| i.id.clone())
+    } else {
+        None
+    };
+    Ok(LiveIdPage { items, next_after })
+}
+
+#[async_trait]
+impl RecordStore for LocalStore {
+    async fn upsert_many(
+        &self,
+        records: &[Record],
+        by: Strategy,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = records.to_vec();
+        self.db()
+            .call("upsert records", move |c| upsert_all(c, &records, by))
+            .await
+    }
+
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let (entity, id) = (entity.to_owned(), id.to_owned());
+        self.db()
+            .call("soft delete record", move |c| {
+                soft_delete_one(c, &entity, &id, evidence_us, by)
+            })
+            .await
+    }
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let pk = record_key(entity, id);
+        self.db().call("get record", move |c| get_one(c, &pk)).await
+    }
+
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError> {
+        let entity = entity.to_owned();
+        let after = after.map(str::to_owned);
+        self.db()
+            .call("list live ids", move |c| {
+                list_live(c, &entity, shard, after.as_deref(), limit)
+            })
+            .await
+    }
+}

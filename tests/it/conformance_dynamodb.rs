@@ -1,0 +1,409 @@
+//! The store conformance suite against the DynamoDB adapter on DynamoDB Local (fresh tables per
+//! test, made by `create_tables`), plus what only DynamoDB has: the item layout the
+//! application reads (native payload map, compressed fallback, the sparse live-ID index).
+
+use crate::conformance::{self, conformance_suite, rec};
+use crate::harness::{dynamodb_client, unique_name};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+use shared::StoreError;
+use shared::adapters::dynamodb::{
+    DynamoRecords, MAX_ID_BYTES, create_tables, record_key, schema, stores,
+};
+use shared::model::{ID_SHARDS, LastAction, Strategy, WriteOutcome, shard_of};
+use shared::ports::{ControlStore, RecordStore};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Fresh, uniquely named tables on DynamoDB Local: the raw client and the table names.
+pub async fn fresh_tables() -> (aws_sdk_dynamodb::Client, String, String) {
+    let client = dynamodb_client().await;
+    let records = unique_name("it-records");
+    let control = unique_name("it-control");
+    create_tables(&client, &records, &control)
+        .await
+        .expect("create the tables on DynamoDB Local");
+    (client, records, control)
+}
+
+pub async fn dynamodb_stores() -> (Arc<dyn RecordStore>, Arc<dyn ControlStore>) {
+    let (client, records, control) = fresh_tables().await;
+    let (r, c) = stores(client, &records, &control);
+    (Arc::new(r), Arc::new(c))
+}
+
+conformance_suite!(dynamodb, dynamodb_stores);
+
+async fn raw_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    entity: &str,
+    id: &str,
+) -> HashMap<String, AttributeValue> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(record_key(entity, id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item()
+        .cloned()
+        .expect("the item exists")
+}
+
+fn n(v: &AttributeValue) -> i64 {
+    v.as_n().expect("a number").parse().expect("an integer")
+}
+
+#[tokio::test]
+async fn payload_is_a_native_map_the_application_can_read() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let p = json!({
+        "id": "42", "name": "Ann", "age": 42, "score": 1.5, "active": true, "nickname": null,
+        "tags": ["a", "b"], "address": {"city": "Bern", "zip": "3000"}
+    });
+    let r = rec("people", "42", 1_000, 2_000, &p);
+    assert_eq!(
+        store.upsert(&r, Strategy::Delta).await.expect("upsert"),
+        WriteOutcome::Inserted
+    );
+    let item = raw_item(&client, &table, "people", "42").await;
+    let AttributeValue::M(m) = &item["payload"] else {
+        panic!("payload is a map: {:?}", item["payload"]);
+    };
+    assert_eq!(m["name"], AttributeValue::S("Ann".into()));
+    assert_eq!(m["age"], AttributeValue::N("42".into()));
+    assert_eq!(m["score"], AttributeValue::N("1.5".into()));
+    assert_eq!(m["active"], AttributeValue::Bool(true));
+    assert_eq!(m["nickname"], AttributeValue::Null(true));
+    assert_eq!(
+        m["tags"],
+        AttributeValue::L(vec![
+            AttributeValue::S("a".into()),
+            AttributeValue::S("b".into())
+        ])
+    );
+    let AttributeValue::M(addr) = &m["address"] else {
+        panic!("nested object is a map");
+    };
+    assert_eq!(addr["city"], AttributeValue::S("Bern".into()));
+    // The metadata beside it, as documented in `schema`.
+    assert_eq!(item["pk"], AttributeValue::S("people#42".into()));
+    assert_eq!(item["entity"], AttributeValue::S("people".into()));
+    assert_eq!(item["id"], AttributeValue::S("42".into()));
+    assert_eq!(n(&item["delta_us"]), 1_000);
+    assert_eq!(n(&item["fetched_at_us"]), 2_000);
+    assert_eq!(item["hash"], AttributeValue::S(r.version.hash.to_hex()));
+    assert_eq!(item["last_action"], AttributeValue::S("insert".into()));
+    assert_eq!(item["written_by"], AttributeValue::S("delta".into()));
+    assert_eq!(n(&item["first_seen_us"]), n(&item["last_synced_us"]));
+    assert_eq!(
+        item["gsi_pk"],
+        AttributeValue::S(format!("people#{}", shard_of("42")))
+    );
+    assert_eq!(item["gsi_sk"], AttributeValue::S("42".into()));
+    for absent in ["payload_z", "payload_encoding", "deleted_at_us"] {
+        assert!(!item.contains_key(absent), "{absent} is absent");
+    }
+}
+
+#[tokio::test]
+async fn large_payloads_switch_between_compressed_and_native() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let big = json!({"id": "b", "blob": "abc ".repeat(100 * 1024)});
+    store
+        .upsert(&rec("people", "b", 1, 2, &big), Strategy::Delta)
+        .await
+        .expect("upsert");
+    let item = raw_item(&client, &table, "people", "b").await;
+    assert!(!item.contains_key("payload"), "no native payload");
+    assert_eq!(
+        item["payload_encoding"],
+        AttributeValue::S("zlib-json".into())
+    );
+    let z = item["payload_z"].as_b().expect("payload_z is binary");
+    assert!(
+        z.as_ref().len() < 20 * 1024,
+        "compressed: {}",
+        z.as_ref().len()
+    );
+    assert_eq!(
+        store
+            .get("people", "b")
+            .await
+            .expect("get")
+            .expect("stored")
+            .payload,
+        big
+    );
+    // Back to a small payload: native again, the compressed attributes gone.
+    let small = json!({"id": "b", "blob": "short"});
+    assert_eq!(
+        store
+            .upsert(&rec("people", "b", 2, 3, &small), Strategy::Delta)
+            .await
+            .expect("upsert"),
+        WriteOutcome::Updated
+    );
+    let item = raw_item(&client, &table, "people", "b").await;
+    assert!(item["payload"].is_m());
+    assert!(!item.contains_key("payload_z") && !item.contains_key("payload_encoding"));
+}
+
+#[tokio::test]
+async fn soft_deleted_items_leave_the_sparse_index() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    store
+        .upsert(
+            &rec("people", "7", 1, 2, &json!({"id": 7})),
+            Strategy::Delta,
+        )
+        .await
+        .expect("upsert");
+    store
+        .soft_delete("people", "7", 10, Strategy::Reconcile)
+        .await
+        .expect("delete");
+    let item = raw_item(&client, &table, "people", "7").await;
+    assert!(!item.contains_key("gsi_pk") && !item.contains_key("gsi_sk"));
+    assert_eq!(n(&item["deleted_at_us"]), 10);
+    assert_eq!(item["last_action"], AttributeValue::S("delete".into()));
+    assert!(item["payload"].is_m(), "payload kept");
+    // The index really has nothing for it (scan of the index itself).
+    let scanned = client
+        .scan()
+        .table_name(&table)
+        .index_name(schema::LIVE_IDS_INDEX)
+        .send()
+        .await
+        .expect("scan the index");
+    assert_eq!(scanned.count(), 0);
+    // Restored: back in the index, with `delta_us` projected.
+    assert_eq!(
+        store
+            .upsert(
+                &rec("people", "7", 3, 11, &json!({"id": 7, "v": 2})),
+                Strategy::Targeted
+            )
+            .await
+            .expect("upsert"),
+        WriteOutcome::Restored
+    );
+    let item = raw_item(&client, &table, "people", "7").await;
+    assert!(!item.contains_key("deleted_at_us"));
+    assert_eq!(
+        item["gsi_pk"],
+        AttributeValue::S(format!("people#{}", shard_of("7")))
+    );
+    let scanned = client
+        .scan()
+        .table_name(&table)
+        .index_name(schema::LIVE_IDS_INDEX)
+        .send()
+        .await
+        .expect("scan the index");
+    assert_eq!(scanned.count(), 1);
+    let entry = &scanned.items()[0];
+    assert_eq!(n(&entry["delta_us"]), 3, "the index projects delta_us");
+    assert!(!entry.contains_key("payload"), "and not the payload");
+}
+
+#[tokio::test]
+async fn five_hundred_item_batch_is_written_without_throttling() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let batch: Vec<_> = (0..500)
+        .map(|i| {
+            rec(
+                "donations",
+                &format!("d{i:04}"),
+                1_000 + i,
+                2_000,
+                &json!({"id": i, "amount": i * 10}),
+            )
+        })
+        .collect();
+    let out = store
+        .upsert_many(&batch, Strategy::Delta)
+        .await
+        .expect("upsert_many");
+    assert_eq!(out, vec![WriteOutcome::Inserted; 500]);
+    // And again: all unchanged, nothing rewritten.
+    let out = store
+        .upsert_many(&batch, Strategy::Delta)
+        .await
+        .expect("upsert_many");
+    assert_eq!(out, vec![WriteOutcome::Unchanged; 500]);
+    let mut total = 0;
+    for shard in 0..ID_SHARDS {
+        total += conformance::all_live(&store, "donations", shard, 1_000)
+            .await
+            .len();
+    }
+    assert_eq!(total, 500);
+    let got = store
+        .get("donations", "d0499")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(got.payload, json!({"id": 499, "amount": 4990}));
+    assert_eq!(got.last_action, LastAction::Insert);
+}
+
+#[tokio::test]
+async fn a_corrupt_item_is_a_decode_error_not_a_panic() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let put = |id: &str, hash: &str, delta: AttributeValue| {
+        client
+            .put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S(record_key("people", id)))
+            .item("entity", AttributeValue::S("people".into()))
+            .item("id", AttributeValue::S(id.into()))
+            .item("delta_us", delta)
+            .item("fetched_at_us", AttributeValue::N("2".into()))
+            .item("hash", AttributeValue::S(hash.into()))
+            .item("payload", AttributeValue::M(HashMap::new()))
+            .item("first_seen_us", AttributeValue::N("1".into()))
+            .item("last_synced_us", AttributeValue::N("1".into()))
+            .item("last_action", AttributeValue::S("insert".into()))
+            .item("written_by", AttributeValue::S("delta".into()))
+            .item(
+                "gsi_pk",
+                AttributeValue::S(format!("people#{}", shard_of(id))),
+            )
+            .item("gsi_sk", AttributeValue::S(id.into()))
+            .send()
+    };
+    put("bad-hash", "not-hex", AttributeValue::N("1".into()))
+        .await
+        .expect("put");
+    put(
+        "bad-delta",
+        &"0".repeat(32),
+        AttributeValue::S("yesterday".into()),
+    )
+    .await
+    .expect("put");
+    for id in ["bad-hash", "bad-delta"] {
+        match store.get("people", id).await {
+            Err(StoreError::Decode { key, message }) => {
+                assert_eq!(key, format!("people#{id}"));
+                assert!(!message.is_empty());
+            }
+            other => panic!("{id}: want Decode, got {other:?}"),
+        }
+        // A write over it needs the old version: a Decode error too.
+        let r = rec("people", id, 5, 6, &json!({"id": id}));
+        assert!(
+            matches!(
+                store.upsert(&r, Strategy::Delta).await,
+                Err(StoreError::Decode { .. })
+            ),
+            "{id}"
+        );
+    }
+    // The index projects the corrupt delta: listing that shard is a Decode error as well.
+    let listed = store
+        .list_live_ids("people", shard_of("bad-delta"), None, 10)
+        .await;
+    assert!(
+        matches!(listed, Err(StoreError::Decode { .. })),
+        "{listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_backend_error() {
+    let client = dynamodb_client().await;
+    let store = DynamoRecords::new(client, unique_name("it-no-such-table"));
+    match store.get("people", "1").await {
+        Err(e @ StoreError::Backend { .. }) => {
+            assert!(e.is_retryable());
+            assert!(e.to_string().contains("get record"), "{e}");
+        }
+        other => panic!("want Backend, got {other:?}"),
+    }
+}
+
+/// What DynamoDB cannot hold as a native value (checked against DynamoDB Local's real
+/// validation) is stored compressed, and everything round-trips.
+#[tokio::test]
+async fn payloads_dynamodb_cannot_hold_natively_fall_back() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let nest = |levels: usize| {
+        let mut v = json!("leaf");
+        for _ in 0..levels {
+            v = json!([v]);
+        }
+        v
+    };
+    let cases = [
+        ("empty-key", json!({"": "x", "a": 1}), false),
+        ("huge-number", json!({"n": 1e200}), false),
+        ("tiny-number", json!({"n": -1e-200}), false),
+        ("nested-32", nest(32), false),
+        ("nested-31", nest(31), true),
+        ("many-zeros", json!({"z": vec![0; 170 * 1024]}), false),
+    ];
+    for (id, p, native) in cases {
+        let r = rec("people", id, 1, 2, &p);
+        assert_eq!(
+            store.upsert(&r, Strategy::Delta).await.expect(id),
+            WriteOutcome::Inserted,
+            "{id}"
+        );
+        let item = raw_item(&client, &table, "people", id).await;
+        assert_eq!(item.contains_key("payload"), native, "{id} native");
+        assert_eq!(item.contains_key("payload_z"), !native, "{id} compressed");
+        let got = store.get("people", id).await.expect("get").expect("stored");
+        assert!(got.payload == p, "{id} round-trips");
+    }
+}
+
+/// DynamoDB indexes at most 1024 bytes of sort key: a longer ID is `TooLarge` (not a retryable
+/// backend error), and reads of such an ID find nothing without asking.
+#[tokio::test]
+async fn ids_beyond_the_index_key_limit_are_too_large() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client, &table);
+    let longest = "é".repeat(MAX_ID_BYTES / 2);
+    let r = rec("people", &longest, 1, 2, &json!({"id": "long"}));
+    assert_eq!(
+        store
+            .upsert(&r, Strategy::Delta)
+            .await
+            .expect("1024 bytes fit"),
+        WriteOutcome::Inserted
+    );
+    assert_eq!(
+        store
+            .get("people", &longest)
+            .await
+            .expect("get")
+            .expect("stored")
+            .id,
+        longest
+    );
+    let too_long = format!("{longest}x");
+    let r = rec("people", &too_long, 1, 2, &json!({"id": "longer"}));
+    match store.upsert_many(&[r], Strategy::Delta).await {
+        Err(StoreError::TooLarge { bytes, .. }) => assert_eq!(bytes, MAX_ID_BYTES + 1),
+        other => panic!("want TooLarge, got {other:?}"),
+    }
+    assert!(store.get("people", &too_long).await.expect("get").is_none());
+    assert_eq!(
+        store
+            .soft_delete("people", &too_long, 5, Strategy::Reconcile)
+            .await
+            .expect("delete"),
+        shared::model::DeleteOutcome::NotFound
+    );
+}

@@ -1,0 +1,424 @@
+//! Run configuration of the simulator: sizes, timestamps, wire shapes, limits and chaos.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The entities the simulator serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    /// `GET /people/v2/people`, JSON:API type `Person`, about 1 KB of JSON per record.
+    People,
+    /// `GET /giving/v2/donations`, JSON:API type `Donation`, a few hundred bytes per record.
+    Donations,
+}
+
+impl Entity {
+    /// Every entity, in a fixed order.
+    pub const ALL: [Entity; 2] = [Entity::People, Entity::Donations];
+
+    /// The collection path, e.g. `/people/v2/people`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Entity::People => "/people/v2/people",
+            Entity::Donations => "/giving/v2/donations",
+        }
+    }
+
+    /// The JSON:API resource type, e.g. `Person`.
+    pub fn json_type(self) -> &'static str {
+        match self {
+            Entity::People => "Person",
+            Entity::Donations => "Donation",
+        }
+    }
+
+    /// The entity name used by the admin interface, e.g. `people`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::People => "people",
+            Entity::Donations => "donations",
+        }
+    }
+
+    /// Parses an entity name (`people`, `donations`) or JSON:API type (`Person`, `Donation`).
+    pub fn from_name(s: &str) -> Option<Entity> {
+        Entity::ALL
+            .into_iter()
+            .find(|e| e.name() == s || e.json_type() == s)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Entity::People => 0,
+            Entity::Donations => 1,
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The precision of the timestamps the source stores (and writes on mutation).
+///
+/// Every stored `updated_at` is truncated (floored) to this unit, so `Seconds` makes ties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Granularity {
+    /// Microseconds (six fraction digits in RFC 3339).
+    #[default]
+    Micros,
+    /// Milliseconds (three fraction digits in RFC 3339).
+    Millis,
+    /// Whole seconds (no fraction in RFC 3339).
+    Seconds,
+}
+
+impl Granularity {
+    /// The unit in microseconds (1, 1,000 or 1,000,000).
+    pub fn unit_us(self) -> i64 {
+        match self {
+            Granularity::Micros => 1,
+            Granularity::Millis => 1_000,
+            Granularity::Seconds => 1_000_000,
+        }
+    }
+
+    /// Floors `us` to this granularity (saturating at the ends of the `i64` range).
+    pub fn truncate(self, us: i64) -> i64 {
+        let unit = self.unit_us();
+        us.div_euclid(unit).saturating_mul(unit)
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "micros" | "us" | "microseconds" => Ok(Granularity::Micros),
+            "millis" | "ms" | "milliseconds" => Ok(Granularity::Millis),
+            "seconds" | "s" | "secs" => Ok(Granularity::Seconds),
+            other => Err(format!(
+                "unknown granularity {other:?} (expected micros, millis or seconds)"
+            )),
+        }
+    }
+}
+
+/// How timestamps are written in records (filters accept all three formats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TimestampFormat {
+    /// RFC 3339 string in UTC with a `Z`, e.g. `"2024-01-01T00:00:00.123456Z"`; the number of
+    /// fraction digits follows the [`Granularity`] (6, 3 or none).
+    #[default]
+    Rfc3339,
+    /// Unix seconds as a JSON number. An integer at `Seconds` granularity; with a finer
+    /// granularity the number carries a decimal fraction (`1704067200.123456`), so that no
+    /// precision is hidden from the client.
+    EpochSeconds,
+    /// Unix milliseconds as a JSON number. An integer at `Millis` or `Seconds` granularity;
+    /// with `Micros` it carries three fraction digits (`1704067200123.456`).
+    EpochMillis,
+}
+
+impl FromStr for TimestampFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rfc3339" => Ok(TimestampFormat::Rfc3339),
+            "epoch_seconds" | "epoch-seconds" | "seconds" => Ok(TimestampFormat::EpochSeconds),
+            "epoch_millis" | "epoch-millis" | "millis" => Ok(TimestampFormat::EpochMillis),
+            other => Err(format!(
+                "unknown timestamp format {other:?} (expected rfc3339, epoch_seconds or epoch_millis)"
+            )),
+        }
+    }
+}
+
+/// The document shape of responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Envelope {
+    /// JSON:API documents: `{"data":[...],"included":[],"links":{..},"meta":{..}}`.
+    #[default]
+    JsonApi,
+    /// A page is a bare JSON array of flat objects (`{"id":"12","updated_at":..,...}`), a single
+    /// record is the bare object; pagination is only in the `Link` header (and the total in
+    /// `X-Total-Count`).
+    Bare,
+}
+
+impl FromStr for Envelope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "jsonapi" | "json_api" | "json-api" => Ok(Envelope::JsonApi),
+            "bare" => Ok(Envelope::Bare),
+            other => Err(format!(
+                "unknown envelope {other:?} (expected jsonapi or bare)"
+            )),
+        }
+    }
+}
+
+/// A fixed-window rate limit: `requests` per `period` (Planning Center: 100 per 20 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// Window length. Reported in whole seconds in `X-PCO-API-Request-Rate-Period`.
+    pub period: Duration,
+}
+
+impl RateLimit {
+    /// Planning Center's documented limit: 100 requests per 20 seconds.
+    pub fn pco() -> RateLimit {
+        RateLimit {
+            requests: 100,
+            period: Duration::from_secs(20),
+        }
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+    /// Parses `N/SECS`, e.g. `100/20`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (n, secs) = s.split_once('/').ok_or_else(|| {
+            format!("rate limit {s:?} must look like REQUESTS/SECONDS, e.g. 100/20")
+        })?;
+        let requests: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate limit requests {n:?} is not a number"))?;
+        let secs: f64 = secs
+            .trim()
+            .trim_end_matches('s')
+            .parse()
+            .map_err(|_| format!("rate limit period {secs:?} is not a number of seconds"))?;
+        if requests == 0 || !secs.is_finite() || secs <= 0.0 {
+            return Err(format!("rate limit {s:?} must be positive"));
+        }
+        Ok(RateLimit {
+            requests,
+            period: Duration::from_secs_f64(secs),
+        })
+    }
+}
+
+/// Random faults applied to API requests, drawn from an RNG seeded from [`SimConfig::seed`].
+///
+/// For each API request one number `r` in `0..1` is drawn: `r < error_rate` gives a JSON 5xx,
+/// else `r < error_rate + html_rate` an HTML 502 page, else
+/// `r < error_rate + html_rate + truncate_rate` a 200 whose body is cut in the middle.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Chaos {
+    /// Probability of a JSON 500/502/503/504.
+    pub error_rate: f64,
+    /// Probability of an HTML 502 page (`text/html`), as a proxy would serve.
+    pub html_rate: f64,
+    /// Probability of a truncated 200 body.
+    pub truncate_rate: f64,
+    /// Added to every API request before it is answered.
+    pub latency: Duration,
+}
+
+impl Chaos {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("error_rate", self.error_rate),
+            ("html_rate", self.html_rate),
+            ("truncate_rate", self.truncate_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must be within 0..=1, got {v}"));
+            }
+        }
+        if self.error_rate + self.html_rate + self.truncate_rate > 1.0 + 1e-9 {
+            return Err("error_rate + html_rate + truncate_rate must not exceed 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything a simulator run is configured with. [`SimConfig::default`] is small, quiet and
+/// open: 100 people, 50 donations, no rate limit, no auth, no faults, no skew, a free port.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Seed of all generated content and of the chaos RNG: same seed, same bytes.
+    pub seed: u64,
+    /// Initial number of people (IDs `1..=people`).
+    pub people: usize,
+    /// Initial number of donations (IDs `1..=donations`).
+    pub donations: usize,
+    /// `updated_at` (and `created_at`) of record 1, in Unix microseconds.
+    pub base_time_us: i64,
+    /// Time between consecutive groups of records, in microseconds.
+    pub step_us: i64,
+    /// Records per timestamp group: record `i` (1-based) gets
+    /// `base_time_us + ((i - 1) / tie_group) * step_us`. `0` and `1` mean no ties.
+    pub tie_group: usize,
+    /// Stored precision of timestamps.
+    pub granularity: Granularity,
+    /// How timestamps are written in records.
+    pub timestamp_format: TimestampFormat,
+    /// JSON:API documents or bare arrays.
+    pub envelope: Envelope,
+    /// Optional fixed-window rate limit over API requests.
+    pub rate_limit: Option<RateLimit>,
+    /// When set, API requests whose `Authorization` header is not exactly this value get a 401.
+    pub auth: Option<String>,
+    /// Latency added to every API request.
+    pub latency: Duration,
+    /// See [`Chaos::error_rate`].
+    pub error_rate: f64,
+    /// See [`Chaos::html_rate`].
+    pub html_rate: f64,
+    /// See [`Chaos::truncate_rate`].
+    pub truncate_rate: f64,
+    /// Signed offset of the simulator's clock from the real one, in milliseconds. It drives the
+    /// `Date` header and the timestamps written by mutations; settable at run time.
+    pub clock_skew_ms: i64,
+    /// Address to bind; `None` binds `127.0.0.1:0` (a free port).
+    pub addr: Option<SocketAddr>,
+    /// `per_page` when the request has none (Planning Center: 25).
+    pub default_per_page: usize,
+    /// Largest `per_page`; larger values are clamped to it (Planning Center: 100).
+    pub max_per_page: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 42,
+            people: 100,
+            donations: 50,
+            // 2024-01-01T00:00:00Z
+            base_time_us: 1_704_067_200_000_000,
+            step_us: 1_000_000,
+            tie_group: 1,
+            granularity: Granularity::Micros,
+            timestamp_format: TimestampFormat::Rfc3339,
+            envelope: Envelope::JsonApi,
+            rate_limit: None,
+            auth: None,
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            html_rate: 0.0,
+            truncate_rate: 0.0,
+            clock_skew_ms: 0,
+            addr: None,
+            default_per_page: 25,
+            max_per_page: 100,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The chaos part of the configuration.
+    pub fn chaos(&self) -> Chaos {
+        Chaos {
+            error_rate: self.error_rate,
+            html_rate: self.html_rate,
+            truncate_rate: self.truncate_rate,
+            latency: self.latency,
+        }
+    }
+
+    /// Initial record count of an entity.
+    pub fn size(&self, entity: Entity) -> usize {
+        match entity {
+            Entity::People => self.people,
+            Entity::Donations => self.donations,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        self.chaos().validate()?;
+        if self.default_per_page == 0 || self.max_per_page == 0 {
+            return Err("default_per_page and max_per_page must be at least 1".into());
+        }
+        if let Some(rl) = &self.rate_limit
+            && (rl.requests == 0 || rl.period.is_zero())
+        {
+            return Err("rate_limit requests and period must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("seed", &self.seed)
+            .field("people", &self.people)
+            .field("donations", &self.donations)
+            .field("base_time_us", &self.base_time_us)
+            .field("step_us", &self.step_us)
+            .field("tie_group", &self.tie_group)
+            .field("granularity", &self.granularity)
+            .field("timestamp_format", &self.timestamp_format)
+            .field("envelope", &self.envelope)
+            .field("rate_limit", &self.rate_limit)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("latency", &self.latency)
+            .field("error_rate", &self.error_rate)
+            .field("html_rate", &self.html_rate)
+            .field("truncate_rate", &self.truncate_rate)
+            .field("clock_skew_ms", &self.clock_skew_ms)
+            .field("addr", &self.addr)
+            .field("default_per_page", &self.default_per_page)
+            .field("max_per_page", &self.max_per_page)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granularity_floors_including_negative_values() {
+        assert_eq!(Granularity::Seconds.truncate(1_999_999), 1_000_000);
+        assert_eq!(Granularity::Millis.truncate(1_999_999), 1_999_000);
+        assert_eq!(Granularity::Micros.truncate(1_999_999), 1_999_999);
+        assert_eq!(Granularity::Seconds.truncate(-1), -1_000_000);
+        assert_eq!(Granularity::Seconds.truncate(i64::MIN), i64::MIN);
+    }
+
+    #[test]
+    fn rate_limit_parses_and_rejects() {
+        let rl: RateLimit = "100/20".parse().unwrap();
+        assert_eq!(rl, RateLimit::pco());
+        assert!("0/20".parse::<RateLimit>().is_err());
+        assert!("100".parse::<RateLimit>().is_err());
+        assert!("x/20".parse::<RateLimit>().is_err());
+    }
+
+    #[test]
+    fn debug_redacts_auth() {
+        let cfg = SimConfig {
+            auth: Some("Bearer secret-token".into()),
+            ..SimConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("secret-token"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn chaos_rates_are_validated() {
+        let mut cfg = SimConfig {
+            error_rate: 1.5,
+            ..SimConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        cfg.error_rate = 0.6;
+        cfg.html_rate = 0.6;
+        assert!(cfg.validate().is_err());
+        cfg.html_rate = 0.4;
+        assert!(cfg.validate().is_ok());
+    }
+}

@@ -1,0 +1,11 @@
+//! HTTP tests of the simulator: every request goes over TCP to a real server.
+
+mod admin;
+mod common;
+mod determinism;
+mod faults;
+mod filters;
+mod ordering;
+mod paging;
+mod scale;
+mod shapes;

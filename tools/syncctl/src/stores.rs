@@ -1,0 +1,55 @@
+//! Which stores a command works on: the embedded local store (default) or DynamoDB (AWS, or an
+//! emulator through `--endpoint-url`). Same code path either way: only the adapters differ.
+
+use clap::Args;
+use shared::adapters::local::LocalStore;
+use shared::ports::{ControlStore, RecordStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The local store's SQLite file (used unless --dynamodb or --endpoint-url is given).
+    #[arg(long, default_value = ".local/sync.sqlite", env = "SYNC_LOCAL_DB")]
+    pub db: PathBuf,
+    /// Use DynamoDB (AWS credentials and region from the usual AWS settings).
+    #[arg(long)]
+    pub dynamodb: bool,
+    /// DynamoDB endpoint (DynamoDB Local); implies --dynamodb.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    #[arg(long, env = "RECORDS_TABLE", default_value = "sync-records")]
+    pub records_table: String,
+    #[arg(long, env = "CONTROL_TABLE", default_value = "sync-control")]
+    pub control_table: String,
+}
+
+pub type Stores = (Arc<dyn RecordStore>, Arc<dyn ControlStore>);
+
+impl StoreArgs {
+    pub fn uses_dynamodb(&self) -> bool {
+        self.dynamodb || self.endpoint_url.is_some()
+    }
+
+    pub async fn open(&self) -> Result<Stores, String> {
+        if self.uses_dynamodb() {
+            let client = crate::init::dynamodb_client(self.endpoint_url.as_deref()).await;
+            let (r, c) = shared::adapters::dynamodb::stores(
+                client,
+                &self.records_table,
+                &self.control_table,
+            );
+            return Ok((Arc::new(r), Arc::new(c)));
+        }
+        if let Some(dir) = self.db.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let store = Arc::new(
+            LocalStore::open(&self.db).map_err(|e| format!("{}: {e}", self.db.display()))?,
+        );
+        Ok((store.clone(), store))
+    }
+}
