@@ -6,4 +6,5 @@ mod conformance_local;
 mod harness;
 mod smoke_s3;
 mod smoke_sqs;
+mod source_client;
 mod template_tables;

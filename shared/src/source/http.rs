@@ -186,11 +186,17 @@ impl Http {
                             tokio::time::sleep(wait).await;
                             continue;
                         }
-                        SourceError::RateLimited {
+                        let e = SourceError::RateLimited {
                             url: shown.clone(),
                             retry_after,
                             attempts: attempt,
+                        };
+                        if retry_after.is_some_and(|d| d > MAX_RETRY_AFTER) {
+                            // Asked to wait longer than a run should: give up now; the next
+                            // run (or redelivery) comes back later.
+                            return Err(e);
                         }
+                        e
                     } else if status == 404 && json {
                         let fetched = now_us();
                         let value = parse(Body::NotFound, fetched).map_err(|message| {
