@@ -186,14 +186,18 @@ async fn epoch_millis_bare_arrays_and_link_headers() {
     assert_eq!(one.id, "5");
 }
 
-#[tokio::test]
-async fn keyset_paging_loses_nothing_when_records_move_mid_scan() {
+/// Read a 300-record listing in pages of 50; after the second page, move three records of the
+/// pages already read to the end and delete one. Returns how often each ID was read.
+async fn read_while_records_move(naive: bool) -> (Vec<(String, Micros)>, BTreeMap<String, u32>) {
     let h = sim(SimConfig {
         people: 300,
         ..Default::default()
     })
     .await;
-    let c = client(&h, |c| c.entities[0].page_size = 50);
+    let mut c = client(&h, |c| c.entities[0].page_size = 50);
+    if naive {
+        c = c.with_naive_offset_paging();
+    }
     let before = expected(&h, Entity::People, None);
     let mut seen = BTreeMap::new();
     let mut pages = 0;
@@ -204,14 +208,18 @@ async fn keyset_paging_loses_nothing_when_records_move_mid_scan() {
         }
         pages += 1;
         if pages == 2 {
-            // Records on pages already read move to the end: a growing offset would now skip
-            // as many untouched records.
             for id in [3, 17, 42] {
                 h.sim().update(Entity::People, id, None);
             }
             h.sim().delete(Entity::People, 60);
         }
     }
+    (before, seen)
+}
+
+#[tokio::test]
+async fn keyset_paging_loses_nothing_when_records_move_mid_scan() {
+    let (before, seen) = read_while_records_move(false).await;
     for (id, _) in before.iter().filter(|(id, _)| id != "60") {
         assert!(seen.contains_key(id), "record {id} was skipped");
     }
@@ -221,6 +229,21 @@ async fn keyset_paging_loses_nothing_when_records_move_mid_scan() {
             "an updated record is read again at its new place"
         );
     }
+}
+
+#[tokio::test]
+async fn negative_control_a_growing_offset_skips_untouched_records() {
+    let (before, seen) = read_while_records_move(true).await;
+    let skipped: Vec<&String> = before
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != "60" && !seen.contains_key(*id))
+        .collect();
+    assert_eq!(
+        skipped.len(),
+        4,
+        "three moved and one deleted record shift four untouched ones past the offset: {skipped:?}"
+    );
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ pub struct SourceClient {
     base: Url,
     entities: HashMap<String, EntityRt>,
     http: Http,
+    naive_offset: bool,
 }
 
 impl std::fmt::Debug for SourceClient {
@@ -127,7 +128,16 @@ impl SourceClient {
             base,
             entities,
             http,
+            naive_offset: false,
         })
+    }
+
+    /// Negative control for tests only: page positional sources by a growing offset over a
+    /// fixed filter (what most clients do, and what loses a record whenever one moves).
+    #[doc(hidden)]
+    pub fn with_naive_offset_paging(mut self) -> Self {
+        self.naive_offset = true;
+        self
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -303,6 +313,30 @@ impl SourceApi for SourceClient {
                         Some(n) => url = n,
                         None => break,
                     }
+                }
+                return;
+            }
+            if self.naive_offset {
+                let mut k = 0u64;
+                loop {
+                    let mut params = vec![self.order_by_delta(e), per_page.clone()];
+                    if let Some(t) = since_us {
+                        params.push(self.delta_filter(e, t, false));
+                    }
+                    params.extend(self.position_param(k, p));
+                    let url = self.url(e, &params);
+                    let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                        Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
+                        Body::NotFound => Err("the listing answered 404".into()),
+                    }).await?;
+                    let n = ans.value.records.len();
+                    if n > 0 {
+                        yield RecordPage { records: ans.value.records, source_date_us: ans.date_us };
+                    }
+                    if n < p as usize {
+                        break;
+                    }
+                    k += 1;
                 }
                 return;
             }
