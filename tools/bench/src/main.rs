@@ -2,6 +2,7 @@
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
 mod measure;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use measure::{cpu_time, peak_rss_bytes};
@@ -23,19 +24,36 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000_000)]
         records: usize,
     },
+    /// `stream_ids` or `list_changed_since` against the simulator in a separate process.
+    Source {
+        #[arg(long, value_enum)]
+        op: sim::SourceOp,
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+    },
+    /// Delta sync of N changed records from the simulator into the local store, then a re-run.
+    Delta {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// The local store's file (deleted first).
+        #[arg(long, default_value = "target/bench-delta.sqlite")]
+        db: std::path::PathBuf,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let out = match cli.cmd {
         Cmd::Parse { records } => parse_bench(records),
+        Cmd::Source { op, records } => sim::source_bench(op, records),
+        Cmd::Delta { records, db } => sim::delta_bench(records, &db),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
 
 /// A ~1 KB JSON:API person, shaped like the simulator's.
 fn person(i: usize) -> String {
-    let notes: String = (0..14).map(|k| format!("note{}-{} ", i % 97, k)).collect();
+    let notes: String = (0..51).map(|k| format!("note{}-{} ", i % 97, k)).collect();
     format!(
         r#"{{"type":"Person","id":"{i}","attributes":{{"first_name":"First{i}","last_name":"Last{}","email":"person{i}@example.org","phone":"+1-555-{:04}","address":{{"street":"{} Main St","city":"Springfield","zip":"{:05}"}},"birthdate":"1980-0{}-1{}","membership":"member","status":"active","notes":"{notes}","tags":["a","b","c"],"created_at":"2020-01-01T00:00:00Z","updated_at":"2024-05-01T12:{:02}:{:02}.{:06}Z"}},"relationships":{{"households":{{"data":[{{"type":"Household","id":"{}"}}]}}}},"links":{{"self":"https://api.example.org/people/v2/people/{i}"}}}}"#,
         i * 7,
