@@ -2,6 +2,7 @@
 //! this file only parses the command line and reports errors.
 
 mod delta;
+mod demo;
 mod init;
 mod status;
 mod stores;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Create the DynamoDB tables (records, control) on AWS or DynamoDB Local; idempotent.
     Init(init::InitArgs),
+    /// The whole cycle locally: simulator, backfill, changes, delta, store == source.
+    Demo(demo::DemoArgs),
     /// Run delta sync (every entity, or --entity) on the local store or DynamoDB.
     Delta(delta::DeltaArgs),
     /// Show each entity's cursor, lag, lease and last runs.
@@ -31,6 +34,7 @@ async fn main() -> ExitCode {
     shared::telemetry::init();
     let result = match Cli::parse().command {
         Command::Init(args) => init::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Delta(args) => delta::run(args).await,
         Command::Status(args) => status::run(args).await,
     };
