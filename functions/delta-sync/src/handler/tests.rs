@@ -25,3 +25,106 @@ fn sample_events_parse() {
     assert!(parse_input(serde_json::json!({"entity": 3})).is_err());
     assert!(parse_input(serde_json::json!({"entty": "people"})).is_err());
 }
+
+fn sample(name: &str) -> serde_json::Value {
+    let text = match name {
+        "all-entities" => include_str!("../../../../events/delta-sync/all-entities.json"),
+        "one-entity" => include_str!("../../../../events/delta-sync/one-entity.json"),
+        _ => include_str!("../../../../events/delta-sync/scheduled-event.json"),
+    };
+    serde_json::from_str(text).unwrap()
+}
+
+async fn deps(sim: &source_sim::SimHandle) -> Deps {
+    let mut config =
+        Config::from_toml_str(shared::config::EMBEDDED, std::path::Path::new("test")).unwrap();
+    config.source.base_url = sim.base_url();
+    config.source.auth = shared::config::AuthConfig::None;
+    let source = shared::source::SourceClient::new(&config, None).unwrap();
+    let store = Arc::new(shared::adapters::local::LocalStore::in_memory().unwrap());
+    Deps {
+        config,
+        source: Arc::new(source),
+        records: store.clone(),
+        control: store,
+        overlap_us: 120_000_000,
+        safety_margin: Duration::from_secs(20),
+    }
+}
+
+#[tokio::test]
+async fn each_sample_event_runs_its_entities() {
+    let sim = source_sim::start(source_sim::SimConfig {
+        people: 120,
+        donations: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = deps(&sim).await;
+    let run = |name: &'static str| {
+        let mut ctx = lambda_runtime::Context::default();
+        // A deadline 15 minutes away, as Lambda gives.
+        ctx.deadline = (SystemTime::now() + Duration::from_secs(900))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        handle(&d, LambdaEvent::new(sample(name), ctx))
+    };
+    let out = run("one-entity").await.unwrap();
+    assert_eq!(out.runs.len(), 1);
+    assert_eq!(
+        (out.runs[0].entity.as_str(), out.runs[0].inserted),
+        ("people", 120)
+    );
+    let out = run("all-entities").await.unwrap();
+    let by: Vec<(&str, u64)> = out
+        .runs
+        .iter()
+        .map(|s| (s.entity.as_str(), s.inserted))
+        .collect();
+    assert_eq!(by, vec![("people", 0), ("donations", 30)]);
+    let out = run("scheduled-event").await.unwrap();
+    assert_eq!(out.runs.len(), 2);
+    assert!(
+        out.runs
+            .iter()
+            .all(|s| s.written() == 0 && s.status == RunStatus::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_entity_and_a_failing_source_are_errors() {
+    let sim = source_sim::start(source_sim::SimConfig {
+        people: 5,
+        donations: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut d = deps(&sim).await;
+    let e = handle(
+        &d,
+        LambdaEvent::new(
+            serde_json::json!({"entity": "nope"}),
+            lambda_runtime::Context::default(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error_type, "UnknownEntity");
+    d.config.source.max_attempts = 1;
+    d.source = Arc::new(shared::source::SourceClient::new(&d.config, None).unwrap());
+    sim.sim().push_fault(source_sim::Fault::Status(503));
+    let e = handle(
+        &d,
+        LambdaEvent::new(
+            serde_json::json!({"entity": "people"}),
+            lambda_runtime::Context::default(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error_type, "DeltaRunFailed");
+    assert!(e.error_message.contains("people"), "{}", e.error_message);
+}
