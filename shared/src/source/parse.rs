@@ -158,7 +158,14 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
 
 /// The records of a page, as raw slices.
 pub fn page_records<'a>(body: &'a str, shape: &RecordShape) -> Result<Vec<&'a RawValue>, String> {
-    let Some(arr) = pluck(body, &shape.records_pointer)? else {
+    records_array(pluck(body, &shape.records_pointer)?, shape)
+}
+
+fn records_array<'a>(
+    arr: Option<&'a RawValue>,
+    shape: &RecordShape,
+) -> Result<Vec<&'a RawValue>, String> {
+    let Some(arr) = arr else {
         return Err(format!(
             "no records at /{}",
             shape.records_pointer.join("/")
@@ -186,7 +193,8 @@ pub fn id_of(raw: &RawValue) -> Result<String, String> {
 
 /// Extract `(id, delta)` of one record.
 pub fn id_and_delta(rec: &RawValue, shape: &RecordShape) -> Result<(String, Micros), String> {
-    let (id_raw, delta_raw) = pluck_pair(rec.get(), &shape.id_pointer, &shape.delta_pointer)?;
+    let found = pluck_many(rec.get(), &[&shape.id_pointer, &shape.delta_pointer])?;
+    let (id_raw, delta_raw) = (found[0], found[1]);
     let id_raw =
         id_raw.ok_or_else(|| format!("record has no ID at /{}", shape.id_pointer.join("/")))?;
     let id = id_of(id_raw)?;
@@ -203,86 +211,87 @@ pub fn id_and_delta(rec: &RawValue, shape: &RecordShape) -> Result<(String, Micr
     Ok((id, delta))
 }
 
-/// Two pointers into one object in a single scan of it (then each rest of path on its child):
-/// the hot path of page parsing, where a record is scanned once instead of once per pointer.
-fn pluck_pair<'a>(
+/// Several pointers into one object in a single scan of it (then each rest of path on its
+/// child): a page or a record is scanned once instead of once per pointer.
+pub fn pluck_many<'a>(
     raw: &'a str,
-    a: &[String],
-    b: &[String],
-) -> Result<(Option<&'a RawValue>, Option<&'a RawValue>), String> {
-    let (Some((fa, ra)), Some((fb, rb))) = (a.split_first(), b.split_first()) else {
-        return Ok((pluck(raw, a)?, pluck(raw, b)?));
-    };
+    paths: &[&[String]],
+) -> Result<Vec<Option<&'a RawValue>>, String> {
+    if paths.iter().any(|p| p.is_empty()) {
+        return paths.iter().map(|p| pluck(raw, p)).collect();
+    }
+    let mut keys: Vec<&str> = Vec::with_capacity(paths.len());
+    for p in paths {
+        if !keys.contains(&p[0].as_str()) {
+            keys.push(&p[0]);
+        }
+    }
     let mut de = serde_json::Deserializer::from_str(raw);
-    let (ca, cb) = (TwoChildren { a: fa, b: fb })
+    let children = (Children { keys: &keys })
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    let descend =
-        |c: Option<&'a RawValue>, rest: &[String]| -> Result<Option<&'a RawValue>, String> {
-            match c {
+    paths
+        .iter()
+        .map(|p| {
+            let i = keys.iter().position(|k| *k == p[0]).unwrap_or(0);
+            match children.get(i).copied().flatten() {
                 None => Ok(None),
-                Some(c) if rest.is_empty() => Ok(if c.get() == "null" { None } else { Some(c) }),
-                Some(c) => pluck(c.get(), rest),
+                Some(c) if p.len() == 1 => Ok(if c.get() == "null" { None } else { Some(c) }),
+                Some(c) => pluck(c.get(), &p[1..]),
             }
-        };
-    Ok((descend(ca, ra)?, descend(cb, rb)?))
+        })
+        .collect()
 }
 
-/// The children `a` and `b` of an object, skipping the rest.
-struct TwoChildren<'k> {
-    a: &'k str,
-    b: &'k str,
+/// The children named by `keys` of an object, skipping the rest.
+struct Children<'k> {
+    keys: &'k [&'k str],
 }
 
-impl<'de> DeserializeSeed<'de> for TwoChildren<'_> {
-    type Value = (Option<&'de RawValue>, Option<&'de RawValue>);
+impl<'de> DeserializeSeed<'de> for Children<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for TwoChildren<'_> {
-    type Value = (Option<&'de RawValue>, Option<&'de RawValue>);
+impl<'de> Visitor<'de> for Children<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a record object")
+        f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut va, mut vb) = (None, None);
-        while let Some(k) = map.next_key_seed(KeyOf(self.a, self.b))? {
+        let mut out = vec![None; self.keys.len()];
+        while let Some(k) = map.next_key_seed(KeyIndex(self.keys))? {
             match k {
-                1 if va.is_none() => va = Some(map.next_value::<&'de RawValue>()?),
-                2 if vb.is_none() => vb = Some(map.next_value::<&'de RawValue>()?),
-                3 if va.is_none() => {
-                    let v = map.next_value::<&'de RawValue>()?;
-                    (va, vb) = (Some(v), Some(v));
-                }
+                Some(i) if out[i].is_none() => out[i] = Some(map.next_value::<&'de RawValue>()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok((va, vb))
+        Ok(out)
     }
 }
 
-/// 1 when the key is `a`, 2 when `b`, 3 when both, 0 otherwise.
-struct KeyOf<'k>(&'k str, &'k str);
+/// The position of a map key among the wanted ones.
+struct KeyIndex<'k>(&'k [&'k str]);
 
-impl<'de> DeserializeSeed<'de> for KeyOf<'_> {
-    type Value = u8;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u8, D::Error> {
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for KeyOf<'_> {
-    type Value = u8;
+impl<'de> Visitor<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<u8, E> {
-        Ok(u8::from(v == self.0) | (u8::from(v == self.1) << 1))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| *k == v))
     }
 }
 
@@ -327,34 +336,40 @@ pub struct ParsedIds {
 /// Total count, next link and next cursor of a page, where the source has them.
 type PageMeta = (Option<u64>, Option<String>, Option<String>);
 
-fn page_meta(body: &str, shape: &RecordShape) -> Result<PageMeta, String> {
-    let total = match &shape.total_count_pointer {
-        Some(p) => match pluck(body, p)? {
-            Some(v) => Some(
-                v.get()
-                    .parse::<u64>()
-                    .map_err(|_| format!("total count is not a count: {}", v.get()))?,
-            ),
-            None => None,
-        },
+/// The records and the metadata of a page, from one scan of its body.
+fn page_view<'a>(
+    body: &'a str,
+    shape: &RecordShape,
+) -> Result<(Vec<&'a RawValue>, PageMeta), String> {
+    let optional = [
+        &shape.total_count_pointer,
+        &shape.next_link_pointer,
+        &shape.next_cursor_pointer,
+    ];
+    let mut paths: Vec<&[String]> = vec![&shape.records_pointer];
+    paths.extend(optional.iter().filter_map(|p| p.as_deref()));
+    let mut found = pluck_many(body, &paths)?.into_iter();
+    let records = records_array(found.next().flatten(), shape)?;
+    let mut meta = optional.map(|p| {
+        if p.is_some() {
+            found.next().flatten()
+        } else {
+            None
+        }
+    });
+    let total = match meta[0].take() {
+        Some(v) => Some(
+            v.get()
+                .parse::<u64>()
+                .map_err(|_| format!("total count is not a count: {}", v.get()))?,
+        ),
         None => None,
     };
-    let string_at = |p: &Option<Vec<String>>| -> Result<Option<String>, String> {
-        match p {
-            Some(p) => match pluck(body, p)? {
-                Some(v) => Ok(Some(
-                    serde_json::from_str::<String>(v.get()).map_err(|e| e.to_string())?,
-                )),
-                None => Ok(None),
-            },
-            None => Ok(None),
-        }
+    let string = |v: Option<&RawValue>| -> Result<Option<String>, String> {
+        v.map(|v| serde_json::from_str::<String>(v.get()).map_err(|e| e.to_string()))
+            .transpose()
     };
-    Ok((
-        total,
-        string_at(&shape.next_link_pointer)?,
-        string_at(&shape.next_cursor_pointer)?,
-    ))
+    Ok((records, (total, string(meta[1])?, string(meta[2])?)))
 }
 
 pub fn parse_record_page(
@@ -363,12 +378,11 @@ pub fn parse_record_page(
     shape: &RecordShape,
     fetched_at_us: Micros,
 ) -> Result<ParsedPage, String> {
-    let raws = page_records(body, shape)?;
+    let (raws, (total_count, next_link, next_cursor)) = page_view(body, shape)?;
     let mut records = Vec::with_capacity(raws.len());
     for r in raws {
         records.push(record(entity, r, shape, fetched_at_us)?);
     }
-    let (total_count, next_link, next_cursor) = page_meta(body, shape)?;
     Ok(ParsedPage {
         records,
         total_count,
@@ -378,13 +392,12 @@ pub fn parse_record_page(
 }
 
 pub fn parse_id_page(body: &str, shape: &RecordShape) -> Result<ParsedIds, String> {
-    let raws = page_records(body, shape)?;
+    let (raws, (total_count, next_link, next_cursor)) = page_view(body, shape)?;
     let mut ids = Vec::with_capacity(raws.len());
     for r in raws {
         let (id, delta_us) = id_and_delta(r, shape)?;
         ids.push(IdVersion { id, delta_us });
     }
-    let (total_count, next_link, next_cursor) = page_meta(body, shape)?;
     Ok(ParsedIds {
         ids,
         total_count,
