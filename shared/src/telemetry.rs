@@ -90,6 +90,14 @@ pub fn delta_run(s: &crate::sync::delta::DeltaSummary) {
     ));
 }
 
+/// Publish a failed delta run (it has no summary: the error is logged by the caller).
+pub fn delta_failed(entity: &str) {
+    publish(&emf(
+        &[("Entity", entity), ("Strategy", "delta")],
+        &[("RunFailed", 1.0, "Count")],
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -97,6 +97,7 @@ pub async fn handle(
             }
             Err(e) => {
                 tracing::error!(%entity, error = %e, retryable = e.is_retryable(), "delta run failed");
+                shared::telemetry::delta_failed(&entity);
                 failed.push(format!("{entity}: {e}"));
             }
         }
