@@ -3,8 +3,10 @@
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;
+mod delta;
 mod harness;
 mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
+mod template_functions;
 mod template_tables;
