@@ -15,8 +15,9 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct DeltaOptions {
     pub run_id: String,
-    /// How far before the cursor a run starts reading again (late commits, clock skew between
-    /// the source's web and database servers).
+    /// How late a record can be committed after its timestamp (long transactions, skew between
+    /// the source's web and database servers): the cursor stays this far below the source's
+    /// clock at the run's start.
     pub overlap_us: Micros,
     /// Used as the ceiling when the source sends no `Date` header: our clock minus this bound on
     /// the skew between us and the source.
@@ -210,11 +211,11 @@ async fn sync_pages(
     summary.cursor_before = show(cursor.as_ref());
     summary.cursor_after = summary.cursor_before.clone();
     let since = match opts.naive_cursor {
-        None => cursor::query_start(cursor.as_ref(), opts.overlap_us),
+        None => cursor::query_start(cursor.as_ref()),
         // Strict `>`: the next microsecond.
         Some(_) => cursor.map(|c| c.watermark_us + 1),
     };
-    let mut ceiling: Option<Micros> = None;
+    let mut ceiling: Option<Micros> = None; // set from the first answer
     let mut max_written: Option<Micros> = None;
     let mut pages = source.list_changed_since(entity, since);
     while let Some(page) = pages.next().await {
@@ -241,7 +242,12 @@ async fn sync_pages(
         max_written = max_written.max(page_max);
         let Some(max) = max_written else { continue };
         let next = match opts.naive_cursor {
-            None => cursor::advance(cursor.as_ref(), max, ceiling),
+            None => cursor::advance(
+                cursor.as_ref(),
+                max,
+                ceiling.unwrap_or(max),
+                opts.overlap_us,
+            ),
             Some(NaiveCursor::StrictMaxSeen) => DeltaCursor::new(max),
             Some(NaiveCursor::WallClock) => DeltaCursor::new(now_us()),
         };
@@ -350,7 +356,8 @@ mod tests {
             DeltaCursor::decode(state.cursor.as_deref().unwrap())
                 .unwrap()
                 .watermark_us,
-            1_000
+            950,
+            "min(max written, ceiling - overlap)"
         );
         assert_eq!(state.lease_holder, None, "lease released");
         // Run 2 starts an overlap before the cursor; a re-read of unchanged records writes nothing.
@@ -402,9 +409,18 @@ mod tests {
                 attempts: 6,
             }),
         ]);
-        let err = run_delta(&src, &rs, &cs, "people", &DeltaOptions::default())
-            .await
-            .unwrap_err();
+        let err = run_delta(
+            &src,
+            &rs,
+            &cs,
+            "people",
+            &DeltaOptions {
+                overlap_us: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(err.is_retryable());
         let state = cs.job_state("people", JobKind::Delta).await.unwrap();
         assert_eq!(
@@ -428,6 +444,7 @@ mod tests {
         ]);
         let opts = DeltaOptions {
             stop_at: Some(Instant::now()),
+            overlap_us: 50,
             ..Default::default()
         };
         let s = run_delta(&src, &rs, &cs, "people", &opts).await.unwrap();
