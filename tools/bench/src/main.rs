@@ -39,6 +39,11 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-delta.sqlite")]
         db: std::path::PathBuf,
     },
+    /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
+    DeltaDynamodb {
+        #[arg(long, default_value_t = 5_000)]
+        records: usize,
+    },
 }
 
 fn main() {
@@ -47,6 +52,7 @@ fn main() {
         Cmd::Parse { records } => parse_bench(records),
         Cmd::Source { op, records } => sim::source_bench(op, records),
         Cmd::Delta { records, db } => sim::delta_bench(records, &db),
+        Cmd::DeltaDynamodb { records } => sim::delta_dynamodb_bench(records),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
