@@ -674,14 +674,14 @@ fn template_grants_only_calls_the_code_makes() {
 }
 
 /// What a delta run calls (`shared::sync::delta::run_delta` through the DynamoDB adapter) is
-/// granted: records UpdateItem (upsert_many); control GetItem (job_state), UpdateItem
+/// granted: records BatchGetItem and UpdateItem (upsert_many); control GetItem (job_state), UpdateItem
 /// (acquire/renew/release lease, save_cursor), PutItem (put_run).
 #[test]
 fn template_delta_sync_grants_cover_a_run() {
     let t = template();
     let grants = dynamodb_grants(function(&t, "delta-sync"));
     let want: [(&str, &[&str]); 2] = [
-        ("RecordsTable", &["UpdateItem"]),
+        ("RecordsTable", &["BatchGetItem", "UpdateItem"]),
         ("ControlTable", &["GetItem", "UpdateItem", "PutItem"]),
     ];
     for (table, ops) in want {

@@ -129,14 +129,97 @@ impl DynamoRecords {
         }
     }
 
+    /// The stored versions of these keys (absent keys are new), strongly consistent, by
+    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried.
+    async fn stored_versions(
+        &self,
+        pks: &[&str],
+    ) -> Result<HashMap<String, StoredVersion>, StoreError> {
+        let mut unique: Vec<&str> = pks.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let projection = [
+            attr::PK,
+            attr::DELTA_US,
+            attr::FETCHED_AT_US,
+            attr::HASH,
+            attr::DELETED_AT_US,
+        ];
+        let mut found = HashMap::with_capacity(unique.len());
+        for chunk in unique.chunks(100) {
+            let keys: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|pk| HashMap::from([(attr::PK.to_owned(), s(*pk))]))
+                .collect();
+            let mut pending = Some(
+                aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .projection_expression(
+                        projection
+                            .iter()
+                            .enumerate()
+                            .map(|(i, _)| format!("#a{i}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                    .set_expression_attribute_names(Some(
+                        projection
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| (format!("#a{i}"), (*a).to_owned()))
+                            .collect(),
+                    ))
+                    .build()
+                    .map_err(|e| StoreError::backend("read stored versions", e))?,
+            );
+            let mut round = 0u32;
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| store_error("read stored versions", e))?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    let pk = ItemReader::new("records", item).s(attr::PK)?.to_owned();
+                    let v = decode_version(&pk, item)?;
+                    found.insert(pk, v);
+                }
+                pending = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+                if pending.is_some() {
+                    round += 1;
+                    if round > 8 {
+                        return Err(StoreError::Throttled(
+                            "BatchGetItem left keys unprocessed 8 times".into(),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(25 << round.min(6))).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn upsert_one(
         &self,
         e: &Encoded<'_>,
         by: Strategy,
         now: Micros,
+        known: Option<Case>,
     ) -> Result<WriteOutcome, StoreError> {
         let op = "upsert record";
-        let mut case = self.first_guess();
+        let mut case = known.unwrap_or_else(|| self.first_guess());
         for _ in 0..MAX_ATTEMPTS {
             match self.upsert_request(e, case, by, now).send().await {
                 Ok(out) => {
@@ -478,17 +561,41 @@ impl RecordStore for DynamoRecords {
         by: Strategy,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        // Read the page's stored versions first (one BatchGetItem per 100, strongly consistent):
+        // an unchanged or older record then costs a fraction of a read unit and no write
+        // request at all; the conditional write still guards every write against races.
+        let pks: Vec<&str> = encoded.iter().map(|e| e.pk.as_str()).collect();
+        let stored = self.stored_versions(&pks).await?;
         let now = now_us();
+        let mut outcomes: Vec<Option<WriteOutcome>> = Vec::with_capacity(encoded.len());
         // The futures are built before the stream (not in a closure inside it) so that the
         // whole future stays `Send` for `async_trait`.
-        let writes: Vec<_> = encoded
-            .iter()
-            .map(|e| self.upsert_one(e, by, now))
-            .collect();
-        futures::stream::iter(writes)
+        let mut writes = Vec::new();
+        for e in &encoded {
+            let decided = decide_upsert(stored.get(&e.pk), &e.version);
+            match Case::for_outcome(decided) {
+                None => outcomes.push(Some(decided)),
+                Some(case) => {
+                    outcomes.push(None);
+                    writes.push(self.upsert_one(e, by, now, Some(case)));
+                }
+            }
+        }
+        let written: Vec<WriteOutcome> = futures::stream::iter(writes)
             .buffered(UPSERT_CONCURRENCY)
             .try_collect()
-            .await
+            .await?;
+        let mut written = written.into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.or_else(|| written.next())
+                    .ok_or_else(|| StoreError::Decode {
+                        key: "records".into(),
+                        message: "fewer write outcomes than writes".into(),
+                    })
+            })
+            .collect()
     }
 
     async fn soft_delete(
