@@ -52,9 +52,7 @@ use shared::sync::delta::{
 use shared::{SourceError, StoreError, SyncError};
 use source_sim::{Entity, Granularity, Sim, SimConfig, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -66,7 +64,6 @@ const BASE: Micros = 1_704_067_200_000_000;
 
 type Records = Arc<dyn RecordStore>;
 type Control = Arc<dyn ControlStore>;
-type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a page hook records, read by the test afterwards.
 type Shared<T> = Arc<Mutex<T>>;
 
@@ -263,143 +260,8 @@ fn lost_below(s: &Sim, d: &Diff, watermark: Micros) -> Vec<u64> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// test doubles: fault injection and the naive stores (the async-trait shape written by hand,
-// since this crate does not depend on async-trait)
+// test doubles: fault injection and the naive stores
 // ---------------------------------------------------------------------------------------------
-
-/// `RecordStore`'s other methods, passed to `self.inner`.
-macro_rules! record_store_delegates {
-    () => {
-        fn soft_delete<'life0, 'life1, 'life2, 'async_trait>(
-            &'life0 self,
-            entity: &'life1 str,
-            id: &'life2 str,
-            evidence_us: Micros,
-            by: Strategy,
-        ) -> Fut<'async_trait, Result<DeleteOutcome, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            'life2: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.soft_delete(entity, id, evidence_us, by)
-        }
-
-        fn get<'life0, 'life1, 'life2, 'async_trait>(
-            &'life0 self,
-            entity: &'life1 str,
-            id: &'life2 str,
-        ) -> Fut<'async_trait, Result<Option<StoredRecord>, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            'life2: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.get(entity, id)
-        }
-
-        fn list_live_ids<'life0, 'life1, 'life2, 'async_trait>(
-            &'life0 self,
-            entity: &'life1 str,
-            shard: u16,
-            after: Option<&'life2 str>,
-            limit: usize,
-        ) -> Fut<'async_trait, Result<LiveIdPage, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            'life2: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.list_live_ids(entity, shard, after, limit)
-        }
-    };
-}
-
-/// `ControlStore`'s methods other than the lease and the cursor, passed to `self.inner`.
-macro_rules! control_store_delegates {
-    () => {
-        fn job_state<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            entity: &'life1 str,
-            kind: JobKind,
-        ) -> Fut<'async_trait, Result<JobState, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.job_state(entity, kind)
-        }
-
-        fn put_run<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            run: &'life1 RunRecord,
-        ) -> Fut<'async_trait, Result<(), StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.put_run(run)
-        }
-
-        fn list_runs<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            entity: &'life1 str,
-            kind: JobKind,
-            limit: usize,
-        ) -> Fut<'async_trait, Result<Vec<RunRecord>, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.list_runs(entity, kind, limit)
-        }
-
-        fn claim_event<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            event_id: &'life1 str,
-            now_us: Micros,
-            in_progress_ttl_us: Micros,
-        ) -> Fut<'async_trait, Result<EventClaim, StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.claim_event(event_id, now_us, in_progress_ttl_us)
-        }
-
-        fn complete_event<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            event_id: &'life1 str,
-            retain_until_us: Micros,
-        ) -> Fut<'async_trait, Result<(), StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.complete_event(event_id, retain_until_us)
-        }
-
-        fn release_event<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            event_id: &'life1 str,
-        ) -> Fut<'async_trait, Result<(), StoreError>>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.release_event(event_id)
-        }
-    };
-}
 
 /// A record store that fails on the `crash_at`-th call: after writing the page when
 /// `write_first` (a crash between the write and the checkpoint), else before writing any of it.
@@ -410,36 +272,52 @@ struct CrashingStore {
     write_first: bool,
 }
 
+#[async_trait::async_trait]
 impl RecordStore for CrashingStore {
-    record_store_delegates!();
-
-    fn upsert_many<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        records: &'life1 [Record],
+    async fn upsert_many(
+        &self,
+        records: &[Record],
         by: Strategy,
-    ) -> Fut<'async_trait, Result<Vec<WriteOutcome>, StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let crash = self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.crash_at;
-            if crash && !self.write_first {
-                return Err(StoreError::backend(
-                    "upsert records",
-                    std::io::Error::other("injected crash before the write"),
-                ));
-            }
-            let out = self.inner.upsert_many(records, by).await?;
-            if crash {
-                return Err(StoreError::backend(
-                    "upsert records",
-                    std::io::Error::other("injected crash after the write"),
-                ));
-            }
-            Ok(out)
-        })
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let crash = self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.crash_at;
+        if crash && !self.write_first {
+            return Err(StoreError::backend(
+                "upsert records",
+                std::io::Error::other("injected crash before the write"),
+            ));
+        }
+        let out = self.inner.upsert_many(records, by).await?;
+        if crash {
+            return Err(StoreError::backend(
+                "upsert records",
+                std::io::Error::other("injected crash after the write"),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.inner.soft_delete(entity, id, evidence_us, by).await
+    }
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        self.inner.get(entity, id).await
+    }
+
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError> {
+        self.inner.list_live_ids(entity, shard, after, limit).await
     }
 }
 
@@ -450,57 +328,73 @@ struct BlindStore {
     inner: MemoryRecords,
 }
 
+#[async_trait::async_trait]
 impl RecordStore for BlindStore {
-    record_store_delegates!();
-
-    fn upsert_many<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        records: &'life1 [Record],
+    async fn upsert_many(
+        &self,
+        records: &[Record],
         by: Strategy,
-    ) -> Fut<'async_trait, Result<Vec<WriteOutcome>, StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let mut items = self.inner.items.lock().expect("poisoned");
-            let now = now_us();
-            Ok(records
-                .iter()
-                .map(|r| {
-                    let key = (r.entity.clone(), r.id.clone());
-                    let existed = items.contains_key(&key);
-                    items.insert(
-                        key,
-                        StoredRecord {
-                            entity: r.entity.clone(),
-                            id: r.id.clone(),
-                            version: StoredVersion {
-                                delta_us: r.version.delta_us,
-                                fetched_at_us: r.version.fetched_at_us,
-                                hash: r.version.hash,
-                                deleted_at_us: None,
-                            },
-                            payload: serde_json::from_str(r.payload.get()).expect("JSON"),
-                            first_seen_us: now,
-                            last_synced_us: now,
-                            last_action: if existed {
-                                LastAction::Update
-                            } else {
-                                LastAction::Insert
-                            },
-                            written_by: by,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut items = self.inner.items.lock().expect("poisoned");
+        let now = now_us();
+        Ok(records
+            .iter()
+            .map(|r| {
+                let key = (r.entity.clone(), r.id.clone());
+                let existed = items.contains_key(&key);
+                items.insert(
+                    key,
+                    StoredRecord {
+                        entity: r.entity.clone(),
+                        id: r.id.clone(),
+                        version: StoredVersion {
+                            delta_us: r.version.delta_us,
+                            fetched_at_us: r.version.fetched_at_us,
+                            hash: r.version.hash,
+                            deleted_at_us: None,
                         },
-                    );
-                    if existed {
-                        WriteOutcome::Updated
-                    } else {
-                        WriteOutcome::Inserted
-                    }
-                })
-                .collect())
-        })
+                        payload: serde_json::from_str(r.payload.get()).expect("JSON"),
+                        first_seen_us: now,
+                        last_synced_us: now,
+                        last_action: if existed {
+                            LastAction::Update
+                        } else {
+                            LastAction::Insert
+                        },
+                        written_by: by,
+                    },
+                );
+                if existed {
+                    WriteOutcome::Updated
+                } else {
+                    WriteOutcome::Inserted
+                }
+            })
+            .collect())
+    }
+
+    async fn soft_delete(
+        &self,
+        entity: &str,
+        id: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.inner.soft_delete(entity, id, evidence_us, by).await
+    }
+
+    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        self.inner.get(entity, id).await
+    }
+
+    async fn list_live_ids(
+        &self,
+        entity: &str,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LiveIdPage, StoreError> {
+        self.inner.list_live_ids(entity, shard, after, limit).await
     }
 }
 
@@ -523,86 +417,104 @@ struct InterposedControl {
     action: OnSave,
 }
 
+#[async_trait::async_trait]
 impl ControlStore for InterposedControl {
-    control_store_delegates!();
-
-    fn acquire_lease<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        entity: &'life1 str,
+    async fn acquire_lease(
+        &self,
+        entity: &str,
         kind: JobKind,
-        holder: &'life2 str,
+        holder: &str,
         now_us: Micros,
         ttl_us: Micros,
-    ) -> Fut<'async_trait, Result<LeaseOutcome, StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
+    ) -> Result<LeaseOutcome, StoreError> {
         self.inner
             .acquire_lease(entity, kind, holder, now_us, ttl_us)
+            .await
     }
 
-    fn release_lease<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        entity: &'life1 str,
+    async fn release_lease(
+        &self,
+        entity: &str,
         kind: JobKind,
-        holder: &'life2 str,
-    ) -> Fut<'async_trait, Result<(), StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.release_lease(entity, kind, holder)
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.release_lease(entity, kind, holder).await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn save_cursor<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        entity: &'life1 str,
+    async fn save_cursor(
+        &self,
+        entity: &str,
         kind: JobKind,
-        holder: &'life2 str,
+        holder: &str,
         now_us: Micros,
         ttl_us: Micros,
-        cursor: &'life3 str,
-    ) -> Fut<'async_trait, Result<(), StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
-                match self.action {
-                    OnSave::Fail => {
-                        return Err(StoreError::backend(
-                            "save cursor",
-                            std::io::Error::other("injected failure before the checkpoint"),
-                        ));
-                    }
-                    OnSave::TakeOver => {
-                        let st = self.inner.job_state(entity, kind).await?;
-                        let expired = st.lease_expires_us.expect("a lease is held");
-                        let out = self
-                            .inner
-                            .acquire_lease(entity, kind, TAKER, expired + 1, 3_600 * SEC)
-                            .await?;
-                        assert!(
-                            matches!(out, LeaseOutcome::Acquired { .. }),
-                            "run B takes the expired lease: {out:?}"
-                        );
-                    }
+        cursor: &str,
+    ) -> Result<(), StoreError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+            match self.action {
+                OnSave::Fail => {
+                    return Err(StoreError::backend(
+                        "save cursor",
+                        std::io::Error::other("injected failure before the checkpoint"),
+                    ));
+                }
+                OnSave::TakeOver => {
+                    let st = self.inner.job_state(entity, kind).await?;
+                    let expired = st.lease_expires_us.expect("a lease is held");
+                    let out = self
+                        .inner
+                        .acquire_lease(entity, kind, TAKER, expired + 1, 3_600 * SEC)
+                        .await?;
+                    assert!(
+                        matches!(out, LeaseOutcome::Acquired { .. }),
+                        "run B takes the expired lease: {out:?}"
+                    );
                 }
             }
-            self.inner
-                .save_cursor(entity, kind, holder, now_us, ttl_us, cursor)
-                .await
-        })
+        }
+        self.inner
+            .save_cursor(entity, kind, holder, now_us, ttl_us, cursor)
+            .await
+    }
+
+    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
+        self.inner.job_state(entity, kind).await
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.inner.put_run(run).await
+    }
+
+    async fn list_runs(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.list_runs(entity, kind, limit).await
+    }
+
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        now_us: Micros,
+        in_progress_ttl_us: Micros,
+    ) -> Result<EventClaim, StoreError> {
+        self.inner
+            .claim_event(event_id, now_us, in_progress_ttl_us)
+            .await
+    }
+
+    async fn complete_event(
+        &self,
+        event_id: &str,
+        retain_until_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.inner.complete_event(event_id, retain_until_us).await
+    }
+
+    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
+        self.inner.release_event(event_id).await
     }
 }
 
@@ -614,75 +526,90 @@ struct NoLeaseControl {
     saves: Mutex<Vec<(String, Micros)>>,
 }
 
+#[async_trait::async_trait]
 impl ControlStore for NoLeaseControl {
-    control_store_delegates!();
-
-    fn acquire_lease<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        _entity: &'life1 str,
+    async fn acquire_lease(
+        &self,
+        _entity: &str,
         _kind: JobKind,
-        _holder: &'life2 str,
+        _holder: &str,
         now_us: Micros,
         ttl_us: Micros,
-    ) -> Fut<'async_trait, Result<LeaseOutcome, StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            Ok(LeaseOutcome::Acquired {
-                token: 1,
-                expires_us: now_us + ttl_us,
-            })
+    ) -> Result<LeaseOutcome, StoreError> {
+        Ok(LeaseOutcome::Acquired {
+            token: 1,
+            expires_us: now_us + ttl_us,
         })
     }
 
-    fn release_lease<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        _entity: &'life1 str,
+    async fn release_lease(
+        &self,
+        _entity: &str,
         _kind: JobKind,
-        _holder: &'life2 str,
-    ) -> Fut<'async_trait, Result<(), StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { Ok(()) })
+        _holder: &str,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn save_cursor<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        entity: &'life1 str,
+    async fn save_cursor(
+        &self,
+        entity: &str,
         kind: JobKind,
-        holder: &'life2 str,
+        holder: &str,
         now_us: Micros,
         _ttl_us: Micros,
-        cursor: &'life3 str,
-    ) -> Fut<'async_trait, Result<(), StoreError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let mut jobs = self.inner.jobs.lock().expect("poisoned");
-            let st = jobs.entry((entity.to_owned(), kind)).or_default();
-            st.cursor = Some(cursor.to_owned());
-            st.cursor_updated_us = Some(now_us);
-            let w = DeltaCursor::decode(cursor).expect("cursor").watermark_us;
-            self.saves
-                .lock()
-                .expect("poisoned")
-                .push((holder.to_owned(), w));
-            Ok(())
-        })
+        cursor: &str,
+    ) -> Result<(), StoreError> {
+        let mut jobs = self.inner.jobs.lock().expect("poisoned");
+        let st = jobs.entry((entity.to_owned(), kind)).or_default();
+        st.cursor = Some(cursor.to_owned());
+        st.cursor_updated_us = Some(now_us);
+        let w = DeltaCursor::decode(cursor).expect("cursor").watermark_us;
+        self.saves
+            .lock()
+            .expect("poisoned")
+            .push((holder.to_owned(), w));
+        Ok(())
+    }
+
+    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
+        self.inner.job_state(entity, kind).await
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.inner.put_run(run).await
+    }
+
+    async fn list_runs(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.list_runs(entity, kind, limit).await
+    }
+
+    async fn claim_event(
+        &self,
+        event_id: &str,
+        now_us: Micros,
+        in_progress_ttl_us: Micros,
+    ) -> Result<EventClaim, StoreError> {
+        self.inner
+            .claim_event(event_id, now_us, in_progress_ttl_us)
+            .await
+    }
+
+    async fn complete_event(
+        &self,
+        event_id: &str,
+        retain_until_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.inner.complete_event(event_id, retain_until_us).await
+    }
+
+    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
+        self.inner.release_event(event_id).await
     }
 }
 
@@ -697,6 +624,7 @@ struct WebhookRace {
     fired: AtomicBool,
 }
 
+#[async_trait::async_trait]
 impl SourceApi for WebhookRace {
     fn list_changed_since<'a>(
         &'a self,
@@ -729,18 +657,8 @@ impl SourceApi for WebhookRace {
         self.inner.stream_ids(entity)
     }
 
-    fn get_by_id<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        entity: &'life1 str,
-        id: &'life2 str,
-    ) -> Fut<'async_trait, Result<Option<Record>, SourceError>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.get_by_id(entity, id)
+    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+        self.inner.get_by_id(entity, id).await
     }
 }
 
