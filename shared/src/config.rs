@@ -20,6 +20,9 @@ pub struct Config {
     pub source: SourceConfig,
     #[serde(rename = "entity")]
     pub entities: Vec<EntityConfig>,
+    /// How webhook deliveries are signed and where their events are (the ingest function).
+    #[serde(default)]
+    pub webhooks: Option<WebhookConfig>,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -267,6 +270,70 @@ pub enum WebhookAction {
     Delete,
 }
 
+/// The `[webhooks]` table: the signature scheme, where the signing secrets live, and JSON
+/// pointers that find each event's name, ID and record ID inside a delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub scheme: SignatureScheme,
+    /// Names the environment variable holding the signing secrets locally (one or more,
+    /// separated by whitespace or commas: rotation). Deployed, `WEBHOOK_SECRET_ID` (a Secrets
+    /// Manager ARN or `ssm:` parameter) takes precedence.
+    pub secrets: SecretRef,
+    /// Largest body accepted (answered 413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Pointer to an array of events in the body (Planning Center: `/data`); empty when the
+    /// body is one event.
+    #[serde(default)]
+    pub events_pointer: String,
+    /// Pointer to the event name inside an event (`/attributes/name`).
+    pub event_name_pointer: String,
+    /// Pointer to the event's unique ID (`/id`). Empty: the `webhook-id` header (Standard
+    /// Webhooks only), suffixed `#<n>` when a body carries several events.
+    #[serde(default)]
+    pub event_id_pointer: String,
+    /// Pointer to the payload inside an event (`/attributes/payload`); the payload may be a JSON
+    /// object or a string holding JSON (Planning Center). Empty: the event itself.
+    #[serde(default)]
+    pub payload_pointer: String,
+    /// Pointer to the record's ID inside the payload (`/data/id`).
+    pub record_id_pointer: String,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+/// How a delivery is signed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SignatureScheme {
+    /// HMAC-SHA256 of the raw body in one header (Planning Center: `X-PCO-Webhooks-Authenticity`,
+    /// hex). Nothing signs a time, so replays are stopped by event-ID dedup alone.
+    HmacHeader {
+        header: String,
+        encoding: SignatureEncoding,
+    },
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64>`
+    /// entries) over `id.timestamp.body`, `whsec_` secrets.
+    StandardWebhooks {
+        #[serde(default = "default_tolerance")]
+        tolerance_seconds: u64,
+    },
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityConfig {
@@ -468,6 +535,74 @@ impl Config {
                     "supports_webhooks is true but no event is mapped".into(),
                 ));
             }
+            for name in e.webhook_events.keys() {
+                if let Some(other) = self
+                    .entities
+                    .iter()
+                    .find(|o| o.name != e.name && o.webhook_events.contains_key(name))
+                {
+                    return Err(err(
+                        n,
+                        "webhook_events",
+                        format!("event {name:?} is also mapped by entity `{}`", other.name),
+                    ));
+                }
+            }
+        }
+        if let Some(w) = &self.webhooks {
+            self.validate_webhooks(w)?;
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self, w: &WebhookConfig) -> Result<(), ConfigError> {
+        let err = |field: &str, message: String| ConfigError::Invalid {
+            file: self.file.clone(),
+            entity: "-".to_owned(),
+            field: format!("webhooks.{field}"),
+            message,
+        };
+        for (field, p, required) in [
+            ("events_pointer", &w.events_pointer, false),
+            ("event_name_pointer", &w.event_name_pointer, true),
+            ("event_id_pointer", &w.event_id_pointer, false),
+            ("payload_pointer", &w.payload_pointer, false),
+            ("record_id_pointer", &w.record_id_pointer, true),
+        ] {
+            if (required || !p.is_empty()) && !p.starts_with('/') {
+                return Err(err(
+                    field,
+                    format!("{p:?} is not a JSON pointer (starts with `/`)"),
+                ));
+            }
+        }
+        match &w.scheme {
+            SignatureScheme::HmacHeader { header, .. } => {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err(err("scheme.header", format!("{header:?} is not a header name")));
+                }
+                if w.event_id_pointer.is_empty() {
+                    return Err(err(
+                        "event_id_pointer",
+                        "required with an hmac_header scheme (no webhook-id header to fall back on)"
+                            .into(),
+                    ));
+                }
+            }
+            SignatureScheme::StandardWebhooks { tolerance_seconds } => {
+                if *tolerance_seconds == 0 || *tolerance_seconds > 3600 {
+                    return Err(err(
+                        "scheme.tolerance_seconds",
+                        "must be between 1 and 3600".into(),
+                    ));
+                }
+            }
+        }
+        if w.max_body_bytes < 1024 || w.max_body_bytes > 6 * 1024 * 1024 {
+            return Err(err(
+                "max_body_bytes",
+                "must be between 1 KiB and 6 MiB (Lambda's synchronous payload limit)".into(),
+            ));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod ports;
 pub mod source;
 pub mod sync;
 pub mod telemetry;
+pub mod webhook;
 pub mod wire;
 
 pub use config::{Config, EntityConfig, SourceConfig};

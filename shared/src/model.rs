@@ -69,7 +69,7 @@ pub struct IdVersion {
 }
 
 /// Which strategy wrote an item (stored as `written_by`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
     Delta,
     Webhook,

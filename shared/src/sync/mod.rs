@@ -2,3 +2,4 @@
 //! reconciliation steps).
 
 pub mod delta;
+pub mod worker;

@@ -1,0 +1,456 @@
+//! The sync worker: a batch of queue messages ("sync this record", from webhooks or from
+//! reconciliation) becomes at most one `get_by_id` per record and a write under the version rule.
+//!
+//! - Dedup by event ID, Powertools' idempotency pattern: claim (an in-progress marker that
+//!   expires), do the work, then mark completed (kept for the sender's retry horizon). A failure
+//!   releases the claim, so a redelivery processes the message: nothing is lost.
+//! - Coalescing: messages for one `(entity, id)` share one fetch.
+//! - A JSON 404 soft-deletes, conditional on the record not having been fetched after the 404's
+//!   request started (`core::decide_delete`). A delete event is confirmed by the fetch: when the
+//!   source still has the record (a delete that raced a re-create), the live data is written.
+//! - A 404 storm (a wrong base path, an API change) looks like mass deletion: when the share of
+//!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
+
+use crate::core::timefmt::now_us;
+use crate::error::{SourceError, StoreError};
+use crate::model::{DeleteOutcome, Micros, Record, Strategy, WriteOutcome};
+use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
+use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
+use futures::StreamExt;
+use std::collections::HashMap;
+
+/// When the dedup marker is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupMode {
+    /// Claim in progress, complete after the work succeeded (the product).
+    InProgressThenCompleted,
+    /// Negative control for tests: mark completed before the work, so a failure loses the
+    /// message on redelivery.
+    CompletedFirst,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Share of fetched records answering an unexpected 404 (no delete event for them) at or
+    /// above which nothing is deleted.
+    pub not_found_ceiling: f64,
+    /// The ceiling applies from this many unexpected 404s in a batch (a lone late update of a
+    /// deleted record must still delete).
+    pub not_found_min: usize,
+    /// How long a claim holds before another worker may take the event over (longer than the
+    /// invocation can run).
+    pub in_progress_ttl_us: Micros,
+    /// How long a processed event ID is remembered (at least the sender's retry horizon).
+    pub retain_us: Micros,
+    /// `get_by_id` calls in flight (the client's rate limiter still applies).
+    pub concurrency: usize,
+    pub dedup: DedupMode,
+    /// Negative control for tests: `false` deletes on a delete event without asking the source.
+    pub confirm_deletes: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            not_found_ceiling: 0.5,
+            not_found_min: 5,
+            in_progress_ttl_us: 15 * 60 * 1_000_000,
+            retain_us: 8 * 24 * 3600 * 1_000_000,
+            concurrency: 8,
+            dedup: DedupMode::InProgressThenCompleted,
+            confirm_deletes: true,
+        }
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InMessage {
+    pub message_id: String,
+    pub body: String,
+}
+
+/// What a batch did. `failed` are the message IDs to report as batch item failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub messages: usize,
+    pub failed: Vec<String>,
+    /// Messages that could not be decoded (they fail until the DLQ takes them).
+    pub poison: usize,
+    /// Events already processed (or repeated inside the batch).
+    pub duplicates: usize,
+    pub get_by_id_calls: usize,
+    pub written: usize,
+    pub unchanged: usize,
+    pub stale: usize,
+    pub deleted: usize,
+    /// 404s that deleted nothing (already deleted, never stored, or fetched after the 404).
+    pub delete_skipped: usize,
+    pub not_found: usize,
+    pub ceiling_tripped: bool,
+}
+
+impl BatchReport {
+    pub fn all_failed(&self) -> bool {
+        self.messages > 0 && self.failed.len() == self.messages
+    }
+}
+
+/// The stores and source a worker uses.
+pub struct WorkerDeps<'a> {
+    pub source: &'a dyn SourceApi,
+    pub records: &'a dyn RecordStore,
+    pub control: &'a dyn ControlStore,
+}
+
+/// Why a message failed (logged with its ID; never its body).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("undecodable message: {0}")]
+    Poison(String),
+    #[error("event in progress elsewhere until {0}")]
+    InProgress(Micros),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// The record's fetch or write failed (shared by every message of the record).
+    #[error("{0}")]
+    Group(String),
+    #[error("404 ceiling: {unexpected} of {fetched} records not found; nothing deleted")]
+    Ceiling { unexpected: usize, fetched: usize },
+}
+
+/// A decoded message's place in the batch.
+struct Item {
+    message_id: String,
+    env: QueueEnvelope,
+    /// The event ID we claimed (and must complete or release).
+    claimed: Option<String>,
+}
+
+/// Process one batch. Every message ends either done (processed or a duplicate) or in
+/// `failed` (to be redelivered; after the redrive count, the DLQ).
+pub async fn process_batch(
+    deps: &WorkerDeps<'_>,
+    msgs: &[InMessage],
+    opts: &WorkerOptions,
+) -> BatchReport {
+    let mut report = BatchReport {
+        messages: msgs.len(),
+        ..BatchReport::default()
+    };
+    let mut failures: Vec<(String, Failure)> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    // Duplicates inside the batch ride on the first message with the same event ID.
+    let mut first_of_event: HashMap<String, usize> = HashMap::new();
+    let mut followers: Vec<(String, usize)> = Vec::new();
+
+    for m in msgs {
+        let env = match decode(&m.body) {
+            Ok(e) => e,
+            Err(reason) => {
+                report.poison += 1;
+                failures.push((m.message_id.clone(), Failure::Poison(reason)));
+                continue;
+            }
+        };
+        if let Some(ev) = &env.event_id {
+            if let Some(&first) = first_of_event.get(ev) {
+                followers.push((m.message_id.clone(), first));
+                continue;
+            }
+            let now = now_us();
+            let claim = deps
+                .control
+                .claim_event(ev, now, opts.in_progress_ttl_us)
+                .await;
+            match claim {
+                Ok(EventClaim::Claimed) => {
+                    if opts.dedup == DedupMode::CompletedFirst
+                        && let Err(e) = deps
+                            .control
+                            .complete_event(ev, now + opts.retain_us)
+                            .await
+                    {
+                        failures.push((m.message_id.clone(), e.into()));
+                        continue;
+                    }
+                    first_of_event.insert(ev.clone(), items.len());
+                    items.push(Item {
+                        message_id: m.message_id.clone(),
+                        claimed: Some(ev.clone()),
+                        env,
+                    });
+                }
+                Ok(EventClaim::Completed) => report.duplicates += 1,
+                Ok(EventClaim::InProgress { until_us }) => {
+                    failures.push((m.message_id.clone(), Failure::InProgress(until_us)))
+                }
+                Err(e) => failures.push((m.message_id.clone(), e.into())),
+            }
+        } else {
+            items.push(Item {
+                message_id: m.message_id.clone(),
+                claimed: None,
+                env,
+            });
+        }
+    }
+
+    // Coalesce by (entity, id): one fetch per record.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_key: HashMap<(String, String), usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let key = (it.env.entity.clone(), it.env.id.clone());
+        let g = *by_key.entry(key).or_insert_with(|| {
+            groups.push(Group {
+                entity: it.env.entity.clone(),
+                id: it.env.id.clone(),
+                items: Vec::new(),
+                delete_announced: false,
+                webhook: false,
+                result: None,
+            });
+            groups.len() - 1
+        });
+        let grp = &mut groups[g];
+        grp.items.push(i);
+        grp.delete_announced |= it.env.action == Some(EnvelopeAction::Delete);
+        grp.webhook |= it.env.kind == MessageKind::Webhook;
+    }
+
+    let outcomes = fetch_all(deps, &mut groups, opts, &mut report).await;
+    apply(deps, &mut groups, outcomes, opts, &mut report).await;
+
+    // Settle every item: complete or release its claim.
+    let mut item_ok = vec![false; items.len()];
+    for g in &mut groups {
+        let result = g.result.take().unwrap_or(Ok(()));
+        match result {
+            Ok(()) => {
+                for &i in &g.items {
+                    item_ok[i] = true;
+                }
+            }
+            Err(f) => {
+                let text = f.to_string();
+                for &i in &g.items {
+                    failures.push((items[i].message_id.clone(), Failure::Group(text.clone())));
+                }
+            }
+        }
+    }
+    for (i, it) in items.iter().enumerate() {
+        let Some(ev) = &it.claimed else { continue };
+        if opts.dedup == DedupMode::CompletedFirst {
+            continue;
+        }
+        if item_ok[i] {
+            if let Err(e) = deps
+                .control
+                .complete_event(ev, now_us() + opts.retain_us)
+                .await
+            {
+                // The work is done and idempotent: redoing it after the claim expires is safe.
+                item_ok[i] = false;
+                failures.push((it.message_id.clone(), e.into()));
+            }
+        } else if let Err(e) = deps.control.release_event(ev).await {
+            tracing::warn!(message_id = %it.message_id, error = %e, "cannot release claim; it expires");
+        }
+    }
+    for (follower, first) in followers {
+        if item_ok.get(first).copied().unwrap_or(false) {
+            report.duplicates += 1;
+        } else {
+            failures.push((
+                follower,
+                Failure::Group("the first message of its event failed".into()),
+            ));
+        }
+    }
+    for (id, f) in &failures {
+        tracing::warn!(message_id = %id, reason = %f, "message failed; it will be redelivered");
+    }
+    report.failed = failures.into_iter().map(|(id, _)| id).collect();
+    report.failed.sort();
+    report.failed.dedup();
+    report
+}
+
+struct Group {
+    entity: String,
+    id: String,
+    /// Indices into the batch's items.
+    items: Vec<usize>,
+    delete_announced: bool,
+    webhook: bool,
+    result: Option<Result<(), Failure>>,
+}
+
+impl Group {
+    fn strategy(&self) -> Strategy {
+        if self.webhook {
+            Strategy::Webhook
+        } else {
+            Strategy::Targeted
+        }
+    }
+}
+
+enum Fetched {
+    Found(Record),
+    /// A JSON 404; the time the request started is the evidence time of the delete.
+    NotFound(Micros),
+    /// Not fetched: a delete event taken at its word (negative control only).
+    Unconfirmed(Micros),
+}
+
+fn decode(body: &str) -> Result<QueueEnvelope, String> {
+    let env: QueueEnvelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if env.v != ENVELOPE_VERSION {
+        return Err(format!("envelope version {} (this build reads {ENVELOPE_VERSION})", env.v));
+    }
+    crate::source::validate_id(&env.id).map_err(|e| e.to_string())?;
+    Ok(env)
+}
+
+async fn fetch_all(
+    deps: &WorkerDeps<'_>,
+    groups: &mut [Group],
+    opts: &WorkerOptions,
+    report: &mut BatchReport,
+) -> Vec<Option<Fetched>> {
+    let mut out: Vec<Option<Fetched>> = (0..groups.len()).map(|_| None).collect();
+    let mut to_fetch = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        if !opts.confirm_deletes && g.delete_announced {
+            out[i] = Some(Fetched::Unconfirmed(now_us()));
+        } else {
+            to_fetch.push(i);
+        }
+    }
+    report.get_by_id_calls += to_fetch.len();
+    let results: Vec<(usize, Result<Fetched, SourceError>)> = futures::stream::iter(to_fetch)
+        .map(|i| {
+            let (entity, id) = (groups[i].entity.clone(), groups[i].id.clone());
+            async move {
+                let started = now_us();
+                let r = deps.source.get_by_id(&entity, &id).await.map(|r| match r {
+                    Some(rec) => Fetched::Found(rec),
+                    None => Fetched::NotFound(started),
+                });
+                (i, r)
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    for (i, r) in results {
+        match r {
+            Ok(f) => out[i] = Some(f),
+            Err(e) => groups[i].result = Some(Err(e.into())),
+        }
+    }
+    out
+}
+
+async fn apply(
+    deps: &WorkerDeps<'_>,
+    groups: &mut [Group],
+    fetched: Vec<Option<Fetched>>,
+    opts: &WorkerOptions,
+    report: &mut BatchReport,
+) {
+    // The 404 ceiling: unexpected 404s among the records fetched.
+    let fetched_count = fetched
+        .iter()
+        .filter(|f| matches!(f, Some(Fetched::Found(_) | Fetched::NotFound(_))))
+        .count();
+    let unexpected = fetched
+        .iter()
+        .zip(groups.iter())
+        .filter(|(f, g)| matches!(f, Some(Fetched::NotFound(_))) && !g.delete_announced)
+        .count();
+    report.not_found = fetched
+        .iter()
+        .filter(|f| matches!(f, Some(Fetched::NotFound(_))))
+        .count();
+    let tripped = unexpected >= opts.not_found_min.max(1)
+        && fetched_count > 0
+        && unexpected as f64 / fetched_count as f64 >= opts.not_found_ceiling;
+    if tripped {
+        report.ceiling_tripped = true;
+        tracing::error!(
+            unexpected,
+            fetched = fetched_count,
+            ceiling = opts.not_found_ceiling,
+            "404 ceiling passed: deleting nothing in this batch (wrong base path or API change?)"
+        );
+    }
+
+    // Upserts, at most one call per strategy.
+    let mut found: HashMap<Strategy, (Vec<usize>, Vec<Record>)> = HashMap::new();
+    let mut deletes: Vec<(usize, Micros)> = Vec::new();
+    for (i, f) in fetched.into_iter().enumerate() {
+        match f {
+            Some(Fetched::Found(rec)) => {
+                let e = found.entry(groups[i].strategy()).or_default();
+                e.0.push(i);
+                e.1.push(rec);
+            }
+            Some(Fetched::NotFound(ev)) | Some(Fetched::Unconfirmed(ev)) => {
+                if tripped {
+                    groups[i].result = Some(Err(Failure::Ceiling {
+                        unexpected,
+                        fetched: fetched_count,
+                    }));
+                } else {
+                    deletes.push((i, ev));
+                }
+            }
+            None => {}
+        }
+    }
+    for (strategy, (idx, recs)) in found {
+        match deps.records.upsert_many(&recs, strategy).await {
+            Ok(outcomes) => {
+                for (&i, o) in idx.iter().zip(outcomes) {
+                    match o {
+                        WriteOutcome::Inserted | WriteOutcome::Updated | WriteOutcome::Restored => {
+                            report.written += 1
+                        }
+                        WriteOutcome::Unchanged => report.unchanged += 1,
+                        WriteOutcome::Stale => report.stale += 1,
+                    }
+                    groups[i].result = Some(Ok(()));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for &i in &idx {
+                    groups[i].result = Some(Err(Failure::Group(text.clone())));
+                }
+            }
+        }
+    }
+    for (i, evidence) in deletes {
+        let g = &groups[i];
+        let r = deps
+            .records
+            .soft_delete(&g.entity, &g.id, evidence, g.strategy())
+            .await;
+        groups[i].result = Some(match r {
+            Ok(DeleteOutcome::Deleted) => {
+                report.deleted += 1;
+                Ok(())
+            }
+            Ok(_) => {
+                report.delete_skipped += 1;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        });
+    }
+}
