@@ -579,7 +579,10 @@ impl Config {
         match &w.scheme {
             SignatureScheme::HmacHeader { header, .. } => {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    return Err(err("scheme.header", format!("{header:?} is not a header name")));
+                    return Err(err(
+                        "scheme.header",
+                        format!("{header:?} is not a header name"),
+                    ));
                 }
                 if w.event_id_pointer.is_empty() {
                     return Err(err(

@@ -98,6 +98,46 @@ pub fn delta_failed(entity: &str) {
     ));
 }
 
+/// Log a worker batch (one structured line) and publish its metrics. `NotFoundCeilingTripped`
+/// has no dimensions, so that one alarm watches every entity.
+pub fn worker_batch(r: &crate::sync::worker::BatchReport) {
+    tracing::info!(
+        messages = r.messages,
+        failed = r.failed.len(),
+        poison = r.poison,
+        duplicates = r.duplicates,
+        get_by_id = r.get_by_id_calls,
+        written = r.written,
+        unchanged = r.unchanged,
+        stale = r.stale,
+        deleted = r.deleted,
+        delete_skipped = r.delete_skipped,
+        not_found = r.not_found,
+        ceiling_tripped = r.ceiling_tripped,
+        "worker batch finished"
+    );
+    publish(&emf(
+        &[],
+        &[
+            (
+                "MessagesProcessed",
+                (r.messages - r.failed.len()) as f64,
+                "Count",
+            ),
+            ("MessagesFailed", r.failed.len() as f64, "Count"),
+            ("MessagesDuplicate", r.duplicates as f64, "Count"),
+            ("GetByIdCalls", r.get_by_id_calls as f64, "Count"),
+            ("RecordsWritten", r.written as f64, "Count"),
+            ("RecordsDeleted", r.deleted as f64, "Count"),
+            (
+                "NotFoundCeilingTripped",
+                if r.ceiling_tripped { 1.0 } else { 0.0 },
+                "Count",
+            ),
+        ],
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

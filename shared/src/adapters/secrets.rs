@@ -36,6 +36,29 @@ pub async fn resolve(
     }
 }
 
+/// The webhook signing secrets (one or more, separated by whitespace or commas):
+/// `WEBHOOK_SECRET_ID` when set (deployed), else the environment variable the `[webhooks]`
+/// table names. Missing or empty fails the cold start, naming what is missing.
+pub async fn resolve_webhook_secrets(
+    cfg: &crate::config::WebhookConfig,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Secret, ConfigError> {
+    let secret = match std::env::var("WEBHOOK_SECRET_ID") {
+        Ok(id) if !id.is_empty() => fetch(&SecretSource::parse(&id), sdk).await?,
+        _ => match std::env::var(&cfg.secrets.env) {
+            Ok(v) if !v.trim().is_empty() => Secret::new(v),
+            _ => return Err(ConfigError::MissingEnv(cfg.secrets.env.clone())),
+        },
+    };
+    if crate::webhook::signature::split_secrets(secret.expose()).is_empty() {
+        return Err(ConfigError::Secret {
+            name: "webhook secrets".into(),
+            message: "the value holds no secret".into(),
+        });
+    }
+    Ok(secret)
+}
+
 pub async fn fetch(src: &SecretSource, sdk: &aws_config::SdkConfig) -> Result<Secret, ConfigError> {
     match src {
         SecretSource::SecretsManager(id) => {

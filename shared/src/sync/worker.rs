@@ -168,10 +168,7 @@ pub async fn process_batch(
             match claim {
                 Ok(EventClaim::Claimed) => {
                     if opts.dedup == DedupMode::CompletedFirst
-                        && let Err(e) = deps
-                            .control
-                            .complete_event(ev, now + opts.retain_us)
-                            .await
+                        && let Err(e) = deps.control.complete_event(ev, now + opts.retain_us).await
                     {
                         failures.push((m.message_id.clone(), e.into()));
                         continue;
@@ -310,7 +307,10 @@ enum Fetched {
 fn decode(body: &str) -> Result<QueueEnvelope, String> {
     let env: QueueEnvelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
     if env.v != ENVELOPE_VERSION {
-        return Err(format!("envelope version {} (this build reads {ENVELOPE_VERSION})", env.v));
+        return Err(format!(
+            "envelope version {} (this build reads {ENVELOPE_VERSION})",
+            env.v
+        ));
     }
     crate::source::validate_id(&env.id).map_err(|e| e.to_string())?;
     Ok(env)

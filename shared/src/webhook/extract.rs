@@ -149,8 +149,12 @@ pub fn extract(
                 None => Err(bad("event_id_pointer", "no event ID".into())),
             }
         } else {
-            scalar(ev.pointer(&cfg.event_id_pointer))
-                .ok_or_else(|| bad("event_id_pointer", "no event ID (a string or number)".into()))
+            scalar(ev.pointer(&cfg.event_id_pointer)).ok_or_else(|| {
+                bad(
+                    "event_id_pointer",
+                    "no event ID (a string or number)".into(),
+                )
+            })
         }
         .and_then(|id| {
             if id.is_empty() || id.len() > MAX_EVENT_ID || id.chars().any(char::is_control) {
@@ -357,7 +361,10 @@ mod tests {
         ]});
         let x = extract(w, &m, two.to_string().as_bytes(), Some("msg_2")).unwrap();
         assert_eq!(
-            x.events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            x.events
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
             vec!["msg_2#0", "msg_2#1"]
         );
     }

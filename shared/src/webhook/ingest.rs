@@ -20,8 +20,14 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every recognised event is on the queue (`queued` may be 0 when all were ignored).
-    Queued { queued: usize, ignored: usize },
-    TooLarge { bytes: usize, limit: usize },
+    Queued {
+        queued: usize,
+        ignored: usize,
+    },
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     Unauthorized(SignatureError),
     /// Signed, but the body (or some events) malformed; `queued` well-formed events were queued.
     Malformed {
@@ -29,7 +35,10 @@ pub enum Outcome {
         queued: usize,
     },
     /// Some events could not be queued: the sender must retry (dedup absorbs the repeats).
-    QueueFailed { failed: usize, of: usize },
+    QueueFailed {
+        failed: usize,
+        of: usize,
+    },
 }
 
 /// The HTTP answer.
@@ -241,7 +250,13 @@ fn log(a: &Answer, bytes: usize) {
             tracing::warn!(status = a.status, bytes, limit, "webhook too large")
         }
         Outcome::Queued { .. } => {
-            tracing::info!(status = a.status, queued, ignored, bytes, "webhook accepted")
+            tracing::info!(
+                status = a.status,
+                queued,
+                ignored,
+                bytes,
+                "webhook accepted"
+            )
         }
     }
     let flag = |k: &str| if k == kind { 1.0 } else { 0.0 };

@@ -123,16 +123,17 @@ impl Verifier {
                 let value = headers
                     .get(header.as_str())
                     .ok_or(SignatureError::MissingHeader("signature"))?;
-                let text = value.to_str().map_err(|_| SignatureError::MalformedHeader {
-                    header: "signature",
-                    reason: "not ASCII",
-                })?;
-                let given = decode_mac(text.trim(), *encoding).ok_or(
-                    SignatureError::MalformedHeader {
+                let text = value
+                    .to_str()
+                    .map_err(|_| SignatureError::MalformedHeader {
+                        header: "signature",
+                        reason: "not ASCII",
+                    })?;
+                let given =
+                    decode_mac(text.trim(), *encoding).ok_or(SignatureError::MalformedHeader {
                         header: "signature",
                         reason: "not a hex or base64 HMAC-SHA256",
-                    },
-                )?;
+                    })?;
                 if self.keys.iter().any(|k| mac_matches(k, &[body], &given)) {
                     Ok(Verified { webhook_id: None })
                 } else {
@@ -148,13 +149,14 @@ impl Verifier {
                     });
                 }
                 let ts_text = header_str(headers, WEBHOOK_TIMESTAMP)?;
-                let ts: i64 = ts_text
-                    .trim()
-                    .parse()
-                    .map_err(|_| SignatureError::MalformedHeader {
-                        header: WEBHOOK_TIMESTAMP,
-                        reason: "not whole Unix seconds",
-                    })?;
+                let ts: i64 =
+                    ts_text
+                        .trim()
+                        .parse()
+                        .map_err(|_| SignatureError::MalformedHeader {
+                            header: WEBHOOK_TIMESTAMP,
+                            reason: "not whole Unix seconds",
+                        })?;
                 let sigs = header_str(headers, WEBHOOK_SIGNATURE)?;
                 // The time window first: a stale delivery is refused whatever it carries.
                 let skew = now_s.saturating_sub(ts);
@@ -267,11 +269,17 @@ pub fn sign(
         SignatureScheme::StandardWebhooks { .. } => {
             let key = whsec_key(secret).ok_or(SecretFormatError::NotWhsec { index: 0 })?;
             let ts = timestamp_s.to_string();
-            let mac = hmac_sha256(&key, &[webhook_id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+            let mac = hmac_sha256(
+                &key,
+                &[webhook_id.as_bytes(), b".", ts.as_bytes(), b".", body],
+            );
             vec![
                 (WEBHOOK_ID.to_owned(), webhook_id.to_owned()),
                 (WEBHOOK_TIMESTAMP.to_owned(), ts),
-                (WEBHOOK_SIGNATURE.to_owned(), format!("v1,{}", B64.encode(mac))),
+                (
+                    WEBHOOK_SIGNATURE.to_owned(),
+                    format!("v1,{}", B64.encode(mac)),
+                ),
             ]
         }
     })
@@ -359,8 +367,14 @@ mod tests {
     fn standard_webhooks_published_vector() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let body = br#"{"test": 2432232314}"#;
-        let signed = sign(&std_scheme(), secret, body, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330)
-            .unwrap();
+        let signed = sign(
+            &std_scheme(),
+            secret,
+            body,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+        )
+        .unwrap();
         assert_eq!(
             signed[2].1,
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
@@ -375,7 +389,10 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            v.verify(&h, body, 1614265330 + 10).unwrap().webhook_id.as_deref(),
+            v.verify(&h, body, 1614265330 + 10)
+                .unwrap()
+                .webhook_id
+                .as_deref(),
             Some("msg_p5jXN8AQM9LWM0D4loKWxJek")
         );
         // Outside the tolerance, either way.
@@ -468,7 +485,8 @@ mod tests {
         let mut v2 = headers(&h);
         v2.insert("webhook-signature", "v2,abc".parse().unwrap());
         assert!(matches!(
-            v2.get("webhook-signature").map(|_| v.verify(&v2, body, 1000)),
+            v2.get("webhook-signature")
+                .map(|_| v.verify(&v2, body, 1000)),
             Some(Err(SignatureError::MalformedHeader { .. }))
         ));
         assert_eq!(

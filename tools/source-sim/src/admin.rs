@@ -22,6 +22,11 @@
 //! | `GET /__admin/{entity}/records/{id}` | | the document `GET <path>/<id>` serves, or a JSON 404 |
 //! | `PATCH /__admin/{entity}/records/{id}` | optional `{"updated_at_us":..}` or `{"updated_at":".."}` | `{"id":..,"updated_at_us":..,"mutation":..}`, or 404 |
 //! | `DELETE /__admin/{entity}/records/{id}` | | 204, or 404 |
+//! | `GET /__admin/webhooks` | | the target without its secret (`{"url":..,"scheme":"standard",` `"retry_ms":[..],"max_events_per_delivery":..,"batch_window_ms":..,"max_in_flight":..,` `"timeout_ms":..,"faults":{..}}`) or `null` |
+//! | `PUT /__admin/webhooks` | `{"url":..,"secret":..,"scheme":"pco-hex"\|"pco-base64"\|"standard"}` plus optional `"retry":"pco"\|"fast"\|"none"\|"50,100"`, the other fields of GET, or `null` to stop | as GET (400 when invalid) |
+//! | `PUT /__admin/webhooks/faults` | any subset of `{"drop_rate":..,"duplicate_rate":..,"reorder_rate":..,"delay_ms":..,"jitter_ms":..}` | as GET (409 without a target) |
+//! | `GET /__admin/webhooks/stats` | | [`crate::WebhookStats`] |
+//! | `POST /__admin/webhooks/stats/reset` | | 204 |
 //!
 //! `{entity}` is `people` or `donations`.
 
@@ -42,6 +47,7 @@ use crate::faults::{Fault, FaultWire, json_error};
 use crate::server::{Reply, add_date, api};
 use crate::sim::Sim;
 use crate::timefmt::parse_timestamp;
+use crate::webhooks::{RetrySchedule, WebhookFaults, WebhookScheme, WebhookTarget};
 
 /// The whole server: admin routes, then the API fallback; a skewed `Date` on every response.
 pub(crate) fn router(sim: Sim) -> Router {
@@ -57,6 +63,13 @@ pub(crate) fn router(sim: Sim) -> Router {
         .route("/__admin/chaos", get(chaos_get).put(chaos_put))
         .route("/__admin/rate-limit", get(rate_get).put(rate_put))
         .route("/__admin/rate-limit/reset", post(rate_reset))
+        .route("/__admin/webhooks", get(webhooks_get).put(webhooks_put))
+        .route(
+            "/__admin/webhooks/faults",
+            axum::routing::put(webhook_faults_put),
+        )
+        .route("/__admin/webhooks/stats", get(webhook_stats))
+        .route("/__admin/webhooks/stats/reset", post(webhook_stats_reset))
         .route(
             "/__admin/{entity}/records",
             get(records_list).post(records_create),
@@ -243,6 +256,141 @@ async fn rate_put(State(sim): State<Sim>, bytes: Bytes) -> Response {
 
 async fn rate_reset(State(sim): State<Sim>) -> Response {
     sim.reset_rate_limit();
+    no_content()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn webhook_faults_json(f: &WebhookFaults) -> Value {
+    json!({
+        "drop_rate": f.drop_rate,
+        "duplicate_rate": f.duplicate_rate,
+        "reorder_rate": f.reorder_rate,
+        "delay_ms": millis(f.delay),
+        "jitter_ms": millis(f.jitter),
+    })
+}
+
+fn webhook_json(t: Option<WebhookTarget>) -> Value {
+    match t {
+        Some(t) => json!({
+            "url": t.url,
+            "scheme": t.scheme.name(),
+            "retry_ms": t.retry.delays.iter().map(|d| millis(*d)).collect::<Vec<_>>(),
+            "max_events_per_delivery": t.max_events_per_delivery,
+            "batch_window_ms": millis(t.batch_window),
+            "max_in_flight": t.max_in_flight,
+            "timeout_ms": millis(t.timeout),
+            "faults": webhook_faults_json(&t.faults),
+        }),
+        None => Value::Null,
+    }
+}
+
+async fn webhooks_get(State(sim): State<Sim>) -> Response {
+    json_resp(200, &webhook_json(sim.webhook_target()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WebhookFaultsBody {
+    drop_rate: Option<f64>,
+    duplicate_rate: Option<f64>,
+    reorder_rate: Option<f64>,
+    delay_ms: Option<u64>,
+    jitter_ms: Option<u64>,
+}
+
+impl WebhookFaultsBody {
+    fn apply(&self, mut f: WebhookFaults) -> WebhookFaults {
+        f.drop_rate = self.drop_rate.unwrap_or(f.drop_rate);
+        f.duplicate_rate = self.duplicate_rate.unwrap_or(f.duplicate_rate);
+        f.reorder_rate = self.reorder_rate.unwrap_or(f.reorder_rate);
+        if let Some(ms) = self.delay_ms {
+            f.delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.jitter_ms {
+            f.jitter = Duration::from_millis(ms);
+        }
+        f
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    url: String,
+    secret: String,
+    scheme: String,
+    retry: Option<String>,
+    max_events_per_delivery: Option<usize>,
+    batch_window_ms: Option<u64>,
+    max_in_flight: Option<usize>,
+    timeout_ms: Option<u64>,
+    faults: Option<WebhookFaultsBody>,
+}
+
+impl WebhookBody {
+    fn target(self) -> Result<WebhookTarget, String> {
+        let scheme: WebhookScheme = self.scheme.parse()?;
+        let mut t = WebhookTarget::new(self.url, scheme, self.secret);
+        if let Some(r) = self.retry {
+            t.retry = r.parse::<RetrySchedule>()?;
+        }
+        t.max_events_per_delivery = self
+            .max_events_per_delivery
+            .unwrap_or(t.max_events_per_delivery);
+        t.max_in_flight = self.max_in_flight.unwrap_or(t.max_in_flight);
+        if let Some(ms) = self.batch_window_ms {
+            t.batch_window = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.timeout_ms {
+            t.timeout = Duration::from_millis(ms);
+        }
+        if let Some(f) = self.faults {
+            t.faults = f.apply(t.faults);
+        }
+        Ok(t)
+    }
+}
+
+async fn webhooks_put(State(sim): State<Sim>, bytes: Bytes) -> Response {
+    let target = match serde_json::from_slice::<Option<WebhookBody>>(&bytes) {
+        Ok(None) => None,
+        Ok(Some(b)) => match b.target() {
+            Ok(t) => Some(t),
+            Err(e) => return error(400, &e),
+        },
+        Err(e) => return error(400, &format!("invalid webhook target: {e}")),
+    };
+    match sim.set_webhook_target(target) {
+        Ok(()) => json_resp(200, &webhook_json(sim.webhook_target())),
+        Err(e) => error(400, &e.0),
+    }
+}
+
+async fn webhook_faults_put(State(sim): State<Sim>, bytes: Bytes) -> Response {
+    let b = match body::<WebhookFaultsBody>(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(t) = sim.webhook_target() else {
+        return error(409, "no webhook target is set");
+    };
+    match sim.set_webhook_faults(b.apply(t.faults)) {
+        Ok(()) => json_resp(200, &webhook_json(sim.webhook_target())),
+        Err(e) => error(400, &e.0),
+    }
+}
+
+async fn webhook_stats(State(sim): State<Sim>) -> Response {
+    json_resp(200, &json!(sim.webhook_stats()))
+}
+
+async fn webhook_stats_reset(State(sim): State<Sim>) -> Response {
+    sim.reset_webhook_stats();
     no_content()
 }
 

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::webhooks::WebhookTarget;
+
 /// The entities the simulator serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entity {
@@ -287,6 +289,9 @@ pub struct SimConfig {
     pub default_per_page: usize,
     /// Largest `per_page`; larger values are clamped to it (Planning Center: 100).
     pub max_per_page: usize,
+    /// Where changes are delivered as signed webhooks (`None`: not delivered); see
+    /// [`crate::webhooks`]. Settable at run time.
+    pub webhook: Option<WebhookTarget>,
 }
 
 impl Default for SimConfig {
@@ -312,6 +317,7 @@ impl Default for SimConfig {
             addr: None,
             default_per_page: 25,
             max_per_page: 100,
+            webhook: None,
         }
     }
 }
@@ -345,6 +351,9 @@ impl SimConfig {
         {
             return Err("rate_limit requests and period must be positive".into());
         }
+        if let Some(w) = &self.webhook {
+            w.validate()?;
+        }
         Ok(())
     }
 }
@@ -371,6 +380,7 @@ impl fmt::Debug for SimConfig {
             .field("addr", &self.addr)
             .field("default_per_page", &self.default_per_page)
             .field("max_per_page", &self.max_per_page)
+            .field("webhook", &self.webhook)
             .finish()
     }
 }

@@ -54,6 +54,25 @@
 //! API response has `X-PCO-API-Request-Rate-Limit`, `-Period` and `-Count`, and a 429 has
 //! `Retry-After`. The admin interface is described in [`Sim`] (in process) and in the `admin`
 //! module docs (HTTP, under `/__admin/`).
+//!
+//! # Webhooks
+//!
+//! With [`SimConfig::webhook`] set (or [`Sim::set_webhook_target`], `PUT /__admin/webhooks`, or
+//! `source-sim --webhook-url URL --webhook-secret S --webhook-scheme pco-hex|pco-base64|standard`)
+//! every mutation is also delivered as a signed Planning Center-shaped webhook, with retries and
+//! seeded faults; see [`webhooks`] for the body, headers, retries and faults.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use source_sim::{Entity, RetrySchedule, SimConfig, WebhookScheme, WebhookTarget};
+//! let target = WebhookTarget::new("http://127.0.0.1:9000/webhooks", WebhookScheme::Standard,
+//!     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").with_retry(RetrySchedule::fast());
+//! let sim = source_sim::start(SimConfig { webhook: Some(target), ..SimConfig::default() }).await?;
+//! sim.update(Entity::People, 3, None);
+//! let stats = sim.wait_webhooks(Duration::from_secs(5), |s| s.delivered == 1).await;
+//! # let _ = stats; Ok(()) }
+//! ```
 
 mod admin;
 mod config;
@@ -80,7 +99,10 @@ pub use config::{Chaos, Entity, Envelope, Granularity, RateLimit, SimConfig, Tim
 pub use faults::Fault;
 pub use sim::{ConfigError, RecordVersion, Sim, Stats};
 pub use timefmt::{format_timestamp, parse_timestamp};
-pub use webhooks::{Change, ChangeKind};
+pub use webhooks::{
+    Change, ChangeKind, PcoEncoding, RetrySchedule, WebhookFaults, WebhookScheme, WebhookStats,
+    WebhookTarget,
+};
 
 /// Generates the data set, binds `cfg.addr` (default `127.0.0.1:0`) and serves in a background
 /// task of the current Tokio runtime. An invalid configuration is an `InvalidInput` error.
@@ -93,6 +115,8 @@ pub async fn start(cfg: SimConfig) -> io::Result<SimHandle> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let sim = Sim::new(cfg, format!("http://{local}"));
+    // Subscribed before the first request, so no change is missed; idle without a target.
+    let webhooks = tokio::spawn(webhooks::run(sim.clone(), sim.subscribe_changes()));
     let app = admin::router(sim.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -108,6 +132,7 @@ pub async fn start(cfg: SimConfig) -> io::Result<SimHandle> {
         addr: local,
         shutdown: Some(tx),
         task: Some(task),
+        webhooks,
     })
 }
 
@@ -119,6 +144,8 @@ pub struct SimHandle {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
+    /// The webhook subscriber; aborting it aborts every send in progress.
+    webhooks: JoinHandle<()>,
 }
 
 impl SimHandle {
@@ -137,8 +164,10 @@ impl SimHandle {
         self.sim.clone()
     }
 
-    /// Stops accepting, lets in-flight requests finish (at most 5 seconds), then returns.
+    /// Stops webhook delivery (sends in progress are abandoned) and accepting, lets in-flight
+    /// requests finish (at most 5 seconds), then returns.
     pub async fn shutdown(mut self) {
+        self.webhooks.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -161,6 +190,7 @@ impl Deref for SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
+        self.webhooks.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use source_sim::{Envelope, Granularity, RateLimit, SimConfig, TimestampFormat, parse_timestamp};
+use source_sim::{
+    Envelope, Granularity, RateLimit, RetrySchedule, SimConfig, TimestampFormat, WebhookFaults,
+    WebhookScheme, WebhookTarget, parse_timestamp,
+};
 
 /// A Planning Center-like JSON:API simulator (people, donations) with faults and an admin API
 /// under /__admin/.
@@ -66,6 +69,37 @@ struct Args {
     /// Signed clock skew of the simulator, in milliseconds.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
+    /// Deliver every change as a signed webhook (a POST) to this URL.
+    #[arg(long, requires = "webhook_secret", env = "SOURCE_SIM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Webhook signing secret (whsec_<base64> for the standard scheme).
+    #[arg(long, env = "SOURCE_SIM_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Webhook signature scheme: pco-hex, pco-base64 or standard (Standard Webhooks).
+    #[arg(long, default_value = "pco-hex", value_parser = str::parse::<WebhookScheme>)]
+    webhook_scheme: WebhookScheme,
+    /// Waits before webhook retries: pco (16 attempts over ~5 days), fast, none, or ms list
+    /// like 50,100,200.
+    #[arg(long, default_value = "pco", value_parser = str::parse::<RetrySchedule>)]
+    webhook_retry: RetrySchedule,
+    /// Events per webhook body, at most (Planning Center batches).
+    #[arg(long, default_value_t = 1)]
+    webhook_batch: usize,
+    /// Probability that a webhook delivery is never sent.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_drop_rate: f64,
+    /// Probability that a webhook delivery is sent twice (same ID).
+    #[arg(long, default_value_t = 0.0)]
+    webhook_duplicate_rate: f64,
+    /// Probability that a webhook delivery is sent after the next one.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_reorder_rate: f64,
+    /// Fixed delay before each webhook delivery, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    webhook_delay_ms: u64,
+    /// Further random delay (0..=N ms) before each webhook delivery.
+    #[arg(long, default_value_t = 0)]
+    webhook_jitter_ms: u64,
 }
 
 #[tokio::main]
@@ -78,6 +112,22 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let webhook = args.webhook_url.map(|url| {
+        WebhookTarget::new(
+            url,
+            args.webhook_scheme,
+            args.webhook_secret.unwrap_or_default(),
+        )
+        .with_retry(args.webhook_retry)
+        .with_max_events_per_delivery(args.webhook_batch)
+        .with_faults(WebhookFaults {
+            drop_rate: args.webhook_drop_rate,
+            duplicate_rate: args.webhook_duplicate_rate,
+            reorder_rate: args.webhook_reorder_rate,
+            delay: Duration::from_millis(args.webhook_delay_ms),
+            jitter: Duration::from_millis(args.webhook_jitter_ms),
+        })
+    });
     let cfg = SimConfig {
         seed: args.seed,
         people: args.people,
@@ -96,6 +146,7 @@ async fn main() -> ExitCode {
         truncate_rate: args.truncate_rate,
         clock_skew_ms: args.clock_skew_ms,
         addr: Some(SocketAddr::new(args.host, args.port)),
+        webhook,
         ..SimConfig::default()
     };
     let sim = match source_sim::start(cfg).await {

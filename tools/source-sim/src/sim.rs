@@ -15,7 +15,7 @@ use crate::faults::{ChaosState, Fault, RateState};
 use crate::json::FieldSet;
 use crate::store::{PageOut, PageReq, Rec, Table};
 use crate::timefmt::format_timestamp;
-use crate::webhooks::{Change, ChangeKind};
+use crate::webhooks::{Change, ChangeKind, WebhookState};
 
 /// The version of one record at the source: what reconciliation compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -137,6 +137,7 @@ pub(crate) struct Inner {
     pub rate: Mutex<RateState>,
     pub stats: Counters,
     changes: broadcast::Sender<Change>,
+    pub webhooks: WebhookState,
 }
 
 /// The simulator's state and admin interface. Cheap to clone (an `Arc`); every clone controls
@@ -178,6 +179,7 @@ impl Sim {
                 rate: Mutex::new(RateState::new(cfg.rate_limit)),
                 stats: Counters::default(),
                 changes,
+                webhooks: WebhookState::new(cfg.webhook.clone()),
                 base_url,
                 cfg,
             }),
@@ -196,13 +198,21 @@ impl Sim {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, entity: Entity, id: u64, kind: ChangeKind, updated_at_us: i64) {
+    fn publish(
+        &self,
+        entity: Entity,
+        id: u64,
+        kind: ChangeKind,
+        updated_at_us: i64,
+        mutation: u32,
+    ) {
         // No subscriber is fine.
         let _ = self.inner.changes.send(Change {
             entity,
             id,
             kind,
             updated_at_us,
+            mutation,
         });
     }
 
@@ -275,7 +285,7 @@ impl Sim {
     pub fn create(&self, entity: Entity, updated_at_us: Option<i64>) -> RecordVersion {
         let ts = self.stamp(updated_at_us);
         let id = self.write(entity).insert(ts);
-        self.publish(entity, id, ChangeKind::Created, ts);
+        self.publish(entity, id, ChangeKind::Created, ts, 0);
         RecordVersion {
             id,
             updated_at_us: ts,
@@ -297,7 +307,7 @@ impl Sim {
         };
         ids.into_iter()
             .map(|id| {
-                self.publish(entity, id, ChangeKind::Created, ts);
+                self.publish(entity, id, ChangeKind::Created, ts, 0);
                 RecordVersion {
                     id,
                     updated_at_us: ts,
@@ -318,19 +328,22 @@ impl Sim {
     ) -> Option<RecordVersion> {
         let ts = self.stamp(updated_at_us);
         let rec = self.write(entity).update(id, ts)?;
-        self.publish(entity, id, ChangeKind::Updated, ts);
+        self.publish(entity, id, ChangeKind::Updated, ts, rec.mutation);
         Some(RecordVersion::of(id, &rec))
     }
 
     /// Deletes a live record; `false` if it did not exist.
     pub fn delete(&self, entity: Entity, id: u64) -> bool {
-        let (deleted, ts) = {
+        let (deleted, ts, mutation) = {
             let mut t = self.write(entity);
-            let ts = t.get(id).map(|r| r.updated_us).unwrap_or_default();
-            (t.delete(id), ts)
+            let (ts, m) = t
+                .get(id)
+                .map(|r| (r.updated_us, r.mutation))
+                .unwrap_or_default();
+            (t.delete(id), ts, m)
         };
         if deleted {
-            self.publish(entity, id, ChangeKind::Deleted, ts);
+            self.publish(entity, id, ChangeKind::Deleted, ts, mutation);
         }
         deleted
     }

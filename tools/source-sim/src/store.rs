@@ -187,6 +187,12 @@ impl Table {
         self.recs.get(idx).copied().filter(|r| r.alive)
     }
 
+    /// A record, deleted or not.
+    pub(crate) fn get_any(&self, id: u64) -> Option<Rec> {
+        let idx = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.recs.get(idx).copied()
+    }
+
     /// Adds a record at `ts` (already truncated) and returns its ID.
     pub(crate) fn insert(&mut self, ts: i64) -> u64 {
         let id = self.next_id();

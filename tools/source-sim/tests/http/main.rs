@@ -9,3 +9,4 @@ mod ordering;
 mod paging;
 mod scale;
 mod shapes;
+mod webhooks;
