@@ -324,7 +324,7 @@ impl RecordStore for CrashingStore {
 /// The naive record store: every write overwrites, whatever the versions (an unconditional
 /// put). Over the in-memory store, whose reads it keeps.
 #[derive(Default)]
-struct BlindStore {
+pub(crate) struct BlindStore {
     inner: MemoryRecords,
 }
 

@@ -10,3 +10,4 @@ mod smoke_sqs;
 mod source_client;
 mod template_functions;
 mod template_tables;
+mod webhooks;

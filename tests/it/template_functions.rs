@@ -4,10 +4,20 @@
 //! - IAM is inline statements only, with no `*` action and no `*` resource;
 //! - every action granted is a call the code makes: a DynamoDB action on a table is an SDK call
 //!   in that table's adapter (`shared/src/adapters/dynamodb/<table>.rs`), any other action an SDK
-//!   call somewhere in `shared/src` or the functions; so a grant the code stops using fails;
+//!   call somewhere in `shared/src` or the functions (`sqs:SendMessage` also authorises
+//!   SendMessageBatch); so a grant the code stops using fails. SQS actions are on a queue of this
+//!   template; the actions Lambda's poller makes with the execution role (ReceiveMessage,
+//!   DeleteMessage, GetQueueAttributes) are allowed without a call, but only to the function an
+//!   event source mapping on that queue invokes;
 //! - the delta function: its schedule sends `events/delta-sync/all-entities.json`, its
 //!   environment is what the code reads, its grants cover what a run calls, its lease outlives
-//!   its longest timeout, and an alarm watches its errors.
+//!   its longest timeout, and an alarm watches its errors;
+//! - webhooks: `POST /webhooks` of an HTTP API reaches the ingest function, which may only send
+//!   to the work queue and read its secret; the work queue (standard, SSE, visibility timeout at
+//!   least 6 x the worker's timeout for every timeout allowed, a redrive policy to a 14-day DLQ)
+//!   feeds the worker through an event source mapping with partial batch responses and a
+//!   maximum concurrency; the worker's grants and environment match its code; alarms watch the
+//!   DLQ, the 404 ceiling and the worker's errors; the outputs name it all.
 //!
 //! Each check returns its findings as a list, so that the tests can also show it catching a
 //! broken copy of the template (a check that finds nothing anywhere proves nothing).
@@ -16,10 +26,22 @@ use serde_yaml::Value;
 use shared::adapters::dynamodb::schema;
 use shared::adapters::secrets::SecretSource;
 use shared::sync::delta::DeltaOptions;
+use shared::telemetry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const FUNCTION: &str = "AWS::Serverless::Function";
+const QUEUE: &str = "AWS::SQS::Queue";
+const MAPPING: &str = "AWS::Lambda::EventSourceMapping";
+const ALARM: &str = "AWS::CloudWatch::Alarm";
+
+/// What Lambda's SQS poller calls with the function's execution role (the actions of the managed
+/// policy AWSLambdaSQSQueueExecutionRole): granted for an event source mapping, not for a call
+/// of our code. ChangeMessageVisibility is not among them: the poller leaves a failed message to
+/// its visibility timeout, so that grant would need a call of our own.
+const POLLER_ACTIONS: [&str; 3] = ["ReceiveMessage", "DeleteMessage", "GetQueueAttributes"];
+/// SQS deletes a standard queue's message this long after it was first sent, DLQ included.
+const FOURTEEN_DAYS: i64 = 14 * 24 * 3600;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -137,6 +159,157 @@ fn function<'a>(t: &'a Value, binary: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("a function whose Binary is {binary}"))
 }
 
+/// The logical ID of the function whose `Binary` is `binary`.
+fn function_id(t: &Value, binary: &str) -> String {
+    functions(t)
+        .into_iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"].as_str() == Some(binary))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("a function whose Binary is {binary}"))
+}
+
+fn resource_type<'a>(t: &'a Value, id: &str) -> Option<&'a str> {
+    t["Resources"].get(id)?["Type"].as_str()
+}
+
+fn resources_of_type<'a>(t: &'a Value, ty: &str) -> Vec<(String, &'a Value)> {
+    t["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(ty))
+        .map(|(k, r)| (k.as_str().expect("logical IDs are strings").to_owned(), r))
+        .collect()
+}
+
+/// `!Ref X` or `!GetAtt X.Arn`: X.
+fn ref_or_arn_of(v: &Value) -> Option<String> {
+    match intrinsic(v) {
+        Some((f, arg)) if f == "Ref" => arg.as_str().map(str::to_owned),
+        _ => match table_arn(v) {
+            Some((id, None)) => Some(id),
+            _ => None,
+        },
+    }
+}
+
+/// A queue's ARN (`!GetAtt Q.Arn`, `!Sub "${Q.Arn}"`) where Q is a queue of the template.
+fn queue_arn(t: &Value, v: &Value) -> Option<String> {
+    match table_arn(v) {
+        Some((id, None)) if resource_type(t, &id) == Some(QUEUE) => Some(id),
+        _ => None,
+    }
+}
+
+/// The logical ID of the resource a policy statement belongs to, from its place
+/// (`Resources.<ID>.Properties.Policies[0].Statement[1]`).
+fn owner_of(at: &str) -> &str {
+    at.split('.').nth(1).unwrap_or_default()
+}
+
+/// A parameter's value when deployed with `assigned` (else its default), as a string (what
+/// `!Ref` gives and `Fn::FindInMap` looks up).
+fn parameter_value(t: &Value, name: &str, assigned: &BTreeMap<String, Value>) -> Option<String> {
+    let v = assigned
+        .get(name)
+        .or_else(|| t["Parameters"].get(name)?.get("Default"))?;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A number as CloudFormation resolves it: a literal, a `!Ref` to a parameter (its value in
+/// `assigned`, else its default), or `!FindInMap [Map, <literal or !Ref>, Key]`.
+fn resolve_number(t: &Value, v: &Value, assigned: &BTreeMap<String, Value>) -> Option<i64> {
+    let as_string = |v: &Value| -> Option<String> {
+        match (v, intrinsic(v)) {
+            (Value::String(s), _) => Some(s.clone()),
+            (Value::Number(n), _) => Some(n.to_string()),
+            (_, Some((f, arg))) if f == "Ref" => parameter_value(t, arg.as_str()?, assigned),
+            _ => None,
+        }
+    };
+    match (v, intrinsic(v)) {
+        (Value::Number(n), _) => n.as_i64(),
+        (Value::String(s), _) => s.parse().ok(),
+        (_, Some((f, arg))) if f == "Ref" => {
+            parameter_value(t, arg.as_str()?, assigned)?.parse().ok()
+        }
+        (_, Some((f, Value::Sequence(args)))) if f == "FindInMap" && args.len() == 3 => {
+            let (map, key, attr) = (
+                as_string(&args[0])?,
+                as_string(&args[1])?,
+                as_string(&args[2])?,
+            );
+            resolve_number(
+                t,
+                &t["Mappings"][map.as_str()][key.as_str()][attr.as_str()],
+                assigned,
+            )
+        }
+        _ => None,
+    }
+}
+
+/// The values a deployer may give a parameter that a property refers to: its AllowedValues, or
+/// its default and bounds. `[None]` when the property is no parameter (nothing to vary).
+fn choices(t: &Value, prop: &Value) -> Vec<Option<(String, Value)>> {
+    let Some(name) = intrinsic(prop)
+        .filter(|(f, _)| f == "Ref")
+        .and_then(|(_, a)| a.as_str().map(str::to_owned))
+        .filter(|n| t["Parameters"].get(n.as_str()).is_some())
+    else {
+        return vec![None];
+    };
+    let p = &t["Parameters"][name.as_str()];
+    let values: Vec<Value> = match p.get("AllowedValues").and_then(Value::as_sequence) {
+        Some(allowed) => allowed.clone(),
+        None => ["Default", "MinValue", "MaxValue"]
+            .iter()
+            .filter_map(|k| p.get(*k).cloned())
+            .collect(),
+    };
+    values
+        .into_iter()
+        .map(|v| Some((name.clone(), v)))
+        .collect()
+}
+
+/// An event source mapping of the template: its ID, the function it invokes, the queue it
+/// polls (when the source is a queue of the template) and its properties.
+struct Esm<'a> {
+    id: String,
+    function: Option<String>,
+    queue: Option<String>,
+    props: &'a Value,
+}
+
+fn event_source_mappings(t: &Value) -> Vec<Esm<'_>> {
+    resources_of_type(t, MAPPING)
+        .into_iter()
+        .map(|(id, r)| {
+            let props = &r["Properties"];
+            Esm {
+                id,
+                function: ref_or_arn_of(&props["FunctionName"])
+                    .filter(|f| resource_type(t, f) == Some(FUNCTION)),
+                queue: queue_arn(t, &props["EventSourceArn"]),
+                props,
+            }
+        })
+        .collect()
+}
+
+/// `(function, queue)` pairs joined by an event source mapping.
+fn esm_targets(t: &Value) -> BTreeSet<(String, String)> {
+    event_source_mappings(t)
+        .into_iter()
+        .filter_map(|m| Some((m.function?, m.queue?)))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The code
 // ---------------------------------------------------------------------------------------------
@@ -210,6 +383,13 @@ fn snake(op: &str) -> String {
 /// Does the code call the operation (`.update_item()` on an SDK client)?
 fn calls(code: &str, op: &str) -> bool {
     code.contains(&format!(".{}()", snake(op)))
+}
+
+/// Does the code make a call the action authorises? SQS authorises each batch operation by its
+/// single action (SendMessageBatch by sqs:SendMessage, DeleteMessageBatch by sqs:DeleteMessage,
+/// ChangeMessageVisibilityBatch by sqs:ChangeMessageVisibility).
+fn uses(code: &str, service: &str, op: &str) -> bool {
+    calls(code, op) || (service == "sqs" && calls(code, &format!("{op}Batch")))
 }
 
 /// The adapter source of each table: `RECORDS_TABLE` → `shared/src/adapters/dynamodb/records.rs`.
@@ -419,6 +599,7 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
             .map(|c| root().join("functions").join(c).join("src")),
     );
     let all_code = production_code_under(&dirs);
+    let mapped = esm_targets(t);
     let mut bad = Vec::new();
     for (at, s) in statements(t) {
         if s.get("Principal").is_some() || s["Effect"].as_str() != Some("Allow") {
@@ -429,8 +610,29 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
             let Some((service, op)) = a.as_str().and_then(|a| a.split_once(':')) else {
                 continue;
             };
+            if service == "sqs" {
+                for r in &resources {
+                    let Some(queue) = queue_arn(t, r) else {
+                        bad.push(format!(
+                            "{at}: {a:?} on {r:?}, which is not a queue of this template"
+                        ));
+                        continue;
+                    };
+                    let polled = POLLER_ACTIONS.contains(&op)
+                        && mapped.contains(&(owner_of(&at).to_owned(), queue.clone()));
+                    if !polled && !uses(&all_code, service, op) {
+                        bad.push(format!(
+                            "{at}: sqs:{op} on {queue}, but no .{}() in shared/src or functions/, \
+                             and no event source mapping on {queue} invokes {}",
+                            snake(op),
+                            owner_of(&at)
+                        ));
+                    }
+                }
+                continue;
+            }
             if service != "dynamodb" {
-                if !calls(&all_code, op) {
+                if !uses(&all_code, service, op) {
                     bad.push(format!(
                         "{at}: {service}:{op} granted, but no .{}() in shared/src or functions/",
                         snake(op)
@@ -497,6 +699,311 @@ fn dynamodb_grants(f: &Value) -> BTreeMap<(String, Option<String>), BTreeSet<Str
     out
 }
 
+/// A function's policy statements, each with the condition it is granted under (`Fn::If`:
+/// `Some("Cond")` for the first branch, `Some("!Cond")` for the second; `AWS::NoValue` left out).
+fn function_statements(f: &Value) -> Vec<(Option<String>, &Value)> {
+    let mut out = Vec::new();
+    let policies = f["Properties"]
+        .get("Policies")
+        .map(strings)
+        .unwrap_or_default();
+    for p in policies {
+        for s in p.get("Statement").map(strings).unwrap_or_default() {
+            match intrinsic(s) {
+                Some((f, Value::Sequence(args))) if f == "If" && args.len() == 3 => {
+                    let cond = args[0].as_str().unwrap_or("?");
+                    if !is_no_value(&args[1]) {
+                        out.push((Some(cond.to_owned()), &args[1]));
+                    }
+                    if !is_no_value(&args[2]) {
+                        out.push((Some(format!("!{cond}")), &args[2]));
+                    }
+                }
+                _ => out.push((None, s)),
+            }
+        }
+    }
+    out
+}
+
+/// The SQS actions a function is granted: queue → actions.
+fn sqs_grants(t: &Value, f: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, s) in function_statements(f) {
+        let queues: Vec<String> = s
+            .get("Resource")
+            .map(strings)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| queue_arn(t, r))
+            .collect();
+        for a in s.get("Action").map(strings).unwrap_or_default() {
+            if let Some(op) = a.as_str().and_then(|a| a.strip_prefix("sqs:")) {
+                for q in &queues {
+                    out.entry(q.clone()).or_default().insert(op.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every action a function is granted, with its service (`sqs:SendMessage`).
+fn granted_actions(f: &Value) -> BTreeSet<String> {
+    function_statements(f)
+        .into_iter()
+        .flat_map(|(_, s)| s.get("Action").map(strings).unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A secret read the way `shared::adapters::secrets` does (the ARN, or `ssm:<name>`) is granted
+/// once per store, each only when its parameter is set (condition `Has<Parameter>`), on exactly
+/// that secret or parameter; and nothing else is granted under a condition.
+fn check_secret_grants(t: &Value, f: &Value, arn_param: &str, name_param: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let conditional: Vec<(String, &Value)> = function_statements(f)
+        .into_iter()
+        .filter_map(|(c, s)| Some((c?, s)))
+        .collect();
+    let mut by_action: BTreeMap<&str, (String, &Value)> = BTreeMap::new();
+    for (cond, s) in &conditional {
+        match s["Action"].as_str() {
+            Some(a) => {
+                by_action.insert(a, (cond.clone(), &s["Resource"]));
+            }
+            None => bad.push(format!("{cond}: one action per conditional grant: {s:?}")),
+        }
+    }
+    let want: [(&str, &str, Value); 2] = [
+        (
+            "secretsmanager:GetSecretValue",
+            arn_param,
+            yaml(&format!("!Ref {arn_param}")),
+        ),
+        (
+            "ssm:GetParameter",
+            name_param,
+            yaml(&format!(
+                "!Sub 'arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter${{{name_param}}}'"
+            )),
+        ),
+    ];
+    for (action, param, resource) in &want {
+        let cond = format!("Has{param}");
+        match by_action.get(action) {
+            None => bad.push(format!("{action} is not granted under {cond}")),
+            Some((c, r)) => {
+                if *c != cond {
+                    bad.push(format!("{action} is granted under {c}, want {cond}"));
+                }
+                if *r != resource {
+                    bad.push(format!("{action} on {r:?}, want {resource:?}"));
+                }
+            }
+        }
+        let defined = &t["Conditions"][cond.as_str()];
+        if defined != &yaml(&format!("!Not [!Equals [!Ref {param}, '']]")) {
+            bad.push(format!("Conditions.{cond} is {defined:?}"));
+        }
+    }
+    if by_action.len() != want.len() || conditional.len() != want.len() {
+        bad.push(format!(
+            "conditional grants other than the secret's: {by_action:?}"
+        ));
+    }
+    bad
+}
+
+/// A function's environment (Globals merged in).
+fn environment(t: &Value, f: &Value) -> BTreeMap<String, Value> {
+    let mut vars = BTreeMap::new();
+    for scope in [&t["Globals"]["Function"], &f["Properties"]] {
+        if let Some(m) = scope["Environment"]["Variables"].as_mapping() {
+            for (k, v) in m {
+                vars.insert(k.as_str().expect("a name").to_owned(), v.clone());
+            }
+        }
+    }
+    vars
+}
+
+/// Every variable the template sets is one the code of `shared` or of the crate reads (a
+/// misspelt name would silently be ignored). RUST_LOG is read by tracing-subscriber's
+/// EnvFilter::try_from_default_env.
+fn check_environment_is_read(vars: &BTreeMap<String, Value>, krate: &str) -> Vec<String> {
+    let dir = root().join("functions").join(krate);
+    if !dir.join("src").is_dir() {
+        return vec![format!("functions/{krate}/src does not exist (yet)")];
+    }
+    let code = production_code_under(&[root().join("shared/src"), dir.join("src")]);
+    vars.keys()
+        .filter(|name| *name != "RUST_LOG" && !code.contains(&format!("\"{name}\"")))
+        .map(|name| format!("{name} is set but never read by shared/ or functions/{krate}/"))
+        .collect()
+}
+
+/// The parameter a property refers to (`!Ref P`), with P's definition.
+fn parameter_of<'a>(t: &'a Value, prop: &Value) -> Option<(String, &'a Value)> {
+    let (f, arg) = intrinsic(prop)?;
+    let name = arg.as_str().filter(|_| f == "Ref")?;
+    Some((name.to_owned(), t["Parameters"].get(name)?))
+}
+
+/// The queues, their consumers and their dead letters:
+/// - every queue is standard (not FIFO: refetch and the version rule make order irrelevant)
+///   and encrypted with SQS-managed keys;
+/// - no function has a SAM `Events: Type: SQS` (SAM would attach the managed policy
+///   AWSLambdaSQSQueueExecutionRole, whose Resource is `*`): event source mappings instead;
+/// - each mapping polls a queue of this template for a function of it, with
+///   ReportBatchItemFailures, a BatchSize, and a MaximumConcurrency of 2 or more for every value
+///   a deployer may choose; the function is granted the poller's actions on that queue;
+/// - the polled queue's VisibilityTimeout is at least 6 x the function's timeout (and within
+///   SQS's 12 hours), for every timeout a deployer may choose;
+/// - the polled queue redrives (maxReceiveCount 1 or more) to a queue of this template that keeps
+///   messages 14 days, longer than the polled queue (SQS counts a standard queue's retention from
+///   the first send, so the dead letter needs the difference to be replayed).
+fn check_queues(t: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let none = BTreeMap::new();
+    let retention = |q: &Value| {
+        q["Properties"]
+            .get("MessageRetentionPeriod")
+            .map_or(Some(345_600), |v| resolve_number(t, v, &none))
+    };
+    for (id, q) in resources_of_type(t, QUEUE) {
+        let p = &q["Properties"];
+        if p.get("FifoQueue").and_then(Value::as_bool) == Some(true) {
+            bad.push(format!("{id}: a FIFO queue"));
+        }
+        if p.get("SqsManagedSseEnabled").and_then(Value::as_bool) != Some(true) {
+            bad.push(format!("{id}: SqsManagedSseEnabled is not true"));
+        }
+    }
+    for (id, f) in functions(t) {
+        let events = f["Properties"].get("Events").and_then(Value::as_mapping);
+        for (name, ev) in events.into_iter().flatten() {
+            if ev["Type"].as_str() == Some("SQS") {
+                bad.push(format!(
+                    "{id}: event {name:?} is SAM's SQS event (managed policy with Resource *)"
+                ));
+            }
+        }
+    }
+    let mappings = event_source_mappings(t);
+    if mappings.is_empty() {
+        bad.push("no event source mapping".into());
+    }
+    for m in mappings {
+        let id = &m.id;
+        let (Some(fid), Some(qid)) = (m.function.clone(), m.queue.clone()) else {
+            bad.push(format!("{id}: not a function and a queue of this template"));
+            continue;
+        };
+        let f = &t["Resources"][fid.as_str()];
+        let q = &t["Resources"][qid.as_str()]["Properties"];
+        let p = m.props;
+        let responses = p
+            .get("FunctionResponseTypes")
+            .map(strings)
+            .unwrap_or_default();
+        if !responses
+            .iter()
+            .any(|r| r.as_str() == Some("ReportBatchItemFailures"))
+        {
+            bad.push(format!(
+                "{id}: no FunctionResponseTypes [ReportBatchItemFailures]"
+            ));
+        }
+        if p.get("BatchSize").is_none() {
+            bad.push(format!("{id}: no BatchSize"));
+        }
+        match p["ScalingConfig"].get("MaximumConcurrency") {
+            None => bad.push(format!("{id}: no ScalingConfig.MaximumConcurrency")),
+            Some(mc) => {
+                for choice in choices(t, mc) {
+                    let assigned: BTreeMap<String, Value> = choice.clone().into_iter().collect();
+                    match resolve_number(t, mc, &assigned) {
+                        Some(n) if (2..=1000).contains(&n) => {}
+                        other => bad.push(format!(
+                            "{id}: MaximumConcurrency {other:?} with {choice:?} (Lambda takes 2 to 1000)"
+                        )),
+                    }
+                }
+            }
+        }
+        let granted = sqs_grants(t, f).remove(&qid).unwrap_or_default();
+        for op in POLLER_ACTIONS {
+            if !granted.contains(op) {
+                bad.push(format!(
+                    "{fid}: sqs:{op} on {qid} not granted (the poller needs it)"
+                ));
+            }
+        }
+        // The visibility timeout against every timeout the function may have.
+        let timeout = effective(t, f, "Timeout").cloned().unwrap_or(yaml("3"));
+        let visibility = q.get("VisibilityTimeout").cloned().unwrap_or(yaml("30"));
+        for choice in choices(t, &timeout) {
+            let assigned: BTreeMap<String, Value> = choice.clone().into_iter().collect();
+            let (Some(secs), Some(vis)) = (
+                resolve_number(t, &timeout, &assigned),
+                resolve_number(t, &visibility, &assigned),
+            ) else {
+                bad.push(format!(
+                    "{id}: cannot resolve {fid}'s Timeout {timeout:?} or {qid}'s \
+                     VisibilityTimeout {visibility:?} with {choice:?}"
+                ));
+                continue;
+            };
+            if vis < 6 * secs || vis > 43_200 {
+                bad.push(format!(
+                    "{qid}: VisibilityTimeout {vis} with {fid}'s Timeout {secs} ({choice:?}): \
+                     want 6 x {secs} = {} to 43200",
+                    6 * secs
+                ));
+            }
+        }
+        // The dead letters.
+        let redrive = &q["RedrivePolicy"];
+        let Some(dlq) = redrive
+            .get("deadLetterTargetArn")
+            .and_then(|v| queue_arn(t, v))
+        else {
+            bad.push(format!(
+                "{qid}: no RedrivePolicy to a queue of this template"
+            ));
+            continue;
+        };
+        match redrive
+            .get("maxReceiveCount")
+            .map(|v| resolve_number(t, v, &none))
+        {
+            Some(Some(n)) if n >= 1 => {}
+            other => bad.push(format!("{qid}: maxReceiveCount {other:?}")),
+        }
+        let kept = retention(&t["Resources"][dlq.as_str()]);
+        if kept != Some(FOURTEEN_DAYS) {
+            bad.push(format!(
+                "{dlq}: MessageRetentionPeriod {kept:?}, want {FOURTEEN_DAYS}"
+            ));
+        }
+        let source = retention(&t["Resources"][qid.as_str()]);
+        if source.is_none_or(|s| s >= FOURTEEN_DAYS) {
+            bad.push(format!(
+                "{qid}: MessageRetentionPeriod {source:?}, want less than {dlq}'s"
+            ));
+        }
+    }
+    bad
+}
+
+fn alarms(t: &Value) -> Vec<(String, &Value)> {
+    resources_of_type(t, ALARM)
+        .into_iter()
+        .map(|(id, r)| (id, &r["Properties"]))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -517,10 +1024,12 @@ fn template_functions_match_the_function_crates() {
     // The check sees a crate without a function, a function without a crate, a duplicate and
     // a wrong CodeUri.
     let mut more = crates.clone();
-    more.insert("webhook-ingest".into());
+    more.insert("no-such-function".into());
     let found = check_functions_match_crates(&t, &more);
     assert!(
-        found.iter().any(|b| b.contains("functions/webhook-ingest")),
+        found
+            .iter()
+            .any(|b| b.contains("functions/no-such-function")),
         "{found:?}"
     );
 
@@ -671,6 +1180,78 @@ fn template_grants_only_calls_the_code_makes() {
     let found =
         with("{Effect: Allow, Action: kms:Decrypt, Resource: 'arn:aws:kms:us-east-1:1:key/k'}");
     assert!(found.iter().any(|b| b.contains("kms:Decrypt")), "{found:?}");
+
+    // SQS: a queue of this template; the poller's actions only for the mapped function and
+    // queue; anything else a call of the code (SendMessageBatch counts for SendMessage).
+    let grant = |id: &str, text: &str| {
+        let mut broken = t.clone();
+        broken["Resources"][id]["Properties"]["Policies"][0]["Statement"]
+            .as_sequence_mut()
+            .expect("a statement list")
+            .push(yaml(text));
+        check_grants_are_used(&broken)
+    };
+    let ingest = function_id(&t, "webhook-ingest");
+    let worker = function_id(&t, "sync-worker");
+    let found = grant(
+        &ingest,
+        "{Effect: Allow, Action: sqs:SendMessage, Resource: 'arn:aws:sqs:us-east-1:1:q'}",
+    );
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("not a queue of this template")),
+        "{found:?}"
+    );
+    let found = grant(
+        &ingest,
+        "{Effect: Allow, Action: sqs:SendMessage, Resource: !GetAtt DeadLetterQueue.Arn}",
+    );
+    assert_eq!(
+        found,
+        Vec::<String>::new(),
+        "the code sends (SendMessageBatch)"
+    );
+    for (id, text) in [
+        // The poller's action, but the ingest function is no mapping's target.
+        (
+            &ingest,
+            "{Effect: Allow, Action: sqs:GetQueueAttributes, Resource: !GetAtt WorkQueue.Arn}",
+        ),
+        // The worker's mapping polls the work queue, not the DLQ.
+        (
+            &worker,
+            "{Effect: Allow, Action: sqs:GetQueueAttributes, Resource: !GetAtt DeadLetterQueue.Arn}",
+        ),
+        // Not the poller's, and no call.
+        (
+            &worker,
+            "{Effect: Allow, Action: sqs:PurgeQueue, Resource: !GetAtt WorkQueue.Arn}",
+        ),
+    ] {
+        let found = grant(id, text);
+        assert!(
+            found.iter().any(|b| b.contains("no event source mapping")),
+            "{text}: {found:?}"
+        );
+    }
+    let mut unmapped = t.clone();
+    let esm = event_source_mappings(&t)
+        .into_iter()
+        .next()
+        .expect("a mapping")
+        .id;
+    unmapped["Resources"]
+        .as_mapping_mut()
+        .expect("Resources")
+        .remove(esm.as_str());
+    let found = check_grants_are_used(&unmapped);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("sqs:GetQueueAttributes on WorkQueue")),
+        "without the mapping the poller's grants are unused: {found:?}"
+    );
 }
 
 /// What a delta run calls (`shared::sync::delta::run_delta` through the DynamoDB adapter) is
@@ -697,44 +1278,55 @@ fn template_delta_sync_grants_cover_a_run() {
         }
     }
     // The secret: one grant per store, each only when its parameter is set, on exactly it.
-    let stmts = &function(&t, "delta-sync")["Properties"]["Policies"][0]["Statement"];
-    let conditional: Vec<(&str, &Value)> = stmts
-        .as_sequence()
-        .expect("a statement list")
-        .iter()
-        .filter_map(|s| match intrinsic(s) {
-            Some((f, Value::Sequence(args))) if f == "If" => {
-                assert!(
-                    is_no_value(&args[2]),
-                    "{s:?}: granted only when its parameter is set"
-                );
-                Some((args[0].as_str().expect("a condition name"), &args[1]))
-            }
-            _ => None,
-        })
-        .collect();
-    let by_action: BTreeMap<&str, (&str, &Value)> = conditional
-        .iter()
-        .map(|(cond, s)| {
-            (
-                s["Action"].as_str().expect("one action"),
-                (*cond, &s["Resource"]),
-            )
-        })
-        .collect();
-    let (cond, res) = by_action["secretsmanager:GetSecretValue"];
-    assert_eq!(cond, "HasSourceSecretArn");
-    assert!(is_ref_to(res, "SourceSecretArn"), "{res:?}");
-    let (cond, res) = by_action["ssm:GetParameter"];
-    assert_eq!(cond, "HasSourceSecretParameter");
-    let sub = intrinsic(res).and_then(|(f, a)| (f == "Sub").then_some(a));
+    let f = function(&t, "delta-sync");
     assert_eq!(
-        sub.and_then(Value::as_str),
-        Some(
-            "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${SourceSecretParameter}"
-        )
+        check_secret_grants(&t, f, "SourceSecretArn", "SourceSecretParameter"),
+        Vec::<String>::new()
     );
-    assert_eq!(by_action.len(), 2, "{by_action:?}");
+    // The check sees a grant on another secret, an unconditional one and a missing one.
+    let id = function_id(&t, "delta-sync");
+    let statements_of = |t: &mut Value| -> Vec<Value> {
+        t["Resources"][id.as_str()]["Properties"]["Policies"][0]["Statement"]
+            .as_sequence()
+            .expect("a statement list")
+            .clone()
+    };
+    let mut broken = t.clone();
+    let mut list = statements_of(&mut broken);
+    let n = list.len();
+    list[n - 2] = yaml(
+        "!If [HasSourceSecretArn, {Effect: Allow, Action: secretsmanager:GetSecretValue, \
+         Resource: !Ref WebhookSecretArn}, !Ref AWS::NoValue]",
+    );
+    broken["Resources"][id.as_str()]["Properties"]["Policies"][0]["Statement"] =
+        Value::Sequence(list);
+    let found = check_secret_grants(
+        &broken,
+        &broken["Resources"][id.as_str()],
+        "SourceSecretArn",
+        "SourceSecretParameter",
+    );
+    assert!(
+        found.iter().any(|b| b.contains("WebhookSecretArn")),
+        "{found:?}"
+    );
+    let mut broken = t.clone();
+    let mut list = statements_of(&mut broken);
+    list.pop();
+    broken["Resources"][id.as_str()]["Properties"]["Policies"][0]["Statement"] =
+        Value::Sequence(list);
+    let found = check_secret_grants(
+        &broken,
+        &broken["Resources"][id.as_str()],
+        "SourceSecretArn",
+        "SourceSecretParameter",
+    );
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("ssm:GetParameter is not granted")),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -857,46 +1449,603 @@ fn template_delta_sync_environment_is_what_the_code_reads() {
     );
 }
 
-#[test]
-fn template_alarms_when_delta_sync_keeps_failing() {
-    let t = template();
-    let id = functions(&t)
+/// An Errors alarm on the function: more than 0 in 3 consecutive 5-minute periods.
+fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
+    let found: Vec<&Value> = alarms(t)
         .into_iter()
-        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"].as_str() == Some("delta-sync"))
-        .map(|(id, _)| id)
-        .expect("the delta function");
-    let alarms: Vec<&Value> = t["Resources"]
-        .as_mapping()
-        .expect("Resources")
-        .values()
-        .filter(|r| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
-        .map(|r| &r["Properties"])
+        .map(|(_, p)| p)
         .filter(|p| {
             p["Namespace"].as_str() == Some("AWS/Lambda")
                 && p["MetricName"].as_str() == Some("Errors")
                 && p["Dimensions"].as_sequence().is_some_and(|d| {
                     d.iter().any(|d| {
-                        d["Name"].as_str() == Some("FunctionName") && is_ref_to(&d["Value"], &id)
+                        d["Name"].as_str() == Some("FunctionName") && is_ref_to(&d["Value"], id)
                     })
                 })
         })
         .collect();
-    assert_eq!(alarms.len(), 1, "one Errors alarm on {id}");
-    let a = alarms[0];
-    assert_eq!(
-        a["ComparisonOperator"].as_str(),
-        Some("GreaterThanThreshold")
-    );
-    assert_eq!(a["Threshold"].as_f64(), Some(0.0));
-    assert_eq!(a["Statistic"].as_str(), Some("Sum"));
-    assert_eq!(a["Period"].as_u64(), Some(300));
-    assert_eq!(a["EvaluationPeriods"].as_u64(), Some(3));
-    // Notifies the optional topic, and only when there is one.
-    for key in ["AlarmActions", "OKActions"] {
-        let topics = alternatives(&a[key]);
-        assert_eq!(topics.len(), 1, "{key}: {topics:?}");
-        assert!(is_ref_to(&topics[0][0], "AlarmTopicArn"), "{key}");
+    if found.len() != 1 {
+        return vec![format!("{} Errors alarms on {id}, want 1", found.len())];
     }
+    let a = found[0];
+    let mut bad = Vec::new();
+    let want = [
+        ("ComparisonOperator", yaml("GreaterThanThreshold")),
+        ("Threshold", yaml("0")),
+        ("Statistic", yaml("Sum")),
+        ("Period", yaml("300")),
+        ("EvaluationPeriods", yaml("3")),
+    ];
+    for (key, v) in want {
+        if a.get(key) != Some(&v) {
+            bad.push(format!(
+                "{id}'s Errors alarm: {key} is {:?}, want {v:?}",
+                a.get(key)
+            ));
+        }
+    }
+    bad
+}
+
+/// Every alarm notifies the optional topic, and only when there is one.
+fn check_alarm_topic(t: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (id, a) in alarms(t) {
+        for key in ["AlarmActions", "OKActions"] {
+            let topics = alternatives(&a[key]);
+            let ok = matches!(intrinsic(&a[key]), Some((f, Value::Sequence(args)))
+                if f == "If" && args[0].as_str() == Some("HasAlarmTopic") && is_no_value(&args[2]))
+                && topics.len() == 1
+                && topics[0].as_sequence().is_some_and(|s| s.len() == 1)
+                && is_ref_to(&topics[0][0], "AlarmTopicArn");
+            if !ok {
+                bad.push(format!("{id}: {key} is {:?}", a.get(key)));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn template_alarms_when_a_function_keeps_failing() {
+    let t = template();
+    for binary in ["delta-sync", "sync-worker"] {
+        let id = function_id(&t, binary);
+        assert_eq!(
+            check_errors_alarm(&t, &id),
+            Vec::<String>::new(),
+            "{binary}"
+        );
+    }
+    // The ingest function's failures are the API's 5xx (a crash answers 500 too).
+    let api = &t["Resources"]["WebhookServerErrorsAlarm"]["Properties"];
+    assert_eq!(api["Namespace"].as_str(), Some("AWS/ApiGateway"));
+    assert_eq!(api["MetricName"].as_str(), Some("5xx"));
+    assert!(is_ref_to(&api["Dimensions"][0]["Value"], "WebhookApi"));
+    assert_eq!(api["Dimensions"][0]["Name"].as_str(), Some("ApiId"));
+
+    let mut broken = t.clone();
+    let id = function_id(&t, "sync-worker");
+    broken["Resources"]["SyncWorkerErrorsAlarm"]["Properties"]["Period"] = yaml("60");
+    let found = check_errors_alarm(&broken, &id);
+    assert!(found.iter().any(|b| b.contains("Period")), "{found:?}");
+    broken["Resources"]
+        .as_mapping_mut()
+        .expect("Resources")
+        .remove("SyncWorkerErrorsAlarm");
+    let found = check_errors_alarm(&broken, &id);
+    assert!(
+        found.iter().any(|b| b.contains("0 Errors alarms")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn template_every_alarm_notifies_the_optional_topic() {
+    let t = template();
+    assert!(alarms(&t).len() >= 5, "{:?}", alarms(&t));
+    assert_eq!(check_alarm_topic(&t), Vec::<String>::new());
     let cond = &t["Conditions"]["HasAlarmTopic"];
     assert_eq!(cond, &yaml("!Not [!Equals [!Ref AlarmTopicArn, '']]"));
+
+    let mut broken = t.clone();
+    broken["Resources"]["DeadLetterQueueAlarm"]["Properties"]["AlarmActions"] =
+        yaml("[!Ref AlarmTopicArn]");
+    let found = check_alarm_topic(&broken);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("DeadLetterQueueAlarm: AlarmActions")),
+        "{found:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks: the HTTP API, the ingest function, the queues, the worker
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /webhooks` of an HTTP API (payload 2.0) invokes the ingest function, the only function
+/// behind an API; the default stage is throttled by the two parameters; the output WebhookUrl
+/// is that route's URL.
+#[test]
+fn template_webhook_api_routes_post_webhooks_to_ingest() {
+    let t = template();
+    let f = function(&t, "webhook-ingest");
+    let events = f["Properties"]["Events"].as_mapping().expect("Events");
+    assert_eq!(events.len(), 1, "one event: the route");
+    let ev = events.values().next().unwrap();
+    assert_eq!(ev["Type"].as_str(), Some("HttpApi"));
+    let p = &ev["Properties"];
+    assert_eq!(
+        p["Method"].as_str().map(str::to_ascii_uppercase).as_deref(),
+        Some("POST")
+    );
+    assert_eq!(p["Path"].as_str(), Some("/webhooks"));
+    assert_eq!(p["PayloadFormatVersion"].as_str(), Some("2.0"));
+    let api = ref_or_arn_of(&p["ApiId"]).expect("ApiId: !Ref <the HTTP API>");
+    assert_eq!(resource_type(&t, &api), Some("AWS::Serverless::HttpApi"));
+
+    // No other function is reachable from the internet.
+    for (id, other) in functions(&t) {
+        let kinds: Vec<&str> = other["Properties"]
+            .get("Events")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, e)| e["Type"].as_str())
+            .filter(|k| matches!(*k, "Api" | "HttpApi"))
+            .collect();
+        if other != f {
+            assert!(kinds.is_empty(), "{id} has API events {kinds:?}");
+        }
+    }
+    let throttling = &t["Resources"][api.as_str()]["Properties"]["DefaultRouteSettings"];
+    for (key, param, default) in [
+        ("ThrottlingRateLimit", "WebhookThrottleRate", 50),
+        ("ThrottlingBurstLimit", "WebhookThrottleBurst", 100),
+    ] {
+        assert!(is_ref_to(&throttling[key], param), "{key}: {throttling:?}");
+        assert_eq!(
+            t["Parameters"][param]["Default"].as_i64(),
+            Some(default),
+            "{param}"
+        );
+        assert!(
+            t["Parameters"][param]["MinValue"].as_i64() >= Some(1),
+            "{param}"
+        );
+    }
+    let url = &t["Outputs"]["WebhookUrl"]["Value"];
+    assert_eq!(
+        url,
+        &yaml(&format!(
+            "!Sub 'https://${{{api}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/webhooks'"
+        ))
+    );
+    // The integration answers within API Gateway's 30 s.
+    let timeout = effective(&t, f, "Timeout").and_then(Value::as_i64);
+    assert!(timeout.is_some_and(|s| s <= 29), "{timeout:?}");
+}
+
+/// The ingest function sends to the work queue and reads its secret, nothing else; its
+/// environment is what the code reads; exactly one webhook secret must be given.
+#[test]
+fn template_webhook_ingest_environment_and_grants() {
+    let t = template();
+    let f = function(&t, "webhook-ingest");
+    let vars = environment(&t, f);
+    assert!(is_ref_to(&vars["QUEUE_URL"], "WorkQueue"), "{vars:?}");
+    assert_eq!(resource_type(&t, "WorkQueue"), Some(QUEUE));
+    // WEBHOOK_SECRET_ID: the ARN or "ssm:<name>"; never empty (webhooks are always verified).
+    let ids = alternatives(&vars["WEBHOOK_SECRET_ID"]);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(is_ref_to(ids[0], "WebhookSecretArn"), "{ids:?}");
+    let ssm = intrinsic(ids[1]).and_then(|(f, a)| (f == "Sub").then_some(a));
+    let ssm = ssm.and_then(Value::as_str).expect("!Sub ssm:...");
+    let example = ssm.replace("${WebhookSecretParameter}", "/sync-engine/webhook-secret");
+    assert_eq!(
+        SecretSource::parse(&example),
+        SecretSource::Ssm("/sync-engine/webhook-secret".into())
+    );
+    // Both secret parameters take what the source secret's do.
+    for (webhook, source) in [
+        ("WebhookSecretArn", "SourceSecretArn"),
+        ("WebhookSecretParameter", "SourceSecretParameter"),
+    ] {
+        assert_eq!(
+            t["Parameters"][webhook]["AllowedPattern"], t["Parameters"][source]["AllowedPattern"],
+            "{webhook}"
+        );
+    }
+    // The rule: one of them, not both.
+    let assertions = t["Rules"]["OneWebhookSecret"]["Assertions"]
+        .as_sequence()
+        .expect("Rules.OneWebhookSecret");
+    assert_eq!(
+        assertions
+            .iter()
+            .map(|a| a["Assert"].clone())
+            .collect::<Vec<_>>(),
+        vec![
+            yaml(
+                "!Or [!Not [!Equals [!Ref WebhookSecretArn, '']], !Not [!Equals [!Ref WebhookSecretParameter, '']]]"
+            ),
+            yaml(
+                "!Or [!Equals [!Ref WebhookSecretArn, ''], !Equals [!Ref WebhookSecretParameter, '']]"
+            ),
+        ]
+    );
+
+    // Grants: SendMessage on the work queue, the secret, nothing more.
+    let sqs = sqs_grants(&t, f);
+    assert_eq!(
+        sqs,
+        BTreeMap::from([(
+            "WorkQueue".to_owned(),
+            BTreeSet::from(["SendMessage".to_owned()])
+        )])
+    );
+    assert_eq!(
+        check_secret_grants(&t, f, "WebhookSecretArn", "WebhookSecretParameter"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        granted_actions(f),
+        BTreeSet::from(
+            [
+                "sqs:SendMessage",
+                "secretsmanager:GetSecretValue",
+                "ssm:GetParameter"
+            ]
+            .map(str::to_owned)
+        )
+    );
+    assert!(
+        dynamodb_grants(f).is_empty(),
+        "the worker deduplicates, not the ingest"
+    );
+
+    assert_eq!(
+        check_environment_is_read(&vars, "webhook-ingest"),
+        Vec::<String>::new()
+    );
+    let mut misspelt = vars.clone();
+    misspelt.insert("QUEUE_ULR".into(), yaml("x"));
+    let found = check_environment_is_read(&misspelt, "webhook-ingest");
+    assert!(found.iter().any(|b| b.contains("QUEUE_ULR")), "{found:?}");
+}
+
+/// The work queue feeds the worker: the figures the issue asks for, then the generic check and
+/// broken copies it must catch.
+#[test]
+fn template_work_queue_feeds_the_worker_with_a_dead_letter_queue() {
+    let t = template();
+    assert_eq!(check_queues(&t), Vec::<String>::new());
+
+    let worker = function_id(&t, "sync-worker");
+    let mappings = event_source_mappings(&t);
+    assert_eq!(mappings.len(), 1, "one mapping");
+    let m = &mappings[0];
+    assert_eq!(m.function.as_deref(), Some(worker.as_str()));
+    assert_eq!(m.queue.as_deref(), Some("WorkQueue"));
+    let p = m.props;
+    assert_eq!(p["BatchSize"].as_i64(), Some(10));
+    assert_eq!(p["MaximumBatchingWindowInSeconds"].as_i64(), Some(1));
+    if let Some(enabled) = p.get("Enabled") {
+        assert_eq!(enabled.as_bool(), Some(true));
+    }
+    let (name, param) = parameter_of(&t, &p["ScalingConfig"]["MaximumConcurrency"])
+        .expect("MaximumConcurrency is a parameter");
+    assert_eq!(name, "WorkerMaxConcurrency");
+    assert_eq!(param["Default"].as_i64(), Some(2));
+    assert_eq!(param["MinValue"].as_i64(), Some(2), "Lambda's minimum");
+
+    let f = function(&t, "sync-worker");
+    let (name, param) = parameter_of(&t, &f["Properties"]["Timeout"]).expect("a parameter");
+    assert_eq!(name, "WorkerTimeoutSeconds");
+    assert_eq!(param["Default"].as_i64(), Some(60));
+    let q = &t["Resources"]["WorkQueue"]["Properties"];
+    assert!(q["MessageRetentionPeriod"].as_i64() >= Some(4 * 24 * 3600));
+    let (name, param) =
+        parameter_of(&t, &q["RedrivePolicy"]["maxReceiveCount"]).expect("a parameter");
+    assert_eq!(name, "WorkerMaxReceiveCount");
+    assert_eq!(param["Default"].as_i64(), Some(5));
+    assert!(
+        queue_arn(&t, &q["RedrivePolicy"]["deadLetterTargetArn"]) == Some("DeadLetterQueue".into())
+    );
+
+    // Broken copies.
+    let broken = |edit: &dyn Fn(&mut Value)| {
+        let mut b = t.clone();
+        edit(&mut b);
+        check_queues(&b)
+    };
+    let esm = m.id.clone();
+    let expect = |found: Vec<String>, what: &str| {
+        assert!(found.iter().any(|b| b.contains(what)), "{what}: {found:?}");
+    };
+    // One row of the mapping below 6 x its timeout.
+    expect(
+        broken(&|b| b["Mappings"]["WorkerTimeout"]["900"]["QueueVisibilityTimeout"] = yaml("900")),
+        "VisibilityTimeout 900 with SyncWorkerFunction's Timeout 900",
+    );
+    // A visibility timeout that ignores the timeout's parameter.
+    expect(
+        broken(&|b| b["Resources"]["WorkQueue"]["Properties"]["VisibilityTimeout"] = yaml("360")),
+        "VisibilityTimeout 360 with SyncWorkerFunction's Timeout 120",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"][esm.as_str()]["Properties"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("FunctionResponseTypes");
+        }),
+        "ReportBatchItemFailures",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"][esm.as_str()]["Properties"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("ScalingConfig");
+        }),
+        "MaximumConcurrency",
+    );
+    expect(
+        broken(&|b| b["Parameters"]["WorkerMaxConcurrency"]["MinValue"] = yaml("1")),
+        "MaximumConcurrency Some(1)",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"]["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] =
+                yaml("345600")
+        }),
+        "DeadLetterQueue: MessageRetentionPeriod",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"]["WorkQueue"]["Properties"]["MessageRetentionPeriod"] = yaml("1209600")
+        }),
+        "want less than DeadLetterQueue's",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"]["WorkQueue"]["Properties"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("RedrivePolicy");
+        }),
+        "no RedrivePolicy",
+    );
+    expect(
+        broken(&|b| b["Resources"]["WorkQueue"]["Properties"]["FifoQueue"] = yaml("true")),
+        "WorkQueue: a FIFO queue",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"]["DeadLetterQueue"]["Properties"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("SqsManagedSseEnabled");
+        }),
+        "DeadLetterQueue: SqsManagedSseEnabled",
+    );
+    expect(
+        broken(&|b| {
+            b["Resources"][worker.as_str()]["Properties"]["Events"] =
+                yaml("{Work: {Type: SQS, Properties: {Queue: !GetAtt WorkQueue.Arn}}}")
+        }),
+        "SAM's SQS event",
+    );
+    expect(
+        broken(&|b| {
+            let stmts = b["Resources"][worker.as_str()]["Properties"]["Policies"][0]["Statement"]
+                .as_sequence_mut()
+                .unwrap();
+            for s in stmts.iter_mut() {
+                if s["Sid"].as_str() == Some("ConsumeWorkQueue") {
+                    s["Action"] = yaml("[sqs:ReceiveMessage, sqs:DeleteMessage]");
+                }
+            }
+        }),
+        "sqs:GetQueueAttributes on WorkQueue not granted",
+    );
+}
+
+/// What a batch calls (`sync-worker` through the DynamoDB adapter): records BatchGetItem and
+/// UpdateItem (upsert_many, soft_delete); control PutItem (claim_event, complete_event) and
+/// DeleteItem (release_event). Exactly these, the poller's SQS actions on the work queue, and the
+/// source secret as the delta function reads it.
+#[test]
+fn template_sync_worker_grants_cover_a_batch() {
+    let t = template();
+    let f = function(&t, "sync-worker");
+    let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        dynamodb_grants(f),
+        BTreeMap::from([
+            (
+                ("RecordsTable".to_owned(), None),
+                set(&["BatchGetItem", "UpdateItem"])
+            ),
+            (
+                ("ControlTable".to_owned(), None),
+                set(&["PutItem", "DeleteItem"])
+            ),
+        ])
+    );
+    assert_eq!(
+        sqs_grants(&t, f),
+        BTreeMap::from([("WorkQueue".to_owned(), set(&POLLER_ACTIONS))])
+    );
+    assert_eq!(
+        check_secret_grants(&t, f, "SourceSecretArn", "SourceSecretParameter"),
+        Vec::<String>::new()
+    );
+    let services: BTreeSet<String> = granted_actions(f)
+        .into_iter()
+        .filter_map(|a| a.split_once(':').map(|(s, _)| s.to_owned()))
+        .collect();
+    assert_eq!(
+        services,
+        set(&["dynamodb", "secretsmanager", "sqs", "ssm"]),
+        "nothing beyond the tables, the queue and the secret"
+    );
+}
+
+/// The worker's environment is what the code reads, with the issue's figures.
+#[test]
+fn template_sync_worker_environment_is_what_the_code_reads() {
+    let t = template();
+    let f = function(&t, "sync-worker");
+    let vars = environment(&t, f);
+    for s in schema::TABLES {
+        assert!(is_ref_to(&vars[s.env_var], s.logical_id), "{}", s.env_var);
+    }
+    assert!(is_ref_to(&vars["SOURCE_BASE_URL"], "SourceBaseUrl"));
+    let delta = environment(&t, function(&t, "delta-sync"));
+    assert_eq!(
+        vars["SOURCE_SECRET_ID"], delta["SOURCE_SECRET_ID"],
+        "the same secret as delta sync"
+    );
+    for (var, param, default, min, max) in [
+        (
+            "NOT_FOUND_CEILING_PERCENT",
+            "NotFoundCeilingPercent",
+            50,
+            1,
+            Some(100),
+        ),
+        ("NOT_FOUND_MIN_COUNT", "NotFoundMinCount", 5, 1, None),
+    ] {
+        let (name, p) = parameter_of(&t, &vars[var]).unwrap_or_else(|| panic!("{var}"));
+        assert_eq!(name, param);
+        assert_eq!(p["Default"].as_i64(), Some(default), "{param}");
+        assert_eq!(p["MinValue"].as_i64(), Some(min), "{param}");
+        assert_eq!(p["MaxValue"].as_i64(), max, "{param}");
+    }
+    // Completed event IDs outlive the senders' retries: Planning Center's about 5 days.
+    let days: u64 = vars["EVENT_RETENTION_DAYS"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("EVENT_RETENTION_DAYS is a whole number in a string");
+    assert_eq!(days, 8);
+    assert!(days > 5);
+    assert!(
+        f["Properties"]
+            .get("ReservedConcurrentExecutions")
+            .is_none(),
+        "the mapping's MaximumConcurrency caps the worker; reserved concurrency would throttle \
+         the poller's invocations"
+    );
+    assert_eq!(
+        check_environment_is_read(&vars, "sync-worker"),
+        Vec::<String>::new()
+    );
+}
+
+/// The DLQ alarm fires on the first dead letter; the 404-ceiling alarm watches the worker's EMF
+/// metric, which the code emits under the same name, namespace and no dimensions.
+#[test]
+fn template_alarms_on_dead_letters_and_404_storms() {
+    let t = template();
+    let dlq = &t["Resources"]["DeadLetterQueueAlarm"]["Properties"];
+    let want = yaml(
+        "{Namespace: AWS/SQS, MetricName: ApproximateNumberOfMessagesVisible,
+          Statistic: Maximum, Period: 300, EvaluationPeriods: 1, Threshold: 0,
+          ComparisonOperator: GreaterThanThreshold}",
+    );
+    for (k, v) in want.as_mapping().unwrap() {
+        assert_eq!(
+            dlq.get(k.as_str().unwrap()),
+            Some(v),
+            "DeadLetterQueueAlarm {k:?}"
+        );
+    }
+    assert_eq!(
+        dlq["Dimensions"],
+        yaml("[{Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}]")
+    );
+    let redrive = &t["Resources"]["WorkQueue"]["Properties"]["RedrivePolicy"];
+    assert_eq!(
+        queue_arn(&t, &redrive["deadLetterTargetArn"]).as_deref(),
+        Some("DeadLetterQueue"),
+        "the alarm watches the work queue's DLQ"
+    );
+
+    let nf = &t["Resources"]["NotFoundCeilingAlarm"]["Properties"];
+    assert_eq!(nf["Namespace"].as_str(), Some(telemetry::NAMESPACE));
+    let want = yaml(
+        "{MetricName: NotFoundCeilingTripped, Statistic: Sum, Period: 300, EvaluationPeriods: 1,
+          Threshold: 0, ComparisonOperator: GreaterThanThreshold, TreatMissingData: notBreaching}",
+    );
+    for (k, v) in want.as_mapping().unwrap() {
+        assert_eq!(
+            nf.get(k.as_str().unwrap()),
+            Some(v),
+            "NotFoundCeilingAlarm {k:?}"
+        );
+    }
+    assert!(
+        nf.get("Dimensions").is_none(),
+        "one alarm for every entity: the metric has no dimensions"
+    );
+    let code = production_code_under(&[
+        root().join("shared/src"),
+        root().join("functions/sync-worker/src"),
+    ]);
+    assert!(
+        code.contains("\"NotFoundCeilingTripped\""),
+        "the worker emits the EMF metric NotFoundCeilingTripped (no dimensions)"
+    );
+}
+
+/// The outputs name what an operator needs: the URL to give the sender, the queues to replay
+/// between, the functions, their logs and the alarms.
+#[test]
+fn template_outputs_name_the_webhook_pieces() {
+    let t = template();
+    let o = &t["Outputs"];
+    let refs = [
+        ("WorkQueueUrl", "WorkQueue"),
+        ("DeadLetterQueueUrl", "DeadLetterQueue"),
+        ("WebhookIngestFunctionName", "WebhookIngestFunction"),
+        ("SyncWorkerFunctionName", "SyncWorkerFunction"),
+        ("WebhookIngestLogGroupName", "WebhookIngestLogGroup"),
+        ("SyncWorkerLogGroupName", "SyncWorkerLogGroup"),
+        ("DeadLetterQueueAlarmName", "DeadLetterQueueAlarm"),
+        ("NotFoundCeilingAlarmName", "NotFoundCeilingAlarm"),
+        ("SyncWorkerErrorsAlarmName", "SyncWorkerErrorsAlarm"),
+        ("WebhookServerErrorsAlarmName", "WebhookServerErrorsAlarm"),
+    ];
+    for (output, resource) in refs {
+        assert!(is_ref_to(&o[output]["Value"], resource), "{output}");
+        assert!(o[output]["Description"].as_str().is_some(), "{output}");
+    }
+    assert!(
+        intrinsic(&o["WebhookUrl"]["Value"]).is_some_and(|(f, _)| f == "Sub"),
+        "WebhookUrl (checked with the route)"
+    );
+    let dlq = o["DeadLetterQueueUrl"]["Description"].as_str().unwrap();
+    assert!(dlq.contains("syncctl dlq replay --queue-url"), "{dlq}");
+    // Every function's and every log group's name is an output.
+    for (id, f) in functions(&t) {
+        assert!(
+            o.as_mapping()
+                .unwrap()
+                .values()
+                .any(|v| is_ref_to(&v["Value"], &id)),
+            "{id} has an output"
+        );
+        let group = f["Properties"]["LoggingConfig"]["LogGroup"].clone();
+        let group = ref_or_arn_of(&group).unwrap_or_else(|| panic!("{id}: LoggingConfig.LogGroup"));
+        assert!(
+            o.as_mapping()
+                .unwrap()
+                .values()
+                .any(|v| is_ref_to(&v["Value"], &group)),
+            "{group} has an output"
+        );
+    }
 }

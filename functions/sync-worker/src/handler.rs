@@ -1,0 +1,110 @@
+//! SQS batch in → `shared::sync::worker` → the failed message IDs out (partial batch failure).
+//! No business rules here.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use shared::error::ConfigError;
+use shared::ports::{ControlStore, RecordStore, SourceApi};
+use shared::sync::worker::{BatchReport, InMessage, WorkerDeps, WorkerOptions, process_batch};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Built once per cold start in `main`.
+pub struct Deps {
+    pub source: Arc<dyn SourceApi>,
+    pub records: Arc<dyn RecordStore>,
+    pub control: Arc<dyn ControlStore>,
+    pub options: WorkerOptions,
+}
+
+/// `NOT_FOUND_CEILING_PERCENT` (50), `NOT_FOUND_MIN_COUNT` (5), `EVENT_RETENTION_DAYS` (8),
+/// `WORKER_CONCURRENCY` (8); a bad value names its variable.
+pub fn options_from_env() -> Result<WorkerOptions, ConfigError> {
+    options_from(|name| std::env::var(name).ok())
+}
+
+pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<WorkerOptions, ConfigError> {
+    let num = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+        let v = match get(name) {
+            Some(v) if !v.trim().is_empty() => v,
+            _ => return Ok(default),
+        };
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::BadEnv {
+                name: name.to_owned(),
+                message: format!("{v:?} is not a whole number between {min} and {max}"),
+            }),
+        }
+    };
+    Ok(WorkerOptions {
+        not_found_ceiling: num("NOT_FOUND_CEILING_PERCENT", 50, 1, 100)? as f64 / 100.0,
+        not_found_min: num("NOT_FOUND_MIN_COUNT", 5, 1, 10_000)? as usize,
+        retain_us: num("EVENT_RETENTION_DAYS", 8, 1, 365)? as i64 * 86_400 * 1_000_000,
+        concurrency: num("WORKER_CONCURRENCY", 8, 1, 64)? as usize,
+        ..WorkerOptions::default()
+    })
+}
+
+/// A claim outlives the invocation by this much (then another delivery may take it over).
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+
+pub async fn handle(
+    deps: &Deps,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, Diagnostic> {
+    let msgs: Vec<InMessage> = event
+        .payload
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| InMessage {
+            message_id: m.message_id.unwrap_or_else(|| format!("#{i}")),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect();
+    let mut options = deps.options.clone();
+    let deadline = event.context.deadline();
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    options.in_progress_ttl_us = (left + CLAIM_MARGIN).as_micros() as i64;
+    let report = process_batch(
+        &WorkerDeps {
+            source: deps.source.as_ref(),
+            records: deps.records.as_ref(),
+            control: deps.control.as_ref(),
+        },
+        &msgs,
+        &options,
+    )
+    .await;
+    shared::telemetry::worker_batch(&report);
+    if report.all_failed() {
+        return Err(Diagnostic {
+            error_type: "BatchFailed".into(),
+            error_message: format!(
+                "all {} messages failed; they will be redelivered",
+                report.messages
+            ),
+        });
+    }
+    Ok(response(&report))
+}
+
+fn response(report: &BatchReport) -> SqsBatchResponse {
+    let mut r = SqsBatchResponse::default();
+    r.batch_item_failures = report
+        .failed
+        .iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id.clone();
+            f
+        })
+        .collect();
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,39 @@
+//! API Gateway request in → `shared::webhook::Ingest` → HTTP answer out. No business rules here.
+
+use lambda_http::http::{Method, StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use shared::model::Micros;
+use shared::webhook::Ingest;
+
+/// Answer one request. `now_us` is injected so that tests can replay signed samples.
+pub async fn handle(ingest: &Ingest, req: Request, now_us: Micros) -> Response<Body> {
+    if req.method() != Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"use POST"}"#.to_owned(),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let bytes: &[u8] = match &body {
+        Body::Empty => &[],
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => &[],
+    };
+    let answer = ingest.handle(&parts.headers, bytes, now_us).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, answer.body)
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::Text(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests;
