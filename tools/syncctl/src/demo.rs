@@ -1,7 +1,9 @@
 //! `syncctl demo`: the whole delta cycle with no AWS account. Starts the bundled simulator
 //! in-process, backfills into the embedded local store, changes the source (creates, updates,
 //! a tie of many records on one timestamp, updates while a run is under way), runs delta again
-//! and checks that the store equals the source.
+//! and checks that the store equals the source. Then the webhook leg: `serve` in-process, the
+//! simulator's signed deliveries pointed at it, and each change's latency from the source to
+//! the store.
 
 use crate::delta::describe;
 use base64::Engine;
@@ -13,11 +15,14 @@ use shared::model::ID_SHARDS;
 use shared::ports::RecordStore;
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, DeltaSummary, PageHook, run_delta};
-use source_sim::{Entity, SimConfig, SimHandle};
+use source_sim::{
+    Entity, PcoEncoding, RetrySchedule, SimConfig, SimHandle, WebhookScheme, WebhookTarget,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -191,11 +196,239 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         source.stats().retries,
         source.stats().rate_limited
     );
+
+    println!(
+        "\n5. Webhooks: the simulator's signed deliveries → syncctl serve (ingest, local queue, worker) → the store"
+    );
+    webhook_leg(&config, &store, &sim, secret).await?;
     println!(
         "\n✔ demo finished: `syncctl status --db {}` shows the cursors and runs",
         args.db.display()
     );
     Ok(())
+}
+
+/// The webhook demo's signing secret (the simulator and the ingest share it).
+const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+/// A change not visible in the store within this long fails the demo.
+pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// One change at the source and how long it took to show in the store.
+struct Change {
+    what: String,
+    entity: Entity,
+    id: u64,
+    /// `Some(updated_at)`: an upsert to see at that version; `None`: a delete.
+    updated_at_us: Option<i64>,
+}
+
+async fn webhook_leg(
+    config: &Config,
+    store: &LocalStore,
+    sim: &SimHandle,
+    source_secret: &str,
+) -> Result<(), String> {
+    let source =
+        SourceClient::new(config, Some(Secret::new(source_secret))).map_err(|e| e.to_string())?;
+    let source = Arc::new(source);
+    let serve = crate::serve::start(crate::serve::ServeOptions::new(
+        store.clone(),
+        config.clone(),
+        vec![WEBHOOK_SECRET.to_owned()],
+        source.clone(),
+    ))
+    .await?;
+    sim.set_webhook_target(Some(
+        WebhookTarget::new(
+            serve.webhook_url.clone(),
+            WebhookScheme::Pco {
+                encoding: PcoEncoding::Hex,
+            },
+            WEBHOOK_SECRET,
+        )
+        .with_retry(RetrySchedule::fast()),
+    ))
+    .map_err(|e| e.to_string())?;
+    println!(
+        "   serve listening on {}; the simulator posts each change to {} (X-PCO-Webhooks-Authenticity, hex)",
+        serve.url, serve.webhook_url
+    );
+    let result = changes_and_latencies(store, sim).await;
+    // Stop delivering before the server goes.
+    let _ = sim.set_webhook_target(None);
+    let stats = serve.stats();
+    serve.shutdown().await?;
+    let latencies = result?;
+
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let p50 = sorted[(sorted.len() - 1) / 2];
+    let max = sorted[sorted.len() - 1];
+    let ws = sim.webhook_stats();
+    println!(
+        "   {} changes: p50 {}, max {} (limit {} s)",
+        latencies.len(),
+        ms(p50),
+        ms(max),
+        VISIBLE_WITHIN.as_secs()
+    );
+    println!(
+        "   {} webhooks delivered ({} retries), {} queued, {} batches, {} get_by_id, {} written, {} soft-deleted, {} failed",
+        ws.delivered,
+        ws.retries,
+        stats.events_queued,
+        stats.batches,
+        stats.get_by_id_calls,
+        stats.written,
+        stats.deleted,
+        stats.messages_failed
+    );
+    let people = compare(store, sim, Entity::People).await?;
+    let donations = compare(store, sim, Entity::Donations).await?;
+    if people.extra != ["7"]
+        || !people.missing.is_empty()
+        || !people.stale.is_empty()
+        || !donations.is_empty()
+    {
+        return Err(format!(
+            "after the webhooks the store differs from the source: people {people:?}, donations {donations:?}"
+        ));
+    }
+    println!(
+        "   ✔ store equals source again (deletions delivered by webhook are soft-deleted; id 7 is still reconciliation's)"
+    );
+    Ok(())
+}
+
+/// Make each change and wait until the store shows it; its latency, or an error after
+/// [`VISIBLE_WITHIN`].
+async fn changes_and_latencies(
+    store: &LocalStore,
+    sim: &SimHandle,
+) -> Result<Vec<Duration>, String> {
+    let sim = sim.sim();
+    let upsert = |what: String, entity: Entity, v: Option<source_sim::RecordVersion>| {
+        v.map(|v| Change {
+            what,
+            entity,
+            id: v.id,
+            updated_at_us: Some(v.updated_at_us),
+        })
+        .ok_or_else(|| format!("{}: no such record at the source", entity.name()))
+    };
+    let mut steps: Vec<Box<dyn Fn() -> Result<Change, String>>> = Vec::new();
+    for id in [1u64, 2, 500] {
+        let s = sim.clone();
+        steps.push(Box::new(move || {
+            upsert(
+                format!("person {id} updated"),
+                Entity::People,
+                s.update(Entity::People, id, None),
+            )
+        }));
+    }
+    let s = sim.clone();
+    steps.push(Box::new(move || {
+        let v = s.create(Entity::People, None);
+        upsert(format!("person {} created", v.id), Entity::People, Some(v))
+    }));
+    let s = sim.clone();
+    steps.push(Box::new(move || {
+        upsert(
+            "donation 42 updated".into(),
+            Entity::Donations,
+            s.update(Entity::Donations, 42, None),
+        )
+    }));
+    let s = sim.clone();
+    steps.push(Box::new(move || {
+        let v = s.create(Entity::Donations, None);
+        upsert(
+            format!("donation {} created", v.id),
+            Entity::Donations,
+            Some(v),
+        )
+    }));
+    for (entity, id) in [(Entity::People, 3u64), (Entity::Donations, 10)] {
+        let s = sim.clone();
+        steps.push(Box::new(move || {
+            if !s.delete(entity, id) {
+                return Err(format!(
+                    "{} {id}: no such record at the source",
+                    entity.name()
+                ));
+            }
+            Ok(Change {
+                what: format!("{} {id} deleted", noun(entity)),
+                entity,
+                id,
+                updated_at_us: None,
+            })
+        }));
+    }
+    let s = sim.clone();
+    steps.push(Box::new(move || {
+        upsert(
+            "person 1 updated again".into(),
+            Entity::People,
+            s.update(Entity::People, 1, None),
+        )
+    }));
+
+    let mut latencies = Vec::new();
+    for step in &steps {
+        let start = Instant::now();
+        let change = step()?;
+        let latency = wait_visible(store, &change, start, VISIBLE_WITHIN).await?;
+        println!(
+            "   {:<24} → in the store after {}",
+            change.what,
+            ms(latency)
+        );
+        latencies.push(latency);
+    }
+    Ok(latencies)
+}
+
+async fn wait_visible(
+    store: &LocalStore,
+    c: &Change,
+    start: Instant,
+    within: Duration,
+) -> Result<Duration, String> {
+    let id = c.id.to_string();
+    loop {
+        let rec = store
+            .get(c.entity.name(), &id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let visible = match (&rec, c.updated_at_us) {
+            (Some(r), Some(t)) => r.version.delta_us == t && !r.is_deleted(),
+            (Some(r), None) => r.is_deleted(),
+            (None, _) => false,
+        };
+        if visible {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return Err(format!(
+                "{}: not visible in the store within {:?} (webhook → ingest → queue → worker)",
+                c.what, within
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn noun(e: Entity) -> &'static str {
+    match e {
+        Entity::People => "person",
+        Entity::Donations => "donation",
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 async fn delta(
@@ -254,5 +487,29 @@ mod tests {
         let d = compare(&store, &sim, Entity::People).await.unwrap();
         assert!(!d.is_empty());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn the_webhook_leg_fails_when_a_change_does_not_show() {
+        let store = LocalStore::in_memory().unwrap();
+        let upsert = Change {
+            what: "person 1 updated".into(),
+            entity: Entity::People,
+            id: 1,
+            updated_at_us: Some(1),
+        };
+        let e = wait_visible(&store, &upsert, Instant::now(), Duration::from_millis(30))
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("person 1 updated: not visible"), "{e}");
+        let delete = Change {
+            updated_at_us: None,
+            ..upsert
+        };
+        assert!(
+            wait_visible(&store, &delete, Instant::now(), Duration::from_millis(30))
+                .await
+                .is_err()
+        );
     }
 }

@@ -3,7 +3,10 @@
 
 mod delta;
 mod demo;
+mod dlq;
 mod init;
+mod serve;
+mod sign;
 mod status;
 mod stores;
 
@@ -27,6 +30,12 @@ enum Command {
     Delta(delta::DeltaArgs),
     /// Show each entity's cursor, lag, lease and last runs.
     Status(status::StatusArgs),
+    /// Webhook ingest (POST /webhooks) and the sync worker locally, on the embedded store.
+    Serve(serve::ServeArgs),
+    /// List or replay the work queue's dead letters (local store, or SQS).
+    Dlq(dlq::DlqArgs),
+    /// Print the signature headers (and a curl command) for a webhook body.
+    Sign(sign::SignArgs),
 }
 
 #[tokio::main]
@@ -37,6 +46,9 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args).await,
         Command::Delta(args) => delta::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+        Command::Sign(args) => sign::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,5 +88,50 @@ mod tests {
         assert_eq!(args.records_table, "r");
         assert_eq!(args.control_table, "c");
         assert_eq!(args.endpoint_url.as_deref(), Some("http://localhost:8000"));
+    }
+
+    #[test]
+    fn serve_has_local_defaults() {
+        let cli = Cli::try_parse_from(["syncctl", "serve"]).expect("parse");
+        let Command::Serve(a) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(a.listen.to_string(), "127.0.0.1:3002");
+        assert_eq!(a.queue, "work");
+        assert_eq!((a.visibility_timeout_secs, a.max_receives), (30, 5));
+        assert!(Cli::try_parse_from(["syncctl", "serve", "--max-receives", "0"]).is_err());
+    }
+
+    #[test]
+    fn dlq_replay_needs_all_or_ids() {
+        assert!(Cli::try_parse_from(["syncctl", "dlq", "replay"]).is_err());
+        assert!(Cli::try_parse_from(["syncctl", "dlq", "replay", "--all", "--id", "x"]).is_err());
+        let cli = Cli::try_parse_from(["syncctl", "dlq", "replay", "--id", "a", "--id", "b"])
+            .expect("parse");
+        let Command::Dlq(dlq::DlqArgs {
+            command: dlq::DlqCommand::Replay(r),
+        }) = cli.command
+        else {
+            panic!("expected dlq replay")
+        };
+        assert_eq!(r.id, ["a", "b"]);
+        assert!(!r.all);
+    }
+
+    #[test]
+    fn sign_takes_a_scheme_and_a_body_file() {
+        let cli = Cli::try_parse_from([
+            "syncctl", "sign", "--secret", "s", "--scheme", "standard", "-",
+        ])
+        .expect("parse");
+        let Command::Sign(a) = cli.command else {
+            panic!("expected sign")
+        };
+        assert_eq!(a.scheme, sign::Scheme::Standard);
+        assert_eq!(a.body.to_str(), Some("-"));
+        assert!(
+            Cli::try_parse_from(["syncctl", "sign", "--secret", "s", "--scheme", "md5", "f"])
+                .is_err()
+        );
     }
 }
