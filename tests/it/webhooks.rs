@@ -17,7 +17,7 @@ use crate::harness::{QueueSpec, create_queue, queue_depth, sqs_client};
 use crate::source_client::test_config;
 use futures::stream::BoxStream;
 use shared::SourceError;
-use shared::adapters::sqs::SqsQueue;
+use shared::adapters::sqs::{SqsQueue, peek_dead_letters, redrive_dead_letters};
 use shared::config::{Config, SignatureScheme};
 use shared::core::timefmt::now_us;
 use shared::model::{Micros, Record, Strategy};
@@ -777,13 +777,25 @@ async fn a_poison_message_ends_in_the_dlq_and_a_replay_after_recovery_processes_
     );
     assert_eq!(queue_depth(&sqs, q.dlq_url.as_ref().unwrap()).await, 2);
     assert!(!is_live(&rs, 5).await);
-    // Replay (what `syncctl dlq replay` does on SQS): receive from the DLQ, send, delete.
-    let dead = dlq.receive(10, 0).await.unwrap();
-    let replay: Vec<String> = dead.iter().map(|d| d.body.clone()).collect();
-    assert!(queue.send_batch(&replay).await.unwrap().is_empty());
-    for d in &dead {
-        dlq.delete(&d.receipt).await.unwrap();
-    }
+    // `syncctl dlq list` leaves them there; `syncctl dlq replay --id` moves the named one.
+    let seen = peek_dead_letters(&dlq, 10).await.unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(queue_depth(&sqs, q.dlq_url.as_ref().unwrap()).await, 2);
+    let outage = seen
+        .iter()
+        .find(|m| m.body.contains("evt-outage"))
+        .unwrap()
+        .message_id
+        .clone();
+    let one = redrive_dead_letters(&queue, &dlq, Some(&[outage, "no-such-id".into()]))
+        .await
+        .unwrap();
+    assert_eq!((one.moved, one.failed), (1, 0));
+    assert_eq!(one.not_found, vec!["no-such-id".to_owned()]);
+    assert_eq!(queue_depth(&sqs, q.dlq_url.as_ref().unwrap()).await, 1);
+    let rest = redrive_dead_letters(&queue, &dlq, None).await.unwrap();
+    assert_eq!(rest.moved, 1);
+    assert_eq!(queue_depth(&sqs, q.dlq_url.as_ref().unwrap()).await, 0);
     let reports = drain(&queue, &src, &rs, &cs, &opts()).await;
     assert!(is_live(&rs, 5).await, "the replayed message is processed");
     assert_eq!(reports.iter().map(|r| r.poison).sum::<usize>(), 1);

@@ -43,10 +43,16 @@ pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client 
 }
 
 pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::config::Builder::from(sdk)
-        .retry_config(retry_config())
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    sqs_client_at(sdk, None)
+}
+
+/// The SQS client, with an explicit endpoint (an emulator, `--endpoint-url`) when given.
+pub fn sqs_client_at(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_sqs::Client {
+    let mut conf = aws_sdk_sqs::config::Builder::from(sdk).retry_config(retry_config());
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    aws_sdk_sqs::Client::from_conf(conf.build())
 }
 
 /// The S3 client. With an endpoint override (an emulator such as moto), path-style addressing

@@ -97,6 +97,37 @@ impl SqsQueue {
         &self.queue_url
     }
 
+    /// Make received messages visible again now (ChangeMessageVisibilityBatch to 0), in groups
+    /// of 10; returns how many could not be released (they come back after their visibility
+    /// timeout anyway).
+    pub async fn release(&self, receipts: &[&str]) -> Result<usize, StoreError> {
+        let mut failed = 0;
+        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*r)
+                        .visibility_timeout(0)
+                        .build()
+                        .map_err(|e| StoreError::backend("sqs:ChangeMessageVisibilityBatch", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| store_error("sqs:ChangeMessageVisibilityBatch", e))?;
+            failed += out.failed().len();
+        }
+        Ok(failed)
+    }
+
     /// One SendMessageBatch call for the entries `group` (indices into `bodies`).
     async fn send_group(
         &self,
@@ -296,6 +327,118 @@ impl Queue for SqsQueue {
             .map_err(|e| store_error("sqs:DeleteMessage", e))?;
         Ok(())
     }
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redriven {
+    pub moved: u64,
+    /// Sends to the work queue that failed (those messages stay in the DLQ).
+    pub failed: u64,
+    /// Requested message IDs that were not found in the DLQ.
+    pub not_found: Vec<String>,
+}
+
+/// Long-poll wait of each DLQ receive (long polling asks every SQS server, so an empty answer
+/// means empty).
+const DLQ_WAIT_MS: u64 = 1_000;
+
+/// Up to `limit` messages of a dead-letter queue, left in it: received, then made visible
+/// again at once (so each look adds one to their receive counts).
+pub async fn peek_dead_letters(
+    dlq: &SqsQueue,
+    limit: usize,
+) -> Result<Vec<ReceivedMessage>, StoreError> {
+    let mut held: Vec<ReceivedMessage> = Vec::new();
+    let mut seen = HashSet::new();
+    let outcome = async {
+        while held.len() < limit {
+            let got = dlq
+                .receive((limit - held.len()).min(MAX_RECEIVE), DLQ_WAIT_MS)
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            for m in got {
+                if seen.insert(m.message_id.clone()) {
+                    held.push(m);
+                }
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    let receipts: Vec<&str> = held.iter().map(|m| m.receipt.as_str()).collect();
+    if let Err(e) = dlq.release(&receipts).await {
+        tracing::warn!(error = %e, "dead letters stay invisible until the DLQ's visibility timeout");
+    }
+    outcome?;
+    Ok(held)
+}
+
+/// Move dead letters back onto the work queue (`ids`: those message IDs; `None`: all): receive
+/// from the DLQ, send to `work`, and only then delete from the DLQ, so that a failure in between
+/// duplicates at worst (the worker's dedup absorbs it) and never loses a message. Messages not
+/// asked for are made visible again. (SQS's own message-move task is not in moto.)
+pub async fn redrive_dead_letters(
+    work: &SqsQueue,
+    dlq: &SqsQueue,
+    ids: Option<&[String]>,
+) -> Result<Redriven, StoreError> {
+    let mut wanted: Option<HashSet<String>> = ids.map(|i| i.iter().cloned().collect());
+    let mut kept: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut r = Redriven::default();
+    let outcome = async {
+        loop {
+            if wanted.as_ref().is_some_and(HashSet::is_empty) {
+                break;
+            }
+            let got = dlq.receive(MAX_RECEIVE, DLQ_WAIT_MS).await?;
+            // Empty, or only messages seen already (failed sends that came back): done.
+            let fresh: Vec<ReceivedMessage> = got
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id.clone()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let (take, keep): (Vec<_>, Vec<_>) = fresh
+                .into_iter()
+                .partition(|m| wanted.as_ref().is_none_or(|w| w.contains(&m.message_id)));
+            kept.extend(keep.into_iter().map(|m| m.receipt));
+            if take.is_empty() {
+                continue;
+            }
+            let bodies: Vec<String> = take.iter().map(|m| m.body.clone()).collect();
+            let failed: HashSet<usize> = work.send_batch(&bodies).await?.into_iter().collect();
+            for (i, m) in take.into_iter().enumerate() {
+                if let Some(w) = wanted.as_mut() {
+                    w.remove(&m.message_id);
+                }
+                if failed.contains(&i) {
+                    r.failed += 1;
+                    kept.push(m.receipt);
+                    continue;
+                }
+                dlq.delete(&m.receipt).await?;
+                r.moved += 1;
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    let receipts: Vec<&str> = kept.iter().map(String::as_str).collect();
+    if let Err(e) = dlq.release(&receipts).await {
+        tracing::warn!(error = %e, "dead letters stay invisible until the DLQ's visibility timeout");
+    }
+    outcome?;
+    if let Some(w) = wanted {
+        let mut rest: Vec<String> = w.into_iter().collect();
+        rest.sort();
+        r.not_found = rest;
+    }
+    Ok(r)
 }
 
 fn decode_message(m: &aws_sdk_sqs::types::Message) -> Result<ReceivedMessage, StoreError> {

@@ -12,17 +12,13 @@
 
 use clap::{ArgGroup, Args, Subcommand};
 use shared::adapters::local::{LocalQueue, LocalStore, QueueOptions};
-use shared::adapters::sqs::SqsQueue;
-use shared::ports::{Queue, ReceivedMessage};
+use shared::adapters::sqs::{SqsQueue, peek_dead_letters, redrive_dead_letters};
 use shared::wire::QueueEnvelope;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// Characters of a body `list` shows at most.
 pub const PREVIEW_CHARS: usize = 80;
-/// Long-poll wait of each SQS receive (long polling asks every SQS server, so an empty answer
-/// means empty).
-const SQS_WAIT_MS: u64 = 1_000;
 
 #[derive(Debug, Args)]
 pub struct DlqArgs {
@@ -152,9 +148,8 @@ pub fn preview(body: &str) -> String {
 enum Target {
     Local(LocalQueue),
     Sqs {
-        client: aws_sdk_sqs::Client,
-        queue_url: Option<String>,
-        dlq_url: String,
+        work: Option<SqsQueue>,
+        dlq: SqsQueue,
     },
 }
 
@@ -166,17 +161,13 @@ impl QueueArgs {
                 .clone()
                 .ok_or("--dlq-url is required with --queue-url (SQS dead letters live there)")?;
             let sdk = shared::adapters::aws::sdk_config().await;
-            let client = shared::adapters::aws::sqs_client(&sdk);
-            let client = match &self.endpoint_url {
-                Some(url) => aws_sdk_sqs::Client::from_conf(
-                    client.config().to_builder().endpoint_url(url).build(),
-                ),
-                None => client,
-            };
+            let client = shared::adapters::aws::sqs_client_at(&sdk, self.endpoint_url.as_deref());
             return Ok(Target::Sqs {
-                client,
-                queue_url: self.queue_url.clone(),
-                dlq_url,
+                work: self
+                    .queue_url
+                    .as_ref()
+                    .map(|u| SqsQueue::new(client.clone(), u)),
+                dlq: SqsQueue::new(client, dlq_url),
             });
         }
         if !self.db.exists() {
@@ -234,9 +225,15 @@ pub async fn run(args: DlqArgs) -> Result<(), String> {
 async fn list(target: &Target, limit: usize, show_body: bool) -> Result<Vec<Row>, String> {
     match target {
         Target::Local(q) => list_local(q, limit, show_body).await,
-        Target::Sqs {
-            client, dlq_url, ..
-        } => list_sqs(client, dlq_url, limit, show_body).await,
+        Target::Sqs { dlq, .. } => {
+            let held = peek_dead_letters(dlq, limit)
+                .await
+                .map_err(|e| format!("{}: {e}", dlq.queue_url()))?;
+            Ok(held
+                .iter()
+                .map(|m| Row::new(&m.message_id, &m.body, m.receive_count, show_body))
+                .collect())
+        }
     }
 }
 
@@ -253,79 +250,6 @@ pub async fn list_local(q: &LocalQueue, limit: usize, show_body: bool) -> Result
             ..Row::new(&d.message_id, &d.body, d.receive_count, show_body)
         })
         .collect())
-}
-
-/// Receive up to `limit` messages from the DLQ, then make them visible again at once.
-async fn list_sqs(
-    client: &aws_sdk_sqs::Client,
-    dlq_url: &str,
-    limit: usize,
-    show_body: bool,
-) -> Result<Vec<Row>, String> {
-    let dlq = SqsQueue::new(client.clone(), dlq_url);
-    let mut held: Vec<ReceivedMessage> = Vec::new();
-    let mut seen = HashSet::new();
-    let outcome = async {
-        while held.len() < limit {
-            let got = dlq
-                .receive((limit - held.len()).min(10), SQS_WAIT_MS)
-                .await
-                .map_err(|e| format!("receive from {dlq_url}: {e}"))?;
-            if got.is_empty() {
-                break;
-            }
-            for m in got {
-                if seen.insert(m.message_id.clone()) {
-                    held.push(m);
-                }
-            }
-        }
-        Ok::<(), String>(())
-    }
-    .await;
-    let receipts: Vec<&str> = held.iter().map(|m| m.receipt.as_str()).collect();
-    release(client, dlq_url, &receipts).await;
-    outcome?;
-    Ok(held
-        .iter()
-        .map(|m| Row::new(&m.message_id, &m.body, m.receive_count, show_body))
-        .collect())
-}
-
-/// Make received messages visible again now (best effort: otherwise they come back after the
-/// DLQ's visibility timeout anyway).
-async fn release(client: &aws_sdk_sqs::Client, queue_url: &str, receipts: &[&str]) {
-    for chunk in receipts.chunks(10) {
-        let entries: Vec<_> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(*r)
-                    .visibility_timeout(0)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        let r = client
-            .change_message_visibility_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        match r {
-            Ok(out) if out.failed().is_empty() => {}
-            Ok(out) => tracing::warn!(
-                failed = out.failed().len(),
-                "some dead letters stay invisible until the DLQ's visibility timeout"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "dead letters stay invisible until the DLQ's visibility timeout"
-            ),
-        }
-    }
 }
 
 /// What a replay did.
@@ -357,15 +281,22 @@ impl Replayed {
 async fn replay(target: &Target, ids: Option<&[String]>) -> Result<Replayed, String> {
     match target {
         Target::Local(q) => replay_local(q, ids).await,
-        Target::Sqs {
-            client,
-            queue_url,
-            dlq_url,
-        } => {
-            let queue_url = queue_url.as_deref().ok_or(
+        Target::Sqs { work, dlq } => {
+            let work = work.as_ref().ok_or(
                 "--queue-url is required to replay on SQS (where the messages go back to)",
             )?;
-            replay_sqs(client, queue_url, dlq_url, ids).await
+            let r = redrive_dead_letters(work, dlq, ids).await.map_err(|e| {
+                format!(
+                    "{} -> {}: {e} (a message sent but not yet deleted from the DLQ is a harmless duplicate)",
+                    dlq.queue_url(),
+                    work.queue_url()
+                )
+            })?;
+            Ok(Replayed {
+                moved: r.moved,
+                failed: r.failed,
+                not_found: r.not_found,
+            })
         }
     }
 }
@@ -404,82 +335,6 @@ pub async fn replay_local(q: &LocalQueue, ids: Option<&[String]>) -> Result<Repl
             })
         }
     }
-}
-
-/// Receive from the DLQ; send the wanted ones to the work queue, then delete them from the DLQ;
-/// make the others visible again.
-async fn replay_sqs(
-    client: &aws_sdk_sqs::Client,
-    queue_url: &str,
-    dlq_url: &str,
-    ids: Option<&[String]>,
-) -> Result<Replayed, String> {
-    let work = SqsQueue::new(client.clone(), queue_url);
-    let dlq = SqsQueue::new(client.clone(), dlq_url);
-    let mut wanted: Option<HashSet<String>> = ids.map(|i| i.iter().cloned().collect());
-    let mut kept: Vec<String> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut r = Replayed::default();
-    let outcome = async {
-        loop {
-            if wanted.as_ref().is_some_and(HashSet::is_empty) {
-                break;
-            }
-            let got = dlq
-                .receive(10, SQS_WAIT_MS)
-                .await
-                .map_err(|e| format!("receive from {dlq_url}: {e}"))?;
-            // Empty, or only messages seen already (failed sends that came back): done.
-            let fresh: Vec<ReceivedMessage> = got
-                .into_iter()
-                .filter(|m| seen.insert(m.message_id.clone()))
-                .collect();
-            if fresh.is_empty() {
-                break;
-            }
-            let (take, keep): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|m| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| w.contains(&m.message_id))
-            });
-            kept.extend(keep.into_iter().map(|m| m.receipt));
-            if take.is_empty() {
-                continue;
-            }
-            let bodies: Vec<String> = take.iter().map(|m| m.body.clone()).collect();
-            let failed: HashSet<usize> = work
-                .send_batch(&bodies)
-                .await
-                .map_err(|e| format!("send to {queue_url}: {e}"))?
-                .into_iter()
-                .collect();
-            for (i, m) in take.into_iter().enumerate() {
-                if let Some(w) = wanted.as_mut() {
-                    w.remove(&m.message_id);
-                }
-                if failed.contains(&i) {
-                    r.failed += 1;
-                    kept.push(m.receipt);
-                    continue;
-                }
-                dlq.delete(&m.receipt)
-                    .await
-                    .map_err(|e| format!("delete from {dlq_url} (already sent to the work queue: a duplicate there is harmless): {e}"))?;
-                r.moved += 1;
-            }
-        }
-        Ok::<(), String>(())
-    }
-    .await;
-    let receipts: Vec<&str> = kept.iter().map(String::as_str).collect();
-    release(client, dlq_url, &receipts).await;
-    outcome?;
-    if let Some(w) = wanted {
-        let mut rest: Vec<String> = w.into_iter().collect();
-        rest.sort();
-        r.not_found = rest;
-    }
-    Ok(r)
 }
 
 fn table(rows: &[Row], show_body: bool) -> String {
