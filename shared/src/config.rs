@@ -348,9 +348,14 @@ pub struct EntityConfig {
     pub delta_sync_field: String,
     /// JSON pointer to the delta field inside a record (`/attributes/updated_at`).
     pub delta_pointer: String,
-    /// Name of the ID in ordering (`id`).
+    /// Name of the ID in ordering and filters (`id`).
     #[serde(default = "default_id_field")]
     pub id_order_field: String,
+    /// The source filters on the ID with the configured filter style (`where[id][gt]=`): ID
+    /// listings then page by keyset on it, which no deletion or creation mid-scan can shift.
+    /// Without it, offset pages overlap by one record and are checked for continuity.
+    #[serde(default)]
+    pub id_filter: bool,
     #[serde(alias = "supportsWebhooks")]
     pub supports_webhooks: bool,
     #[serde(default)]
@@ -534,6 +539,25 @@ impl Config {
                     "webhook_events",
                     "supports_webhooks is true but no event is mapped".into(),
                 ));
+            }
+            if e.id_filter {
+                match &s.filter {
+                    Filter::Named { .. } => {
+                        return Err(err(
+                            n,
+                            "id_filter",
+                            "a named filter parameter filters on the delta field only".into(),
+                        ));
+                    }
+                    f if !f.supports(FilterOp::Gt) && !f.supports(FilterOp::Gte) => {
+                        return Err(err(
+                            n,
+                            "id_filter",
+                            "the filter has neither gt nor gte".into(),
+                        ));
+                    }
+                    _ => {}
+                }
             }
             for name in e.webhook_events.keys() {
                 if let Some(other) = self

@@ -229,6 +229,9 @@ pub struct IdPage {
     pub ids: Vec<IdVersion>,
     /// The listing's total, when the source reports one (checked by reconciliation).
     pub total_count: Option<u64>,
+    /// Opaque token that continues the listing after this page (`stream_ids_from`), so that a
+    /// listing longer than one invocation resumes in the next; `None` when it cannot resume.
+    pub resume: Option<String>,
 }
 
 /// The third-party API: the seed's three operations.
@@ -245,7 +248,28 @@ pub trait SourceApi: Send + Sync {
     ) -> BoxStream<'a, Result<RecordPage, SourceError>>;
 
     /// Every `(id, version)` pair, ordered by ID at the source, lazily, one page in memory.
+    /// A live record is never skipped because others were deleted or created mid-scan (keyset
+    /// by ID where the source filters on it; otherwise overlapping offset pages checked for
+    /// continuity, failing rather than skipping).
     fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>>;
+
+    /// `stream_ids` continued after the page whose `resume` token is given (`None`: from the
+    /// start). Sources that cannot resume fail on a token.
+    fn stream_ids_from<'a>(
+        &'a self,
+        entity: &'a str,
+        resume: Option<&'a str>,
+    ) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        match resume {
+            None => self.stream_ids(entity),
+            Some(_) => Box::pin(futures::stream::once(async move {
+                Err(SourceError::Pagination {
+                    url: entity.to_owned(),
+                    message: "this source cannot resume an ID listing".into(),
+                })
+            })),
+        }
+    }
 
     /// One record; `None` only when the source answers a JSON 404.
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError>;

@@ -517,3 +517,147 @@ async fn the_client_rate_limit_keeps_the_source_free_of_429s() {
     assert_eq!(h.sim().stats().rate_limited, 0);
     assert_eq!(c.stats().rate_limited, 0);
 }
+
+/// List 1,000 IDs in pages of 100; after the third page, delete `deletions` records the listing
+/// already passed. Returns the IDs read (with repeats) and the live IDs at the end.
+async fn ids_while_earlier_records_go(
+    id_filter: bool,
+    naive: bool,
+    deletions: u64,
+) -> (Result<Vec<String>, SourceError>, Vec<String>) {
+    let h = sim(SimConfig {
+        people: 1_000,
+        ..Default::default()
+    })
+    .await;
+    let mut c = client(&h, |c| c.entities[0].id_filter = id_filter);
+    if naive {
+        c = c.with_naive_offset_paging();
+    }
+    let mut read = Vec::new();
+    let mut pages = 0;
+    let mut s = c.stream_ids("people");
+    let result = loop {
+        match s.next().await {
+            None => break Ok(read),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(p)) => {
+                read.extend(p.ids.into_iter().map(|x| x.id));
+                pages += 1;
+                if pages == 3 {
+                    for id in 1..=deletions {
+                        h.sim().delete(Entity::People, id * 2);
+                    }
+                }
+            }
+        }
+    };
+    let live = h
+        .sim()
+        .versions(Entity::People)
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    (result, live)
+}
+
+fn missing(read: &[String], live: &[String]) -> Vec<String> {
+    let seen: std::collections::HashSet<&String> = read.iter().collect();
+    live.iter()
+        .filter(|id| !seen.contains(id))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn stream_ids_skips_no_live_record_when_earlier_ones_are_deleted_mid_scan() {
+    for id_filter in [false, true] {
+        let (read, live) = ids_while_earlier_records_go(id_filter, false, 20).await;
+        let read = read.expect("the listing completes");
+        assert!(
+            missing(&read, &live).is_empty(),
+            "id_filter={id_filter}: {:?}",
+            missing(&read, &live)
+        );
+        let unique: std::collections::HashSet<&String> = read.iter().collect();
+        assert_eq!(unique.len(), read.len(), "no ID is yielded twice");
+    }
+}
+
+#[tokio::test]
+async fn negative_control_a_growing_offset_id_listing_skips_live_records() {
+    let (read, live) = ids_while_earlier_records_go(false, true, 20).await;
+    assert_eq!(
+        missing(&read.unwrap(), &live).len(),
+        20,
+        "twenty deletions behind the offset shift twenty live records past it"
+    );
+}
+
+#[tokio::test]
+async fn a_shift_larger_than_a_page_fails_the_listing_instead_of_skipping() {
+    let (read, _) = ids_while_earlier_records_go(false, false, 150).await;
+    assert!(
+        matches!(read, Err(SourceError::Pagination { .. })),
+        "{read:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_id_listing_resumes_from_a_token_in_every_style() {
+    for (style, pagination) in styles() {
+        for id_filter in [false, true] {
+            let h = sim(SimConfig {
+                people: 450,
+                ..Default::default()
+            })
+            .await;
+            let c = client(&h, |c| {
+                c.source.pagination = pagination.clone();
+                c.entities[0].id_filter = id_filter;
+            });
+            let mut s = c.stream_ids("people");
+            let mut read: Vec<String> = Vec::new();
+            let mut token = None;
+            for _ in 0..2 {
+                let p = s.next().await.unwrap().unwrap();
+                read.extend(p.ids.into_iter().map(|x| x.id));
+                token = p.resume;
+            }
+            drop(s);
+            let token = token.unwrap_or_else(|| panic!("{style}: a resume token"));
+            let mut rest = c.stream_ids_from("people", Some(&token));
+            while let Some(p) = rest.next().await {
+                read.extend(p.unwrap().ids.into_iter().map(|x| x.id));
+            }
+            let mut sorted = read.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), read.len(), "{style}/{id_filter}: no repeats");
+            assert_eq!(read.len(), 450, "{style}/{id_filter}: every ID");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_id_listing_costs_at_most_1_02_times_the_optimal_calls_plus_one() {
+    for id_filter in [false, true] {
+        let h = sim(SimConfig {
+            people: 10_000,
+            ..Default::default()
+        })
+        .await;
+        let c = client(&h, |c| c.entities[0].id_filter = id_filter);
+        let mut s = c.stream_ids("people");
+        let mut n = 0;
+        while let Some(p) = s.next().await {
+            n += p.unwrap().ids.len();
+        }
+        assert_eq!(n, 10_000);
+        let calls = h.sim().stats().list_requests as f64;
+        assert!(
+            calls <= 1.02 * 100.0 + 1.0,
+            "id_filter={id_filter}: {calls} calls"
+        );
+    }
+}

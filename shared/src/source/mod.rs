@@ -28,6 +28,29 @@ use url::Url;
 /// Passes over a tie group before giving up (each pass that differs from the previous one
 /// means records left the group while we read it).
 const MAX_TIE_PASSES: usize = 8;
+/// IDs of a page's end kept to recognise it in the next, overlapping offset page.
+const ANCHORS: usize = 3;
+
+/// Where an ID listing continues (`IdPage::resume`), opaque to callers.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdResume {
+    /// Keyset: the last ID read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+    /// Overlapping offsets: the next page's offset and the IDs that must reappear in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    anchors: Vec<String>,
+    /// Page numbers: the next page (counted from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<u64>,
+    /// Links and cursors: the next page's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
 /// Longest ID we accept in a path.
 const MAX_ID_LEN: usize = 512;
 /// Characters kept as they are in a path segment (RFC 3986 unreserved); all else is encoded.
@@ -445,8 +468,23 @@ impl SourceApi for SourceClient {
     }
 
     fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        self.stream_ids_from(entity, None)
+    }
+
+    fn stream_ids_from<'a>(
+        &'a self,
+        entity: &'a str,
+        resume: Option<&'a str>,
+    ) -> BoxStream<'a, Result<IdPage, SourceError>> {
         Box::pin(async_stream::try_stream! {
             let e = self.entity(entity)?;
+            let token = match resume {
+                None => IdResume::default(),
+                Some(t) => serde_json::from_str::<IdResume>(t).map_err(|err| SourceError::Pagination {
+                    url: e.collection.to_string(),
+                    message: format!("bad resume token: {err}"),
+                })?,
+            };
             let p = self.source.max_page_size;
             let mut first = vec![
                 (self.source.order_param.clone(), e.cfg.id_order_field.clone()),
@@ -456,19 +494,111 @@ impl SourceApi for SourceClient {
                 let attr = e.cfg.sparse_delta_attribute.clone().unwrap_or_else(|| e.cfg.delta_sync_field.clone());
                 first.push((param.replace("{type}", ty), attr));
             }
+            let fetch = |url: Url| async move {
+                self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
+                    Body::Json(t) => parse::parse_id_page(t, &e.shape),
+                    Body::NotFound => Err("the listing answered 404".into()),
+                }).await
+            };
             let positional = self.source.pagination.is_positional();
-            let mut k = 0u64;
-            let mut url = {
-                let mut params = first.clone();
-                params.extend(self.position_param(0, p));
-                self.url(e, &params)
+            if e.cfg.id_filter && !self.naive_offset {
+                // Keyset on the ID: `where[id][gt]=<last>`, first page of each query.
+                let f = &self.source.filter;
+                let op = if f.supports(FilterOp::Gt) { FilterOp::Gt } else { FilterOp::Gte };
+                let param = f.param(&e.cfg.id_order_field, op);
+                let mut after = token.after;
+                loop {
+                    let mut params = first.clone();
+                    if let Some(a) = &after {
+                        params.push((param.clone(), a.clone()));
+                    }
+                    params.extend(self.position_param(0, p));
+                    let page = fetch(self.url(e, &params)).await?.value;
+                    let n_raw = page.ids.len();
+                    let mut ids = page.ids;
+                    if op == FilterOp::Gte && let Some(a) = &after {
+                        ids.retain(|x| &x.id != a);
+                    }
+                    let Some(last) = ids.last().map(|x| x.id.clone()) else { break };
+                    if after.as_ref() == Some(&last) {
+                        Err(SourceError::Pagination { url: e.collection.to_string(), message: "the ID filter does not move the listing on".into() })?;
+                    }
+                    let resume = serde_json::to_string(&IdResume { after: Some(last.clone()), ..IdResume::default() }).ok();
+                    yield IdPage { ids, total_count: page.total_count, resume };
+                    if n_raw < p as usize {
+                        break;
+                    }
+                    after = Some(last);
+                }
+                return;
+            }
+            if positional && !self.naive_offset
+                && let Pagination::Offset { offset_param, .. } = &self.source.pagination
+            {
+                // Offset pages overlapping by one record; the previous page's last IDs
+                // (anchors) must reappear, otherwise deletions before the position shifted
+                // the listing back and we step back to find them (or fail: never skip).
+                let mut offset = token.offset.unwrap_or(0);
+                let mut anchors = token.anchors;
+                let mut stepped_back = false;
+                loop {
+                    let mut params = first.clone();
+                    params.push((offset_param.clone(), offset.to_string()));
+                    let page = fetch(self.url(e, &params)).await?.value;
+                    let raw = page.ids;
+                    let n_raw = raw.len();
+                    let mut start = 0;
+                    if !anchors.is_empty() && n_raw > 0 {
+                        match raw.iter().rposition(|x| anchors.contains(&x.id)) {
+                            Some(i) => start = i + 1,
+                            None if !stepped_back && offset > 0 => {
+                                offset = offset.saturating_sub(u64::from(p) - 1);
+                                stepped_back = true;
+                                continue;
+                            }
+                            None => Err(SourceError::Pagination {
+                                url: e.collection.to_string(),
+                                message: "the listing shifted by more than a page while it was read (many deletions); retry".into(),
+                            })?,
+                        }
+                    }
+                    stepped_back = false;
+                    let next_offset = offset + (n_raw as u64).saturating_sub(1);
+                    let new_anchors: Vec<String> = raw.iter().rev().take(ANCHORS).map(|x| x.id.clone()).collect();
+                    let ids: Vec<_> = raw.into_iter().skip(start).collect();
+                    let more = n_raw >= p as usize;
+                    let resume = more.then(|| serde_json::to_string(&IdResume {
+                        offset: Some(next_offset),
+                        anchors: new_anchors.clone(),
+                        ..IdResume::default()
+                    }).ok()).flatten();
+                    if !ids.is_empty() {
+                        yield IdPage { ids, total_count: page.total_count, resume };
+                    }
+                    if !more {
+                        break;
+                    }
+                    anchors = new_anchors;
+                    offset = next_offset;
+                }
+                return;
+            }
+            // Page numbers (no overlap possible), links and cursors; the naive control.
+            let mut k = token.page.unwrap_or(0);
+            let mut url = match (&token.next, positional) {
+                (Some(n), false) => Url::parse(n).map_err(|err| SourceError::Pagination {
+                    url: e.collection.to_string(),
+                    message: format!("bad resume token: {err}"),
+                })?,
+                _ => {
+                    let mut params = first.clone();
+                    params.extend(self.position_param(k, p));
+                    self.url(e, &params)
+                }
             };
             let mut followed = HashSet::new();
             loop {
-                let ans = self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
-                    Body::Json(t) => parse::parse_id_page(t, &e.shape),
-                    Body::NotFound => Err("the listing answered 404".into()),
-                }).await?;
+                let ans = fetch(url.clone()).await?;
                 let page = ans.value;
                 let n = page.ids.len();
                 let next = if positional {
@@ -476,8 +606,14 @@ impl SourceApi for SourceClient {
                 } else {
                     self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?
                 };
+                let resume = if positional {
+                    (n >= p as usize).then(|| IdResume { page: Some(k + 1), ..IdResume::default() })
+                } else {
+                    next.as_ref().map(|u| IdResume { next: Some(u.to_string()), ..IdResume::default() })
+                }
+                .and_then(|t| serde_json::to_string(&t).ok());
                 if n > 0 {
-                    yield IdPage { ids: page.ids, total_count: page.total_count };
+                    yield IdPage { ids: page.ids, total_count: page.total_count, resume };
                 }
                 if positional {
                     if n < p as usize {
