@@ -15,6 +15,15 @@
 # functions with its own run folder, so it never touches emulators started by hand.
 #
 # Knobs: EMULATOR_START_TIMEOUT (seconds per emulator, default 90).
+#
+# Step Functions: moto runs state machines for real (its interpreter is switched on at start with
+# `POST /moto-api/config`), and the interpreter sends every AWS call a Task state makes (Lambda
+# Invoke above all) to `http://localhost:$MOTO_PORT`, MOTO_PORT read from moto's own environment.
+# So moto is started with MOTO_PORT set to another free port, SYNC_TEST_SFN_PROXY_PORT, where the
+# integration tests run a proxy (tests/it/sfn_proxy.rs): it answers Lambda Invoke with our own
+# step handlers and forwards everything else to moto. The SDK's own Step Functions calls
+# (AWS_ENDPOINT_URL_SFN) go to moto directly. Nothing listens on the proxy port between tests: a
+# state machine executed then fails its Task states (connection refused).
 
 set -euo pipefail
 
@@ -168,14 +177,17 @@ emu_spawn() {
   echo $!
 }
 
-# emu_launch NAME LOG PORT: start one emulator; prints its PID.
+# emu_launch NAME LOG PORT SFN_PROXY_PORT: start one emulator; prints its PID.
 emu_launch() {
   local name="$1" log="$2" port="$3" dir
   case "$name" in
     moto)
-      # MOTO_PORT: moto's Lambda "simple" backend and Step Functions call back into the server.
+      # MOTO_PORT: where moto's Step Functions interpreter (and its Lambda and CloudFormation
+      # backends) send their own AWS calls: the tests' proxy, which forwards to moto what it
+      # does not answer itself.
       emu_spawn "$log" "$EMU_TOOLS" \
-        env MOTO_PORT="$port" "$EMU_VENV/bin/moto_server" -H 127.0.0.1 -p "$port"
+        env MOTO_PORT="${4:?the Step Functions proxy port}" \
+        "$EMU_VENV/bin/moto_server" -H 127.0.0.1 -p "$port"
       ;;
     dynamodb)
       dir="$(emu_ddb_dir)" || return 1
@@ -204,6 +216,19 @@ emu_wait() {
   return 2
 }
 
+# Switch on moto's Step Functions interpreter (executions really run; without it they stay
+# RUNNING for ever). It is moto's user configuration (`POST /moto-api/config`), not an environment
+# variable, and decides which backend a state machine is created in: it must be on before any.
+emu_moto_configure() {
+  "$EMU_VENV/bin/python" - "$1" <<'EOF' 2>&1
+import json, sys, urllib.request
+body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
+req = urllib.request.Request("http://127.0.0.1:%s/moto-api/config" % sys.argv[1], data=body,
+                             method="POST", headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
+EOF
+}
+
 # emu_start STATE_DIR LOG_PREFIX ENV_FILE: start both (side by side), record their PIDs in
 # STATE_DIR, write ENV_FILE. A start that dies early (say, a port taken between choosing it and
 # binding it) is retried on another port, twice.
@@ -216,9 +241,12 @@ emu_start() {
   log[moto]="$EMU_LOGS/${logp}moto.log"
   log[dynamodb]="$EMU_LOGS/${logp}dynamodb-local.log"
   local deadline=$((SECONDS + timeout))
+  # The tests' Step Functions proxy: nothing listens there until a test runs one.
+  local sfn_proxy_port
+  sfn_proxy_port="$(emu_free_port)"
   for name in moto dynamodb; do
     port[$name]="$(emu_free_port)"
-    pid[$name]="$(emu_launch "$name" "${log[$name]}" "${port[$name]}")" || return 1
+    pid[$name]="$(emu_launch "$name" "${log[$name]}" "${port[$name]}" "$sfn_proxy_port")" || return 1
     echo "${pid[$name]}" >"$state/$name.pid"
   done
   for name in moto dynamodb; do
@@ -228,7 +256,7 @@ emu_start() {
       ((rc == 1 && attempt < 3)) || break
       port[$name]="$(emu_free_port)"
       deadline=$((SECONDS + timeout))
-      pid[$name]="$(emu_launch "$name" "${log[$name]}" "${port[$name]}")" || return 1
+      pid[$name]="$(emu_launch "$name" "${log[$name]}" "${port[$name]}" "$sfn_proxy_port")" || return 1
       echo "${pid[$name]}" >"$state/$name.pid"
     done
     ((rc == 0)) || {
@@ -236,7 +264,11 @@ emu_start() {
       return 1
     }
   done
-  local moto="http://127.0.0.1:${port[moto]}" ddb="http://127.0.0.1:${port[dynamodb]}"
+  local moto="http://127.0.0.1:${port[moto]}" ddb="http://127.0.0.1:${port[dynamodb]}" out
+  out="$(emu_moto_configure "${port[moto]}")" || {
+    emu_die "could not switch on moto's Step Functions interpreter: $out"
+    return 1
+  }
   cat >"$envfile" <<EOF
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
@@ -251,8 +283,10 @@ export AWS_ENDPOINT_URL_SECRETS_MANAGER=$moto
 export AWS_ENDPOINT_URL_SSM=$moto
 export SYNC_TEST_MOTO_URL=$moto
 export SYNC_TEST_DYNAMODB_URL=$ddb
+export SYNC_TEST_SFN_PROXY_PORT=$sfn_proxy_port
 EOF
   emu_log "moto on $moto, DynamoDB Local on $ddb: both answering $(emu_since "$t0") s after launch"
+  emu_log "moto's Step Functions interpreter calls Lambda at 127.0.0.1:$sfn_proxy_port (the tests' proxy)"
   emu_log "logs: ${log[moto]} ${log[dynamodb]}"
 }
 
@@ -296,7 +330,9 @@ emu_main() {
   case "${1:-}" in
     install) emu_install ;;
     start)
-      if emu_running "$state"; then
+      # Emulators started by an older version of this script (no Step Functions proxy port, so
+      # no interpreter) are restarted.
+      if emu_running "$state" && grep -q '^export SYNC_TEST_SFN_PROXY_PORT=' "$envfile" 2>/dev/null; then
         emu_log "already running; environment in .tools/emulators.env"
       else
         emu_stop "$state"

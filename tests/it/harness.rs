@@ -221,3 +221,22 @@ async fn smoke_emulators_answer() {
         .await
         .expect("moto has the bucket");
 }
+
+/// The port of the tests' Step Functions proxy (`tests/it/sfn_proxy.rs`): moto was started with
+/// `MOTO_PORT` set to it, so its Step Functions interpreter sends its Lambda calls there.
+pub fn sfn_proxy_port() -> u16 {
+    emulators();
+    let port = required_env("SYNC_TEST_SFN_PROXY_PORT");
+    port.parse()
+        .unwrap_or_else(|e| panic!("SYNC_TEST_SFN_PROXY_PORT={port:?}: {e}"))
+}
+
+/// A Step Functions client on moto (`AWS_ENDPOINT_URL_SFN`: moto itself, not the proxy).
+pub async fn sfn_client() -> aws_sdk_sfn::Client {
+    let sdk = sdk_config().await;
+    required_env("AWS_ENDPOINT_URL_SFN");
+    let conf = aws_sdk_sfn::config::Builder::from(&sdk)
+        .retry_config(shared::adapters::aws::retry_config())
+        .build();
+    aws_sdk_sfn::Client::from_conf(conf)
+}

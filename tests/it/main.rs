@@ -5,6 +5,8 @@ mod conformance_dynamodb;
 mod conformance_local;
 mod delta;
 mod harness;
+mod sfn_proxy;
+mod sfn_smoke;
 mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
