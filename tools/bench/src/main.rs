@@ -3,6 +3,8 @@
 
 mod measure;
 mod sim;
+mod store;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use measure::{cpu_time, peak_rss_bytes};
@@ -39,6 +41,39 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-delta.sqlite")]
         db: std::path::PathBuf,
     },
+    /// The local store alone: a delta sync's writes of N generated records (no source client).
+    Store {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// The local store's file (deleted first).
+        #[arg(long, default_value = "target/bench-store.sqlite")]
+        db: std::path::PathBuf,
+    },
+    /// The webhook ingest handler's own work per request (p50, p99; no SQS round trip).
+    Ingest {
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
+    /// The sync worker on the embedded store against the in-process simulator: messages/s,
+    /// and get_by_id calls per event when bursts hit a few records.
+    Worker {
+        #[arg(long, default_value_t = 5_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 10)]
+        hot_records: usize,
+    },
+    /// Source change to visible in the store through `syncctl serve` (separate processes).
+    Freshness {
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        #[arg(long, default_value = "target/bench-freshness.sqlite")]
+        db: std::path::PathBuf,
+    },
+    /// Zipped size of each function's release binary in `--dir`.
+    BinarySizes {
+        #[arg(long, default_value = "target/release")]
+        dir: std::path::PathBuf,
+    },
     /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
     DeltaDynamodb {
         #[arg(long, default_value_t = 5_000)]
@@ -52,7 +87,15 @@ fn main() {
         Cmd::Parse { records } => parse_bench(records),
         Cmd::Source { op, records } => sim::source_bench(op, records),
         Cmd::Delta { records, db } => sim::delta_bench(records, &db),
+        Cmd::Store { records, db } => store::store_bench(records, &db),
         Cmd::DeltaDynamodb { records } => sim::delta_dynamodb_bench(records),
+        Cmd::Ingest { requests } => webhooks::ingest_bench(requests),
+        Cmd::Worker {
+            messages,
+            hot_records,
+        } => webhooks::worker_bench(messages, hot_records),
+        Cmd::Freshness { changes, db } => webhooks::freshness_bench(changes, &db),
+        Cmd::BinarySizes { dir } => webhooks::binary_sizes(&dir),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
