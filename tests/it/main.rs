@@ -5,6 +5,7 @@ mod conformance_dynamodb;
 mod conformance_local;
 mod delta;
 mod harness;
+mod reconcile;
 mod sfn_proxy;
 mod sfn_smoke;
 mod smoke_s3;

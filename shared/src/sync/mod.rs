@@ -2,4 +2,5 @@
 //! reconciliation steps).
 
 pub mod delta;
+pub mod reconcile;
 pub mod worker;

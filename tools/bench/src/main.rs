@@ -2,6 +2,7 @@
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
 mod measure;
+mod reconcile;
 mod sim;
 mod store;
 mod webhooks;
@@ -49,6 +50,9 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-store.sqlite")]
         db: std::path::PathBuf,
     },
+    /// Reconciliation merge + diff: N source against N destination (id, version) pairs in a
+    /// spill folder.
+    Reconcile(reconcile::ReconcileBenchArgs),
     /// The webhook ingest handler's own work per request (p50, p99; no SQS round trip).
     Ingest {
         #[arg(long, default_value_t = 20_000)]
@@ -89,6 +93,10 @@ fn main() {
         Cmd::Delta { records, db } => sim::delta_bench(records, &db),
         Cmd::Store { records, db } => store::store_bench(records, &db),
         Cmd::DeltaDynamodb { records } => sim::delta_dynamodb_bench(records),
+        Cmd::Reconcile(args) => reconcile::run(&args).unwrap_or_else(|e| {
+            eprintln!("reconcile bench failed: {e}");
+            std::process::exit(1)
+        }),
         Cmd::Ingest { requests } => webhooks::ingest_bench(requests),
         Cmd::Worker {
             messages,

@@ -3,7 +3,9 @@
 //! a tie of many records on one timestamp, updates while a run is under way), runs delta again
 //! and checks that the store equals the source. Then the webhook leg: `serve` in-process, the
 //! simulator's signed deliveries pointed at it, and each change's latency from the source to
-//! the store.
+//! the store. Then the reconciliation leg: drift behind the engine's back (deletions, a missed
+//! and a stale record) repaired by `syncctl reconcile`'s code, and the guard refusing to act on
+//! an empty listing.
 
 use crate::delta::describe;
 use base64::Engine;
@@ -201,10 +203,234 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         "\n5. Webhooks: the simulator's signed deliveries → syncctl serve (ingest, local queue, worker) → the store"
     );
     webhook_leg(&config, &store, &sim, secret).await?;
+
+    println!(
+        "\n6. Reconciliation: drift neither delta sync nor a webhook saw, repaired; then the guard"
+    );
+    let spill = args.db.with_extension("spill");
+    let _ = std::fs::remove_dir_all(&spill);
+    let result = reconcile_leg(&config, &store, &sim, secret, &spill, true).await;
+    let _ = std::fs::remove_dir_all(&spill);
+    result?;
     println!(
         "\n✔ demo finished: `syncctl status --db {}` shows the cursors and runs",
         args.db.display()
     );
+    Ok(())
+}
+
+/// Fail the demo unless `cond` holds.
+fn expect(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+/// The reconciliation leg: drift at the source behind the engine's back (no delta run, no
+/// webhook: the webhook target is off), a local reconciliation of every entity, the queued
+/// fetches drained by the worker (unless `drain` is false: the tests' way to see the final
+/// check fail), the store compared with the source; then a source client pointed at an empty
+/// account, whose empty listing the guard refuses to act on.
+///
+/// The expected counts are taken from the store's differences before the drift plus the drift
+/// made here, so the leg holds from any starting point the demo's comparison describes.
+pub async fn reconcile_leg(
+    config: &Config,
+    store: &LocalStore,
+    sim: &SimHandle,
+    source_secret: &str,
+    spill: &std::path::Path,
+    drain: bool,
+) -> Result<(), String> {
+    use crate::reconcile::{describe_drained, drain_queue, reconcile_entities};
+    use shared::sync::reconcile::{Decision, PlanInput, ReconcileDeps, ReconcileOptions};
+
+    // Silence: no deliveries from here on.
+    sim.set_webhook_target(None).map_err(|e| e.to_string())?;
+    let before_people = compare(store, sim, Entity::People).await?;
+    let before_donations = compare(store, sim, Entity::Donations).await?;
+
+    let s = sim.sim();
+    let gone_people = [20u64, 21, 22];
+    for id in gone_people {
+        expect(s.delete(Entity::People, id), || {
+            format!("person {id}: no such record at the source")
+        })?;
+    }
+    expect(s.delete(Entity::Donations, 11), || {
+        "donation 11: no such record at the source".into()
+    })?;
+    let missed = s.create(Entity::People, None).id;
+    let stale = s
+        .update(Entity::People, 2, None)
+        .ok_or("person 2: no such record at the source")?;
+    println!(
+        "   at the source, silently: people {} and donation 11 deleted, person {missed} created, person 2 updated",
+        gone_people.map(|i| i.to_string()).join(", ")
+    );
+    if !before_people.extra.is_empty() {
+        println!(
+            "   (the store also still has people {} deleted earlier, which delta sync cannot see)",
+            before_people.extra.join(", ")
+        );
+    }
+
+    let source =
+        SourceClient::new(config, Some(Secret::new(source_secret))).map_err(|e| e.to_string())?;
+    let spill_store = shared::adapters::local::LocalSpill::new(spill)
+        .map_err(|e| format!("{}: {e}", spill.display()))?;
+    let queue_options = shared::adapters::local::QueueOptions::default();
+    let queue = store.queue("work", queue_options.clone());
+    let deps = ReconcileDeps {
+        config,
+        source: &source,
+        records: store,
+        control: store,
+        spill: &spill_store,
+        queue: &queue,
+    };
+    let entities = [Entity::People, Entity::Donations].map(|e| e.name().to_owned());
+    let started = Instant::now();
+    let rows = reconcile_entities(
+        &deps,
+        &entities,
+        &PlanInput::default(),
+        &ReconcileOptions::default(),
+    )
+    .await;
+    let report = crate::reconcile::Report {
+        runs: rows,
+        queue: "work".into(),
+        worker: None,
+    };
+    for line in report.render().lines() {
+        println!("   {line}");
+    }
+    println!("   ({} for both entities)", ms(started.elapsed()));
+    let want = [
+        (
+            "people",
+            (before_people.extra.len() + gone_people.len()) as u64,
+            before_people.missing.len() as u64 + 1,
+            before_people.stale.len() as u64 + 1,
+        ),
+        (
+            "donations",
+            before_donations.extra.len() as u64 + 1,
+            before_donations.missing.len() as u64,
+            before_donations.stale.len() as u64,
+        ),
+    ];
+    for (row, (entity, deleted, missed_n, stale_n)) in report.runs.iter().zip(want) {
+        expect(
+            row.entity == entity
+                && row.status == "succeeded"
+                && row.guard == Some(Decision::Delete)
+                && (row.deleted, row.missed, row.stale, row.queued)
+                    == (deleted, missed_n, stale_n, missed_n + stale_n),
+            || {
+                format!(
+                    "reconciliation of {entity}: expected succeeded with {deleted} deleted, {missed_n} missed, {stale_n} stale queued; got {row:?}"
+                )
+            },
+        )?;
+    }
+    for id in gone_people {
+        let rec = store
+            .get("people", &id.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(rec.as_ref().is_some_and(|r| r.is_deleted()), || {
+            format!("person {id}: not soft-deleted by the reconciliation ({rec:?})")
+        })?;
+    }
+    println!(
+        "   ✔ deletions confirmed one by one with the source (a JSON 404) and soft-deleted; person {missed} (missed) and person 2 (stale) queued"
+    );
+
+    if drain {
+        let wdeps = shared::sync::worker::WorkerDeps {
+            source: &source,
+            records: store,
+            control: store,
+        };
+        let d = drain_queue(&queue, &wdeps, &queue_options).await?;
+        println!("   worker: {}", describe_drained(&d));
+        expect(d.failed == 0 && d.written as u64 >= 2, || {
+            format!("the worker did not fetch the queued records: {d:?}")
+        })?;
+    }
+    let people = compare(store, sim, Entity::People).await?;
+    let donations = compare(store, sim, Entity::Donations).await?;
+    expect(people.is_empty() && donations.is_empty(), || {
+        format!(
+            "after reconciliation the store differs from the source: people {people:?}, donations {donations:?}"
+        )
+    })?;
+    let got = store
+        .get("people", &missed.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(got.is_some_and(|r| !r.is_deleted()), || {
+        format!("person {missed}: not in the store")
+    })?;
+    let got = store.get("people", "2").await.map_err(|e| e.to_string())?;
+    expect(
+        got.is_some_and(|r| r.version.delta_us == stale.updated_at_us),
+        || "person 2: not at its latest version".into(),
+    )?;
+    println!("   ✔ store equals source again: nothing extra, nothing missing, nothing stale");
+
+    // The guard: the same engine pointed at an empty account (a wrong base URL) lists nothing.
+    let empty = source_sim::start(SimConfig {
+        people: 0,
+        donations: 0,
+        auth: sim.config().auth.clone(),
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the empty simulator: {e}"))?;
+    let mut wrong = config.clone();
+    wrong.source.base_url = empty.base_url();
+    let wrong_source =
+        SourceClient::new(&wrong, Some(Secret::new(source_secret))).map_err(|e| e.to_string())?;
+    println!(
+        "   the guard: source base URL switched to {} (an account with no people)",
+        empty.base_url()
+    );
+    let deps = ReconcileDeps {
+        source: &wrong_source,
+        ..deps
+    };
+    let rows = reconcile_entities(
+        &deps,
+        &entities[..1],
+        &PlanInput::default(),
+        &ReconcileOptions::default(),
+    )
+    .await;
+    let report = crate::reconcile::Report {
+        runs: rows,
+        queue: "work".into(),
+        worker: None,
+    };
+    for line in report.render().lines() {
+        println!("   {line}");
+    }
+    let row = &report.runs[0];
+    expect(
+        row.status == "guard_blocked"
+            && row.deleted == 0
+            && row.source_count == Some(0)
+            && row.guard_reason().is_some_and(|r| r.contains("empty")),
+        || format!("the guard did not block an empty listing: {row:?}"),
+    )?;
+    let people = compare(store, sim, Entity::People).await?;
+    expect(people.is_empty(), || {
+        format!("the blocked run changed the store: {people:?}")
+    })?;
+    println!(
+        "   ✔ the guard tripped on the empty listing: nothing deleted, the store still equals the source"
+    );
+    empty.shutdown().await;
     Ok(())
 }
 

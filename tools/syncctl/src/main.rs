@@ -5,6 +5,7 @@ mod delta;
 mod demo;
 mod dlq;
 mod init;
+mod reconcile;
 mod serve;
 mod sign;
 mod status;
@@ -28,7 +29,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run delta sync (every entity, or --entity) on the local store or DynamoDB.
     Delta(delta::DeltaArgs),
-    /// Show each entity's cursor, lag, lease and last runs.
+    /// Reconcile the store with the source (deletions, missed and stale records), locally.
+    Reconcile(reconcile::ReconcileArgs),
+    /// Show each entity's cursor, lag, lease and last runs (delta and reconciliation).
     Status(status::StatusArgs),
     /// Webhook ingest (POST /webhooks) and the sync worker locally, on the embedded store.
     Serve(serve::ServeArgs),
@@ -45,6 +48,7 @@ async fn main() -> ExitCode {
         Command::Init(args) => init::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Delta(args) => delta::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
@@ -100,6 +104,43 @@ mod tests {
         assert_eq!(a.queue, "work");
         assert_eq!((a.visibility_timeout_secs, a.max_receives), (30, 5));
         assert!(Cli::try_parse_from(["syncctl", "serve", "--max-receives", "0"]).is_err());
+    }
+
+    #[test]
+    fn reconcile_has_local_defaults_and_takes_its_flags() {
+        let cli = Cli::try_parse_from(["syncctl", "reconcile"]).expect("parse");
+        let Command::Reconcile(a) = cli.command else {
+            panic!("expected reconcile")
+        };
+        assert_eq!(a.entity, None);
+        assert!(!a.report_only && !a.approve_deletions && !a.process_queue && !a.json);
+        assert_eq!(a.spill.to_str(), Some(".local/spill"));
+        assert_eq!(a.queue, "work");
+        assert!(!a.store.uses_dynamodb());
+        let cli = Cli::try_parse_from([
+            "syncctl",
+            "reconcile",
+            "--entity",
+            "people",
+            "--report-only",
+            "--approve-deletions",
+            "--process-queue",
+            "--json",
+            "--spill",
+            "/tmp/s",
+            "--queue",
+            "q",
+            "--endpoint-url",
+            "http://localhost:8000",
+        ])
+        .expect("parse");
+        let Command::Reconcile(a) = cli.command else {
+            panic!("expected reconcile")
+        };
+        assert_eq!(a.entity.as_deref(), Some("people"));
+        assert!(a.report_only && a.approve_deletions && a.process_queue && a.json);
+        assert_eq!((a.spill.to_str(), a.queue.as_str()), (Some("/tmp/s"), "q"));
+        assert!(a.store.uses_dynamodb());
     }
 
     #[test]

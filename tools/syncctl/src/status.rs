@@ -1,4 +1,5 @@
-//! `syncctl status`: each entity's cursor, lag, lease and last runs, as a table or JSON.
+//! `syncctl status`: each entity's cursor, lag, lease and last runs (delta sync, then
+//! reconciliation, with a run waiting for approval called out), as a table or JSON.
 
 use crate::stores::StoreArgs;
 use clap::Args;
@@ -71,18 +72,218 @@ pub async fn collect(
             }
             _ => None,
         };
+        let reconcile = reconcile_status(control, &e.name, runs, now).await?;
         rows.push(serde_json::json!({
             "entity": e.name,
             "cursor": cursor.map(|c| format_rfc3339(c.watermark_us)),
             "lag_seconds": cursor.map(|c| (now - c.watermark_us) / 1_000_000),
             "lease": lease,
             "runs": recent,
+            "reconcile": reconcile,
         }));
     }
     Ok(rows)
 }
 
-fn table(rows: &[serde_json::Value]) -> String {
+/// An entity's reconciliation: its lease, its last runs (summaries without any task token),
+/// and the run waiting for approval when the last run is one.
+async fn reconcile_status(
+    control: &dyn ControlStore,
+    entity: &str,
+    runs: usize,
+    now: i64,
+) -> Result<serde_json::Value, String> {
+    let state = control
+        .job_state(entity, JobKind::Reconcile)
+        .await
+        .map_err(|e| e.to_string())?;
+    let lease = match (&state.lease_holder, state.lease_expires_us) {
+        (Some(h), Some(exp)) if exp > now => {
+            Some(serde_json::json!({"holder": h, "until": format_rfc3339(exp)}))
+        }
+        _ => None,
+    };
+    let recent = control
+        .list_runs(entity, JobKind::Reconcile, runs.max(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let awaiting = recent
+        .first()
+        .filter(|r| r.status == "awaiting_approval")
+        .map(|r| {
+            let sum = serde_json::from_str::<serde_json::Value>(&r.summary).unwrap_or_default();
+            // A local run records its guard decision; the state machine's wait, its reason.
+            let reason = sum["guard"]["reason"]
+                .as_str()
+                .or_else(|| sum["reason"].as_str())
+                .unwrap_or("-")
+                .to_owned();
+            let how = if sum.get("task_token").is_some() {
+                "the state machine waits for approval of this run (until its timeout)".to_owned()
+            } else {
+                format!(
+                    "read the run's counts, then `syncctl reconcile --entity {entity} --approve-deletions`"
+                )
+            };
+            serde_json::json!({
+                "run_id": r.run_id,
+                "since": format_rfc3339(r.started_us),
+                "reason": reason,
+                "next_step": how,
+            })
+        });
+    let recent: Vec<serde_json::Value> = recent
+        .iter()
+        .take(runs)
+        .map(|r| {
+            let mut sum = serde_json::from_str::<serde_json::Value>(&r.summary).unwrap_or_default();
+            // The task token approves the run: not for a status screen.
+            if let Some(o) = sum.as_object_mut() {
+                o.remove("task_token");
+            }
+            serde_json::json!({
+                "run_id": r.run_id,
+                "started": format_rfc3339(r.started_us),
+                "finished": r.finished_us.map(format_rfc3339),
+                "status": r.status,
+                "summary": sum,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "lease": lease,
+        "runs": recent,
+        "awaiting_approval": awaiting,
+    }))
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+pub fn render_table(lines: &[Vec<String>]) -> String {
+    let columns = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The delta table, then the reconciliation table and its notes.
+pub fn table(rows: &[serde_json::Value]) -> String {
+    let mut out = delta_table(rows);
+    out.push('\n');
+    out.push_str(&reconcile_table(rows));
+    out
+}
+
+fn reconcile_table(rows: &[serde_json::Value]) -> String {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let n = |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".into(), |v| v.to_string());
+    let mut lines = vec![
+        [
+            "RECONCILE",
+            "LEASE",
+            "LAST RUN",
+            "SOURCE/DEST",
+            "DELETED/MISSED/STALE/QUEUED",
+            "GUARD",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    let mut notes = String::new();
+    for r in rows {
+        let rec = &r["reconcile"];
+        let last = &rec["runs"][0];
+        let sum = &last["summary"];
+        let guard = match sum["guard"]["kind"].as_str() {
+            Some("report_only") => format!(
+                "report only ({})",
+                sum["guard"]["would"]["kind"].as_str().unwrap_or("-")
+            ),
+            Some(k) => k.replace('_', " "),
+            None => "-".into(),
+        };
+        lines.push(vec![
+            s(&r["entity"]),
+            rec["lease"]["holder"]
+                .as_str()
+                .map(|h| format!("held by {h}"))
+                .unwrap_or_else(|| "free".into()),
+            if last.is_null() {
+                "-".into()
+            } else {
+                format!("{} {}", s(&last["status"]), s(&last["started"]))
+            },
+            if last.is_null() {
+                "-".into()
+            } else {
+                format!(
+                    "{}/{}",
+                    n(&sum["source_count"]),
+                    n(&sum["destination_count"])
+                )
+            },
+            if last.is_null() {
+                "-".into()
+            } else {
+                format!(
+                    "{}/{}/{}/{}",
+                    n(&sum["deleted"]),
+                    n(&sum["missed"]),
+                    n(&sum["stale"]),
+                    n(&sum["queued"])
+                )
+            },
+            guard,
+        ]);
+        let a = &rec["awaiting_approval"];
+        if !a.is_null() {
+            notes.push_str(&format!(
+                "{}: reconciliation {} awaits approval since {} (nothing deleted): {}; {}\n",
+                s(&r["entity"]),
+                s(&a["run_id"]),
+                s(&a["since"]),
+                s(&a["reason"]),
+                s(&a["next_step"]),
+            ));
+        } else if let Some(reason) = sum["guard"]["reason"]
+            .as_str()
+            .filter(|_| last["status"] == "guard_blocked")
+        {
+            notes.push_str(&format!(
+                "{}: last reconciliation blocked by the guard (nothing deleted): {reason}\n",
+                s(&r["entity"])
+            ));
+        } else if last["status"] == "failed" {
+            notes.push_str(&format!(
+                "{}: last reconciliation failed: {}\n",
+                s(&r["entity"]),
+                sum["error"]["Cause"].as_str().unwrap_or("-")
+            ));
+        }
+    }
+    let mut out = render_table(&lines);
+    out.push_str(&notes);
+    out
+}
+
+fn delta_table(rows: &[serde_json::Value]) -> String {
     let mut lines = vec![[
         "ENTITY".to_owned(),
         "CURSOR".to_owned(),
@@ -128,24 +329,6 @@ fn table(rows: &[serde_json::Value]) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let lines: Vec<Vec<String>> = lines.into_iter().map(Vec::from).collect();
+    render_table(&lines)
 }

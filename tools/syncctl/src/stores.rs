@@ -41,15 +41,18 @@ impl StoreArgs {
             );
             return Ok((Arc::new(r), Arc::new(c)));
         }
+        let store = Arc::new(self.open_local()?);
+        Ok((store.clone(), store))
+    }
+
+    /// The embedded store in `--db` (its folder created when missing), whatever the other flags.
+    pub fn open_local(&self) -> Result<LocalStore, String> {
         if let Some(dir) = self.db.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let store = Arc::new(
-            LocalStore::open(&self.db).map_err(|e| format!("{}: {e}", self.db.display()))?,
-        );
-        Ok((store.clone(), store))
+        LocalStore::open(&self.db).map_err(|e| format!("{}: {e}", self.db.display()))
     }
 }
