@@ -1078,7 +1078,8 @@ pub async fn finish(
 
 /// Run every step in order, as the state machine does, without the approval wait: a run whose
 /// deletions need approval finishes as `awaiting_approval` (re-run with `approve_deletions`).
-/// A step's error runs the failure path (`finish` with the error) and is returned.
+/// A step's error runs that run's failure path (`finish` with the error); the other runs go on,
+/// and the first error is returned at the end.
 pub async fn run_all(
     deps: &ReconcileDeps<'_>,
     input: &PlanInput,
@@ -1086,6 +1087,8 @@ pub async fn run_all(
 ) -> Result<Vec<RunSummary>, StepError> {
     let planned = plan(deps, input, opts).await?;
     let mut out = Vec::new();
+    let mut first_error = None;
+    // Every planned run ends (each holds a lease): a failure does not stop the others.
     for run in planned.runs {
         match run_one(deps, &run, opts).await {
             Ok(s) => out.push(s),
@@ -1101,14 +1104,18 @@ pub async fn run_all(
                     ),
                     approval: None,
                 };
+                tracing::error!(entity = %run.entity, error = %e, "reconciliation failed");
                 if let Err(f) = finish(deps, &fail, opts).await {
                     tracing::error!(error = %f, "reconciliation failure path failed");
                 }
-                return Err(e);
+                first_error.get_or_insert(e);
             }
         }
     }
-    Ok(out)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 async fn run_one(
