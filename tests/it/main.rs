@@ -6,6 +6,7 @@ mod conformance_local;
 mod delta;
 mod harness;
 mod reconcile;
+mod reconcile_sfn;
 mod sfn_proxy;
 mod sfn_smoke;
 mod smoke_s3;

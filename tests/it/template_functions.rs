@@ -1,14 +1,19 @@
 //! `template.yaml`'s functions, checked against the code, offline (no emulator):
 //! - every crate under `functions/` is exactly one `AWS::Serverless::Function` built by
 //!   cargo-lambda from the workspace root, and every such function is a crate;
-//! - IAM is inline statements only, with no `*` action and no `*` resource;
+//! - IAM (functions and state machines) is inline statements only, with no `*` action and no
+//!   `*` resource but an S3 object prefix of a bucket of this template (`${Bucket.Arn}/p/*`);
 //! - every action granted is a call the code makes: a DynamoDB action on a table is an SDK call
-//!   in that table's adapter (`shared/src/adapters/dynamodb/<table>.rs`), any other action an SDK
-//!   call somewhere in `shared/src` or the functions (`sqs:SendMessage` also authorises
-//!   SendMessageBatch); so a grant the code stops using fails. SQS actions are on a queue of this
-//!   template; the actions Lambda's poller makes with the execution role (ReceiveMessage,
-//!   DeleteMessage, GetQueueAttributes) are allowed without a call, but only to the function an
-//!   event source mapping on that queue invokes;
+//!   in that table's adapter (`shared/src/adapters/dynamodb/<table>.rs`), an S3 action one in
+//!   `shared/src/adapters/s3.rs` on a bucket of this template (object actions on an object
+//!   prefix, `s3:ListBucket` on the bucket; `s3:DeleteObject` authorises DeleteObjects,
+//!   `s3:ListBucket` ListObjectsV2), any other action an SDK call somewhere in `shared/src` or
+//!   the functions (`sqs:SendMessage` also authorises SendMessageBatch); so a grant the code
+//!   stops using fails. SQS actions are on a queue of this template; the actions Lambda's poller
+//!   makes with the execution role (ReceiveMessage, DeleteMessage, GetQueueAttributes) are
+//!   allowed without a call, but only to the function an event source mapping on that queue
+//!   invokes; `lambda:InvokeFunction` only to a state machine, on a function its definition
+//!   invokes (a `FunctionName` placeholder its DefinitionSubstitutions map to that function);
 //! - the delta function: its schedule sends `events/delta-sync/all-entities.json`, its
 //!   environment is what the code reads, its grants cover what a run calls, its lease outlives
 //!   its longest timeout, and an alarm watches its errors;
@@ -17,7 +22,15 @@
 //!   least 6 x the worker's timeout for every timeout allowed, a redrive policy to a 14-day DLQ)
 //!   feeds the worker through an event source mapping with partial batch responses and a
 //!   maximum concurrency; the worker's grants and environment match its code; alarms watch the
-//!   DLQ, the 404 ceiling and the worker's errors; the outputs name it all.
+//!   DLQ, the 404 ceiling and the worker's errors; the outputs name it all;
+//! - reconciliation: a Standard state machine runs `infra/reconcile.asl.json` (every placeholder
+//!   substituted, the function's ARN among them) daily with `events/reconcile/start-all-entities.json`
+//!   and may only invoke the reconcile function; the function's grants are exactly the steps'
+//!   calls (the live_ids index, soft deletes, lease and run history, the spill prefix, the work
+//!   queue, the secret) and its environment what the code reads, thresholds defaulting to the
+//!   code's; the spill bucket is private and encrypted and expires the spill prefix after a week,
+//!   longer than an approval may wait; alarms watch failed executions, the guard, pending
+//!   approvals and drift (summed over entities by a Metrics Insights query).
 //!
 //! Each check returns its findings as a list, so that the tests can also show it catching a
 //! broken copy of the template (a check that finds nothing anywhere proves nothing).
@@ -34,6 +47,15 @@ const FUNCTION: &str = "AWS::Serverless::Function";
 const QUEUE: &str = "AWS::SQS::Queue";
 const MAPPING: &str = "AWS::Lambda::EventSourceMapping";
 const ALARM: &str = "AWS::CloudWatch::Alarm";
+const STATE_MACHINE: &str = "AWS::Serverless::StateMachine";
+const BUCKET: &str = "AWS::S3::Bucket";
+/// The SDK calls each S3 action authorises, as `shared/src/adapters/s3.rs` makes them.
+const S3_CALLS: [(&str, &[&str]); 4] = [
+    ("PutObject", &["PutObject"]),
+    ("GetObject", &["GetObject"]),
+    ("DeleteObject", &["DeleteObject", "DeleteObjects"]),
+    ("ListBucket", &["ListObjectsV2", "ListObjects"]),
+];
 
 /// What Lambda's SQS poller calls with the function's execution role (the actions of the managed
 /// policy AWSLambdaSQSQueueExecutionRole): granted for an event source mapping, not for a call
@@ -199,6 +221,77 @@ fn queue_arn(t: &Value, v: &Value) -> Option<String> {
         Some((id, None)) if resource_type(t, &id) == Some(QUEUE) => Some(id),
         _ => None,
     }
+}
+
+/// A bucket's ARN (`!GetAtt B.Arn`) where B is a bucket of the template.
+fn bucket_arn(t: &Value, v: &Value) -> Option<String> {
+    match table_arn(v) {
+        Some((id, None)) if resource_type(t, &id) == Some(BUCKET) => Some(id),
+        _ => None,
+    }
+}
+
+/// The objects under a key prefix of a bucket of the template: `!Sub "${B.Arn}/<prefix>/*"`
+/// with a literal, non-empty prefix: `(B, "<prefix>/")`.
+fn bucket_objects(t: &Value, v: &Value) -> Option<(String, String)> {
+    let (f, arg) = intrinsic(v)?;
+    if f != "Sub" {
+        return None;
+    }
+    let rest = arg.as_str()?.strip_prefix("${")?;
+    let (inner, tail) = rest.split_once('}')?;
+    let bucket = inner.strip_suffix(".Arn")?;
+    let prefix = tail.strip_prefix('/')?.strip_suffix('*')?;
+    let literal = prefix.len() > 1
+        && prefix.ends_with('/')
+        && !prefix.contains(['*', '?', '$', '{', '}'])
+        && !prefix.starts_with('/');
+    (literal && resource_type(t, bucket) == Some(BUCKET))
+        .then(|| (bucket.to_owned(), prefix.to_owned()))
+}
+
+/// What a state machine's definition invokes: the functions of this template whose ARN a
+/// `DefinitionSubstitutions` placeholder gives, where the definition (its `DefinitionUri`) uses
+/// that placeholder as a Task's `FunctionName`.
+fn invoked_by_state_machine(t: &Value, id: &str) -> BTreeSet<String> {
+    let sm = &t["Resources"][id]["Properties"];
+    let Some(uri) = sm["DefinitionUri"].as_str() else {
+        return BTreeSet::new();
+    };
+    let Ok(text) = std::fs::read_to_string(root().join(uri)) else {
+        return BTreeSet::new();
+    };
+    let Ok(definition) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return BTreeSet::new();
+    };
+    let mut names = BTreeSet::new();
+    fn walk(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "FunctionName"
+                        && let Some(name) = child
+                            .as_str()
+                            .and_then(|s| s.strip_prefix("${"))
+                            .and_then(|s| s.strip_suffix('}'))
+                    {
+                        out.insert(name.to_owned());
+                    }
+                    walk(child, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    walk(&definition, &mut names);
+    names
+        .iter()
+        .filter_map(|n| {
+            let f = table_arn(sm["DefinitionSubstitutions"].get(n.as_str())?)?;
+            (f.1.is_none() && resource_type(t, &f.0) == Some(FUNCTION)).then_some(f.0)
+        })
+        .collect()
 }
 
 /// The logical ID of the resource a policy statement belongs to, from its place
@@ -532,7 +625,10 @@ fn strings(v: &Value) -> Vec<&Value> {
 /// code calls), no `*` in an action, no bare `*` resource, no `NotAction` / `NotResource`.
 fn check_iam(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
-    for (id, f) in functions(t) {
+    let roles = functions(t)
+        .into_iter()
+        .chain(resources_of_type(t, STATE_MACHINE));
+    for (id, f) in roles {
         let Some(policies) = f["Properties"].get("Policies") else {
             continue;
         };
@@ -566,14 +662,16 @@ fn check_iam(t: &Value) -> Vec<String> {
             }
         }
         for r in s.get("Resource").map(strings).unwrap_or_default() {
-            match (r.as_str(), intrinsic(r)) {
-                (Some(r), _) if r.contains('*') => bad.push(format!("{at}: resource {r}")),
-                (_, Some((f, arg))) if f == "Sub" => {
+            // The intrinsic first: serde_yaml's `as_str` sees through a tag (`!Sub "..."`).
+            match (intrinsic(r), r.as_str()) {
+                (Some((f, arg)), _) if f == "Sub" => {
                     let s = arg.as_str().unwrap_or_default();
-                    if s.contains('*') && !s.ends_with("/index/*") {
+                    if s.contains('*') && !s.ends_with("/index/*") && bucket_objects(t, r).is_none()
+                    {
                         bad.push(format!("{at}: resource {s}"));
                     }
                 }
+                (None, Some(r)) if r.contains('*') => bad.push(format!("{at}: resource {r}")),
                 _ => {}
             }
         }
@@ -599,6 +697,7 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
             .map(|c| root().join("functions").join(c).join("src")),
     );
     let all_code = production_code_under(&dirs);
+    let s3_code = production_code(&root().join("shared/src/adapters/s3.rs"));
     let mapped = esm_targets(t);
     let mut bad = Vec::new();
     for (at, s) in statements(t) {
@@ -626,6 +725,52 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
                              and no event source mapping on {queue} invokes {}",
                             snake(op),
                             owner_of(&at)
+                        ));
+                    }
+                }
+                continue;
+            }
+            if service == "s3" {
+                let ops = S3_CALLS.iter().find(|(a, _)| *a == op).map(|(_, c)| *c);
+                match ops {
+                    Some(ops) if ops.iter().any(|c| calls(&s3_code, c)) => {}
+                    _ => bad.push(format!(
+                        "{at}: s3:{op} granted, but shared/src/adapters/s3.rs makes no call it \
+                         authorises"
+                    )),
+                }
+                for r in &resources {
+                    let ok = if op == "ListBucket" {
+                        bucket_arn(t, r).is_some()
+                    } else {
+                        bucket_objects(t, r).is_some()
+                    };
+                    if !ok {
+                        bad.push(format!(
+                            "{at}: s3:{op} on {r:?}, which is not {} of a bucket of this template",
+                            if op == "ListBucket" {
+                                "the ARN"
+                            } else {
+                                "an object prefix"
+                            }
+                        ));
+                    }
+                }
+                continue;
+            }
+            if service == "lambda" {
+                let owner = owner_of(&at);
+                let invoked = invoked_by_state_machine(t, owner);
+                for r in &resources {
+                    let function =
+                        ref_or_arn_of(r).filter(|f| resource_type(t, f) == Some(FUNCTION));
+                    let ok = op == "InvokeFunction"
+                        && resource_type(t, owner) == Some(STATE_MACHINE)
+                        && function.as_ref().is_some_and(|f| invoked.contains(f));
+                    if !ok {
+                        bad.push(format!(
+                            "{at}: lambda:{op} on {r:?}: only a state machine may invoke, and \
+                             only a function of this template its definition invokes ({invoked:?})"
                         ));
                     }
                 }
@@ -2047,5 +2192,578 @@ fn template_outputs_name_the_webhook_pieces() {
                 .any(|v| is_ref_to(&v["Value"], &group)),
             "{group} has an output"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation
+// ---------------------------------------------------------------------------------------------
+
+/// The logical ID of the (one) state machine.
+fn state_machine_id(t: &Value) -> String {
+    let machines = resources_of_type(t, STATE_MACHINE);
+    assert_eq!(machines.len(), 1, "one state machine");
+    machines[0].0.clone()
+}
+
+/// A statement pushed onto a resource's first policy.
+fn with_statement(t: &Value, id: &str, text: &str) -> Value {
+    let mut broken = t.clone();
+    broken["Resources"][id]["Properties"]["Policies"][0]["Statement"]
+        .as_sequence_mut()
+        .expect("a statement list")
+        .push(yaml(text));
+    broken
+}
+
+/// The S3 actions a function is granted: resource (as written) → actions, with conditions.
+fn s3_statements(f: &Value) -> Vec<(BTreeSet<String>, Value, Value)> {
+    function_statements(f)
+        .into_iter()
+        .filter_map(|(_, s)| {
+            let actions: BTreeSet<String> = s
+                .get("Action")
+                .map(strings)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| a.as_str()?.strip_prefix("s3:").map(str::to_owned))
+                .collect();
+            (!actions.is_empty()).then(|| {
+                (
+                    actions,
+                    s["Resource"].clone(),
+                    s.get("Condition").cloned().unwrap_or(Value::Null),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn template_iam_checks_state_machines_and_s3_object_prefixes() {
+    let t = template();
+    let sm = state_machine_id(&t);
+    let rec = function_id(&t, "reconcile");
+    assert_eq!(check_iam(&t), Vec::<String>::new());
+    // A SAM policy template on the state machine (LambdaInvokePolicy grants function:*).
+    let mut broken = t.clone();
+    broken["Resources"][sm.as_str()]["Properties"]["Policies"]
+        .as_sequence_mut()
+        .unwrap()
+        .push(yaml(
+            "{LambdaInvokePolicy: {FunctionName: !Ref ReconcileFunction}}",
+        ));
+    let found = check_iam(&broken);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains(&format!("{sm}: a policy that is not inline"))),
+        "{found:?}"
+    );
+    // Object wildcards: only under a literal prefix of a bucket of this template.
+    for resource in [
+        "!Sub '${SpillBucket.Arn}/*'",
+        "!Sub '${SpillBucket.Arn}/reconcile*'",
+        "!Sub '${SpillBucket.Arn}/re*/x/*'",
+        "!Sub '${WorkQueue.Arn}/reconcile/*'",
+        "'arn:aws:s3:::some-bucket/reconcile/*'",
+    ] {
+        let b = with_statement(
+            &t,
+            &rec,
+            &format!("{{Effect: Allow, Action: s3:GetObject, Resource: {resource}}}"),
+        );
+        let found = check_iam(&b);
+        assert!(
+            found.iter().any(|f| f.contains("resource")),
+            "{resource}: {found:?}"
+        );
+    }
+    let b = with_statement(
+        &t,
+        &rec,
+        "{Effect: Allow, Action: s3:GetObject, Resource: !Sub '${SpillBucket.Arn}/other/*'}",
+    );
+    assert_eq!(
+        check_iam(&b),
+        Vec::<String>::new(),
+        "a literal prefix is fine for check_iam"
+    );
+}
+
+#[test]
+fn template_grants_trace_s3_to_its_adapter_and_invokes_to_the_definition() {
+    let t = template();
+    let sm = state_machine_id(&t);
+    let rec = function_id(&t, "reconcile");
+    let worker = function_id(&t, "sync-worker");
+    assert_eq!(
+        invoked_by_state_machine(&t, &sm),
+        BTreeSet::from([rec.clone()]),
+        "the definition invokes the reconcile function"
+    );
+    let found_with = |id: &str, text: &str| check_grants_are_used(&with_statement(&t, id, text));
+    for (id, text, want) in [
+        // No call of the S3 adapter needs it.
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: s3:PutObjectAcl, Resource: !Sub '${SpillBucket.Arn}/reconcile/*'}",
+            "s3:PutObjectAcl granted",
+        ),
+        // Object actions on objects, ListBucket on the bucket.
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: s3:GetObject, Resource: !GetAtt SpillBucket.Arn}",
+            "not an object prefix",
+        ),
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: s3:ListBucket, Resource: !Sub '${SpillBucket.Arn}/reconcile/*'}",
+            "not the ARN",
+        ),
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: s3:GetObject, Resource: 'arn:aws:s3:::elsewhere/reconcile/x'}",
+            "not an object prefix",
+        ),
+        // Functions invoke nothing; the state machine only what its definition invokes.
+        (
+            worker.as_str(),
+            "{Effect: Allow, Action: lambda:InvokeFunction, Resource: !GetAtt ReconcileFunction.Arn}",
+            "only a state machine may invoke",
+        ),
+        (
+            sm.as_str(),
+            "{Effect: Allow, Action: lambda:InvokeFunction, Resource: !GetAtt SyncWorkerFunction.Arn}",
+            "only a state machine may invoke",
+        ),
+        (
+            sm.as_str(),
+            "{Effect: Allow, Action: lambda:UpdateFunctionCode, Resource: !GetAtt ReconcileFunction.Arn}",
+            "lambda:UpdateFunctionCode",
+        ),
+    ] {
+        let found = found_with(id, text);
+        assert!(found.iter().any(|b| b.contains(want)), "{text}: {found:?}");
+    }
+    // The substitution is what ties the grant to the definition.
+    let mut broken = t.clone();
+    broken["Resources"][sm.as_str()]["Properties"]["DefinitionSubstitutions"]["ReconcileFunctionArn"] =
+        yaml("!GetAtt SyncWorkerFunction.Arn");
+    let found = check_grants_are_used(&broken);
+    assert!(
+        found.iter().any(|b| b.contains("lambda:InvokeFunction")),
+        "{found:?}"
+    );
+}
+
+/// What the steps call (`shared::sync::reconcile` through the adapters), exactly: records
+/// Query on the live_ids index (destination) and UpdateItem (soft_delete); control GetItem
+/// (the delta job's state for a cursor rewind), UpdateItem (acquire/renew/release the lease),
+/// PutItem (put_run); S3 Put/Get/DeleteObject under the spill prefix and ListBucket limited to
+/// it; SendMessage on the work queue; the source secret.
+#[test]
+fn template_reconcile_function_grants_cover_the_steps() {
+    let t = template();
+    let f = function(&t, "reconcile");
+    let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        dynamodb_grants(f),
+        BTreeMap::from([
+            (("RecordsTable".to_owned(), None), set(&["UpdateItem"])),
+            (
+                ("RecordsTable".to_owned(), Some("live_ids".to_owned())),
+                set(&["Query"])
+            ),
+            (
+                ("ControlTable".to_owned(), None),
+                set(&["GetItem", "UpdateItem", "PutItem"])
+            ),
+        ])
+    );
+    let index = schema::TABLES
+        .iter()
+        .flat_map(|s| s.gsis.iter())
+        .map(|g| g.name)
+        .collect::<Vec<_>>();
+    assert!(index.contains(&"live_ids"), "the schema's index: {index:?}");
+
+    let prefix = format!(
+        "{}/",
+        shared::sync::reconcile::ReconcileOptions::default()
+            .spill_prefix
+            .trim_end_matches('/')
+    );
+    let s3 = s3_statements(f);
+    assert_eq!(s3.len(), 2, "{s3:?}");
+    let objects = s3
+        .iter()
+        .find(|(a, _, _)| !a.contains("ListBucket"))
+        .expect("object grants");
+    assert_eq!(objects.0, set(&["PutObject", "GetObject", "DeleteObject"]));
+    assert_eq!(
+        bucket_objects(&t, &objects.1),
+        Some(("SpillBucket".to_owned(), prefix.clone())),
+        "objects under the steps' spill prefix only"
+    );
+    assert_eq!(objects.2, Value::Null);
+    let list = s3
+        .iter()
+        .find(|(a, _, _)| a.contains("ListBucket"))
+        .expect("a ListBucket grant");
+    assert_eq!(list.0, set(&["ListBucket"]));
+    assert_eq!(bucket_arn(&t, &list.1).as_deref(), Some("SpillBucket"));
+    assert_eq!(
+        list.2,
+        yaml(&format!("{{StringLike: {{'s3:prefix': '{prefix}*'}}}}")),
+        "listing only under the spill prefix"
+    );
+
+    assert_eq!(
+        sqs_grants(&t, f),
+        BTreeMap::from([("WorkQueue".to_owned(), set(&["SendMessage"]))])
+    );
+    assert_eq!(
+        check_secret_grants(&t, f, "SourceSecretArn", "SourceSecretParameter"),
+        Vec::<String>::new()
+    );
+    let services: BTreeSet<String> = granted_actions(f)
+        .into_iter()
+        .filter_map(|a| a.split_once(':').map(|(s, _)| s.to_owned()))
+        .collect();
+    assert_eq!(
+        services,
+        set(&["dynamodb", "s3", "secretsmanager", "sqs", "ssm"]),
+        "no states:*: approvals are sent by the operator (syncctl), not the function"
+    );
+}
+
+/// Every variable is read by the code; the tables, bucket and queue are this stack's; the
+/// thresholds default to the code's defaults; the approval's timeout is the state machine's.
+#[test]
+fn template_reconcile_environment_is_what_the_code_reads() {
+    use shared::sync::reconcile::ReconcileOptions;
+    let t = template();
+    let f = function(&t, "reconcile");
+    let vars = environment(&t, f);
+    assert_eq!(
+        check_environment_is_read(&vars, "reconcile"),
+        Vec::<String>::new()
+    );
+    for s in schema::TABLES {
+        assert!(is_ref_to(&vars[s.env_var], s.logical_id), "{}", s.env_var);
+    }
+    assert!(is_ref_to(&vars["SOURCE_BASE_URL"], "SourceBaseUrl"));
+    assert!(is_ref_to(&vars["SPILL_BUCKET"], "SpillBucket"));
+    assert_eq!(resource_type(&t, "SpillBucket"), Some(BUCKET));
+    assert!(
+        is_ref_to(&vars["QUEUE_URL"], "WorkQueue"),
+        "the worker's queue"
+    );
+    let delta = environment(&t, function(&t, "delta-sync"));
+    assert_eq!(vars["SOURCE_SECRET_ID"], delta["SOURCE_SECRET_ID"]);
+
+    let d = ReconcileOptions::default();
+    for (var, param, default) in [
+        (
+            "RECONCILE_MAX_DELETE_PERCENT",
+            "ReconcileMaxDeletePercent",
+            (d.max_delete_share * 100.0).round() as u64,
+        ),
+        (
+            "RECONCILE_MAX_DELETE_COUNT",
+            "ReconcileMaxDeleteCount",
+            d.max_delete_count,
+        ),
+        (
+            "RECONCILE_MAX_CONFIRMATIONS",
+            "ReconcileMaxConfirmations",
+            d.max_confirmations,
+        ),
+        (
+            "RECONCILE_TARGETED_LIMIT",
+            "ReconcileTargetedLimit",
+            d.targeted_limit,
+        ),
+        ("RECONCILE_RUN_SIZE", "ReconcileRunSize", d.run_size as u64),
+    ] {
+        let (name, p) = parameter_of(&t, &vars[var]).unwrap_or_else(|| panic!("{var}"));
+        assert_eq!(name, param, "{var}");
+        assert_eq!(
+            p["Default"].as_u64(),
+            Some(default),
+            "{param}'s default is the code's"
+        );
+        assert!(
+            p["MinValue"].as_u64().is_some() && p["MaxValue"].as_u64().is_some(),
+            "{param}"
+        );
+    }
+    let (name, _) =
+        parameter_of(&t, &vars["RECONCILE_APPROVAL_TIMEOUT_SECONDS"]).expect("a parameter");
+    let sm = state_machine_id(&t);
+    let subs = &t["Resources"][sm.as_str()]["Properties"]["DefinitionSubstitutions"];
+    assert!(
+        is_ref_to(&subs["ApprovalTimeoutSeconds"], &name),
+        "the lease kept during the wait and the wait are one parameter"
+    );
+    let margin: u64 = vars["RECONCILE_SAFETY_MARGIN_SECONDS"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a whole number");
+
+    // The longest step fits the function, and the lease outlives a step.
+    let timeout = f["Properties"]["Timeout"]
+        .as_u64()
+        .expect("a literal Timeout");
+    assert_eq!(timeout, 900);
+    assert!(margin > 0 && margin < timeout / 10, "{margin}");
+    assert!(f["Properties"]["MemorySize"].as_u64() >= Some(512));
+    assert!(
+        d.lease_ttl_us > timeout as i64 * 1_000_000,
+        "the reconciliation lease outlives one step"
+    );
+}
+
+#[test]
+fn template_spill_bucket_is_private_and_expires_the_runs() {
+    let t = template();
+    let b = &t["Resources"]["SpillBucket"]["Properties"];
+    for key in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(
+            b["PublicAccessBlockConfiguration"][key].as_bool(),
+            Some(true),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+            .as_str(),
+        Some("AES256")
+    );
+    assert_eq!(
+        b["OwnershipControls"]["Rules"][0]["ObjectOwnership"].as_str(),
+        Some("BucketOwnerEnforced")
+    );
+    let prefix = format!(
+        "{}/",
+        shared::sync::reconcile::ReconcileOptions::default().spill_prefix
+    );
+    let rules = b["LifecycleConfiguration"]["Rules"]
+        .as_sequence()
+        .expect("rules");
+    let rule = rules
+        .iter()
+        .find(|r| r["Prefix"].as_str() == Some(prefix.as_str()))
+        .unwrap_or_else(|| panic!("a lifecycle rule on {prefix}: {rules:?}"));
+    assert_eq!(rule["Status"].as_str(), Some("Enabled"));
+    let days = rule["ExpirationInDays"].as_i64().expect("ExpirationInDays");
+    assert_eq!(days, 7);
+    // A run waiting for approval still has its lists when the approval comes.
+    let approval = &t["Parameters"]["ApprovalTimeoutSeconds"];
+    let longest = approval["MaxValue"].as_i64().expect("MaxValue");
+    assert!(
+        longest + 2 * 3600 < days * 86_400,
+        "the longest approval wait ({longest} s) and the run around it end before the objects expire"
+    );
+    assert_eq!(approval["Default"].as_i64(), Some(86_400));
+}
+
+/// The state machine: Standard, the checked definition with every placeholder substituted,
+/// the daily schedule sending the console's all-entities sample, and a role that may only
+/// invoke the reconcile function.
+#[test]
+fn template_reconcile_state_machine_runs_the_checked_definition() {
+    let t = template();
+    let sm = state_machine_id(&t);
+    let p = &t["Resources"][sm.as_str()]["Properties"];
+    assert_eq!(
+        p["Type"].as_str(),
+        Some("STANDARD"),
+        "task tokens, no 5-minute limit"
+    );
+    let uri = p["DefinitionUri"].as_str().expect("DefinitionUri");
+    assert_eq!(uri, "infra/reconcile.asl.json");
+    let text = std::fs::read_to_string(root().join(uri)).expect("read the definition");
+    serde_json::from_str::<serde_json::Value>(&text).expect("the definition is JSON as it is");
+    let mut placeholders = BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("${") {
+        let end = rest[i..].find('}').expect("a closed placeholder");
+        placeholders.insert(rest[i + 2..i + end].to_owned());
+        rest = &rest[i + end..];
+    }
+    let subs = p["DefinitionSubstitutions"]
+        .as_mapping()
+        .expect("DefinitionSubstitutions");
+    let keys: BTreeSet<String> = subs
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        placeholders, keys,
+        "every placeholder substituted, nothing else"
+    );
+    assert!(is_ref_to(
+        &subs[&yaml("ApprovalTimeoutSeconds")],
+        "ApprovalTimeoutSeconds"
+    ));
+    assert!(is_ref_to(
+        &subs[&yaml("MaxSourceInvocations")],
+        "ReconcileMaxSourceInvocations"
+    ));
+    let loops = &t["Parameters"]["ReconcileMaxSourceInvocations"];
+    assert!(
+        loops["MaxValue"].as_i64().is_some_and(|m| m * 7 < 25_000),
+        "the loop stays under Step Functions' 25,000 history events"
+    );
+    assert_eq!(
+        table_arn(&subs[&yaml("ReconcileFunctionArn")]),
+        Some((function_id(&t, "reconcile"), None))
+    );
+
+    // The role: invoke the function, nothing else.
+    let statements: Vec<&Value> = p["Policies"]
+        .as_sequence()
+        .expect("Policies")
+        .iter()
+        .flat_map(|pol| pol["Statement"].as_sequence().into_iter().flatten())
+        .collect();
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(
+        statements[0]["Action"].as_str(),
+        Some("lambda:InvokeFunction")
+    );
+    assert!(table_arn(&statements[0]["Resource"]) == Some((function_id(&t, "reconcile"), None)));
+
+    // One schedule, the console's sample as its input.
+    let events = p["Events"].as_mapping().expect("Events");
+    assert_eq!(events.len(), 1);
+    let ev = events.values().next().unwrap();
+    assert!(matches!(
+        ev["Type"].as_str(),
+        Some("Schedule" | "ScheduleV2")
+    ));
+    let e = &ev["Properties"];
+    let expr = e
+        .get("Schedule")
+        .or_else(|| e.get("ScheduleExpression"))
+        .unwrap();
+    assert!(is_ref_to(expr, "ReconcileSchedule"));
+    assert_eq!(
+        t["Parameters"]["ReconcileSchedule"]["Default"].as_str(),
+        Some("cron(0 3 * * ? *)")
+    );
+    let input: serde_json::Value =
+        serde_json::from_str(e["Input"].as_str().expect("Input")).expect("JSON");
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("events/reconcile/start-all-entities.json"))
+            .expect("the sample"),
+    )
+    .unwrap();
+    assert_eq!(input, sample);
+}
+
+#[test]
+fn template_alarms_watch_reconciliation() {
+    let t = template();
+    let sm = state_machine_id(&t);
+    let a = &t["Resources"]["ReconcileFailedAlarm"]["Properties"];
+    assert_eq!(a["Namespace"].as_str(), Some("AWS/States"));
+    assert_eq!(a["MetricName"].as_str(), Some("ExecutionsFailed"));
+    assert_eq!(a["Dimensions"][0]["Name"].as_str(), Some("StateMachineArn"));
+    assert!(
+        is_ref_to(&a["Dimensions"][0]["Value"], &sm),
+        "Ref of a state machine is its ARN"
+    );
+
+    let code = production_code_under(&[
+        root().join("shared/src"),
+        root().join("functions/reconcile/src"),
+    ]);
+    for (alarm, metric) in [
+        ("ReconcileGuardTrippedAlarm", "ReconcileGuardTripped"),
+        (
+            "ReconcileAwaitingApprovalAlarm",
+            "ReconcileAwaitingApproval",
+        ),
+    ] {
+        let a = &t["Resources"][alarm]["Properties"];
+        assert_eq!(
+            a["Namespace"].as_str(),
+            Some(telemetry::NAMESPACE),
+            "{alarm}"
+        );
+        assert_eq!(a["MetricName"].as_str(), Some(metric), "{alarm}");
+        assert!(
+            a.get("Dimensions").is_none(),
+            "{alarm}: one alarm for every entity"
+        );
+        assert_eq!(a["Threshold"].as_i64(), Some(0), "{alarm}");
+        assert!(
+            code.contains(&format!("(\"{metric}\", 1.0, \"Count\")")),
+            "the code emits {metric}"
+        );
+    }
+    // Drift: the per-entity metrics summed by one query, no entity named, no wildcard.
+    assert!(
+        code.contains("(\"Strategy\", \"reconcile\")"),
+        "the dimension the queries filter on"
+    );
+    for (alarm, metric) in [
+        ("ReconcileMissedAlarm", "ReconcileMissed"),
+        ("ReconcileStaleAlarm", "ReconcileStale"),
+    ] {
+        let a = &t["Resources"][alarm]["Properties"];
+        let q = a["Metrics"][0]["Expression"].as_str().expect("a query");
+        assert!(
+            q.contains(&format!("SUM({metric})"))
+                && q.contains(&format!(
+                    "SCHEMA(\"{}\", Entity, Strategy)",
+                    telemetry::NAMESPACE
+                ))
+                && q.contains("Strategy = 'reconcile'"),
+            "{alarm}: {q}"
+        );
+        assert!(!q.contains('*'), "{alarm}: {q}");
+        assert!(
+            code.contains(&format!("(\"{metric}\", ")),
+            "the code emits {metric}"
+        );
+        assert!(
+            is_ref_to(&a["Threshold"], "ReconcileDriftAlarmThreshold"),
+            "{alarm}"
+        );
+    }
+    assert_eq!(check_alarm_topic(&t), Vec::<String>::new());
+}
+
+#[test]
+fn template_outputs_name_the_reconciliation_pieces() {
+    let t = template();
+    let o = &t["Outputs"];
+    for (output, resource) in [
+        ("ReconcileStateMachineArn", "ReconcileStateMachine"),
+        ("ReconcileFunctionName", "ReconcileFunction"),
+        ("ReconcileLogGroupName", "ReconcileLogGroup"),
+        ("SpillBucketName", "SpillBucket"),
+        ("ReconcileFailedAlarmName", "ReconcileFailedAlarm"),
+        (
+            "ReconcileGuardTrippedAlarmName",
+            "ReconcileGuardTrippedAlarm",
+        ),
+        (
+            "ReconcileAwaitingApprovalAlarmName",
+            "ReconcileAwaitingApprovalAlarm",
+        ),
+    ] {
+        assert!(is_ref_to(&o[output]["Value"], resource), "{output}");
+        assert!(o[output]["Description"].as_str().is_some(), "{output}");
     }
 }

@@ -43,3 +43,32 @@ pub fn env_u64(name: &str, default: u64) -> Result<u64, ConfigError> {
         _ => Ok(default),
     }
 }
+
+/// A required environment variable, trimmed; missing or empty fails the cold start, naming it.
+pub fn required_env(name: &str) -> Result<String, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        Ok(_) => Err(ConfigError::BadEnv {
+            name: name.to_owned(),
+            message: "is empty".into(),
+        }),
+        Err(_) => Err(ConfigError::MissingEnv(name.to_owned())),
+    }
+}
+
+/// Reconciliation's spill store: the bucket named by `SPILL_BUCKET` (keys under the bucket's
+/// root; the steps put every object under their own `reconcile/` prefix, which the template's
+/// grants and lifecycle rule name).
+pub fn spill_from_env(
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::adapters::s3::S3Spill, ConfigError> {
+    let bucket = required_env("SPILL_BUCKET")?;
+    Ok(crate::adapters::s3::S3Spill::from_sdk(sdk, bucket, ""))
+}
+
+/// The work queue named by `QUEUE_URL` (the sync worker's queue: targeted syncs go there).
+pub fn queue_from_env(
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::adapters::sqs::SqsQueue, ConfigError> {
+    crate::adapters::sqs::SqsQueue::from_env_var(sdk, "QUEUE_URL")
+}

@@ -7,4 +7,5 @@ pub mod dynamodb;
 pub mod local;
 pub mod s3;
 pub mod secrets;
+pub mod sfn;
 pub mod sqs;

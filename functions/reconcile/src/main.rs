@@ -1,0 +1,30 @@
+//! The reconciliation Lambda: one function for every step of the state machine
+//! (`infra/reconcile.asl.json`), which calls it with `{"step": "<name>", ...}`. Wiring only,
+//! once per cold start: a missing variable (`RECORDS_TABLE`, `CONTROL_TABLE`, `SPILL_BUCKET`,
+//! `QUEUE_URL`, ...) or a bad threshold fails the cold start, naming it.
+
+mod handler;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use shared::adapters::deploy;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let d = deploy::load().await?;
+    let deps = handler::Deps {
+        spill: Arc::new(deploy::spill_from_env(&d.sdk)?),
+        queue: Arc::new(deploy::queue_from_env(&d.sdk)?),
+        options: handler::options_from_env()?,
+        config: d.config,
+        source: d.source,
+        records: d.records,
+        control: d.control,
+    };
+    let deps = &deps;
+    lambda_runtime::run(service_fn(
+        move |ev: LambdaEvent<serde_json::Value>| async move { handler::handle(deps, ev).await },
+    ))
+    .await
+}
