@@ -33,10 +33,6 @@ pub struct Options {
     pub reconcile: ReconcileOptions,
     /// The Source step stops (resumable) this long before the invocation's deadline.
     pub safety_margin: Duration,
-    /// The lease while a run waits for approval (`request_approval` renews it for this long):
-    /// the approval's timeout and an hour, so that the next scheduled run skips the entity
-    /// rather than taking the lease from under a pending approval.
-    pub approval_lease_ttl_us: Micros,
 }
 
 /// What the lease outlives the approval's timeout by.
@@ -65,6 +61,13 @@ pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<Options, Con
             }),
         }
     };
+    // A Standard execution lasts at most a year.
+    let approval = Duration::from_secs(num(
+        "RECONCILE_APPROVAL_TIMEOUT_SECONDS",
+        86_400,
+        1,
+        31_536_000,
+    )?);
     let d = ReconcileOptions::default();
     let percent = (d.max_delete_share * 100.0).round() as u64;
     let reconcile = ReconcileOptions {
@@ -83,20 +86,13 @@ pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<Options, Con
         )?,
         targeted_limit: num("RECONCILE_TARGETED_LIMIT", d.targeted_limit, 0, 100_000_000)?,
         run_size: num("RECONCILE_RUN_SIZE", d.run_size as u64, 1_000, 4_000_000)? as usize,
+        approval_lease_ttl_us: (approval + APPROVAL_LEASE_MARGIN).as_micros() as Micros,
         ..d
     };
     let safety_margin = Duration::from_secs(num("RECONCILE_SAFETY_MARGIN_SECONDS", 30, 5, 300)?);
-    // A Standard execution lasts at most a year.
-    let approval = Duration::from_secs(num(
-        "RECONCILE_APPROVAL_TIMEOUT_SECONDS",
-        86_400,
-        1,
-        31_536_000,
-    )?);
     Ok(Options {
         reconcile,
         safety_margin,
-        approval_lease_ttl_us: (approval + APPROVAL_LEASE_MARGIN).as_micros() as Micros,
     })
 }
 
@@ -110,9 +106,6 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
 
     let mut opts = deps.options.reconcile.clone();
     opts.stop_at = stop_instant(event.context.deadline(), deps.options.safety_margin);
-    if step == "request_approval" {
-        opts.lease_ttl_us = deps.options.approval_lease_ttl_us;
-    }
     let rdeps = ReconcileDeps {
         config: &deps.config,
         source: deps.source.as_ref(),

@@ -71,6 +71,9 @@ pub struct ReconcileOptions {
     pub chunk_size: usize,
     /// The reconciliation lease; every step renews it.
     pub lease_ttl_us: Micros,
+    /// The lease while a run waits for approval (`request_approval` renews it this long): the
+    /// approval's timeout and a margin, so that no scheduled run takes the entity meanwhile.
+    pub approval_lease_ttl_us: Micros,
     /// Deletions above this share of the destination need approval.
     pub max_delete_share: f64,
     /// Deletions above this count need approval.
@@ -95,6 +98,7 @@ impl Default for ReconcileOptions {
             run_size: 1_000_000,
             chunk_size: 100_000,
             lease_ttl_us: 2 * 3600 * 1_000_000,
+            approval_lease_ttl_us: 25 * 3600 * 1_000_000,
             max_delete_share: 0.05,
             max_delete_count: 1_000,
             max_confirmations: 200,
@@ -168,6 +172,11 @@ async fn renew(
     opts: &ReconcileOptions,
     step: &str,
 ) -> Result<(), StepError> {
+    let ttl = if step == "awaiting_approval" {
+        opts.approval_lease_ttl_us.max(opts.lease_ttl_us)
+    } else {
+        opts.lease_ttl_us
+    };
     let state = serde_json::json!({"run_id": run.run_id, "step": step}).to_string();
     deps.control
         .save_cursor(
@@ -175,7 +184,7 @@ async fn renew(
             JobKind::Reconcile,
             &run.run_id,
             now_us(),
-            opts.lease_ttl_us,
+            ttl,
             &state,
         )
         .await
@@ -198,6 +207,10 @@ pub struct PlanInput {
     /// report). The guard's hard conditions (failed or empty listing) still hold.
     #[serde(default)]
     pub approve_deletions: bool,
+    /// The state machine's execution name: run IDs derive from it, so that a retried Plan
+    /// renews its own leases instead of finding them held.
+    #[serde(default)]
+    pub execution: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,7 +252,10 @@ pub async fn plan(
     };
     for entity in entities {
         let started_us = now_us();
-        let run_id = format!("rec-{}", uuid::Uuid::new_v4().simple());
+        let run_id = match &input.execution {
+            Some(x) => format!("rec-{x}-{entity}"),
+            None => format!("rec-{}", uuid::Uuid::new_v4().simple()),
+        };
         match deps
             .control
             .acquire_lease(
@@ -995,8 +1011,12 @@ pub async fn finish(
     let now = now_us();
     let status = if input.error.is_some() {
         "failed"
-    } else if input.approval.is_some() {
-        "approval_expired"
+    } else if let Some(a) = &input.approval {
+        if a == "rejected" {
+            "approval_rejected"
+        } else {
+            "approval_expired"
+        }
     } else {
         match input.guard.as_ref().map(|g| &g.decision) {
             Some(Decision::Blocked { .. }) => "guard_blocked",

@@ -339,7 +339,10 @@ fn options_come_from_the_environment_with_named_errors() {
     );
     assert!(o.reconcile.confirm_deletes);
     assert_eq!(o.safety_margin, Duration::from_secs(30));
-    assert_eq!(o.approval_lease_ttl_us, (86_400 + 3_600) * 1_000_000);
+    assert_eq!(
+        o.reconcile.approval_lease_ttl_us,
+        (86_400 + 3_600) * 1_000_000
+    );
 
     let env = |pairs: &'static [(&'static str, &'static str)]| {
         move |n: &str| {
@@ -365,7 +368,7 @@ fn options_come_from_the_environment_with_named_errors() {
     assert_eq!(o.reconcile.targeted_limit, 0);
     assert_eq!(o.reconcile.run_size, 5000);
     assert_eq!(o.safety_margin, Duration::from_secs(60));
-    assert_eq!(o.approval_lease_ttl_us, 7_200 * 1_000_000);
+    assert_eq!(o.reconcile.approval_lease_ttl_us, 7_200 * 1_000_000);
 
     for (name, bad) in [
         ("RECONCILE_MAX_DELETE_PERCENT", "101"),
