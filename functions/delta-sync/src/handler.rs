@@ -7,7 +7,7 @@ use shared::Config;
 use shared::ports::{ControlStore, RecordStore, SourceApi};
 use shared::sync::delta::{DeltaOptions, DeltaSummary, RunStatus, run_delta};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 /// Built once per cold start in `main`.
 pub struct Deps {
@@ -74,7 +74,8 @@ pub async fn handle(
             .map(|e| e.name.clone())
             .collect(),
     };
-    let stop_at = stop_instant(event.context.deadline(), deps.safety_margin);
+    let stop_at =
+        shared::adapters::deploy::stop_instant(event.context.deadline(), deps.safety_margin);
     let runs = futures::future::join_all(entities.iter().map(|entity| {
         let opts = DeltaOptions {
             overlap_us: deps.overlap_us,
@@ -110,17 +111,6 @@ pub async fn handle(
     }
     debug_assert!(out.iter().all(|s| s.status != RunStatus::Failed));
     Ok(Output { runs: out })
-}
-
-/// `None` when the context has no deadline (a local invocation).
-fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
-    if deadline == SystemTime::UNIX_EPOCH {
-        return None;
-    }
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    Some(Instant::now() + left.saturating_sub(margin))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use shared::model::Micros;
 use shared::ports::{ControlStore, Queue, RecordStore, SourceApi, SpillStore};
 use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// Built once per cold start in `main`.
@@ -48,18 +48,8 @@ pub fn options_from_env() -> Result<Options, ConfigError> {
 }
 
 pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<Options, ConfigError> {
-    let num = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-        let v = match get(name) {
-            Some(v) if !v.trim().is_empty() => v,
-            _ => return Ok(default),
-        };
-        match v.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ConfigError::BadEnv {
-                name: name.to_owned(),
-                message: format!("{v:?} is not a whole number between {min} and {max}"),
-            }),
-        }
+    let num = |name: &str, default: u64, min: u64, max: u64| {
+        shared::adapters::deploy::num_from(&get, name, default, min, max)
     };
     // A Standard execution lasts at most a year.
     let approval = Duration::from_secs(num(
@@ -105,7 +95,10 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
     let span = tracing::info_span!("reconcile", step = %step, entity = %entity, run_id = %run_id);
 
     let mut opts = deps.options.reconcile.clone();
-    opts.stop_at = stop_instant(event.context.deadline(), deps.options.safety_margin);
+    opts.stop_at = shared::adapters::deploy::stop_instant(
+        event.context.deadline(),
+        deps.options.safety_margin,
+    );
     let rdeps = ReconcileDeps {
         config: &deps.config,
         source: deps.source.as_ref(),
@@ -133,17 +126,6 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
     }
     .instrument(span)
     .await
-}
-
-/// `None` when the context has no deadline (a local invocation).
-fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
-    if deadline == SystemTime::UNIX_EPOCH {
-        return None;
-    }
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    Some(Instant::now() + left.saturating_sub(margin))
 }
 
 #[cfg(test)]

@@ -24,18 +24,8 @@ pub fn options_from_env() -> Result<WorkerOptions, ConfigError> {
 }
 
 pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<WorkerOptions, ConfigError> {
-    let num = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-        let v = match get(name) {
-            Some(v) if !v.trim().is_empty() => v,
-            _ => return Ok(default),
-        };
-        match v.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ConfigError::BadEnv {
-                name: name.to_owned(),
-                message: format!("{v:?} is not a whole number between {min} and {max}"),
-            }),
-        }
+    let num = |name: &str, default: u64, min: u64, max: u64| {
+        shared::adapters::deploy::num_from(&get, name, default, min, max)
     };
     Ok(WorkerOptions {
         not_found_ceiling: num("NOT_FOUND_CEILING_PERCENT", 50, 1, 100)? as f64 / 100.0,

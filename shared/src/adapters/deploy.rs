@@ -72,3 +72,40 @@ pub fn queue_from_env(
 ) -> Result<crate::adapters::sqs::SqsQueue, ConfigError> {
     crate::adapters::sqs::SqsQueue::from_env_var(sdk, "QUEUE_URL")
 }
+
+/// A whole number in `min..=max` from `get(name)` (an environment lookup), `default` when unset
+/// or blank; a bad value names the variable.
+pub fn num_from(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = match get(name) {
+        Some(v) if !v.trim().is_empty() => v,
+        _ => return Ok(default),
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::BadEnv {
+            name: name.to_owned(),
+            message: format!("{v:?} is not a whole number between {min} and {max}"),
+        }),
+    }
+}
+
+/// When to stop, `margin` before a Lambda invocation's deadline; `None` when the context has no
+/// deadline (a local invocation).
+pub fn stop_instant(
+    deadline: std::time::SystemTime,
+    margin: std::time::Duration,
+) -> Option<std::time::Instant> {
+    if deadline == std::time::SystemTime::UNIX_EPOCH {
+        return None;
+    }
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(std::time::Instant::now() + left.saturating_sub(margin))
+}

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::SystemTime;
 
 #[test]
 fn sample_events_parse() {

@@ -7,6 +7,7 @@ use super::*;
 use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::ports::{JobKind, LeaseOutcome};
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 fn sample(name: &str) -> Value {
     let text = match name {
