@@ -29,7 +29,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run delta sync (every entity, or --entity) on the local store or DynamoDB.
     Delta(delta::DeltaArgs),
-    /// Reconcile the store with the source (deletions, missed and stale records), locally.
+    /// Reconcile the store with the source (deletions, missed and stale records), locally;
+    /// `approve`/`reject` answer a state machine run that waits for approval.
     Reconcile(reconcile::ReconcileArgs),
     /// Show each entity's cursor, lag, lease and last runs (delta and reconciliation).
     Status(status::StatusArgs),

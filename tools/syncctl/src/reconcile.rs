@@ -10,6 +10,8 @@
 //!   the queue is in memory and always drained here: `serve` writes to the local store only.
 //! - Exit status: non-zero when a run failed (or a queued fetch failed); a run the guard blocked
 //!   or that waits for approval exits 0, and says that nothing was deleted and what to do.
+//! - `syncctl reconcile approve|reject` (module [`approval`]) answer a state machine run that
+//!   waits for approval; the flat `syncctl reconcile [flags]` runs a reconciliation.
 
 use crate::stores::StoreArgs;
 use clap::Args;
@@ -27,7 +29,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReconcileArgs {
+    /// Answer a state machine run's approval instead of reconciling here.
+    #[command(subcommand)]
+    pub command: Option<Box<approval::ReconcileCommand>>,
     /// One entity (default: every configured entity, one run each).
     #[arg(long)]
     pub entity: Option<String>,
@@ -266,7 +272,10 @@ pub fn describe_drained(w: &Drained) -> String {
     )
 }
 
-pub async fn run(args: ReconcileArgs) -> Result<(), String> {
+pub async fn run(mut args: ReconcileArgs) -> Result<(), String> {
+    if let Some(command) = args.command.take() {
+        return approval::run(*command).await;
+    }
     let config = Config::load().map_err(|e| e.to_string())?;
     let secret = shared::source::secret_from_env(&config.source.auth).map_err(|e| e.to_string())?;
     let source = SourceClient::new(&config, secret).map_err(|e| e.to_string())?;
@@ -377,6 +386,7 @@ pub async fn execute(
         entity: None,
         report_only: args.report_only,
         approve_deletions: args.approve_deletions,
+        ..PlanInput::default()
     };
     let mut runs = reconcile_entities(&deps, &entities, &input, &ReconcileOptions::default()).await;
     let worker = if drain {
@@ -501,6 +511,8 @@ pub async fn drain_queue(
         d.not_found += r.not_found;
     }
 }
+
+pub mod approval;
 
 #[cfg(test)]
 mod tests;

@@ -119,7 +119,10 @@ async fn reconcile_status(
                 .unwrap_or("-")
                 .to_owned();
             let how = if sum.get("task_token").is_some() {
-                "the state machine waits for approval of this run (until its timeout)".to_owned()
+                format!(
+                    "the state machine waits for approval of this run (until its timeout): \
+                     `syncctl reconcile approve --entity {entity}` (or `reject`)"
+                )
             } else {
                 format!(
                     "read the run's counts, then `syncctl reconcile --entity {entity} --approve-deletions`"
