@@ -215,6 +215,19 @@ pub trait SpillStore: Send + Sync {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
 }
 
+/// Starts executions of a state machine (a reconciliation run continuing in a new execution).
+#[async_trait]
+pub trait Executions: Send + Sync {
+    /// Start `state_machine` with `input`, named `name`; the execution's ARN. Starting the same
+    /// name again (a retried step) answers the same execution.
+    async fn start(
+        &self,
+        state_machine: &str,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<String, StoreError>;
+}
+
 /// A page of full records from a delta listing.
 #[derive(Debug, Clone)]
 pub struct RecordPage {

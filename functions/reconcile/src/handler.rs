@@ -11,8 +11,8 @@ use serde_json::Value;
 use shared::Config;
 use shared::error::ConfigError;
 use shared::model::Micros;
-use shared::ports::{ControlStore, Queue, RecordStore, SourceApi, SpillStore};
-use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch};
+use shared::ports::{ControlStore, Executions, Queue, RecordStore, SourceApi, SpillStore};
+use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch_with};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -25,6 +25,8 @@ pub struct Deps {
     pub control: Arc<dyn ControlStore>,
     pub spill: Arc<dyn SpillStore>,
     pub queue: Arc<dyn Queue>,
+    /// Starts the execution a long listing continues in (`None` outside Step Functions).
+    pub executions: Option<Arc<dyn Executions>>,
     pub options: Options,
 }
 
@@ -108,7 +110,7 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
         queue: deps.queue.as_ref(),
     };
     async move {
-        match dispatch(&rdeps, payload, &opts).await {
+        match dispatch_with(&rdeps, deps.executions.as_deref(), payload, &opts).await {
             Ok(out) => Ok(out),
             Err(e) => {
                 let error_type = e.error_type();

@@ -16,6 +16,9 @@ async fn main() -> Result<(), Error> {
     let deps = handler::Deps {
         spill: Arc::new(deploy::spill_from_env(&d.sdk)?),
         queue: Arc::new(deploy::queue_from_env(&d.sdk)?),
+        executions: Some(Arc::new(shared::adapters::sfn::StepFunctions::from_sdk(
+            &d.sdk,
+        ))),
         options: handler::options_from_env()?,
         config: d.config,
         source: d.source,

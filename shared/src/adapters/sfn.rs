@@ -109,6 +109,26 @@ impl StepFunctions {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::ports::Executions for StepFunctions {
+    async fn start(
+        &self,
+        state_machine: &str,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<String, StoreError> {
+        match self.start_execution(state_machine, input, Some(name)).await {
+            Ok(arn) => Ok(arn),
+            // A retried step: the execution it started the first time.
+            Err(e) if error_code(&e) == Some("ExecutionAlreadyExists") => Ok(format!(
+                "{}:{name}",
+                state_machine.replacen(":stateMachine:", ":execution:", 1)
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The service's error code of a failed call (`TaskTimedOut`, `ExecutionAlreadyExists`, ...).
 pub fn error_code(e: &StoreError) -> Option<&str> {
     match e {

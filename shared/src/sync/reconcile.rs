@@ -18,7 +18,8 @@ use crate::core::timefmt::now_us;
 use crate::error::{SourceError, StoreError};
 use crate::model::{DeleteOutcome, ID_SHARDS, Micros, Strategy};
 use crate::ports::{
-    ControlStore, JobKind, LeaseOutcome, Queue, RecordStore, RunRecord, SourceApi, SpillStore,
+    ControlStore, Executions, JobKind, LeaseOutcome, Queue, RecordStore, RunRecord, SourceApi,
+    SpillStore,
 };
 use crate::reconcile::{
     DiffOutputs, DiffSummary, MergeOptions, ReconcileError, RunReader, RunWriter, SortedRunWriter,
@@ -397,6 +398,51 @@ pub async fn source(
         p.resume = resume;
     }
     Ok(p)
+}
+
+/// A listing that needs more Source invocations than one execution should hold (Standard
+/// workflows stop at 25,000 history events) continues in a new execution of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContinueInput {
+    pub run: RunRef,
+    pub progress: SourceProgress,
+    /// `$$.StateMachine.Id`.
+    pub state_machine: String,
+    /// `$$.Execution.Id`, recorded in the new execution's input.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContinueOutput {
+    /// The new execution's ARN.
+    pub execution: String,
+}
+
+/// Start the execution that continues this run (same run ID, same lease, the listing's
+/// progress), named from the run and the invocation count so that a retried step starts
+/// nothing twice. The lease is renewed, not released.
+pub async fn continue_in_new_execution(
+    deps: &ReconcileDeps<'_>,
+    executions: &dyn Executions,
+    input: &ContinueInput,
+    opts: &ReconcileOptions,
+) -> Result<ContinueOutput, StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "continue").await?;
+    let hash = xxhash_rust::xxh3::xxh3_64(run.run_id.as_bytes());
+    let name = format!("rec-{hash:016x}-{}", input.progress.invocations);
+    let mut new_input = serde_json::json!({
+        "resume": {"run": run, "progress": input.progress},
+    });
+    if let Some(p) = &input.parent {
+        new_input["AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID"] = p.clone().into();
+    }
+    let execution = executions
+        .start(&input.state_machine, &name, &new_input)
+        .await?;
+    tracing::info!(entity = %run.entity, run_id = %run.run_id, execution = %execution, "reconciliation continues in a new execution");
+    Ok(ContinueOutput { execution })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1212,6 +1258,16 @@ pub async fn dispatch(
     input: serde_json::Value,
     opts: &ReconcileOptions,
 ) -> Result<serde_json::Value, StepError> {
+    dispatch_with(deps, None, input, opts).await
+}
+
+/// `dispatch`, with the state machine's executions for the `continue` step.
+pub async fn dispatch_with(
+    deps: &ReconcileDeps<'_>,
+    executions: Option<&dyn Executions>,
+    input: serde_json::Value,
+    opts: &ReconcileOptions,
+) -> Result<serde_json::Value, StepError> {
     fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, StepError> {
         serde_json::from_value(v).map_err(|e| StepError::BadInput(e.to_string()))
     }
@@ -1236,8 +1292,14 @@ pub async fn dispatch(
         }
         "apply" => out(&apply(deps, &parse(input)?, opts).await?),
         "finish" => out(&finish(deps, &parse(input)?, opts).await?),
+        "continue" => {
+            let ex = executions.ok_or_else(|| {
+                StepError::BadInput("no state machine to continue in (run locally)".into())
+            })?;
+            out(&continue_in_new_execution(deps, ex, &parse(input)?, opts).await?)
+        }
         other => Err(StepError::BadInput(format!(
-            "unknown step {other:?} (plan, source, destination, diff, guard, request_approval, apply, finish)"
+            "unknown step {other:?} (plan, source, destination, diff, guard, request_approval, apply, finish, continue)"
         ))),
     }
 }

@@ -3,6 +3,7 @@
 
 mod measure;
 mod reconcile;
+mod reconcile_s3;
 mod sim;
 mod store;
 mod webhooks;
@@ -53,6 +54,9 @@ enum Cmd {
     /// Reconciliation merge + diff: N source against N destination (id, version) pairs in a
     /// spill folder.
     Reconcile(reconcile::ReconcileBenchArgs),
+    /// `reconcile` on `S3Spill` against moto (AWS_ENDPOINT_URL_S3, a fresh bucket): S3 requests
+    /// per phase and per operation, counted by an SDK interceptor.
+    ReconcileS3(reconcile_s3::ReconcileS3Args),
     /// The webhook ingest handler's own work per request (p50, p99; no SQS round trip).
     Ingest {
         #[arg(long, default_value_t = 20_000)]
@@ -95,6 +99,10 @@ fn main() {
         Cmd::DeltaDynamodb { records } => sim::delta_dynamodb_bench(records),
         Cmd::Reconcile(args) => reconcile::run(&args).unwrap_or_else(|e| {
             eprintln!("reconcile bench failed: {e}");
+            std::process::exit(1)
+        }),
+        Cmd::ReconcileS3(args) => reconcile_s3::run(&args).unwrap_or_else(|e| {
+            eprintln!("reconcile-s3 bench failed: {e}");
             std::process::exit(1)
         }),
         Cmd::Ingest { requests } => webhooks::ingest_bench(requests),

@@ -13,18 +13,25 @@
 //! writes them.
 //!
 //! Each phase reports its CPU time (all threads, getrusage) and its own peak RSS (VmHWM, reset
-//! through `/proc/self/clear_refs` before the phase where the kernel allows it).
+//! through `/proc/self/clear_refs` before the phase where the kernel allows it). The phases run
+//! on any [`SpillStore`]; `bench reconcile-s3` runs them on `S3Spill` and counts its requests
+//! through a [`Probe`].
 
 use crate::measure::{cpu_time, peak_rss_bytes};
+use async_trait::async_trait;
 use shared::adapters::local::LocalSpill;
+use shared::error::StoreError;
 use shared::model::{ID_SHARDS, Micros, shard_of};
 use shared::ports::SpillStore;
 use shared::reconcile::{
     DEFAULT_MAX_FAN_IN, DiffOutputs, MergeOptions, RunReader, RunWriter, RunsWritten,
     SortedRunWriter, diff_with,
 };
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
+use tokio::io::AsyncRead;
 
 /// Arguments of `bench reconcile`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,6 +51,94 @@ pub struct ReconcileBenchArgs {
     /// The spill folder (emptied first, removed after).
     #[arg(long, default_value = "target/bench-reconcile")]
     pub dir: PathBuf,
+}
+
+impl ReconcileBenchArgs {
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            pairs: self.pairs,
+            run_size: self.run_size,
+            chunk_size: self.chunk_size,
+            max_fan_in: self.max_fan_in,
+        }
+    }
+}
+
+/// How much the benchmark generates and how it splits it, whatever the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// `(id, version)` pairs on each side.
+    pub pairs: usize,
+    /// Pairs per spilled run.
+    pub run_size: usize,
+    /// Pairs per object of the diff's output lists.
+    pub chunk_size: usize,
+    /// Merge inputs read at once per side.
+    pub max_fan_in: usize,
+}
+
+/// One operation's requests (attempts, retries included) and HTTP body bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpCount {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Requests per operation name.
+pub type Requests = BTreeMap<&'static str, OpCount>;
+
+/// What the store behind the spill was asked, phase by phase.
+pub trait Probe {
+    /// The requests since the last call (which it resets), or `None` when the store's requests
+    /// are not counted (a folder).
+    fn take(&self) -> Option<Requests>;
+}
+
+/// A folder: no requests to count.
+struct Uncounted;
+
+impl Probe for Uncounted {
+    fn take(&self) -> Option<Requests> {
+        None
+    }
+}
+
+/// The spill, counting the bytes and objects put through it.
+struct CountingSpill<'a> {
+    inner: &'a dyn SpillStore,
+    put_bytes: AtomicU64,
+    put_objects: AtomicU64,
+}
+
+impl CountingSpill<'_> {
+    /// `(objects, bytes)` put since the last call.
+    fn take_puts(&self) -> (u64, u64) {
+        (
+            self.put_objects.swap(0, Relaxed),
+            self.put_bytes.swap(0, Relaxed),
+        )
+    }
+}
+
+#[async_trait]
+impl SpillStore for CountingSpill<'_> {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let len = body.len() as u64;
+        self.inner.put(key, body).await?;
+        self.put_bytes.fetch_add(len, Relaxed);
+        self.put_objects.fetch_add(1, Relaxed);
+        Ok(())
+    }
+    async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
+        self.inner.open(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
 }
 
 const BASE_US: Micros = 1_704_067_200_000_000;
@@ -116,24 +211,6 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
@@ -159,20 +236,92 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, Phase) {
 }
 
 fn phase_json(p: &Phase, pairs: u64, extra: serde_json::Value) -> serde_json::Value {
-    let mut v = serde_json::json!({
+    let v = serde_json::json!({
         "pairs": pairs,
         "cpu_seconds": round(p.cpu, 3),
         "wall_seconds": round(p.wall, 3),
         "pairs_per_cpu_second": (pairs as f64 / p.cpu.max(1e-9)).round(),
         "peak_rss_bytes": p.peak,
     });
+    merged(v, extra)
+}
+
+/// `v` with the fields of `extra` added (both objects).
+fn merged(mut v: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
     if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
     }
     v
 }
 
-/// The benchmark; `Err` names what failed.
+fn total_requests(r: &Requests) -> u64 {
+    r.values().map(|c| c.requests).sum()
+}
+
+/// A phase's requests, per operation, and the pairs each request carried on average.
+fn requests_json(r: &Requests, pairs: u64) -> serde_json::Value {
+    let total = total_requests(r);
+    let by_op: serde_json::Map<String, serde_json::Value> = r
+        .iter()
+        .map(|(op, c)| {
+            let v = serde_json::json!({
+                "requests": c.requests,
+                "bytes_sent": c.bytes_sent,
+                "bytes_received": c.bytes_received,
+            });
+            ((*op).to_owned(), v)
+        })
+        .collect();
+    let mut v = serde_json::json!({ "total": total, "by_operation": by_op });
+    if total > 0 && pairs > 0 {
+        v["pairs_per_request"] = round(pairs as f64 / total as f64, 1).into();
+    }
+    v
+}
+
+/// Counts requests phase by phase, adding each phase's figures to its JSON.
+struct Tally<'p> {
+    probe: &'p dyn Probe,
+    per_phase: Vec<(&'static str, u64)>,
+    totals: Requests,
+}
+
+impl Tally<'_> {
+    /// The phase's requests (as `{"requests": ...}`, or nothing when uncounted).
+    fn phase(&mut self, name: &'static str, pairs: u64) -> serde_json::Value {
+        let Some(r) = self.probe.take() else {
+            return serde_json::json!({});
+        };
+        self.per_phase.push((name, total_requests(&r)));
+        for (op, c) in &r {
+            let t = self.totals.entry(op).or_default();
+            t.requests += c.requests;
+            t.bytes_sent += c.bytes_sent;
+            t.bytes_received += c.bytes_received;
+        }
+        serde_json::json!({ "requests": requests_json(&r, pairs) })
+    }
+
+    /// All phases' requests (as `{"requests": ...}`, or nothing when uncounted).
+    fn summary(&self, pairs: u64) -> serde_json::Value {
+        if self.per_phase.is_empty() {
+            return serde_json::json!({});
+        }
+        let per_phase: serde_json::Map<String, serde_json::Value> = self
+            .per_phase
+            .iter()
+            .map(|(p, n)| ((*p).to_owned(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "requests": merged(
+                requests_json(&self.totals, pairs),
+                serde_json::json!({ "per_phase": per_phase }),
+            )
+        })
+    }
+}
+
+/// The benchmark on a local folder; `Err` names what failed.
 pub fn run(args: &ReconcileBenchArgs) -> Result<serde_json::Value, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,12 +329,29 @@ pub fn run(args: &ReconcileBenchArgs) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("runtime: {e}"))?;
     let _ = std::fs::remove_dir_all(&args.dir);
     let spill = LocalSpill::new(&args.dir).map_err(|e| format!("spill folder: {e}"))?;
-    let out = rt.block_on(bench(&spill, args));
+    let out = rt.block_on(bench(&spill, &args.sizes(), &Uncounted));
     let _ = std::fs::remove_dir_all(&args.dir);
     out
 }
 
-async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_json::Value, String> {
+/// Generation, both sides' runs, the merge and diff, a check of the outputs, and the cleanup
+/// (`delete_prefix`), on `store` under `bench/`; requests counted by `probe` where it can.
+pub async fn bench(
+    store: &dyn SpillStore,
+    args: &Sizes,
+    probe: &dyn Probe,
+) -> Result<serde_json::Value, String> {
+    let spill = &CountingSpill {
+        inner: store,
+        put_bytes: AtomicU64::new(0),
+        put_objects: AtomicU64::new(0),
+    };
+    let mut tally = Tally {
+        probe,
+        per_phase: Vec::new(),
+        totals: Requests::new(),
+    };
+    probe.take(); // whatever came before (creating the bucket)
     let n = args.pairs as u64;
     let universe = n * 101 / 100;
     let peak_reset_works = reset_peak();
@@ -228,7 +394,8 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
         wall: t0.elapsed().as_secs_f64(),
         peak: peak_rss_bytes(),
     };
-    let src_bytes = dir_bytes(&args.dir.join("bench/source"));
+    let (_, src_bytes) = spill.take_puts();
+    let src_requests = tally.phase("write_source", source.pairs);
 
     // Destination: bytewise order, split into the index shards, written without a sort.
     reset_peak();
@@ -259,8 +426,9 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
         wall: t0.elapsed().as_secs_f64(),
         peak: peak_rss_bytes(),
     };
-    let dst_bytes = dir_bytes(&args.dir.join("bench/destination"));
+    let (_, dst_bytes) = spill.take_puts();
     let dst_pairs: u64 = shards.iter().map(|w| w.pairs).sum();
+    let dst_requests = tally.phase("write_destination", dst_pairs);
     let dst_runs: usize = shards.iter().map(|w| w.runs.len()).sum();
     let dst_sequences: Vec<Vec<String>> = shards.iter().flat_map(|w| w.sequences()).collect();
 
@@ -285,8 +453,13 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
         wall: t0.elapsed().as_secs_f64(),
         peak: peak_rss_bytes(),
     };
+    let (diff_objects_put, diff_bytes_put) = spill.take_puts();
+    let pairs_total = source.pairs + dst_pairs;
+    let diff_requests = tally.phase("merge_diff", pairs_total);
 
     // Check the outputs against what was planted (not timed).
+    let t0 = Instant::now();
+    let mut outputs_read = 0u64;
     let found = [
         summary.to_fetch.pairs,
         summary.to_delete.pairs,
@@ -303,6 +476,7 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
             let mut r = RunReader::open(spill, &key)
                 .await
                 .map_err(|e| e.to_string())?;
+            outputs_read += 1;
             while let Some((id, _)) = r.next().await.map_err(|e| e.to_string())? {
                 let i: u64 = id.parse().map_err(|e| format!("output id {id:?}: {e}"))?;
                 let want = if list.prefix.ends_with("to_fetch") {
@@ -326,9 +500,27 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
         }
     }
     let run_objects = spill.list("bench/").await.map_err(|e| e.to_string())?.len();
+    let verify_wall = t0.elapsed().as_secs_f64();
+    let verify_requests = tally.phase(
+        "verify",
+        summary.to_fetch.pairs + summary.to_delete.pairs + summary.stale.pairs,
+    );
 
-    let pairs_total = source.pairs + dst_pairs;
-    Ok(serde_json::json!({
+    // The cleanup, as a run's last step does it.
+    let t0 = Instant::now();
+    let deleted = spill
+        .delete_prefix("bench/")
+        .await
+        .map_err(|e| e.to_string())?;
+    let cleanup_wall = t0.elapsed().as_secs_f64();
+    if deleted != run_objects as u64 {
+        return Err(format!(
+            "delete_prefix removed {deleted} objects of {run_objects}"
+        ));
+    }
+    let cleanup_requests = tally.phase("cleanup", 0);
+
+    let out = serde_json::json!({
         "bench": "reconcile",
         "pairs_per_side": n,
         "run_size": args.run_size,
@@ -341,24 +533,36 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
             "note": "included in write_source",
             "checksum": checksum,
         },
-        "write_source": phase_json(&src_phase, source.pairs, serde_json::json!({
+        "write_source": phase_json(&src_phase, source.pairs, merged(serde_json::json!({
             "writer": "RunWriter (numeric input order, sorted bytewise per run)",
             "runs": source.runs.len(),
             "bytes": src_bytes,
             "bytes_per_pair": round(src_bytes as f64 / source.pairs.max(1) as f64, 2),
-        })),
-        "write_destination": phase_json(&dst_phase, dst_pairs, serde_json::json!({
+        }), src_requests)),
+        "write_destination": phase_json(&dst_phase, dst_pairs, merged(serde_json::json!({
             "writer": "16 SortedRunWriters, one per index shard (bytewise input order, checked)",
             "runs": dst_runs,
             "bytes": dst_bytes,
             "bytes_per_pair": round(dst_bytes as f64 / dst_pairs.max(1) as f64, 2),
-        })),
-        "merge_diff": phase_json(&diff_phase, pairs_total, serde_json::json!({
+        }), dst_requests)),
+        "merge_diff": phase_json(&diff_phase, pairs_total, merged(serde_json::json!({
             "runs_read": source.runs.len() + dst_runs,
             "merge_inputs": source.sequences().len() + dst_sequences.len(),
             "premerges": summary.source.premerges + summary.destination.premerges,
             "target_pairs_per_cpu_second": 2_000_000,
-        })),
+            "objects_written": diff_objects_put,
+            "bytes_written": diff_bytes_put,
+        }), diff_requests)),
+        "verify": merged(serde_json::json!({
+            "note": "reads every output object back and lists the spill (not part of a run)",
+            "objects_read": outputs_read,
+            "wall_seconds": round(verify_wall, 3),
+        }), verify_requests),
+        "cleanup": merged(serde_json::json!({
+            "op": "delete_prefix(\"bench/\")",
+            "objects_deleted": deleted,
+            "wall_seconds": round(cleanup_wall, 3),
+        }), cleanup_requests),
         "diff": {
             "to_fetch": summary.to_fetch.pairs,
             "to_delete": summary.to_delete.pairs,
@@ -375,7 +579,8 @@ async fn bench(spill: &LocalSpill, args: &ReconcileBenchArgs) -> Result<serde_js
         "rss_at_start_bytes": start_rss,
         "peak_rss_per_phase": peak_reset_works,
         "target_peak_rss_bytes": 256u64 << 20,
-    }))
+    });
+    Ok(merged(out, tally.summary(pairs_total)))
 }
 
 #[cfg(test)]

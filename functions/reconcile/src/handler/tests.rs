@@ -76,6 +76,7 @@ async fn fixture(people: usize) -> Fixture {
         control: store.clone(),
         spill: Arc::new(spill),
         queue: queue.clone(),
+        executions: None,
         options: options_from(|_| None).unwrap(),
     };
     Fixture {
