@@ -1,9 +1,10 @@
 //! The real reconciliation state machine (`infra/reconcile.asl.json`) executed by moto's Step
 //! Functions interpreter, its Lambda Task states answered through the test proxy (`sfn_proxy`)
 //! by `shared::sync::reconcile::dispatch`, in process: the code the reconcile Lambda runs, on
-//! the simulator, DynamoDB Local, S3 and SQS on moto. The function's errors reach the state
-//! machine as Lambda's do (`errorType` = `StepError::error_type()`), so Retry and Catch are the
-//! definition's own.
+//! the simulator, DynamoDB Local, S3 and SQS on moto, and Step Functions on moto for the
+//! `continue` step (`dispatch_with` with `shared::adapters::sfn::StepFunctions`, as the Lambda's
+//! handler). The function's errors reach the state machine as Lambda's do (`errorType` =
+//! `StepError::error_type()`), so Retry and Catch are the definition's own.
 //!
 //! What each test checks, from both sides (the execution's history and output, the proxy's
 //! records of every step invocation) and in the stores:
@@ -15,7 +16,10 @@
 //! - an approval that expires, and one that is rejected: nothing deleted, the run recorded;
 //! - a step failing for good: the failure path records the run as failed and releases the
 //!   lease (a second execution takes it), and the execution fails;
-//! - a listing longer than the loop limit: the failure path, not a runaway history.
+//! - a listing longer than the loop limit: the run continues in a new execution of the state
+//!   machine (the function's `continue` step starts it on moto), and then another, under the
+//!   same run ID and lease; the last one finishes the run as the full run does, and every
+//!   execution succeeds.
 
 use crate::harness;
 use crate::sfn_proxy::{self, ExecutionResult, HandlerResult, SfnProxy, handler};
@@ -29,7 +33,7 @@ use shared::config::Config;
 use shared::ports::{ControlStore, JobKind, Queue, RecordStore, RunRecord, SpillStore};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, run_delta};
-use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch};
+use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch_with};
 use shared::wire::{MessageKind, QueueEnvelope};
 use source_sim::{Entity, SimConfig, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +54,8 @@ const RETRIED: [&str; 5] = [
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
 ];
+/// The Task that hands a run over to a new execution (the function's `continue` step).
+const CONTINUE: &str = "ContinueInNewExecution";
 
 /// A step made to fail: the next `times` invocations of `step` answer `error_type`.
 struct Fault {
@@ -58,9 +64,10 @@ struct Fault {
     times: usize,
 }
 
-/// The reconcile function, in process: what the Lambda's handler does (dispatch, errors as
-/// `errorType`), with a deadline a millisecond after each invocation starts (so that every
-/// Source invocation reads one page) and injectable faults.
+/// The reconcile function, in process: what the Lambda's handler does (`dispatch_with` the
+/// state machine's executions on moto, errors as `errorType`), with a deadline a millisecond
+/// after each invocation starts (so that every Source invocation reads one page) and injectable
+/// faults.
 struct Function {
     config: Config,
     source: SourceClient,
@@ -68,6 +75,9 @@ struct Function {
     control: Arc<dyn ControlStore>,
     spill: S3Spill,
     queue: SqsQueue,
+    /// Step Functions on moto (`AWS_ENDPOINT_URL_SFN`): the `continue` step starts the next
+    /// execution there.
+    executions: StepFunctions,
     options: ReconcileOptions,
     faults: Mutex<Vec<Fault>>,
 }
@@ -95,7 +105,7 @@ impl Function {
             spill: &self.spill,
             queue: &self.queue,
         };
-        dispatch(&deps, input, &opts)
+        dispatch_with(&deps, Some(&self.executions), input, &opts)
             .await
             .map_err(|e| (e.error_type().to_owned(), e.to_string()))
     }
@@ -194,6 +204,8 @@ async fn env(setup: Setup) -> Env {
     let bucket = harness::create_bucket(&s3).await;
     let sqs = harness::sqs_client().await;
     let queue = harness::create_queue(&sqs, &harness::QueueSpec::default()).await;
+    // Moto itself (AWS_ENDPOINT_URL_SFN, which harness::sfn_client requires), not the proxy.
+    let sfn = harness::sfn_client().await;
     let function = Arc::new(Function {
         config,
         source,
@@ -201,6 +213,7 @@ async fn env(setup: Setup) -> Env {
         control,
         spill: S3Spill::new(s3.clone(), &bucket, ""),
         queue: SqsQueue::new(sqs, &queue.url),
+        executions: StepFunctions::from_sdk(&harness::sdk_config().await),
         options: setup.options,
         faults: Mutex::new(Vec::new()),
     });
@@ -223,7 +236,6 @@ async fn env(setup: Setup) -> Env {
             }
         }),
     );
-    let sfn = harness::sfn_client().await;
     let machine = sfn_proxy::create_state_machine(
         &sfn,
         DEFINITION,
@@ -423,7 +435,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn reconcile_sfn_definition_retries_and_catches_every_task() {
     let d = definition();
     let tasks = task_states(&d);
-    assert!(tasks.len() >= 9, "{:?}", tasks.keys());
+    assert!(tasks.len() >= 10, "{:?}", tasks.keys());
     for (name, t) in &tasks {
         let retry = t["Retry"]
             .as_array()
@@ -494,6 +506,50 @@ fn reconcile_sfn_definition_retries_and_catches_every_task() {
         (&json!(sfn::REJECTED), &json!("ApprovalRejected"))
     );
     assert_eq!(catch[2], (&json!("States.ALL"), &json!("RecordFailure")));
+
+    // Past the loop limit the function's continue step starts a new execution of this same
+    // state machine with the run and its listing's progress; the iteration ends continued.
+    let limit = &iteration["SourceDone"]["Choices"][1];
+    assert_eq!(limit["Next"], CONTINUE);
+    assert_eq!(
+        limit["NumericGreaterThanEqualsPath"],
+        "$.limits.source_invocations_until"
+    );
+    let start = &iteration[CONTINUE];
+    assert_eq!(start["Resource"], "arn:aws:states:::lambda:invoke");
+    assert_eq!(
+        start["Parameters"]["Payload"],
+        json!({
+            "step": "continue",
+            "run.$": "$.run",
+            "progress.$": "$.source.progress",
+            "state_machine.$": "$$.StateMachine.Id",
+            "parent.$": "$$.Execution.Id"
+        })
+    );
+    assert_eq!(start["Next"], "Continued");
+    let continued = &iteration["Continued"];
+    assert_eq!(continued["Type"], "Pass");
+    assert_eq!(continued["Parameters"]["status"], "continued");
+    assert_eq!(
+        continued["Parameters"]["continued_in.$"],
+        "$.continuation.execution"
+    );
+    assert_eq!(continued["End"], true);
+    // The new execution's start: a resume skips Plan and feeds its one run to the same Map,
+    // whose items start the Source loop from the Map input's progress (none after Plan).
+    let s = &d["States"];
+    assert_eq!(s["Start"]["Next"], "Resuming");
+    assert_eq!(s["Resuming"]["Choices"][0]["Variable"], "$.given.resume");
+    assert_eq!(s["Resuming"]["Choices"][0]["Next"], "Resume");
+    assert_eq!(s["Resuming"]["Default"], "Plan");
+    assert_eq!(s["Resume"]["Next"], "Runs");
+    assert_eq!(s["Plan"]["ResultSelector"]["progress"], Value::Null);
+    assert_eq!(s["Plan"]["ResultSelector"]["source_invocations_before"], 0);
+    assert_eq!(
+        s["Runs"]["ItemSelector"]["source"],
+        json!({"progress.$": "$.progress"})
+    );
 }
 
 #[tokio::test]
@@ -538,10 +594,12 @@ async fn reconcile_sfn_full_run_deletes_confirmed_and_queues_missed_and_stale() 
     // Every Task state on the path was entered; the approval and failure paths were not.
     let tasks: BTreeSet<String> = task_states(&definition()).into_keys().collect();
     let entered = entered(&run);
-    let expected: BTreeSet<String> = &tasks - &set(&["WaitForApproval", "RecordFailure"]);
+    let expected: BTreeSet<String> = &tasks - &set(&["WaitForApproval", "RecordFailure", CONTINUE]);
     assert_eq!(&entered & &tasks, expected, "Task states entered");
     for state in [
         "Start",
+        "Resuming",
+        "Plan",
         "SourceDone",
         "Destinations",
         "NeedsApproval",
@@ -554,9 +612,12 @@ async fn reconcile_sfn_full_run_deletes_confirmed_and_queues_missed_and_stale() 
         assert!(entered.contains(state), "{state}: {entered:?}");
     }
     assert!(!entered.contains("ReconciliationFailed"));
+    assert!(!entered.contains("Resume") && !entered.contains("Continued"));
+    assert_eq!(out["continued"], false, "{out}");
     // The proxy saw the same, step by step.
     let counts = e.step_counts();
     assert_eq!(counts["plan"], 1);
+    assert!(!counts.contains_key("continue"), "{counts:?}");
     assert!(
         counts["source"] >= 3,
         "one page per Source invocation: {counts:?}"
@@ -850,35 +911,248 @@ async fn reconcile_sfn_a_failing_step_records_the_run_and_releases_the_lease() {
 }
 
 #[tokio::test]
-async fn reconcile_sfn_a_listing_past_the_loop_limit_takes_the_failure_path() {
-    // 250 people, one page of 100 an invocation: three invocations needed, two allowed.
+async fn reconcile_sfn_a_listing_past_the_loop_limit_continues_in_new_executions() {
+    // 460 people, one page of 100 an invocation: five Source invocations, two an execution.
     let e = env(Setup {
-        people: 250,
+        people: 460,
         max_source_invocations: 2,
         ..Default::default()
     })
     .await;
-    let run = e.run(START_ONE_ENTITY).await;
+    // The full run's drift: two deletions, two creations, two updates.
+    for id in [12, 131] {
+        assert!(e.sim.sim().delete(Entity::People, id));
+    }
+    let created: Vec<u64> = (0..2)
+        .map(|_| e.sim.sim().create(Entity::People, None).id)
+        .collect();
+    for id in [5, 47] {
+        e.sim.sim().update(Entity::People, id, None);
+    }
+
+    // The first execution plans the run, lists two pages, hands the run over and succeeds.
+    let first = e.run(START_ONE_ENTITY).await;
+    let out = first.succeeded().clone();
     assert_eq!(
-        run.status,
-        ExecutionStatus::Failed,
-        "{:?}",
-        run.event_types()
+        (&out["failed"], &out["continued"]),
+        (&json!(false), &json!(true)),
+        "{out}"
     );
-    let entered = entered(&run);
-    assert!(entered.contains("SourceTooLong") && entered.contains("RecordFailure"));
-    assert!(!entered.contains("Destinations"), "{entered:?}");
-    assert_eq!(e.step_counts()["source"], 2);
-    let runs = e.runs().await;
-    assert_eq!(runs[0].status, "failed");
-    let detail: Value = serde_json::from_str(&runs[0].summary).unwrap();
-    assert_eq!(detail["error"]["Error"], "Reconcile.SourceTooLong");
+    assert_eq!(out["runs"].as_array().unwrap().len(), 1, "{out}");
+    let s = &out["runs"][0];
+    assert_eq!(
+        (&s["entity"], &s["status"]),
+        (&json!(E), &json!("continued")),
+        "{s}"
+    );
+    assert_eq!(s["source_invocations_so_far"], 2, "{s}");
     assert!(
-        detail["error"]["Cause"]
-            .as_str()
-            .is_some_and(|c| c.contains("within 2 Source invocations")),
-        "{detail}"
+        s["source_pairs_so_far"].as_u64() > Some(100),
+        "two pages of at most 100: {s}"
     );
-    assert_eq!(e.lease_holder().await, None);
-    assert_eq!(e.spilled().await, Vec::<String>::new());
+    let first_pairs = s["source_pairs_so_far"].clone();
+    let run_id = s["run_id"].as_str().expect("a run ID").to_owned();
+    let entered_first = entered(&first);
+    for state in [
+        "Start",
+        "Resuming",
+        "Plan",
+        "Source",
+        "SourceDone",
+        CONTINUE,
+        "Continued",
+        "Done",
+    ] {
+        assert!(entered_first.contains(state), "{state}: {entered_first:?}");
+    }
+    for state in [
+        "Resume",
+        "Destinations",
+        "Finish",
+        "RecordFailure",
+        "ReconciliationFailed",
+    ] {
+        assert!(!entered_first.contains(state), "{state}: {entered_first:?}");
+    }
+
+    // Follow the hand-overs to the execution that finishes the run.
+    let mut chain = vec![first];
+    loop {
+        let last = chain.last().unwrap().succeeded()["runs"][0].clone();
+        if last["status"] != "continued" {
+            break;
+        }
+        assert!(chain.len() < 5, "a runaway chain of executions");
+        let next = last["continued_in"]
+            .as_str()
+            .expect("continued_in")
+            .to_owned();
+        chain.push(e.wait(&next).await);
+    }
+    assert_eq!(chain.len(), 3, "2 + 2 + 1 Source invocations");
+    let arns: BTreeSet<&str> = chain.iter().map(|x| x.arn.as_str()).collect();
+    assert_eq!(arns.len(), 3, "three executions: {arns:?}");
+
+    // The function's continue step, once per hand-over: this state machine, the run and its
+    // progress, the parent execution; its answer is the execution the summary names.
+    let continues: Vec<(Value, Value)> = e
+        .steps_invoked()
+        .into_iter()
+        .filter(|(s, _, _)| s == "continue")
+        .map(|(_, o, input)| (input, o.expect("continue succeeded")))
+        .collect();
+    assert_eq!(continues.len(), 2, "{continues:#?}");
+    for (i, (input, output)) in continues.iter().enumerate() {
+        assert_eq!(input["state_machine"], e.machine.as_str());
+        assert_eq!(input["parent"], chain[i].arn.as_str());
+        assert_eq!(input["run"]["run_id"], run_id.as_str());
+        assert_eq!(input["progress"]["invocations"], 2 * (i + 1));
+        assert_eq!(input["progress"]["done"], false);
+        assert_eq!(output["execution"], chain[i + 1].arn.as_str());
+        assert_eq!(
+            chain[i].succeeded()["runs"][0]["continued_in"],
+            output["execution"],
+            "the summary names the execution started"
+        );
+        // rec-<the run ID's xxh3, 16 hex digits>-<invocations>: a retried step finds it.
+        let name = chain[i + 1].arn.rsplit(':').next().unwrap();
+        let hash = name
+            .strip_prefix("rec-")
+            .and_then(|n| n.strip_suffix(&format!("-{}", 2 * (i + 1))))
+            .unwrap_or_else(|| panic!("named after the run and the invocation count: {name}"));
+        assert!(
+            hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        if i > 0 {
+            let before = chain[i].arn.rsplit(':').next().unwrap();
+            assert!(
+                before.starts_with(&format!("rec-{hash}-")),
+                "one run: {before}, {name}"
+            );
+        }
+    }
+    for (i, x) in chain.iter().enumerate().skip(1) {
+        let d = e
+            .sfn
+            .describe_execution()
+            .execution_arn(&x.arn)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(d.state_machine_arn(), e.machine, "the same state machine");
+        let input: Value = serde_json::from_str(d.input().unwrap()).unwrap();
+        assert_eq!(input["resume"]["run"]["run_id"], run_id.as_str());
+        assert_eq!(input["resume"]["progress"]["invocations"], 2 * i);
+        assert_eq!(
+            input["AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID"],
+            chain[i - 1].arn.as_str()
+        );
+        let entered = entered(x);
+        assert!(
+            entered.contains("Resume") && !entered.contains("Plan"),
+            "{entered:?}"
+        );
+        let last = i == chain.len() - 1;
+        assert_eq!(entered.contains(CONTINUE), !last, "{i}: {entered:?}");
+        assert_eq!(entered.contains("Finish"), last, "{entered:?}");
+        assert!(!entered.contains("RecordFailure"), "{entered:?}");
+    }
+    let middle = chain[1].succeeded();
+    assert_eq!(
+        (
+            &middle["runs"][0]["status"],
+            &middle["runs"][0]["source_invocations_so_far"]
+        ),
+        (&json!("continued"), &json!(4)),
+        "{middle}"
+    );
+
+    // The last one finishes the run as the full run does.
+    let out = chain[2].succeeded();
+    assert_eq!(
+        (&out["failed"], &out["continued"]),
+        (&json!(false), &json!(false)),
+        "{out}"
+    );
+    let s = &out["runs"][0];
+    assert_eq!(
+        (&s["run_id"], &s["status"]),
+        (&json!(run_id), &json!("succeeded")),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["deleted"], &s["missed"], &s["stale"], &s["queued"]),
+        (&json!(2), &json!(2), &json!(2), &json!(4)),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["source_count"], &s["destination_count"]),
+        (&json!(460), &json!(460))
+    );
+    assert_eq!(s["guard"], json!({"kind": "delete"}));
+
+    // The proxy: one plan, one finish; five Source invocations resuming one another across
+    // the executions, each renewing the lease under the run ID (a lost lease fails the step:
+    // none failed), so the run kept its lease from Plan to Finish.
+    let counts = e.step_counts();
+    assert_eq!(
+        (
+            counts["plan"],
+            counts["source"],
+            counts["continue"],
+            counts["finish"]
+        ),
+        (1, 5, 2, 1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        (counts["diff"], counts["guard"], counts["apply"]),
+        (1, 1, 1)
+    );
+    let invoked = e.steps_invoked();
+    assert!(invoked.iter().all(|(_, o, _)| o.is_ok()), "{invoked:#?}");
+    // Each Source invocation resumed the last one's progress, across the executions too.
+    let sources: Vec<(&Value, &Value)> = invoked
+        .iter()
+        .filter(|(s, _, _)| s == "source")
+        .map(|(_, o, input)| (input, o.as_ref().expect("source succeeded")))
+        .collect();
+    assert_eq!(sources[0].0["progress"], Value::Null);
+    for (i, (input, output)) in sources.iter().enumerate() {
+        assert_eq!(input["run"]["run_id"], run_id.as_str());
+        assert_eq!(output["invocations"], i + 1, "{output}");
+        assert_eq!(output["done"], i == 4, "{output}");
+        if i > 0 {
+            assert_eq!(&input["progress"], sources[i - 1].1, "{input}");
+        }
+    }
+    assert_eq!(sources[1].1["pairs"], first_pairs);
+    assert_eq!(sources[4].1["pairs"], 460);
+
+    // The store: as after the full run; one run recorded; the lease released at the end.
+    for id in [12, 131] {
+        assert!(e.deleted(id).await, "{id} soft-deleted");
+    }
+    for id in [5, 47, 11, 130, 132, 459] {
+        assert!(!e.deleted(id).await, "{id} kept");
+    }
+    let want: BTreeSet<(String, String)> = created
+        .iter()
+        .chain([5, 47].iter())
+        .map(|id| (E.to_owned(), id.to_string()))
+        .collect();
+    assert_eq!(e.queued().await, want);
+    let runs = e.runs().await;
+    assert_eq!(runs.len(), 1, "one run across the executions");
+    assert_eq!(
+        (runs[0].run_id.as_str(), runs[0].status.as_str()),
+        (run_id.as_str(), "succeeded")
+    );
+    assert_eq!(e.lease_holder().await, None, "the lease is released");
+    assert_eq!(
+        e.spilled().await,
+        Vec::<String>::new(),
+        "the run's objects are gone"
+    );
 }

@@ -14,6 +14,9 @@
 //!   allowed without a call, but only to the function an event source mapping on that queue
 //!   invokes; `lambda:InvokeFunction` only to a state machine, on a function its definition
 //!   invokes (a `FunctionName` placeholder its DefinitionSubstitutions map to that function);
+//!   `states:StartExecution` (`shared/src/adapters/sfn.rs`) only to a function that builds that
+//!   adapter, on a state machine of this template named by its name-based ARN (its explicit
+//!   `Name`: a `!Ref` would be a circular dependency), and no other `states:` action;
 //! - the delta function: its schedule sends `events/delta-sync/all-entities.json`, its
 //!   environment is what the code reads, its grants cover what a run calls, its lease outlives
 //!   its longest timeout, and an alarm watches its errors;
@@ -27,7 +30,8 @@
 //!   substituted, the function's ARN among them) daily with `events/reconcile/start-all-entities.json`
 //!   and may only invoke the reconcile function; the function's grants are exactly the steps'
 //!   calls (the live_ids index, soft deletes, lease and run history, the spill prefix, the work
-//!   queue, the secret) and its environment what the code reads, thresholds defaulting to the
+//!   queue, the secret, starting the next execution of that one state machine for a long
+//!   listing's continuation) and its environment what the code reads, thresholds defaulting to the
 //!   code's; the spill bucket is private and encrypted and expires the spill prefix after a week,
 //!   longer than an approval may wait; alarms watch failed executions, the guard, pending
 //!   approvals and drift (summed over entities by a Metrics Insights query).
@@ -248,6 +252,40 @@ fn bucket_objects(t: &Value, v: &Value) -> Option<(String, String)> {
         && !prefix.starts_with('/');
     (literal && resource_type(t, bucket) == Some(BUCKET))
         .then(|| (bucket.to_owned(), prefix.to_owned()))
+}
+
+/// The state machine of this template a name-based ARN names:
+/// `!Sub "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:<name>"`,
+/// where `<name>` (no wildcard) is the state machine's `Name` (`!Sub "<name>"` or a literal).
+fn state_machine_named(t: &Value, v: &Value) -> Option<String> {
+    let (f, arg) = intrinsic(v)?;
+    if f != "Sub" {
+        return None;
+    }
+    let name = arg.as_str()?.strip_prefix(
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:",
+    )?;
+    // The name's literal part (without `${...}` placeholders): no wildcard, no ARN suffix.
+    let mut literal = String::new();
+    let mut rest = name;
+    while let Some(i) = rest.find("${") {
+        literal.push_str(&rest[..i]);
+        rest = &rest[i..][rest[i..].find('}')? + 1..];
+    }
+    literal.push_str(rest);
+    if name.is_empty() || literal.contains(['*', '?', ':', '/']) {
+        return None;
+    }
+    resources_of_type(t, STATE_MACHINE)
+        .into_iter()
+        .find(|(_, sm)| {
+            let n = &sm["Properties"]["Name"];
+            match intrinsic(n) {
+                Some((f, arg)) => f == "Sub" && arg.as_str() == Some(name),
+                None => n.as_str() == Some(name) && !name.contains("${"),
+            }
+        })
+        .map(|(id, _)| id)
 }
 
 /// What a state machine's definition invokes: the functions of this template whose ARN a
@@ -698,6 +736,7 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
     );
     let all_code = production_code_under(&dirs);
     let s3_code = production_code(&root().join("shared/src/adapters/s3.rs"));
+    let sfn_code = production_code(&root().join("shared/src/adapters/sfn.rs"));
     let mapped = esm_targets(t);
     let mut bad = Vec::new();
     for (at, s) in statements(t) {
@@ -771,6 +810,40 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
                         bad.push(format!(
                             "{at}: lambda:{op} on {r:?}: only a state machine may invoke, and \
                              only a function of this template its definition invokes ({invoked:?})"
+                        ));
+                    }
+                }
+                continue;
+            }
+            if service == "states" {
+                // A function starting the next execution of a state machine of this template
+                // (a run's continuation) through the Step Functions adapter; nothing else.
+                let owner = owner_of(&at);
+                if op != "StartExecution" || !calls(&sfn_code, op) {
+                    bad.push(format!(
+                        "{at}: states:{op} granted: only states:StartExecution, which \
+                         shared/src/adapters/sfn.rs calls (.start_execution())"
+                    ));
+                }
+                let builds_adapter = resource_type(t, owner) == Some(FUNCTION)
+                    && t["Resources"][owner]["Metadata"]["BuildProperties"]["Binary"]
+                        .as_str()
+                        .is_some_and(|b| {
+                            production_code_under(&[root().join("functions").join(b).join("src")])
+                                .contains("StepFunctions")
+                        });
+                if !builds_adapter {
+                    bad.push(format!(
+                        "{at}: states:{op} for {owner}: only a function whose code builds the \
+                         Step Functions adapter (shared::adapters::sfn::StepFunctions) starts \
+                         executions"
+                    ));
+                }
+                for r in &resources {
+                    if state_machine_named(t, r).is_none() {
+                        bad.push(format!(
+                            "{at}: states:{op} on {r:?}, which is not the name-based ARN of a \
+                             state machine of this template"
                         ));
                     }
                 }
@@ -2342,6 +2415,33 @@ fn template_grants_trace_s3_to_its_adapter_and_invokes_to_the_definition() {
             "{Effect: Allow, Action: lambda:UpdateFunctionCode, Resource: !GetAtt ReconcileFunction.Arn}",
             "lambda:UpdateFunctionCode",
         ),
+        // Starting executions: the function that builds the Step Functions adapter, on a state
+        // machine of this template by its name-based ARN; nothing else of states:.
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: states:StartExecution, Resource: !Ref ReconcileStateMachine}",
+            "not the name-based ARN",
+        ),
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: states:StartExecution, Resource: !Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-other'}",
+            "not the name-based ARN",
+        ),
+        (
+            rec.as_str(),
+            "{Effect: Allow, Action: states:StopExecution, Resource: !Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-reconcile'}",
+            "only states:StartExecution",
+        ),
+        (
+            worker.as_str(),
+            "{Effect: Allow, Action: states:StartExecution, Resource: !Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-reconcile'}",
+            "only a function whose code builds the Step Functions adapter",
+        ),
+        (
+            sm.as_str(),
+            "{Effect: Allow, Action: states:StartExecution, Resource: !Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-reconcile'}",
+            "only a function whose code builds the Step Functions adapter",
+        ),
     ] {
         let found = found_with(id, text);
         assert!(found.iter().any(|b| b.contains(want)), "{text}: {found:?}");
@@ -2355,13 +2455,34 @@ fn template_grants_trace_s3_to_its_adapter_and_invokes_to_the_definition() {
         found.iter().any(|b| b.contains("lambda:InvokeFunction")),
         "{found:?}"
     );
+    // The state machine's Name is what ties the function's grant to it.
+    let mut unnamed = t.clone();
+    unnamed["Resources"][sm.as_str()]["Properties"]
+        .as_mapping_mut()
+        .expect("Properties")
+        .remove("Name");
+    let found = check_grants_are_used(&unnamed);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("states:StartExecution") && b.contains("name-based ARN")),
+        "{found:?}"
+    );
+    // And a wildcard state machine is a wildcard.
+    let found = check_iam(&with_statement(
+        &t,
+        &rec,
+        "{Effect: Allow, Action: states:StartExecution, Resource: !Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*'}",
+    ));
+    assert!(found.iter().any(|b| b.contains("resource")), "{found:?}");
 }
 
 /// What the steps call (`shared::sync::reconcile` through the adapters), exactly: records
 /// Query on the live_ids index (destination) and UpdateItem (soft_delete); control GetItem
 /// (the delta job's state for a cursor rewind), UpdateItem (acquire/renew/release the lease),
 /// PutItem (put_run); S3 Put/Get/DeleteObject under the spill prefix and ListBucket limited to
-/// it; SendMessage on the work queue; the source secret.
+/// it; SendMessage on the work queue; the source secret; StartExecution (continue, through
+/// `shared::adapters::sfn`) on the reconciliation state machine only, by its name-based ARN.
 #[test]
 fn template_reconcile_function_grants_cover_the_steps() {
     let t = template();
@@ -2433,8 +2554,54 @@ fn template_reconcile_function_grants_cover_the_steps() {
         .collect();
     assert_eq!(
         services,
-        set(&["dynamodb", "s3", "secretsmanager", "sqs", "ssm"]),
-        "no states:*: approvals are sent by the operator (syncctl), not the function"
+        set(&["dynamodb", "s3", "secretsmanager", "sqs", "ssm", "states"]),
+    );
+    // states: exactly StartExecution on the reconciliation state machine (a long listing's
+    // continuation, shared::adapters::sfn::StepFunctions::start_execution); approvals are sent
+    // by the operator (syncctl), not the function.
+    let sm = state_machine_id(&t);
+    let states: Vec<(BTreeSet<String>, Value)> = function_statements(f)
+        .into_iter()
+        .filter_map(|(cond, s)| {
+            let actions: BTreeSet<String> = s
+                .get("Action")
+                .map(strings)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| a.as_str()?.strip_prefix("states:").map(str::to_owned))
+                .collect();
+            (!actions.is_empty()).then(|| {
+                assert_eq!(cond, None, "unconditional");
+                (actions, s["Resource"].clone())
+            })
+        })
+        .collect();
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states[0].0, set(&["StartExecution"]));
+    assert_eq!(
+        states[0].1,
+        yaml(
+            "!Sub 'arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-reconcile'"
+        ),
+        "one resource, no wildcard"
+    );
+    assert_eq!(state_machine_named(&t, &states[0].1), Some(sm.clone()));
+    assert_eq!(
+        t["Resources"][sm.as_str()]["Properties"]["Name"],
+        yaml("!Sub '${AWS::StackName}-reconcile'")
+    );
+    let sfn_code = production_code(&root().join("shared/src/adapters/sfn.rs"));
+    assert!(calls(&sfn_code, "StartExecution"), "traced to the adapter");
+    let main = production_code_under(&[root().join("functions/reconcile/src")]);
+    assert!(
+        main.contains("StepFunctions::from_sdk"),
+        "the function gives the continue step the adapter"
+    );
+    // No circular reference: the function's properties name the state machine by name only.
+    let text = serde_yaml::to_string(f).unwrap();
+    assert!(
+        !text.contains(sm.as_str()),
+        "the function does not reference {sm}"
     );
 }
 
@@ -2577,7 +2744,7 @@ fn template_spill_bucket_is_private_and_expires_the_runs() {
 
 /// The state machine: Standard, the checked definition with every placeholder substituted,
 /// the daily schedule sending the console's all-entities sample, and a role that may only
-/// invoke the reconcile function.
+/// invoke the reconcile function (the function starts a continuing run's next execution).
 #[test]
 fn template_reconcile_state_machine_runs_the_checked_definition() {
     let t = template();
@@ -2628,6 +2795,8 @@ fn template_reconcile_state_machine_runs_the_checked_definition() {
         Some((function_id(&t, "reconcile"), None))
     );
 
+    // Named: the reconcile function's StartExecution grant names its ARN.
+    assert_eq!(p["Name"], yaml("!Sub '${AWS::StackName}-reconcile'"));
     // The role: invoke the function, nothing else.
     let statements: Vec<&Value> = p["Policies"]
         .as_sequence()
