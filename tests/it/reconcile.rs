@@ -757,3 +757,57 @@ async fn on_dynamodb_local_and_s3() {
         "the run's objects are removed"
     );
 }
+
+#[tokio::test]
+async fn over_the_targeted_limit_the_delta_cursor_is_rewound_and_delta_repairs() {
+    let h = sim(50).await;
+    let cfg = config(&h);
+    let src = SourceClient::new(&cfg, None).unwrap();
+    let l = local();
+    sync_all(&src, &l.store).await;
+    // Three records appear at the source with old timestamps, behind delta's cursor (a
+    // restore from backup, say): delta sync alone would never read them.
+    let cursor = |store: Arc<LocalStore>| async move {
+        use shared::ports::{ControlStore, JobKind};
+        store
+            .job_state(E, JobKind::Delta)
+            .await
+            .unwrap()
+            .cursor
+            .map(|c| {
+                shared::core::cursor::DeltaCursor::decode(&c)
+                    .unwrap()
+                    .watermark_us
+            })
+    };
+    let before = cursor(l.store.clone()).await.expect("delta has a cursor");
+    let old = before - 3_600_000_000;
+    let ids: Vec<u64> = (0..3)
+        .map(|k| h.sim().create(Entity::People, Some(old + k * 1_000_000)).id)
+        .collect();
+    sync_all(&src, &l.store).await;
+    for id in &ids {
+        assert!(!live(&l.store, *id).await, "delta alone misses {id}");
+    }
+    let s = reconcile(
+        &cfg,
+        &src,
+        &l,
+        PlanInput::default(),
+        &ReconcileOptions {
+            targeted_limit: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((s[0].missed, s[0].queued), (3, 0), "rewound, not queued");
+    assert!(l.queue.receive(10, 0).await.unwrap().is_empty());
+    let after = cursor(l.store.clone()).await.unwrap();
+    assert!(
+        after < old,
+        "cursor {after} rewound below the oldest missed {old}"
+    );
+    sync_all(&src, &l.store).await;
+    assert_converged(&h, &l.store).await;
+}
