@@ -211,8 +211,9 @@ pub fn id_and_delta(rec: &RawValue, shape: &RecordShape) -> Result<(String, Micr
     Ok((id, delta))
 }
 
-/// Several pointers into one object in a single scan of it (then each rest of path on its
-/// child): a page or a record is scanned once instead of once per pointer.
+/// Several pointers into one document in a single scan of it: the wanted paths form a tree, and
+/// the scan descends into each wanted child instead of capturing it and scanning it again (a
+/// record's `/id` and `/attributes/updated_at` cost one pass over the record).
 pub fn pluck_many<'a>(
     raw: &'a str,
     paths: &[&[String]],
@@ -220,58 +221,253 @@ pub fn pluck_many<'a>(
     if paths.iter().any(|p| p.is_empty()) {
         return paths.iter().map(|p| pluck(raw, p)).collect();
     }
-    let mut keys: Vec<&str> = Vec::with_capacity(paths.len());
-    for p in paths {
-        if !keys.contains(&p[0].as_str()) {
-            keys.push(&p[0]);
+    let mut root: Vec<Node> = Vec::new();
+    for (slot, p) in paths.iter().enumerate() {
+        insert(&mut root, p, slot);
+    }
+    let mut out: Vec<Option<&'a RawValue>> = vec![None; paths.len()];
+    let mut de = serde_json::Deserializer::from_str(raw);
+    (Descend {
+        nodes: &root,
+        out: &mut out,
+    })
+    .deserialize(&mut de)
+    .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(out
+        .into_iter()
+        .map(|v| v.filter(|v| v.get() != "null"))
+        .collect())
+}
+
+/// One step of the wanted paths: a key, the slots that end there, the steps below it.
+struct Node<'p> {
+    key: &'p str,
+    slots: Vec<usize>,
+    children: Vec<Node<'p>>,
+}
+
+fn insert<'p>(nodes: &mut Vec<Node<'p>>, path: &'p [String], slot: usize) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let i = match nodes.iter().position(|n| n.key == first.as_str()) {
+        Some(i) => i,
+        None => {
+            nodes.push(Node {
+                key: first,
+                slots: Vec::new(),
+                children: Vec::new(),
+            });
+            nodes.len() - 1
+        }
+    };
+    if rest.is_empty() {
+        nodes[i].slots.push(slot);
+    } else {
+        insert(&mut nodes[i].children, rest, slot);
+    }
+}
+
+/// Visits one value: fills the slots of the wanted keys found in it, skipping everything else.
+struct Descend<'n, 'o, 'de> {
+    nodes: &'n [Node<'n>],
+    out: &'o mut Vec<Option<&'de RawValue>>,
+}
+
+impl<'de> Descend<'_, '_, 'de> {
+    /// The value of a wanted child: captured when paths end at it (and looked into from the
+    /// capture when others go deeper), else descended into.
+    fn child<E>(
+        node: &Node<'_>,
+        out: &mut [Option<&'de RawValue>],
+        value: impl FnOnce(ValueMode<'_, '_, 'de>) -> Result<Option<&'de RawValue>, E>,
+    ) -> Result<(), E> {
+        if node.slots.is_empty() {
+            value(ValueMode::Descend(&node.children, out))?;
+            return Ok(());
+        }
+        let raw = value(ValueMode::Capture)?;
+        for &s in &node.slots {
+            if out[s].is_none() {
+                out[s] = raw;
+            }
+        }
+        if let Some(raw) = raw {
+            for c in &node.children {
+                fill_from(raw, c, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a wanted child is read.
+enum ValueMode<'n, 'o, 'de> {
+    Capture,
+    Descend(&'n [Node<'n>], &'o mut [Option<&'de RawValue>]),
+}
+
+/// Fill the slots below `node` from an already captured value (a path that is a prefix of
+/// another): a second scan of that value only.
+fn fill_from<'de>(raw: &'de RawValue, node: &Node<'_>, out: &mut [Option<&'de RawValue>]) {
+    let Ok(Some(v)) = pluck(raw.get(), &[node.key.to_owned()]) else {
+        return;
+    };
+    for &s in &node.slots {
+        if out[s].is_none() {
+            out[s] = Some(v);
         }
     }
-    let mut de = serde_json::Deserializer::from_str(raw);
-    let children = (Children { keys: &keys })
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    paths
-        .iter()
-        .map(|p| {
-            let i = keys.iter().position(|k| *k == p[0]).unwrap_or(0);
-            match children.get(i).copied().flatten() {
-                None => Ok(None),
-                Some(c) if p.len() == 1 => Ok(if c.get() == "null" { None } else { Some(c) }),
-                Some(c) => pluck(c.get(), &p[1..]),
-            }
+    for c in &node.children {
+        fill_from(v, c, out);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Descend<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A slice of slots handed down to a nested `Descend`.
+struct SliceDescend<'n, 'o, 'de> {
+    nodes: &'n [Node<'n>],
+    out: &'o mut [Option<&'de RawValue>],
+}
+
+impl<'de> DeserializeSeed<'de> for SliceDescend<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(DescendVisitor {
+            nodes: self.nodes,
+            out: self.out,
         })
-        .collect()
-}
-
-/// The children named by `keys` of an object, skipping the rest.
-struct Children<'k> {
-    keys: &'k [&'k str],
-}
-
-impl<'de> DeserializeSeed<'de> for Children<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Children<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
+impl<'de> Visitor<'de> for Descend<'_, '_, 'de> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
+        f.write_str("a JSON value")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = vec![None; self.keys.len()];
-        while let Some(k) = map.next_key_seed(KeyIndex(self.keys))? {
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        DescendVisitor {
+            nodes: self.nodes,
+            out: self.out.as_mut_slice(),
+        }
+        .visit_map(map)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        DescendVisitor {
+            nodes: self.nodes,
+            out: self.out.as_mut_slice(),
+        }
+        .visit_seq(seq)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+struct DescendVisitor<'n, 'o, 'de> {
+    nodes: &'n [Node<'n>],
+    out: &'o mut [Option<&'de RawValue>],
+}
+
+impl<'de> Visitor<'de> for DescendVisitor<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let keys: Vec<&str> = self.nodes.iter().map(|n| n.key).collect();
+        let mut seen = vec![false; self.nodes.len()];
+        while let Some(k) = map.next_key_seed(KeyIndex(&keys))? {
             match k {
-                Some(i) if out[i].is_none() => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) if !seen[i] => {
+                    seen[i] = true;
+                    Descend::child(&self.nodes[i], self.out, |mode| match mode {
+                        ValueMode::Capture => map.next_value::<&'de RawValue>().map(Some),
+                        ValueMode::Descend(nodes, out) => map
+                            .next_value_seed(SliceDescend { nodes, out })
+                            .map(|()| None),
+                    })?;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let idx = i.to_string();
+            let found = self.nodes.iter().position(|n| n.key == idx);
+            match found {
+                Some(n) => {
+                    let mut more = true;
+                    Descend::child(&self.nodes[n], self.out, |mode| match mode {
+                        ValueMode::Capture => {
+                            let v = seq.next_element::<&'de RawValue>()?;
+                            more = v.is_some();
+                            Ok(v)
+                        }
+                        ValueMode::Descend(nodes, out) => {
+                            more = seq
+                                .next_element_seed(SliceDescend { nodes, out })?
+                                .is_some();
+                            Ok(None)
+                        }
+                    })?;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
