@@ -27,12 +27,25 @@ pub async fn resolve(
     auth: &AuthConfig,
     sdk: &aws_config::SdkConfig,
 ) -> Result<Option<Secret>, ConfigError> {
-    if auth.secret_ref().is_none() {
-        return Ok(None);
+    match auth.secret_ref() {
+        None => Ok(None),
+        Some(env) => from_id_or_env("SOURCE_SECRET_ID", env, sdk).await.map(Some),
     }
-    match std::env::var("SOURCE_SECRET_ID") {
-        Ok(id) if !id.is_empty() => fetch(&SecretSource::parse(&id), sdk).await.map(Some),
-        _ => crate::source::secret_from_env(auth),
+}
+
+/// The secret `id_var` names (a Secrets Manager ARN or name, or `ssm:` + a parameter name)
+/// when set (deployed), else the value of the environment variable `env` names (local runs).
+async fn from_id_or_env(
+    id_var: &str,
+    env: &crate::config::SecretRef,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Secret, ConfigError> {
+    match std::env::var(id_var) {
+        Ok(id) if !id.is_empty() => fetch(&SecretSource::parse(&id), sdk).await,
+        _ => match std::env::var(&env.env) {
+            Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+            _ => Err(ConfigError::MissingEnv(env.env.clone())),
+        },
     }
 }
 
@@ -43,13 +56,7 @@ pub async fn resolve_webhook_secrets(
     cfg: &crate::config::WebhookConfig,
     sdk: &aws_config::SdkConfig,
 ) -> Result<Secret, ConfigError> {
-    let secret = match std::env::var("WEBHOOK_SECRET_ID") {
-        Ok(id) if !id.is_empty() => fetch(&SecretSource::parse(&id), sdk).await?,
-        _ => match std::env::var(&cfg.secrets.env) {
-            Ok(v) if !v.trim().is_empty() => Secret::new(v),
-            _ => return Err(ConfigError::MissingEnv(cfg.secrets.env.clone())),
-        },
-    };
+    let secret = from_id_or_env("WEBHOOK_SECRET_ID", &cfg.secrets, sdk).await?;
     if crate::webhook::signature::split_secrets(secret.expose()).is_empty() {
         return Err(ConfigError::Secret {
             name: "webhook secrets".into(),

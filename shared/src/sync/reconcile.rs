@@ -709,8 +709,8 @@ async fn read_ids(
     Ok(out)
 }
 
-/// The IDs the source still has (anything but a JSON 404 counts as "has it" only when it
-/// answers the record; errors fail the step).
+/// The IDs the source still has: those `get_by_id` answers with the record. A JSON 404 means
+/// gone; any error fails the step.
 async fn count_alive(
     source: &dyn SourceApi,
     entity: &str,
