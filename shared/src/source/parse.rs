@@ -1,12 +1,12 @@
-//! Page parsing without building a DOM: the records of a page are located by a JSON pointer as
-//! raw slices; from each we extract the ID and the delta field (by pointer), hash the raw bytes
-//! and keep the raw JSON as the payload. Nothing else of a record is parsed.
+//! Page parsing without building a DOM: one pass of `scan` over a page body validates it and
+//! finds its metadata and, for each record, the record's raw text and its ID and delta value
+//! (by JSON pointer). We hash the raw bytes and keep the raw JSON as the payload; nothing else
+//! of a record is parsed.
 
+use super::scan::{Paths, PathsError, Span};
 use crate::core::timefmt::TimestampFormat;
 use crate::model::{ContentHash, IdVersion, Micros, Record, Version};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use std::fmt;
 
 /// How to read records out of a page, from the configuration.
 #[derive(Debug, Clone)]
@@ -33,156 +33,36 @@ pub fn pointer_segments(pointer: &str) -> Vec<String> {
         .collect()
 }
 
-/// The value at `path` inside `raw`, as a raw slice; `Ok(None)` when absent or `null`.
-pub fn pluck<'a>(raw: &'a str, path: &[String]) -> Result<Option<&'a RawValue>, String> {
-    let Some((first, rest)) = path.split_first() else {
-        let whole: &'a RawValue = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-        return Ok(if whole.get() == "null" {
-            None
-        } else {
-            Some(whole)
-        });
-    };
-    // The first step scans (and so validates) the whole text, trailing bytes included.
-    let mut de = serde_json::Deserializer::from_str(raw);
-    let Some(mut cur) = Child { key: first }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    de.end().map_err(|e| e.to_string())?;
-    for seg in rest {
-        let mut de = serde_json::Deserializer::from_str(cur.get());
-        match (Child { key: seg })
-            .deserialize(&mut de)
-            .map_err(|e| e.to_string())?
-        {
-            Some(v) => cur = v,
-            None => return Ok(None),
-        }
-    }
-    if cur.get() == "null" {
-        return Ok(None);
-    }
-    Ok(Some(cur))
+/// The value at `path` inside `raw`, as raw JSON text; `Ok(None)` when absent or `null`.
+pub fn pluck<'a>(raw: &'a str, path: &[String]) -> Result<Option<&'a str>, String> {
+    Ok(pluck_many(raw, &[path])?.pop().flatten())
 }
 
-/// Deserialize only the child `key` of an object (or index of an array), skipping the rest.
-struct Child<'k> {
-    key: &'k str,
+/// Several pointers into one document in a single pass over it (which validates it whole).
+pub fn pluck_many<'a>(raw: &'a str, paths: &[&[String]]) -> Result<Vec<Option<&'a str>>, String> {
+    let found = Paths::new(paths)
+        .map_err(paths_error)?
+        .scan(raw)
+        .map_err(|e| e.to_string())?;
+    Ok(found.slots.iter().map(|s| text_at(raw, s)).collect())
 }
 
-impl<'de> DeserializeSeed<'de> for Child<'_> {
-    type Value = Option<&'de RawValue>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
+fn paths_error(e: PathsError) -> String {
+    format!("pointers cannot be read together: {e:?}")
 }
 
-impl<'de> Visitor<'de> for Child<'_> {
-    type Value = Option<&'de RawValue>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object or an array")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(is_key) = map.next_key_seed(KeyIs(self.key))? {
-            if is_key && found.is_none() {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let want: Option<usize> = self.key.parse().ok();
-        let mut found = None;
-        let mut i = 0usize;
-        while found.is_none() {
-            if Some(i) == want {
-                found = seq.next_element::<&'de RawValue>()?;
-                if found.is_none() {
-                    return Ok(None);
-                }
-            } else if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(None);
-            }
-            i += 1;
-        }
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(found)
-    }
-    // Scalars have no children.
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-}
-
-/// A map key compared with the wanted one without allocating (escaped keys are unescaped by
-/// serde_json into a scratch buffer and still compared).
-struct KeyIs<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIs<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-/// The records of a page, as raw slices.
-pub fn page_records<'a>(body: &'a str, shape: &RecordShape) -> Result<Vec<&'a RawValue>, String> {
-    records_array(pluck(body, &shape.records_pointer)?, shape)
-}
-
-fn records_array<'a>(
-    arr: Option<&'a RawValue>,
-    shape: &RecordShape,
-) -> Result<Vec<&'a RawValue>, String> {
-    let Some(arr) = arr else {
-        return Err(format!(
-            "no records at /{}",
-            shape.records_pointer.join("/")
-        ));
-    };
-    serde_json::from_str::<Vec<&RawValue>>(arr.get()).map_err(|e| {
-        format!(
-            "records at /{} are not an array: {e}",
-            shape.records_pointer.join("/")
-        )
-    })
+/// The text of a found value; `null` counts as absent.
+fn text_at<'a>(raw: &'a str, span: &Option<Span>) -> Option<&'a str> {
+    span.clone().map(|r| &raw[r]).filter(|t| *t != "null")
 }
 
 /// ID as a string: JSON strings unescaped, numbers as written.
-pub fn id_of(raw: &RawValue) -> Result<String, String> {
-    let t = raw.get();
-    if t.starts_with('"') {
+pub fn id_of(t: &str) -> Result<String, String> {
+    if let Some(inner) = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // Scanned already: without a backslash, the text between the quotes is the string.
+        if !inner.contains('\\') {
+            return Ok(inner.to_owned());
+        }
         return serde_json::from_str::<String>(t).map_err(|e| e.to_string());
     }
     if t.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !t.is_empty() {
@@ -191,324 +71,57 @@ pub fn id_of(raw: &RawValue) -> Result<String, String> {
     Err(format!("ID is neither a string nor an integer: {t}"))
 }
 
-/// Extract `(id, delta)` of one record.
-pub fn id_and_delta(rec: &RawValue, shape: &RecordShape) -> Result<(String, Micros), String> {
-    let found = pluck_many(rec.get(), &[&shape.id_pointer, &shape.delta_pointer])?;
-    let (id_raw, delta_raw) = (found[0], found[1]);
-    let id_raw =
-        id_raw.ok_or_else(|| format!("record has no ID at /{}", shape.id_pointer.join("/")))?;
-    let id = id_of(id_raw)?;
-    let delta_raw = delta_raw.ok_or_else(|| {
-        format!(
-            "record {id} has no delta field at /{}",
-            shape.delta_pointer.join("/")
-        )
-    })?;
-    let delta = shape
-        .timestamp_format
-        .parse_json(delta_raw.get())
-        .map_err(|e| format!("record {id}: {e}"))?;
-    Ok((id, delta))
-}
-
-/// Several pointers into one document in a single scan of it: the wanted paths form a tree, and
-/// the scan descends into each wanted child instead of capturing it and scanning it again (a
-/// record's `/id` and `/attributes/updated_at` cost one pass over the record).
-pub fn pluck_many<'a>(
+/// A record as one pass found it: its text, and the texts of its ID and delta value.
+#[derive(Debug, Clone, Copy)]
+struct RecordView<'a> {
     raw: &'a str,
-    paths: &[&[String]],
-) -> Result<Vec<Option<&'a RawValue>>, String> {
-    if paths.iter().any(|p| p.is_empty()) {
-        return paths.iter().map(|p| pluck(raw, p)).collect();
+    id: Option<&'a str>,
+    delta: Option<&'a str>,
+}
+
+impl<'a> RecordView<'a> {
+    /// `(id, delta)`, or what is missing or malformed.
+    fn id_and_delta(&self, shape: &RecordShape) -> Result<(String, Micros), String> {
+        let id_raw = self
+            .id
+            .ok_or_else(|| format!("record has no ID at /{}", shape.id_pointer.join("/")))?;
+        let id = id_of(id_raw)?;
+        let delta_raw = self.delta.ok_or_else(|| {
+            format!(
+                "record {id} has no delta field at /{}",
+                shape.delta_pointer.join("/")
+            )
+        })?;
+        let delta = shape
+            .timestamp_format
+            .parse_json(delta_raw)
+            .map_err(|e| format!("record {id}: {e}"))?;
+        Ok((id, delta))
     }
-    let mut root: Vec<Node> = Vec::new();
-    for (slot, p) in paths.iter().enumerate() {
-        insert(&mut root, p, slot);
-    }
-    let mut out: Vec<Option<&'a RawValue>> = vec![None; paths.len()];
-    let mut de = serde_json::Deserializer::from_str(raw);
-    (Descend {
-        nodes: &root,
-        out: &mut out,
-    })
-    .deserialize(&mut de)
-    .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(out
-        .into_iter()
-        .map(|v| v.filter(|v| v.get() != "null"))
-        .collect())
-}
 
-/// One step of the wanted paths: a key, the slots that end there, the steps below it.
-struct Node<'p> {
-    key: &'p str,
-    slots: Vec<usize>,
-    children: Vec<Node<'p>>,
-}
-
-fn insert<'p>(nodes: &mut Vec<Node<'p>>, path: &'p [String], slot: usize) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    let i = match nodes.iter().position(|n| n.key == first.as_str()) {
-        Some(i) => i,
-        None => {
-            nodes.push(Node {
-                key: first,
-                slots: Vec::new(),
-                children: Vec::new(),
-            });
-            nodes.len() - 1
-        }
-    };
-    if rest.is_empty() {
-        nodes[i].slots.push(slot);
-    } else {
-        insert(&mut nodes[i].children, rest, slot);
-    }
-}
-
-/// Visits one value: fills the slots of the wanted keys found in it, skipping everything else.
-struct Descend<'n, 'o, 'de> {
-    nodes: &'n [Node<'n>],
-    out: &'o mut Vec<Option<&'de RawValue>>,
-}
-
-impl<'de> Descend<'_, '_, 'de> {
-    /// The value of a wanted child: captured when paths end at it (and looked into from the
-    /// capture when others go deeper), else descended into.
-    fn child<E>(
-        node: &Node<'_>,
-        out: &mut [Option<&'de RawValue>],
-        value: impl FnOnce(ValueMode<'_, '_, 'de>) -> Result<Option<&'de RawValue>, E>,
-    ) -> Result<(), E> {
-        if node.slots.is_empty() {
-            value(ValueMode::Descend(&node.children, out))?;
-            return Ok(());
-        }
-        let raw = value(ValueMode::Capture)?;
-        for &s in &node.slots {
-            if out[s].is_none() {
-                out[s] = raw;
-            }
-        }
-        if let Some(raw) = raw {
-            for c in &node.children {
-                fill_from(raw, c, out);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How a wanted child is read.
-enum ValueMode<'n, 'o, 'de> {
-    Capture,
-    Descend(&'n [Node<'n>], &'o mut [Option<&'de RawValue>]),
-}
-
-/// Fill the slots below `node` from an already captured value (a path that is a prefix of
-/// another): a second scan of that value only.
-fn fill_from<'de>(raw: &'de RawValue, node: &Node<'_>, out: &mut [Option<&'de RawValue>]) {
-    let Ok(Some(v)) = pluck(raw.get(), &[node.key.to_owned()]) else {
-        return;
-    };
-    for &s in &node.slots {
-        if out[s].is_none() {
-            out[s] = Some(v);
-        }
-    }
-    for c in &node.children {
-        fill_from(v, c, out);
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Descend<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// A slice of slots handed down to a nested `Descend`.
-struct SliceDescend<'n, 'o, 'de> {
-    nodes: &'n [Node<'n>],
-    out: &'o mut [Option<&'de RawValue>],
-}
-
-impl<'de> DeserializeSeed<'de> for SliceDescend<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(DescendVisitor {
-            nodes: self.nodes,
-            out: self.out,
+    fn record(
+        &self,
+        entity: &str,
+        shape: &RecordShape,
+        fetched_at_us: Micros,
+    ) -> Result<Record, String> {
+        let (id, delta_us) = self.id_and_delta(shape)?;
+        // The page was validated by the scan; RawValue has no unchecked constructor, so this
+        // copy is checked once more.
+        let payload = serde_json::from_str::<&RawValue>(self.raw)
+            .map_err(|e| format!("record {id}: {e}"))?
+            .to_owned();
+        Ok(Record {
+            entity: entity.to_owned(),
+            id,
+            version: Version {
+                delta_us,
+                fetched_at_us,
+                hash: ContentHash::of(self.raw.as_bytes()),
+            },
+            payload,
         })
     }
-}
-
-impl<'de> Visitor<'de> for Descend<'_, '_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        DescendVisitor {
-            nodes: self.nodes,
-            out: self.out.as_mut_slice(),
-        }
-        .visit_map(map)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        DescendVisitor {
-            nodes: self.nodes,
-            out: self.out.as_mut_slice(),
-        }
-        .visit_seq(seq)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-struct DescendVisitor<'n, 'o, 'de> {
-    nodes: &'n [Node<'n>],
-    out: &'o mut [Option<&'de RawValue>],
-}
-
-impl<'de> Visitor<'de> for DescendVisitor<'_, '_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let keys: Vec<&str> = self.nodes.iter().map(|n| n.key).collect();
-        let mut seen = vec![false; self.nodes.len()];
-        while let Some(k) = map.next_key_seed(KeyIndex(&keys))? {
-            match k {
-                Some(i) if !seen[i] => {
-                    seen[i] = true;
-                    Descend::child(&self.nodes[i], self.out, |mode| match mode {
-                        ValueMode::Capture => map.next_value::<&'de RawValue>().map(Some),
-                        ValueMode::Descend(nodes, out) => map
-                            .next_value_seed(SliceDescend { nodes, out })
-                            .map(|()| None),
-                    })?;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0usize;
-        loop {
-            let idx = i.to_string();
-            let found = self.nodes.iter().position(|n| n.key == idx);
-            match found {
-                Some(n) => {
-                    let mut more = true;
-                    Descend::child(&self.nodes[n], self.out, |mode| match mode {
-                        ValueMode::Capture => {
-                            let v = seq.next_element::<&'de RawValue>()?;
-                            more = v.is_some();
-                            Ok(v)
-                        }
-                        ValueMode::Descend(nodes, out) => {
-                            more = seq
-                                .next_element_seed(SliceDescend { nodes, out })?
-                                .is_some();
-                            Ok(None)
-                        }
-                    })?;
-                    if !more {
-                        return Ok(());
-                    }
-                }
-                None => {
-                    if seq.next_element::<IgnoredAny>()?.is_none() {
-                        return Ok(());
-                    }
-                }
-            }
-            i += 1;
-        }
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-/// The position of a map key among the wanted ones.
-struct KeyIndex<'k>(&'k [&'k str]);
-
-impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|k| *k == v))
-    }
-}
-
-/// A full record from its raw JSON.
-pub fn record(
-    entity: &str,
-    rec: &RawValue,
-    shape: &RecordShape,
-    fetched_at_us: Micros,
-) -> Result<Record, String> {
-    let (id, delta_us) = id_and_delta(rec, shape)?;
-    Ok(Record {
-        entity: entity.to_owned(),
-        id,
-        version: Version {
-            delta_us,
-            fetched_at_us,
-            hash: ContentHash::of(rec.get().as_bytes()),
-        },
-        payload: rec.to_owned(),
-    })
 }
 
 /// A parsed page of full records.
@@ -532,11 +145,11 @@ pub struct ParsedIds {
 /// Total count, next link and next cursor of a page, where the source has them.
 type PageMeta = (Option<u64>, Option<String>, Option<String>);
 
-/// The records and the metadata of a page, from one scan of its body.
+/// The records and the metadata of a page, from one pass over its body.
 fn page_view<'a>(
     body: &'a str,
     shape: &RecordShape,
-) -> Result<(Vec<&'a RawValue>, PageMeta), String> {
+) -> Result<(Vec<RecordView<'a>>, PageMeta), String> {
     let optional = [
         &shape.total_count_pointer,
         &shape.next_link_pointer,
@@ -544,25 +157,65 @@ fn page_view<'a>(
     ];
     let mut paths: Vec<&[String]> = vec![&shape.records_pointer];
     paths.extend(optional.iter().filter_map(|p| p.as_deref()));
-    let mut found = pluck_many(body, &paths)?.into_iter();
-    let records = records_array(found.next().flatten(), shape)?;
+    let per_record: [&[String]; 2] = [&shape.id_pointer, &shape.delta_pointer];
+    let (found, records_text, elements) =
+        match Paths::with_elements(&paths, &shape.records_pointer, &per_record) {
+            Ok(p) => {
+                let found = p.scan(body).map_err(|e| e.to_string())?;
+                (found, body, None)
+            }
+            // A metadata pointer into the records array: two passes.
+            Err(PathsError::ThroughElements) => {
+                let found = Paths::new(&paths)
+                    .map_err(paths_error)?
+                    .scan(body)
+                    .map_err(|e| e.to_string())?;
+                let arr = text_at(body, &found.slots[0]).unwrap_or("null");
+                let all: &[String] = &[];
+                let elements = Paths::with_elements(&[all], all, &per_record)
+                    .map_err(paths_error)?
+                    .scan(arr)
+                    .map_err(|e| e.to_string())?;
+                (found, arr, Some(elements))
+            }
+            Err(e) => return Err(paths_error(e)),
+        };
+    let records_at = || format!("/{}", shape.records_pointer.join("/"));
+    match text_at(body, &found.slots[0]) {
+        None => return Err(format!("no records at {}", records_at())),
+        Some(t) if !t.starts_with('[') => {
+            return Err(format!("records at {} are not an array", records_at()));
+        }
+        Some(_) => {}
+    }
+    let el = elements.as_ref().unwrap_or(&found);
+    let records = (0..el.elements.len())
+        .map(|i| {
+            let f = el.element(i);
+            RecordView {
+                raw: &records_text[el.elements[i].clone()],
+                id: text_at(records_text, &f[0]),
+                delta: text_at(records_text, &f[1]),
+            }
+        })
+        .collect();
+    let mut meta = found.slots[1..].iter().map(|s| text_at(body, s));
     let mut meta = optional.map(|p| {
         if p.is_some() {
-            found.next().flatten()
+            meta.next().flatten()
         } else {
             None
         }
     });
     let total = match meta[0].take() {
         Some(v) => Some(
-            v.get()
-                .parse::<u64>()
-                .map_err(|_| format!("total count is not a count: {}", v.get()))?,
+            v.parse::<u64>()
+                .map_err(|_| format!("total count is not a count: {v}"))?,
         ),
         None => None,
     };
-    let string = |v: Option<&RawValue>| -> Result<Option<String>, String> {
-        v.map(|v| serde_json::from_str::<String>(v.get()).map_err(|e| e.to_string()))
+    let string = |v: Option<&str>| -> Result<Option<String>, String> {
+        v.map(|v| serde_json::from_str::<String>(v).map_err(|e| e.to_string()))
             .transpose()
     };
     Ok((records, (total, string(meta[1])?, string(meta[2])?)))
@@ -577,7 +230,7 @@ pub fn parse_record_page(
     let (raws, (total_count, next_link, next_cursor)) = page_view(body, shape)?;
     let mut records = Vec::with_capacity(raws.len());
     for r in raws {
-        records.push(record(entity, r, shape, fetched_at_us)?);
+        records.push(r.record(entity, shape, fetched_at_us)?);
     }
     Ok(ParsedPage {
         records,
@@ -591,7 +244,7 @@ pub fn parse_id_page(body: &str, shape: &RecordShape) -> Result<ParsedIds, Strin
     let (raws, (total_count, next_link, next_cursor)) = page_view(body, shape)?;
     let mut ids = Vec::with_capacity(raws.len());
     for r in raws {
-        let (id, delta_us) = id_and_delta(r, shape)?;
+        let (id, delta_us) = r.id_and_delta(shape)?;
         ids.push(IdVersion { id, delta_us });
     }
     Ok(ParsedIds {
@@ -609,9 +262,18 @@ pub fn parse_single(
     shape: &RecordShape,
     fetched_at_us: Micros,
 ) -> Result<Record, String> {
-    let raw = pluck(body, &shape.records_pointer)?
-        .ok_or_else(|| format!("no record at /{}", shape.records_pointer.join("/")))?;
-    record(entity, raw, shape, fetched_at_us)
+    let below =
+        |p: &[String]| -> Vec<String> { shape.records_pointer.iter().chain(p).cloned().collect() };
+    let (id, delta) = (below(&shape.id_pointer), below(&shape.delta_pointer));
+    let found = pluck_many(body, &[&shape.records_pointer, &id, &delta])?;
+    let raw =
+        found[0].ok_or_else(|| format!("no record at /{}", shape.records_pointer.join("/")))?;
+    RecordView {
+        raw,
+        id: found[1],
+        delta: found[2],
+    }
+    .record(entity, shape, fetched_at_us)
 }
 
 #[cfg(test)]
