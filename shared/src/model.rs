@@ -1,6 +1,6 @@
 //! Domain types shared by every strategy. No IO, no SDK types.
 
-use serde_json::value::RawValue;
+pub use crate::core::json::RawJson;
 use std::fmt;
 
 /// Microseconds since the Unix epoch (UTC). Every timestamp we compare is one of these.
@@ -58,7 +58,7 @@ pub struct Record {
     pub entity: String,
     pub id: String,
     pub version: Version,
-    pub payload: Box<RawValue>,
+    pub payload: RawJson,
 }
 
 /// One `(id, version)` pair of an ID listing (reconciliation).

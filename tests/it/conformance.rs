@@ -122,7 +122,7 @@ pub fn rec_raw(
             fetched_at_us,
             hash,
         },
-        payload: serde_json::value::RawValue::from_string(raw).expect("valid JSON"),
+        payload: shared::model::RawJson::parse(raw).expect("valid JSON"),
     }
 }
 

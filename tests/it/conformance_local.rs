@@ -70,7 +70,7 @@ async fn two_handles_on_one_file_agree() {
             fetched_at_us: 20,
             hash: ContentHash::of(raw.as_bytes()),
         },
-        payload: serde_json::value::RawValue::from_string(raw).expect("JSON"),
+        payload: shared::model::RawJson::parse(raw).expect("JSON"),
     };
     let outcomes = join_all([a.upsert(&r, Strategy::Delta), b.upsert(&r, Strategy::Delta)]).await;
     let mut outcomes: Vec<WriteOutcome> =

@@ -10,7 +10,6 @@
 pub mod http;
 pub mod parse;
 pub mod ratelimit;
-pub mod scan;
 
 use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
 use crate::error::{ConfigError, SourceError};

@@ -3,10 +3,9 @@
 //! (by JSON pointer). We hash the raw bytes and keep the raw JSON as the payload; nothing else
 //! of a record is parsed.
 
-use super::scan::{Paths, PathsError, Span};
+use crate::core::json::{Paths, PathsError, RawJson, Span};
 use crate::core::timefmt::TimestampFormat;
 use crate::model::{ContentHash, IdVersion, Micros, Record, Version};
-use serde_json::value::RawValue;
 
 /// How to read records out of a page, from the configuration.
 #[derive(Debug, Clone)]
@@ -106,11 +105,8 @@ impl<'a> RecordView<'a> {
         fetched_at_us: Micros,
     ) -> Result<Record, String> {
         let (id, delta_us) = self.id_and_delta(shape)?;
-        // The page was validated by the scan; RawValue has no unchecked constructor, so this
-        // copy is checked once more.
-        let payload = serde_json::from_str::<&RawValue>(self.raw)
-            .map_err(|e| format!("record {id}: {e}"))?
-            .to_owned();
+        // The scan that found this record validated it whole.
+        let payload = RawJson::scanned(self.raw);
         Ok(Record {
             entity: entity.to_owned(),
             id,

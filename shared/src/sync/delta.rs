@@ -302,10 +302,8 @@ mod tests {
     use crate::ports::RecordPage;
 
     fn rec(id: &str, delta: Micros, body: &str) -> Record {
-        let payload = serde_json::value::RawValue::from_string(format!(
-            "{{\"id\":\"{id}\",\"b\":\"{body}\"}}"
-        ))
-        .unwrap();
+        let payload =
+            crate::model::RawJson::parse(format!("{{\"id\":\"{id}\",\"b\":\"{body}\"}}")).unwrap();
         Record {
             entity: "people".into(),
             id: id.into(),

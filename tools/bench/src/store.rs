@@ -21,7 +21,7 @@ fn page(first: usize, per_page: usize, fetched_at_us: i64) -> Vec<Record> {
                     fetched_at_us,
                     hash: ContentHash::of(json.as_bytes()),
                 },
-                payload: serde_json::value::RawValue::from_string(json).expect("valid JSON"),
+                payload: shared::model::RawJson::parse(json).expect("valid JSON"),
             }
         })
         .collect()

@@ -4,9 +4,9 @@
 use super::testutil::TempDir;
 use super::*;
 use crate::memory::MemoryRecords;
+use crate::model::RawJson;
 use crate::model::*;
 use crate::ports::*;
-use serde_json::value::RawValue;
 use std::collections::BTreeSet;
 
 fn rec(entity: &str, id: &str, delta_us: i64, fetched_at_us: i64, payload: &str) -> Record {
@@ -18,7 +18,7 @@ fn rec(entity: &str, id: &str, delta_us: i64, fetched_at_us: i64, payload: &str)
             fetched_at_us,
             hash: ContentHash::of(payload.as_bytes()),
         },
-        payload: RawValue::from_string(payload.to_owned()).expect("valid JSON"),
+        payload: RawJson::parse(payload).expect("valid JSON"),
     }
 }
 

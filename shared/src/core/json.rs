@@ -1,5 +1,6 @@
 //! A validating JSON scanner that finds values by JSON pointer in one pass over the text and
-//! builds nothing: what it returns are byte ranges of the input.
+//! builds nothing: what it returns are byte ranges of the input. `RawJson`, a record's payload,
+//! is text such a scan accepted.
 //!
 //! A page of records is scanned once: the scan validates the whole body (RFC 8259, as strictly
 //! as `serde_json`), finds the page's metadata (total count, next link, cursor), and, for each
@@ -203,6 +204,39 @@ impl Found {
     /// The per-element path ranges of element `i`.
     pub fn element(&self, i: usize) -> &[Option<Span>] {
         &self.element_slots[i * self.stride..(i + 1) * self.stride]
+    }
+}
+
+/// One JSON value as raw text, known to be valid: checked by a validating scan when built, and
+/// never rebuilt from a DOM. Its `Debug` shows the length only, so that a record printed in a
+/// log does not carry its payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawJson(Box<str>);
+
+impl RawJson {
+    /// Check `text` as one JSON value (surrounding whitespace included, as in the source's
+    /// bytes).
+    pub fn parse(text: impl Into<String>) -> Result<RawJson, ScanError> {
+        let text = text.into();
+        validate(&text)?;
+        Ok(RawJson(text.into_boxed_str()))
+    }
+
+    /// A copy of text that a scan of this module has already accepted as one whole value (a
+    /// record's range found by `Paths::scan`): not checked again.
+    pub(crate) fn scanned(text: &str) -> RawJson {
+        RawJson(text.into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RawJson(<{} bytes>)", self.0.len())
     }
 }
 
@@ -871,6 +905,16 @@ mod tests {
             assert_eq!(validate(&nested).is_ok(), serde_ok, "{n} levels");
             assert_eq!(serde_ok, n < MAX_DEPTH, "{n} levels");
         }
+    }
+
+    #[test]
+    fn raw_json_is_checked_and_not_shown() {
+        let ok = RawJson::parse(r#" {"secret":"s3cr3t"} "#).unwrap();
+        assert_eq!(ok.get(), r#" {"secret":"s3cr3t"} "#);
+        assert_eq!(format!("{ok:?}"), "RawJson(<21 bytes>)");
+        assert!(RawJson::parse("{\"a\":").is_err());
+        assert!(RawJson::parse("").is_err());
+        assert!(RawJson::parse("1 2").is_err());
     }
 
     #[test]
