@@ -50,6 +50,12 @@ pub trait RecordStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<LiveIdPage, StoreError>;
+
+    /// The database behind this store, when a control store's adapter can join its
+    /// transactions (`ControlStore::upsert_then_save_cursor`); `None` otherwise.
+    fn database_id(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Which job a lease and cursor belong to.
@@ -108,6 +114,34 @@ pub struct RunRecord {
     pub summary: String,
 }
 
+/// `ControlStore::upsert_then_save_cursor` as two calls: the upserts, then the save.
+pub async fn upsert_then_save_cursor_in_turn<C: ControlStore + ?Sized>(
+    control: &C,
+    records: &dyn RecordStore,
+    page: &[Record],
+    by: Strategy,
+    save: Option<CursorSave<'_>>,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let outcomes = records.upsert_many(page, by).await?;
+    if let Some(c) = save {
+        control
+            .save_cursor(c.entity, c.kind, c.holder, c.now_us, c.ttl_us, c.cursor)
+            .await?;
+    }
+    Ok(outcomes)
+}
+
+/// `ControlStore::save_cursor`'s arguments, for a save that follows a page's writes.
+#[derive(Debug, Clone, Copy)]
+pub struct CursorSave<'a> {
+    pub entity: &'a str,
+    pub kind: JobKind,
+    pub holder: &'a str,
+    pub now_us: Micros,
+    pub ttl_us: Micros,
+    pub cursor: &'a str,
+}
+
 /// Result of claiming an event ID (webhook dedup, the Powertools idempotency pattern).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventClaim {
@@ -153,6 +187,21 @@ pub trait ControlStore: Send + Sync {
         ttl_us: Micros,
         cursor: &str,
     ) -> Result<(), StoreError>;
+
+    /// Upsert a page through `records`, then save the cursor (as `save_cursor`) once every
+    /// record of it is written. The default does the two in turn; the local store, when
+    /// `records` is its own database, does both in one transaction (one commit per page), and
+    /// then a lost lease writes nothing of the page. Either way a failure leaves the cursor
+    /// where it was, and whatever was written obeys the version rule.
+    async fn upsert_then_save_cursor(
+        &self,
+        records: &dyn RecordStore,
+        page: &[Record],
+        by: Strategy,
+        save: Option<CursorSave<'_>>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        upsert_then_save_cursor_in_turn(self, records, page, by, save).await
+    }
 
     /// Insert or replace a run-history entry (keyed by entity, kind, start, run ID).
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;

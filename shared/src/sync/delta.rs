@@ -6,7 +6,9 @@ use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
 use crate::error::{StoreError, SyncError};
 use crate::model::{Micros, Strategy, WriteOutcome};
-use crate::ports::{ControlStore, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi};
+use crate::ports::{
+    ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
+};
 use futures::StreamExt;
 use serde::Serialize;
 use std::time::Instant;
@@ -226,7 +228,35 @@ async fn sync_pages(
                     .unwrap_or_else(|| now_us() - opts.max_clock_skew_us),
             );
         }
-        let outcomes = records.upsert_many(&page.records, Strategy::Delta).await?;
+        // The cursor this page moves to, saved with the page's writes (after them, or in the
+        // same transaction where the store can).
+        let page_max = page.records.iter().map(|r| r.version.delta_us).max();
+        let next = max_written
+            .max(page_max)
+            .map(|max| match opts.naive_cursor {
+                None => cursor::advance(
+                    cursor.as_ref(),
+                    max,
+                    ceiling.unwrap_or(max),
+                    opts.overlap_us,
+                ),
+                Some(NaiveCursor::StrictMaxSeen) => DeltaCursor::new(max),
+                Some(NaiveCursor::WallClock) => DeltaCursor::new(now_us()),
+            });
+        let next = next.filter(|n| Some(n) != cursor.as_ref());
+        let encoded = next.as_ref().map(DeltaCursor::encode);
+        let save = encoded.as_deref().map(|c| CursorSave {
+            entity,
+            kind: JobKind::Delta,
+            holder: &opts.run_id,
+            now_us: now_us(),
+            ttl_us: opts.lease_ttl_us,
+            cursor: c,
+        });
+        let outcomes = control
+            .upsert_then_save_cursor(records, &page.records, Strategy::Delta, save)
+            .await?;
+        max_written = max_written.max(page_max);
         summary.pages += 1;
         summary.seen += page.records.len() as u64;
         for o in &outcomes {
@@ -238,22 +268,8 @@ async fn sync_pages(
                 WriteOutcome::Stale => summary.stale += 1,
             }
         }
-        let page_max = page.records.iter().map(|r| r.version.delta_us).max();
-        max_written = max_written.max(page_max);
-        let Some(max) = max_written else { continue };
-        let next = match opts.naive_cursor {
-            None => cursor::advance(
-                cursor.as_ref(),
-                max,
-                ceiling.unwrap_or(max),
-                opts.overlap_us,
-            ),
-            Some(NaiveCursor::StrictMaxSeen) => DeltaCursor::new(max),
-            Some(NaiveCursor::WallClock) => DeltaCursor::new(now_us()),
-        };
-        if Some(&next) != cursor.as_ref() {
-            checkpoint(control, entity, opts, &next).await?;
-            cursor = Some(next);
+        if next.is_some() {
+            cursor = next;
             summary.cursor_after = show(cursor.as_ref());
         }
         if let Some(hook) = &opts.on_page {

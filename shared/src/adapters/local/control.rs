@@ -1,10 +1,14 @@
 //! `ControlStore` on the `control_*` tables: the same item semantics as the DynamoDB `control`
 //! table (one row per job holding cursor and lease, run history, processed event IDs).
 
+use super::records::{Page, upsert_rows};
 use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::error::StoreError;
-use crate::model::Micros;
-use crate::ports::{ControlStore, EventClaim, JobKind, JobState, LeaseOutcome, RunRecord};
+use crate::model::{Micros, Record, Strategy, WriteOutcome};
+use crate::ports::{
+    ControlStore, CursorSave, EventClaim, JobKind, JobState, LeaseOutcome, RecordStore, RunRecord,
+    upsert_then_save_cursor_in_turn,
+};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -105,6 +109,46 @@ fn with_job<T>(
     }
     tx.commit().map_err(|e| sql_error(op, e))?;
     Ok(answer)
+}
+
+/// A cursor save moved into the blocking task.
+struct OwnedSave {
+    entity: String,
+    kind: JobKind,
+    holder: String,
+    now_us: Micros,
+    ttl_us: Micros,
+    cursor: String,
+}
+
+impl OwnedSave {
+    fn of(c: CursorSave<'_>) -> OwnedSave {
+        OwnedSave {
+            entity: c.entity.to_owned(),
+            kind: c.kind,
+            holder: c.holder.to_owned(),
+            now_us: c.now_us,
+            ttl_us: c.ttl_us,
+            cursor: c.cursor.to_owned(),
+        }
+    }
+
+    /// The job's state with the cursor saved and the lease extended, or `LeaseLost` unless
+    /// `holder` holds an unexpired lease.
+    fn apply(&self, mut s: JobState) -> Result<JobState, StoreError> {
+        let held = s.lease_holder.as_deref() == Some(self.holder.as_str())
+            && s.lease_expires_us.is_some_and(|e| e > self.now_us);
+        if !held {
+            return Err(StoreError::LeaseLost {
+                scope: scope(&self.entity, self.kind),
+                holder: self.holder.clone(),
+            });
+        }
+        s.cursor = Some(self.cursor.clone());
+        s.cursor_updated_us = Some(self.now_us);
+        s.lease_expires_us = Some(self.now_us.saturating_add(self.ttl_us));
+        Ok(s)
+    }
 }
 
 fn decode_run(
@@ -222,23 +266,53 @@ impl ControlStore for LocalStore {
         ttl_us: Micros,
         cursor: &str,
     ) -> Result<(), StoreError> {
-        let (entity, holder, cursor) = (entity.to_owned(), holder.to_owned(), cursor.to_owned());
+        let save = OwnedSave::of(CursorSave {
+            entity,
+            kind,
+            holder,
+            now_us,
+            ttl_us,
+            cursor,
+        });
         self.db()
             .call("save cursor", move |c| {
-                with_job(c, "save cursor", &entity, kind, |mut s| {
-                    let held = s.lease_holder.as_deref() == Some(holder.as_str())
-                        && s.lease_expires_us.is_some_and(|e| e > now_us);
-                    if !held {
-                        return Err(StoreError::LeaseLost {
-                            scope: scope(&entity, kind),
-                            holder,
-                        });
-                    }
-                    s.cursor = Some(cursor);
-                    s.cursor_updated_us = Some(now_us);
-                    s.lease_expires_us = Some(now_us.saturating_add(ttl_us));
-                    Ok((Some(s), ()))
+                with_job(c, "save cursor", &save.entity, kind, |s| {
+                    Ok((Some(save.apply(s)?), ()))
                 })
+            })
+            .await
+    }
+
+    async fn upsert_then_save_cursor(
+        &self,
+        records: &dyn RecordStore,
+        page: &[Record],
+        by: Strategy,
+        save: Option<CursorSave<'_>>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if records.database_id() != Some(self.db().id()) {
+            return upsert_then_save_cursor_in_turn(self, records, page, by, save).await;
+        }
+        // Our own database: the page and the cursor in one transaction, the lease checked
+        // first (a run that lost it writes nothing).
+        let rows = Page::new(page)?;
+        let save = save.map(OwnedSave::of);
+        self.db()
+            .call("upsert records and save cursor", move |c| {
+                let op = "upsert records and save cursor";
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error(op, e))?;
+                let state = match &save {
+                    Some(s) => Some(s.apply(read_job(&tx, &s.entity, s.kind)?)?),
+                    None => None,
+                };
+                let outcomes = upsert_rows(&tx, &rows, by)?;
+                if let (Some(s), Some(state)) = (&save, &state) {
+                    write_job(&tx, &s.entity, s.kind, state)?;
+                }
+                tx.commit().map_err(|e| sql_error(op, e))?;
+                Ok(outcomes)
             })
             .await
     }

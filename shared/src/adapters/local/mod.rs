@@ -265,6 +265,11 @@ impl Db {
         self.inner.path.as_deref()
     }
 
+    /// Identity of this connection (shared by every clone): `RecordStore::database_id`.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     /// Wakes receivers of this process's queues.
     pub(crate) fn sent(&self) -> &Notify {
         &self.inner.sent

@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
 use std::io::Write;
 
 /// Payloads up to this many bytes are stored as they are (DynamoDB: as a native map).
@@ -111,10 +111,15 @@ const LIST_LIVE_AFTER: &str = "SELECT id, delta_us FROM records \
 
 /// The stored version of `pk`, if any, read inside the caller's transaction.
 fn stored_version(conn: &Connection, pk: &str) -> Result<Option<StoredVersion>, StoreError> {
-    let op = "read record version";
     let mut st = conn
         .prepare_cached(SELECT_VERSION)
-        .map_err(|e| sql_error(op, e))?;
+        .map_err(|e| sql_error("read record version", e))?;
+    read_version(&mut st, pk)
+}
+
+/// `stored_version` with the statement prepared once per page.
+fn read_version(st: &mut Statement<'_>, pk: &str) -> Result<Option<StoredVersion>, StoreError> {
+    let op = "read record version";
     let row = st
         .query_row([pk], |r| {
             let hash = r.get_ref(2)?.as_str().ok().and_then(ContentHash::from_hex);
@@ -145,7 +150,7 @@ fn stored_version(conn: &Connection, pk: &str) -> Result<Option<StoredVersion>, 
 /// A page of records as the blocking task takes it: every key and payload in one buffer, so
 /// that handing a page over costs one allocation and one copy of each payload, instead of a
 /// clone of every record (four allocations each).
-struct Page {
+pub(super) struct Page {
     buf: String,
     rows: Vec<PageRow>,
 }
@@ -162,7 +167,7 @@ struct PageRow {
 impl Page {
     /// Checks every record's sizes (as the DynamoDB store does, before anything is written) and
     /// copies the page.
-    fn new(records: &[Record]) -> Result<Page, StoreError> {
+    pub(super) fn new(records: &[Record]) -> Result<Page, StoreError> {
         let mut bytes = 0;
         for r in records {
             let pk_len = r.entity.len() + 1 + r.id.len();
@@ -222,51 +227,63 @@ fn upsert_page(
     by: Strategy,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let op = "upsert records";
-    let now = now_us();
-    let mut outcomes = Vec::with_capacity(page.rows.len());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(op, e))?;
-    {
-        let mut insert = tx.prepare_cached(INSERT).map_err(|e| sql_error(op, e))?;
-        let mut update = tx.prepare_cached(UPDATE).map_err(|e| sql_error(op, e))?;
-        for r in &page.rows {
-            // One lookup per record, inside the transaction, so that a key repeated in the page
-            // is decided against the version written before it. (One `pk IN (...)` query for
-            // the whole page measured slower: SQLite sorts the list into a temporary index
-            // first, while a missing key's lookup walks cached pages only.)
-            let pk = page.pk(r);
-            let stored = stored_version(&tx, pk)?;
-            let outcome = decide_upsert(stored.as_ref(), &r.version);
-            let (stmt, action) = match outcome {
-                WriteOutcome::Inserted => (&mut insert, LastAction::Insert),
-                WriteOutcome::Updated => (&mut update, LastAction::Update),
-                WriteOutcome::Restored => (&mut update, LastAction::Restore),
-                WriteOutcome::Unchanged | WriteOutcome::Stale => {
-                    outcomes.push(outcome);
-                    continue;
-                }
-            };
-            let id = page.id(r);
-            let hex = hex32(r.version.hash);
-            stmt.execute(params![
-                pk,
-                page.entity(r),
-                id,
-                shard_of(id),
-                r.version.delta_us,
-                r.version.fetched_at_us,
-                std::str::from_utf8(&hex).unwrap_or_default(),
-                page.payload(r),
-                now,
-                action.as_str(),
-                by.as_str(),
-            ])
-            .map_err(|e| sql_error(op, e))?;
-            outcomes.push(outcome);
-        }
-    }
+    let outcomes = upsert_rows(&tx, page, by)?;
     tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(outcomes)
+}
+
+/// The upserts of a page inside the caller's transaction.
+pub(super) fn upsert_rows(
+    tx: &Connection,
+    page: &Page,
+    by: Strategy,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let op = "upsert records";
+    let now = now_us();
+    let mut outcomes = Vec::with_capacity(page.rows.len());
+    let mut select = tx
+        .prepare_cached(SELECT_VERSION)
+        .map_err(|e| sql_error(op, e))?;
+    let mut insert = tx.prepare_cached(INSERT).map_err(|e| sql_error(op, e))?;
+    let mut update = tx.prepare_cached(UPDATE).map_err(|e| sql_error(op, e))?;
+    for r in &page.rows {
+        // One lookup per record, inside the transaction, so that a key repeated in the page is
+        // decided against the version written before it. (One `pk IN (...)` query for the whole
+        // page measured slower: SQLite sorts the list into a temporary index first, while a
+        // missing key's lookup walks cached pages only.)
+        let pk = page.pk(r);
+        let stored = read_version(&mut select, pk)?;
+        let outcome = decide_upsert(stored.as_ref(), &r.version);
+        let (stmt, action) = match outcome {
+            WriteOutcome::Inserted => (&mut insert, LastAction::Insert),
+            WriteOutcome::Updated => (&mut update, LastAction::Update),
+            WriteOutcome::Restored => (&mut update, LastAction::Restore),
+            WriteOutcome::Unchanged | WriteOutcome::Stale => {
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let id = page.id(r);
+        let hex = hex32(r.version.hash);
+        stmt.execute(params![
+            pk,
+            page.entity(r),
+            id,
+            shard_of(id),
+            r.version.delta_us,
+            r.version.fetched_at_us,
+            std::str::from_utf8(&hex).unwrap_or_default(),
+            page.payload(r),
+            now,
+            action.as_str(),
+            by.as_str(),
+        ])
+        .map_err(|e| sql_error(op, e))?;
+        outcomes.push(outcome);
+    }
     Ok(outcomes)
 }
 
@@ -465,5 +482,9 @@ impl RecordStore for LocalStore {
                 list_live(c, &entity, shard, after.as_deref(), limit)
             })
             .await
+    }
+
+    fn database_id(&self) -> Option<usize> {
+        Some(self.db().id())
     }
 }

@@ -1041,3 +1041,79 @@ fn hex_of_the_write_path_is_the_model_s() {
         assert_eq!(super::records::hex32(h).as_slice(), h.to_hex().as_bytes());
     }
 }
+
+#[tokio::test]
+async fn a_page_and_its_cursor_commit_together_and_a_fenced_run_writes_neither() {
+    let (e, k) = ("people", JobKind::Delta);
+    let s = LocalStore::in_memory().unwrap();
+    assert_eq!(s.database_id(), s.clone().database_id());
+    let save = |holder, now_us, cursor| {
+        Some(CursorSave {
+            entity: e,
+            kind: k,
+            holder,
+            now_us,
+            ttl_us: 100,
+            cursor,
+        })
+    };
+    s.acquire_lease(e, k, "a", 0, 100).await.unwrap();
+    let page = [person("1", 10, 1, "Ann"), person("2", 11, 1, "Bob")];
+    let out = s
+        .upsert_then_save_cursor(&s, &page, Strategy::Delta, save("a", 10, "c1"))
+        .await
+        .unwrap();
+    assert_eq!(out, [WriteOutcome::Inserted, WriteOutcome::Inserted]);
+    let st = s.job_state(e, k).await.unwrap();
+    assert_eq!(
+        (st.cursor.as_deref(), st.lease_expires_us),
+        (Some("c1"), Some(110))
+    );
+
+    // "a" lost its lease to "b": its next page is refused whole, cursor and records.
+    s.acquire_lease(e, k, "b", 200, 100).await.unwrap();
+    let late = [person("3", 12, 1, "Cy")];
+    let fenced = s
+        .upsert_then_save_cursor(&s, &late, Strategy::Delta, save("a", 210, "c2"))
+        .await;
+    assert!(
+        matches!(fenced, Err(StoreError::LeaseLost { .. })),
+        "{fenced:?}"
+    );
+    assert!(
+        s.get(e, "3").await.unwrap().is_none(),
+        "nothing of the page"
+    );
+    assert_eq!(
+        s.job_state(e, k).await.unwrap().cursor.as_deref(),
+        Some("c1")
+    );
+    // Without a cursor to save, the page alone.
+    let out = s
+        .upsert_then_save_cursor(&s, &late, Strategy::Delta, None)
+        .await
+        .unwrap();
+    assert_eq!(out, [WriteOutcome::Inserted]);
+
+    // Records in another database: the two steps in turn, so the records land before the
+    // fenced save fails.
+    let other = LocalStore::in_memory().unwrap();
+    assert_ne!(other.database_id(), s.database_id());
+    let in_turn = s
+        .upsert_then_save_cursor(
+            &other,
+            &[person("4", 13, 1, "Di")],
+            Strategy::Delta,
+            save("a", 220, "c3"),
+        )
+        .await;
+    assert!(
+        matches!(in_turn, Err(StoreError::LeaseLost { .. })),
+        "{in_turn:?}"
+    );
+    assert!(other.get(e, "4").await.unwrap().is_some());
+    assert_eq!(
+        s.job_state(e, k).await.unwrap().cursor.as_deref(),
+        Some("c1")
+    );
+}
