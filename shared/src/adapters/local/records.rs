@@ -103,11 +103,13 @@ const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = 
 const SELECT_ITEM: &str = "SELECT entity, id, delta_us, fetched_at_us, hash, deleted_at_us, \
      payload, first_seen_us, last_synced_us, last_action, written_by FROM records WHERE pk = ?1";
 
-// `deleted_at_us IS NULL` spelled as in the partial index, so that the planner uses it.
-const LIST_LIVE_FIRST: &str = "SELECT id, delta_us FROM records \
-     WHERE entity = ?1 AND shard = ?2 AND deleted_at_us IS NULL ORDER BY id LIMIT ?3";
-const LIST_LIVE_AFTER: &str = "SELECT id, delta_us FROM records \
-     WHERE entity = ?1 AND shard = ?2 AND deleted_at_us IS NULL AND id > ?4 ORDER BY id LIMIT ?3";
+/// A shard's live IDs from the key index alone: an entity's keys are the range
+/// `["<entity>#", "<entity>$")` ('$' follows '#'), less other entities' keys in it; the ID is
+/// the key after the `#`.
+const LIST_LIVE_FIRST: &str = "SELECT pk, delta_us FROM records WHERE pk >= ?1 AND pk < ?2 \
+     AND shard = ?3 AND deleted_at_us IS NULL AND entity = ?5 ORDER BY pk LIMIT ?4";
+const LIST_LIVE_AFTER: &str = "SELECT pk, delta_us FROM records WHERE pk > ?1 AND pk < ?2 \
+     AND shard = ?3 AND deleted_at_us IS NULL AND entity = ?5 ORDER BY pk LIMIT ?4";
 
 /// The stored version of `pk`, if any, read inside the caller's transaction.
 fn stored_version(conn: &Connection, pk: &str) -> Result<Option<StoredVersion>, StoreError> {
@@ -402,6 +404,11 @@ fn list_live(
     let limit = limit.max(1);
     let fetch = sql_limit(limit.saturating_add(1));
     let key = format!("{entity}#{shard}");
+    let prefix = record_key(entity, "");
+    let (lo, hi) = (
+        record_key(entity, after.unwrap_or("")),
+        format!("{entity}$"),
+    );
     let mut st = conn
         .prepare_cached(if after.is_some() {
             LIST_LIVE_AFTER
@@ -410,16 +417,15 @@ fn list_live(
         })
         .map_err(|e| sql_error(op, e))?;
     let map_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<IdVersion> {
+        let pk = r.get_ref(0)?.as_str()?;
         Ok(IdVersion {
-            id: r.get(0)?,
+            id: pk.get(prefix.len()..).unwrap_or_default().to_owned(),
             delta_us: r.get(1)?,
         })
     };
-    let rows = match after {
-        Some(a) => st.query_map(params![entity, shard, fetch, a], map_row),
-        None => st.query_map(params![entity, shard, fetch], map_row),
-    }
-    .map_err(|e| sql_error(op, e))?;
+    let rows = st
+        .query_map(params![lo, hi, shard, fetch, entity], map_row)
+        .map_err(|e| sql_error(op, e))?;
     let mut items = rows
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| row_error(op, &key, e))?;

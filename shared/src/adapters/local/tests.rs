@@ -644,6 +644,121 @@ async fn a_newer_schema_is_refused() {
     ));
 }
 
+/// The records table as schema version 1 had it (UNIQUE pk and a partial live-ID index).
+const RECORDS_V1: &str = r#"
+CREATE TABLE records (
+    pk TEXT PRIMARY KEY NOT NULL, entity TEXT NOT NULL, id TEXT NOT NULL,
+    shard INTEGER NOT NULL, delta_us INTEGER NOT NULL, fetched_at_us INTEGER NOT NULL,
+    hash TEXT NOT NULL, payload TEXT NOT NULL, first_seen_us INTEGER NOT NULL,
+    last_synced_us INTEGER NOT NULL, deleted_at_us INTEGER, last_action TEXT NOT NULL,
+    written_by TEXT NOT NULL
+);
+CREATE INDEX records_live_ids
+    ON records (entity, id, shard, delta_us, deleted_at_us) WHERE deleted_at_us IS NULL;
+PRAGMA user_version = 1;
+"#;
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_with_its_records() {
+    let dir = TempDir::new();
+    let path = dir.path().join("v1.sqlite");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(RECORDS_V1).unwrap();
+    let insert = "INSERT INTO records VALUES (?1, 'people', ?2, ?3, ?4, 5, ?5, ?6, 7, 8, ?7, \
+                  'insert', 'delta')";
+    for (id, deleted) in [("1", None), ("2", Some(99_i64)), ("10", None)] {
+        let r = person(id, 4, 5, id);
+        raw.execute(
+            insert,
+            rusqlite::params![
+                format!("people#{id}"),
+                id,
+                shard_of(id),
+                4,
+                r.version.hash.to_hex(),
+                r.payload.get(),
+                deleted
+            ],
+        )
+        .unwrap();
+    }
+    drop(raw);
+
+    let s = LocalStore::open(&path).unwrap();
+    assert_eq!(get(&s, "1").await.payload["name"], "1");
+    assert_eq!(get(&s, "2").await.version.deleted_at_us, Some(99));
+    let mut live = Vec::new();
+    for shard in 0..ID_SHARDS {
+        let page = s.list_live_ids("people", shard, None, 10).await.unwrap();
+        live.extend(page.items.into_iter().map(|i| i.id));
+    }
+    live.sort();
+    assert_eq!(live, ["1", "10"]);
+    // The old rows are found by key: an unchanged re-read writes nothing, a change updates.
+    assert_eq!(
+        s.upsert(&person("10", 4, 5, "10"), Strategy::Delta)
+            .await
+            .unwrap(),
+        WriteOutcome::Unchanged
+    );
+    assert_eq!(
+        s.upsert(&person("10", 6, 7, "ten"), Strategy::Delta)
+            .await
+            .unwrap(),
+        WriteOutcome::Updated
+    );
+    drop(s);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let indexes: Vec<String> = raw
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let rows: i64 = raw
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (version, indexes, rows),
+        (2, vec!["records_key".to_owned()], 3)
+    );
+    drop(raw);
+    // Opening a migrated file again changes nothing.
+    let s = LocalStore::open(&path).unwrap();
+    assert_eq!(get(&s, "10").await.payload["name"], "ten");
+}
+
+#[tokio::test]
+async fn live_ids_of_an_entity_stay_apart_from_a_longer_name_sharing_its_prefix() {
+    // "a#b" is never a configured name (names are [A-Za-z0-9_-]), but the store keeps its key
+    // "a#b#c", which lies in entity "a"'s key range, out of "a"'s live IDs.
+    let s = LocalStore::in_memory().unwrap();
+    for (entity, id) in [("a", "x"), ("a#b", "c"), ("ab", "y")] {
+        s.upsert(&rec(entity, id, 1, 1, "{}"), Strategy::Delta)
+            .await
+            .unwrap();
+    }
+    let ids = |entity: &'static str| {
+        let s = s.clone();
+        async move {
+            let mut all = Vec::new();
+            for shard in 0..ID_SHARDS {
+                let page = s.list_live_ids(entity, shard, None, 10).await.unwrap();
+                all.extend(page.items.into_iter().map(|i| i.id));
+            }
+            all.sort();
+            all
+        }
+    };
+    assert_eq!(ids("a").await, ["x"]);
+    assert_eq!(ids("a#b").await, ["c"]);
+    assert_eq!(ids("ab").await, ["y"]);
+}
+
 #[tokio::test]
 async fn a_corrupt_row_is_a_decode_error_never_a_panic() {
     let dir = TempDir::new();
@@ -1115,5 +1230,51 @@ async fn a_page_and_its_cursor_commit_together_and_a_fenced_run_writes_neither()
     assert_eq!(
         s.job_state(e, k).await.unwrap().cursor.as_deref(),
         Some("c1")
+    );
+}
+
+/// pk has no UNIQUE constraint (see `RECORDS_SCHEMA`): concurrent writers on two connections of
+/// one file, with overlapping keys, still leave one row per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_leave_one_row_per_key() {
+    let dir = TempDir::new();
+    let path = dir.path().join("sync.sqlite");
+    let (a, b) = (
+        LocalStore::open(&path).unwrap(),
+        LocalStore::open(&path).unwrap(),
+    );
+    let writes = (0..20).map(|w| {
+        let s = if w % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move {
+            let page: Vec<Record> = (0..50)
+                .map(|i| person(&i.to_string(), w, w, &format!("v{w}")))
+                .collect();
+            s.upsert_many(&page, Strategy::Delta).await.unwrap()
+        })
+    });
+    let inserted: usize = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|o| {
+            o.unwrap()
+                .iter()
+                .filter(|o| **o == WriteOutcome::Inserted)
+                .count()
+        })
+        .sum();
+    assert_eq!(inserted, 50, "each key inserted once");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let (rows, keys): (i64, i64) = raw
+        .query_row(
+            "SELECT count(*), count(DISTINCT pk) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, keys), (50, 50));
+    assert_eq!(
+        get(&a, "7").await.version.delta_us,
+        19,
+        "the newest write won"
     );
 }
