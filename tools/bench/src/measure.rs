@@ -25,3 +25,10 @@ pub fn peak_rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Flush what earlier runs left dirty in the page cache (a deleted store's gigabyte among it)
+/// before measuring, so that its write-back does not compete with the run on two cores.
+pub fn settle() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+}

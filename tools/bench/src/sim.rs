@@ -136,6 +136,7 @@ pub fn delta_bench(records: usize, db: &Path) -> serde_json::Value {
     let sim = SimProcess::start(records);
     let c = client(&sim.url);
     let store = LocalStore::open(db).expect("local store");
+    crate::measure::settle();
     let rt = runtime();
     let run = |label: &str| {
         let before = c.stats().requests;

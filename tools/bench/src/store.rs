@@ -1,10 +1,10 @@
-//! The local store alone: the writes of a delta sync (a page of upserts, then a cursor save, per
+//! The local store alone: the writes of a delta sync (a page of upserts and its cursor save, per
 //! page) without the source client, so that the store's own cost per record shows.
 
 use crate::measure::{cpu_time, peak_rss_bytes};
 use shared::adapters::local::LocalStore;
 use shared::model::{ContentHash, Record, Strategy, Version, WriteOutcome};
-use shared::ports::{ControlStore, JobKind, RecordStore};
+use shared::ports::{ControlStore, CursorSave, JobKind};
 use std::path::Path;
 use std::time::Instant;
 
@@ -33,6 +33,7 @@ pub fn store_bench(records: usize, db: &Path) -> serde_json::Value {
     }
     let per_page = 100;
     let store = LocalStore::open(db).expect("local store");
+    crate::measure::settle();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,18 +47,19 @@ pub fn store_bench(records: usize, db: &Path) -> serde_json::Value {
         for p in 0..records.div_ceil(per_page) {
             let recs = page(1 + p * per_page, per_page, fetched_at_us);
             let c0 = cpu_time();
-            let outcomes = rt
-                .block_on(store.upsert_many(&recs, Strategy::Delta))
-                .expect("upsert");
-            rt.block_on(store.save_cursor(
-                "people",
-                JobKind::Delta,
+            let cursor = format!("{p}");
+            let save = CursorSave {
+                entity: "people",
+                kind: JobKind::Delta,
                 holder,
-                fetched_at_us,
-                ttl,
-                &format!("{p}"),
-            ))
-            .expect("cursor");
+                now_us: fetched_at_us,
+                ttl_us: ttl,
+                cursor: &cursor,
+            };
+            // As the delta sync writes a page: the records and the cursor in one call.
+            let outcomes = rt
+                .block_on(store.upsert_then_save_cursor(&store, &recs, Strategy::Delta, Some(save)))
+                .expect("upsert and save cursor");
             cpu += (cpu_time() - c0).as_secs_f64();
             seen += recs.len();
             written += outcomes
