@@ -326,13 +326,19 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    fn open(&mut self, depth: usize) -> Result<(), ScanError> {
+    /// Enter a container at its opening bracket; `true` when it is empty (and so closed
+    /// already).
+    fn enter(&mut self, depth: usize, close: u8) -> Result<bool, ScanError> {
         if depth >= MAX_DEPTH {
             return Err(self.err("nested too deeply"));
         }
         self.pos += 1;
         self.ws();
-        Ok(())
+        if self.peek() == Some(close) {
+            self.pos += 1;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// After an element or member: `true` at the next one, `false` past the closing bracket.
@@ -380,9 +386,7 @@ impl Scanner<'_> {
         depth: usize,
         slots: &mut [Option<Span>],
     ) -> Result<(), ScanError> {
-        self.open(depth)?;
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
+        if self.enter(depth, b'}')? {
             return Ok(());
         }
         let mut seen = 0u64;
@@ -419,9 +423,7 @@ impl Scanner<'_> {
         depth: usize,
         slots: &mut [Option<Span>],
     ) -> Result<(), ScanError> {
-        self.open(depth)?;
-        if self.peek() == Some(b']') {
-            self.pos += 1;
+        if self.enter(depth, b']')? {
             return Ok(());
         }
         let mut i = 0usize;
@@ -437,9 +439,7 @@ impl Scanner<'_> {
 
     /// The records array: each element's range and its wanted paths.
     fn elements(&mut self, each: &Node<'_>, depth: usize) -> Result<(), ScanError> {
-        self.open(depth)?;
-        if self.peek() == Some(b']') {
-            self.pos += 1;
+        if self.enter(depth, b']')? {
             return Ok(());
         }
         let mut tmp: [Option<Span>; MAX_ELEMENT_PATHS] = Default::default();
@@ -468,10 +468,7 @@ impl Scanner<'_> {
             self.ws();
             match self.peek() {
                 Some(b'{') => {
-                    self.open(depth + open + 1)?;
-                    if self.peek() == Some(b'}') {
-                        self.pos += 1;
-                    } else {
+                    if !self.enter(depth + open + 1, b'}')? {
                         stack = (stack << 1) | 1;
                         open += 1;
                         self.key()?;
@@ -479,10 +476,7 @@ impl Scanner<'_> {
                     }
                 }
                 Some(b'[') => {
-                    self.open(depth + open + 1)?;
-                    if self.peek() == Some(b']') {
-                        self.pos += 1;
-                    } else {
+                    if !self.enter(depth + open + 1, b']')? {
                         stack <<= 1;
                         open += 1;
                         continue 'value;

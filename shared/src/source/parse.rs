@@ -1,7 +1,7 @@
-//! Page parsing without building a DOM: one pass of `scan` over a page body validates it and
-//! finds its metadata and, for each record, the record's raw text and its ID and delta value
-//! (by JSON pointer). We hash the raw bytes and keep the raw JSON as the payload; nothing else
-//! of a record is parsed.
+//! Page parsing without building a DOM: one pass of `core::json` over a page body validates it
+//! and finds its metadata and, for each record, the record's raw text and its ID and delta
+//! value (by JSON pointer). We hash the raw bytes and keep the raw JSON as the payload; nothing
+//! else of a record is parsed.
 
 use crate::core::json::{Paths, PathsError, RawJson, Span};
 use crate::core::timefmt::TimestampFormat;
@@ -55,8 +55,9 @@ fn text_at<'a>(raw: &'a str, span: &Option<Span>) -> Option<&'a str> {
     span.clone().map(|r| &raw[r]).filter(|t| *t != "null")
 }
 
-/// ID as a string: JSON strings unescaped, numbers as written.
-pub fn id_of(t: &str) -> Result<String, String> {
+/// ID as a string: JSON strings unescaped, numbers as written. `t` comes from a scan (a valid
+/// JSON value).
+fn id_of(t: &str) -> Result<String, String> {
     if let Some(inner) = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         // Scanned already: without a backslash, the text between the quotes is the string.
         if !inner.contains('\\') {

@@ -16,8 +16,8 @@
 //!
 //! The schema (`RECORDS_SCHEMA` and `SCHEMA` below) mirrors the DynamoDB items: `records` has
 //! one row per item with the same attributes, and one index on the key, covering shard,
-//! `delta_us`, `deleted_at_us` and entity, serves both the key lookups and the sparse `live_ids` GSI
-//! (read with the deleted rows skipped).
+//! `delta_us`, `deleted_at_us` and entity, serves both the key lookups and the sparse
+//! `live_ids` GSI (read with the deleted rows skipped).
 //! - the pk is unique because every write looks it up first inside its IMMEDIATE transaction
 //!   (no UNIQUE constraint: see `RECORDS_SCHEMA`).
 
