@@ -5,7 +5,7 @@
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
 use crate::error::{StoreError, SyncError};
-use crate::model::{Micros, Strategy, WriteOutcome};
+use crate::model::{Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
 };
@@ -105,6 +105,12 @@ pub struct DeltaSummary {
     pub restored: u64,
     pub unchanged: u64,
     pub stale: u64,
+    /// Records the store refused as too large (`StoreError::TooLarge`): skipped, so that one
+    /// oversized record does not stop the entity's sync; reconciliation keeps reporting them.
+    pub rejected: u64,
+    /// The first `REJECTED_IDS_KEPT` of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected_ids: Vec<String>,
     pub duration_ms: u64,
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
@@ -147,6 +153,8 @@ pub async fn run_delta(
         restored: 0,
         unchanged: 0,
         stale: 0,
+        rejected: 0,
+        rejected_ids: Vec::new(),
         duration_ms: 0,
         cursor_before: None,
         cursor_after: None,
@@ -253,9 +261,7 @@ async fn sync_pages(
             ttl_us: opts.lease_ttl_us,
             cursor: c,
         });
-        let outcomes = control
-            .upsert_then_save_cursor(records, &page.records, Strategy::Delta, save)
-            .await?;
+        let outcomes = write_page(records, control, entity, &page.records, save, summary).await?;
         max_written = max_written.max(page_max);
         summary.pages += 1;
         summary.seen += page.records.len() as u64;
@@ -290,6 +296,51 @@ async fn sync_pages(
         summary.cursor_after = show(Some(&next));
     }
     Ok(())
+}
+
+/// IDs of refused records kept in a run's summary.
+pub const REJECTED_IDS_KEPT: usize = 20;
+
+/// A page's writes and checkpoint. A record the store refuses as too large (both stores check
+/// every record before writing any) is taken out of the page, counted and logged, and the rest
+/// written: one oversized record must not hold the entity's cursor back for ever.
+async fn write_page(
+    records: &dyn RecordStore,
+    control: &dyn ControlStore,
+    entity: &str,
+    page: &[Record],
+    save: Option<CursorSave<'_>>,
+    summary: &mut DeltaSummary,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut rows = std::borrow::Cow::Borrowed(page);
+    loop {
+        match control
+            .upsert_then_save_cursor(records, &rows, Strategy::Delta, save)
+            .await
+        {
+            Err(StoreError::TooLarge { key, bytes }) => {
+                // The key names the record: "<entity>#<id>", as both stores write it.
+                let Some(i) = rows
+                    .iter()
+                    .position(|r| key == format!("{}#{}", r.entity, r.id))
+                else {
+                    return Err(StoreError::TooLarge { key, bytes });
+                };
+                let r = rows.to_mut().remove(i);
+                tracing::warn!(
+                    entity,
+                    id = %r.id,
+                    bytes,
+                    "record too large for the store: skipped and counted"
+                );
+                summary.rejected += 1;
+                if summary.rejected_ids.len() < REJECTED_IDS_KEPT {
+                    summary.rejected_ids.push(r.id);
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn checkpoint(
@@ -396,6 +447,40 @@ mod tests {
         let runs = cs.list_runs("people", JobKind::Delta, 10).await.unwrap();
         assert_eq!(runs.len(), 2);
         assert!(runs[0].summary.contains("\"unchanged\":1"));
+    }
+
+    #[tokio::test]
+    async fn a_record_too_large_for_the_store_is_skipped_counted_and_the_rest_written() {
+        let store = crate::adapters::local::LocalStore::in_memory().unwrap();
+        let src = ScriptedSource::default();
+        // ~700 KB of random letters: over the inline limit and over 390 KB zlib-compressed.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let noise: String = (0..700_000).map(|_| rng.alphanumeric()).collect();
+        src.listings.lock().unwrap().push_back(vec![
+            page(vec![rec("1", 100, "a"), rec("2", 200, &noise)], 1_000),
+            page(vec![rec("3", 300, "a")], 1_000),
+        ]);
+        let s = run_delta(&src, &store, &store, "people", &DeltaOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.status, s.seen, s.inserted, s.rejected),
+            (RunStatus::Succeeded, 3, 2, 1)
+        );
+        assert_eq!(s.rejected_ids, ["2"]);
+        assert!(store.get("people", "2").await.unwrap().is_none());
+        assert!(store.get("people", "3").await.unwrap().is_some());
+        let state = store.job_state("people", JobKind::Delta).await.unwrap();
+        assert!(
+            state.cursor.is_some(),
+            "the cursor moved past the refused record"
+        );
+        let runs = store.list_runs("people", JobKind::Delta, 1).await.unwrap();
+        assert!(
+            runs[0].summary.contains("\"rejected_ids\":[\"2\"]"),
+            "{}",
+            runs[0].summary
+        );
     }
 
     #[tokio::test]

@@ -115,5 +115,17 @@ pub fn describe(s: &DeltaSummary) -> String {
         s.duration_ms,
         s.cursor_before.as_deref().unwrap_or("(none)"),
         s.cursor_after.as_deref().unwrap_or("(none)"),
+    ) + &rejected(s)
+}
+
+/// What the store refused, when it refused anything.
+fn rejected(s: &DeltaSummary) -> String {
+    if s.rejected == 0 {
+        return String::new();
+    }
+    format!(
+        "; {} too large for the store, skipped (IDs {})",
+        s.rejected,
+        s.rejected_ids.join(", ")
     )
 }
