@@ -2914,6 +2914,28 @@ fn template_alarms_watch_reconciliation() {
 }
 
 #[test]
+fn template_alarms_on_records_too_large_for_the_store() {
+    let t = template();
+    let code = production_code_under(&[root().join("shared/src")]);
+    // Records too large for the store: skipped by delta sync, summed over every entity.
+    let a = &t["Resources"]["RecordsRejectedAlarm"]["Properties"];
+    let q = a["Metrics"][0]["Expression"].as_str().expect("a query");
+    assert!(
+        q.contains("SUM(RecordsRejected)")
+            && q.contains(&format!(
+                "SCHEMA(\"{}\", Entity, Strategy)",
+                telemetry::NAMESPACE
+            ))
+            && q.contains("Strategy = 'delta'")
+            && !q.contains('*'),
+        "{q}"
+    );
+    assert!(code.contains("(\"Strategy\", \"delta\")"));
+    assert!(code.contains("(\"RecordsRejected\", "), "the code emits it");
+    assert_eq!(a["Threshold"].as_i64(), Some(0));
+}
+
+#[test]
 fn template_outputs_name_the_reconciliation_pieces() {
     let t = template();
     let o = &t["Outputs"];
