@@ -27,7 +27,9 @@
 //!
 //! Without a negative control (no naive rule loses data there; the comparison they use is the
 //! one the controls above show can see a loss): the backfills (2,000 people on DynamoDB Local,
-//! 100,000 on a local store file) and the incremental run that writes exactly the changes.
+//! 100,000 on a local store file) and the incremental run that writes exactly the changes; and
+//! a record too large for the store, skipped and counted while the rest of its page is written
+//! (`a_record_too_large_for_the_store_is_skipped_{local,dynamodb}`).
 
 use crate::conformance_dynamodb::dynamodb_stores;
 use crate::source_client::client;
@@ -38,8 +40,8 @@ use shared::core::cursor::DeltaCursor;
 use shared::core::timefmt::{format_rfc3339, now_us};
 use shared::memory::{MemoryControl, MemoryRecords};
 use shared::model::{
-    DeleteOutcome, ID_SHARDS, LastAction, LiveIdPage, Micros, Record, StoredRecord, StoredVersion,
-    Strategy, WriteOutcome,
+    ContentHash, DeleteOutcome, ID_SHARDS, LastAction, LiveIdPage, Micros, RawJson, Record,
+    StoredRecord, StoredVersion, Strategy, Version, WriteOutcome,
 };
 use shared::ports::{
     ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
@@ -1593,4 +1595,77 @@ async fn a_backlog_inside_the_overlap_larger_than_a_run_still_progresses() {
         "every partial run moves the cursor: {marks:?}"
     );
     assert_converged(&h.sim(), rs.as_ref(), true, "after six one-page runs").await;
+}
+
+/// A record too large for either store (JSON over 350 KiB, still over 390 KiB compressed) is
+/// taken out of its page and counted; the rest of the page and the next page are written and
+/// the cursor moves on, on both stores (the local one in one transaction, DynamoDB in turn).
+async fn a_record_too_large_for_the_store_is_skipped(rs: Records, cs: Control) {
+    let record = |id: &str, delta_us: Micros, body: &str| {
+        let payload = RawJson::parse(format!(r#"{{"id":"{id}","notes":"{body}"}}"#)).expect("JSON");
+        Record {
+            entity: E.into(),
+            id: id.into(),
+            version: Version {
+                delta_us,
+                fetched_at_us: now_us(),
+                hash: ContentHash::of(payload.get().as_bytes()),
+            },
+            payload,
+        }
+    };
+    // 800,000 random letters: zlib gets them to about 490 KB, over the 390 KiB limit.
+    let mut x: u64 = 7;
+    let noise: String = (0..800_000)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect();
+    let src = shared::memory::ScriptedSource::default();
+    let date = now_us();
+    let page = |records| {
+        Ok(RecordPage {
+            records,
+            source_date_us: Some(date),
+        })
+    };
+    src.listings.lock().expect("listings").push_back(vec![
+        page(vec![
+            record("1", 100, "a"),
+            record("2", 200, &noise),
+            record("3", 200, "c"),
+        ]),
+        page(vec![record("4", 300, "d")]),
+    ]);
+    let s = run(&src, &rs, &cs, &opts()).await;
+    assert_eq!(
+        (s.status, s.seen, s.inserted, s.rejected),
+        (RunStatus::Succeeded, 4, 3, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.rejected_ids, ["2"]);
+    assert!(rs.get(E, "2").await.expect("get").is_none());
+    for id in ["1", "3", "4"] {
+        assert!(rs.get(E, id).await.expect("get").is_some(), "{id}");
+    }
+    assert_eq!(
+        watermark(&cs).await,
+        Some(300),
+        "the cursor moved past the refused record"
+    );
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_the_store_is_skipped_local() {
+    let (rs, cs) = local();
+    a_record_too_large_for_the_store_is_skipped(rs, cs).await;
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_the_store_is_skipped_dynamodb() {
+    let (rs, cs) = dynamodb_stores().await;
+    a_record_too_large_for_the_store_is_skipped(rs, cs).await;
 }
