@@ -359,23 +359,9 @@ fn table(rows: &[Row], show_body: bool) -> String {
             r.preview.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
     let mut out = String::new();
-    for (n, l) in lines.iter().enumerate() {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
+    for (n, line) in crate::status::table_lines(&lines).into_iter().enumerate() {
+        out.push_str(&line);
         out.push('\n');
         if show_body && n > 0 {
             out.push_str(&format!(
@@ -390,6 +376,23 @@ fn table(rows: &[Row], show_body: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_pads_columns_and_shows_bodies_under_their_rows() {
+        let rows = [
+            Row::new("m-1", r#"{"entity":"people","id":"7"}"#, 3, true),
+            Row::new("message-2", "not json", 12, true),
+        ];
+        let out = table(&rows, true);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].starts_with("MESSAGE ID  ENTITY  ID  EVENT ID  RECEIVES"));
+        assert!(lines[1].starts_with("m-1         people  7   -         3 "), "{out}");
+        assert_eq!(lines[2], r#"  body: {"entity":"people","id":"7"}"#);
+        assert!(lines[3].starts_with("message-2   -       -   -         12"), "{out}");
+        assert_eq!(lines[4], "  body: not json");
+        assert_eq!(table(&rows, false).lines().count(), 3);
+    }
 
     #[test]
     fn a_preview_is_short_and_on_one_line() {

@@ -162,28 +162,35 @@ async fn reconcile_status(
 
 /// Columns padded to their widest cell, two spaces apart.
 pub fn render_table(lines: &[Vec<String>]) -> String {
-    let columns = lines.iter().map(Vec::len).max().unwrap_or(0);
+    table_lines(lines).into_iter().map(|l| l + "\n").collect()
+}
+
+/// The lines of `render_table`, without their line ends (for callers that put more between
+/// them).
+pub fn table_lines<L: AsRef<[String]>>(lines: &[L]) -> Vec<String> {
+    let columns = lines.iter().map(|l| l.as_ref().len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
             lines
                 .iter()
-                .filter_map(|l| l.get(i))
+                .filter_map(|l| l.as_ref().get(i))
                 .map(|c| c.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let mut out = String::new();
-    for l in lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    lines
+        .iter()
+        .map(|l| {
+            let cells: Vec<String> = l
+                .as_ref()
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect()
 }
 
 /// The delta table, then the reconciliation table and its notes.
@@ -194,8 +201,26 @@ pub fn table(rows: &[serde_json::Value]) -> String {
     out
 }
 
+/// A JSON string as a table cell, `-` when absent.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into())
+}
+
+/// The LEASE cell of a job.
+fn lease_cell(lease: &serde_json::Value) -> String {
+    lease["holder"]
+        .as_str()
+        .map(|h| format!("held by {h}"))
+        .unwrap_or_else(|| "free".into())
+}
+
+/// A cell about the last run: `-` when there is none, else `cell()`.
+fn last_run_cell(last: &serde_json::Value, cell: impl FnOnce() -> String) -> String {
+    if last.is_null() { "-".into() } else { cell() }
+}
+
 fn reconcile_table(rows: &[serde_json::Value]) -> String {
-    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let s = text;
     let n = |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".into(), |v| v.to_string());
     let mut lines = vec![
         [
@@ -224,27 +249,18 @@ fn reconcile_table(rows: &[serde_json::Value]) -> String {
         };
         lines.push(vec![
             s(&r["entity"]),
-            rec["lease"]["holder"]
-                .as_str()
-                .map(|h| format!("held by {h}"))
-                .unwrap_or_else(|| "free".into()),
-            if last.is_null() {
-                "-".into()
-            } else {
+            lease_cell(&rec["lease"]),
+            last_run_cell(last, || {
                 format!("{} {}", s(&last["status"]), s(&last["started"]))
-            },
-            if last.is_null() {
-                "-".into()
-            } else {
+            }),
+            last_run_cell(last, || {
                 format!(
                     "{}/{}",
                     n(&sum["source_count"]),
                     n(&sum["destination_count"])
                 )
-            },
-            if last.is_null() {
-                "-".into()
-            } else {
+            }),
+            last_run_cell(last, || {
                 format!(
                     "{}/{}/{}/{}",
                     n(&sum["deleted"]),
@@ -252,7 +268,7 @@ fn reconcile_table(rows: &[serde_json::Value]) -> String {
                     n(&sum["stale"]),
                     n(&sum["queued"])
                 )
-            },
+            }),
             guard,
         ]);
         let a = &rec["awaiting_approval"];
@@ -295,8 +311,8 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
         "LAST RUN".to_owned(),
         "SEEN/WRITTEN/UNCHANGED/STALE".to_owned(),
     ]];
+    let s = text;
     for r in rows {
-        let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
         let last = &r["runs"][0];
         let sum = &last["summary"];
         let written = ["inserted", "updated", "restored"]
@@ -310,18 +326,11 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
                 .as_i64()
                 .map(|l| format!("{l}s"))
                 .unwrap_or_else(|| "-".into()),
-            r["lease"]["holder"]
-                .as_str()
-                .map(|h| format!("held by {h}"))
-                .unwrap_or_else(|| "free".into()),
-            if last.is_null() {
-                "-".into()
-            } else {
+            lease_cell(&r["lease"]),
+            last_run_cell(last, || {
                 format!("{} {}", s(&last["status"]), s(&last["started"]))
-            },
-            if last.is_null() {
-                "-".into()
-            } else {
+            }),
+            last_run_cell(last, || {
                 format!(
                     "{}/{}/{}/{}",
                     sum["seen"].as_u64().unwrap_or(0),
@@ -329,7 +338,7 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
                     sum["unchanged"].as_u64().unwrap_or(0),
                     sum["stale"].as_u64().unwrap_or(0)
                 )
-            },
+            }),
         ]);
     }
     let lines: Vec<Vec<String>> = lines.into_iter().map(Vec::from).collect();
