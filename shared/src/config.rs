@@ -422,6 +422,16 @@ impl Config {
         self.entities.iter().find(|e| e.name == name)
     }
 
+    /// The entities a run covers: `only`, or every configured one in order. `Err` carries a
+    /// name that is not configured.
+    pub fn entity_names(&self, only: Option<&str>) -> Result<Vec<String>, String> {
+        match only {
+            Some(e) if self.entity(e).is_some() => Ok(vec![e.to_owned()]),
+            Some(e) => Err(e.to_owned()),
+            None => Ok(self.entities.iter().map(|e| e.name.clone()).collect()),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |entity: &str, field: &str, message: String| ConfigError::Invalid {
             file: self.file.clone(),

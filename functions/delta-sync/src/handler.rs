@@ -59,21 +59,13 @@ pub async fn handle(
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<Output, Diagnostic> {
     let input = parse_input(event.payload)?;
-    let entities: Vec<String> = match input.entity {
-        Some(e) if deps.config.entity(&e).is_some() => vec![e],
-        Some(e) => {
-            return Err(Diagnostic {
-                error_type: "UnknownEntity".into(),
-                error_message: format!("entity {e:?} is not configured"),
-            });
-        }
-        None => deps
-            .config
-            .entities
-            .iter()
-            .map(|e| e.name.clone())
-            .collect(),
-    };
+    let entities = deps
+        .config
+        .entity_names(input.entity.as_deref())
+        .map_err(|e| Diagnostic {
+            error_type: "UnknownEntity".into(),
+            error_message: format!("entity {e:?} is not configured"),
+        })?;
     let stop_at =
         shared::adapters::deploy::stop_instant(event.context.deadline(), deps.safety_margin);
     let runs = futures::future::join_all(entities.iter().map(|entity| {

@@ -233,20 +233,10 @@ pub async fn plan(
     input: &PlanInput,
     opts: &ReconcileOptions,
 ) -> Result<PlanOutput, StepError> {
-    let entities: Vec<String> = match &input.entity {
-        Some(e) => {
-            deps.config
-                .entity(e)
-                .ok_or_else(|| StepError::UnknownEntity(e.clone()))?;
-            vec![e.clone()]
-        }
-        None => deps
-            .config
-            .entities
-            .iter()
-            .map(|e| e.name.clone())
-            .collect(),
-    };
+    let entities = deps
+        .config
+        .entity_names(input.entity.as_deref())
+        .map_err(StepError::UnknownEntity)?;
     let mut out = PlanOutput {
         runs: Vec::new(),
         skipped: Vec::new(),

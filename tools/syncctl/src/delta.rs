@@ -28,16 +28,12 @@ pub async fn run(args: DeltaArgs) -> Result<(), String> {
     let secret = shared::source::secret_from_env(&config.source.auth).map_err(|e| e.to_string())?;
     let source = SourceClient::new(&config, secret).map_err(|e| e.to_string())?;
     let (records, control) = args.store.open().await?;
-    let entities: Vec<String> = match &args.entity {
-        Some(e) if config.entity(e).is_some() => vec![e.clone()],
-        Some(e) => {
-            return Err(format!(
-                "entity {e:?} is not configured in {}",
-                config.file.display()
-            ));
-        }
-        None => config.entities.iter().map(|e| e.name.clone()).collect(),
-    };
+    let entities = config.entity_names(args.entity.as_deref()).map_err(|e| {
+        format!(
+            "entity {e:?} is not configured in {}",
+            config.file.display()
+        )
+    })?;
     let mut summaries = Vec::new();
     for entity in entities {
         let s = run_one(

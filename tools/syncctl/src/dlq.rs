@@ -387,9 +387,15 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 5, "{out}");
         assert!(lines[0].starts_with("MESSAGE ID  ENTITY  ID  EVENT ID  RECEIVES"));
-        assert!(lines[1].starts_with("m-1         people  7   -         3 "), "{out}");
+        assert!(
+            lines[1].starts_with("m-1         people  7   -         3 "),
+            "{out}"
+        );
         assert_eq!(lines[2], r#"  body: {"entity":"people","id":"7"}"#);
-        assert!(lines[3].starts_with("message-2   -       -   -         12"), "{out}");
+        assert!(
+            lines[3].starts_with("message-2   -       -   -         12"),
+            "{out}"
+        );
         assert_eq!(lines[4], "  body: not json");
         assert_eq!(table(&rows, false).lines().count(), 3);
     }

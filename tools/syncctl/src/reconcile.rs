@@ -331,16 +331,12 @@ pub async fn execute(
     config: &Config,
     source: &dyn SourceApi,
 ) -> Result<Report, String> {
-    let entities: Vec<String> = match &args.entity {
-        Some(e) if config.entity(e).is_some() => vec![e.clone()],
-        Some(e) => {
-            return Err(format!(
-                "entity {e:?} is not configured in {}",
-                config.file.display()
-            ));
-        }
-        None => config.entities.iter().map(|e| e.name.clone()).collect(),
-    };
+    let entities = config.entity_names(args.entity.as_deref()).map_err(|e| {
+        format!(
+            "entity {e:?} is not configured in {}",
+            config.file.display()
+        )
+    })?;
     let spill = LocalSpill::new(&args.spill)
         .map_err(|e| format!("spill folder {}: {e}", args.spill.display()))?;
     let queue_options = QueueOptions::default();
