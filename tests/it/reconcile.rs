@@ -137,13 +137,7 @@ async fn drain(src: &dyn SourceApi, l: &Local) -> usize {
         if got.is_empty() {
             return n;
         }
-        let m: Vec<InMessage> = got
-            .iter()
-            .map(|r| InMessage {
-                message_id: r.message_id.clone(),
-                body: r.body.clone(),
-            })
-            .collect();
+        let m: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let r = process_batch(&deps, &m, &WorkerOptions::default()).await;
         assert!(r.failed.is_empty(), "{r:?}");
         for g in &got {

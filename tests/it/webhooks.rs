@@ -352,13 +352,7 @@ async fn standard_webhooks_replays_outside_the_window_are_refused_and_retries_de
     // Both copies carry the webhook-id: the worker fetches once and deduplicates the other.
     let received = q.receive(10, 0).await.unwrap();
     assert_eq!(received.len(), 2);
-    let m: Vec<InMessage> = received
-        .iter()
-        .map(|r| InMessage {
-            message_id: r.message_id.clone(),
-            body: r.body.clone(),
-        })
-        .collect();
+    let m: Vec<InMessage> = received.iter().map(InMessage::from).collect();
     let src = client(&h);
     let first = work(&src, &rs, &cs, &m[..1], &opts()).await;
     let second = work(&src, &rs, &cs, &m[1..], &opts()).await;
@@ -686,13 +680,7 @@ async fn drain(
         if got.is_empty() {
             return reports;
         }
-        let m: Vec<InMessage> = got
-            .iter()
-            .map(|r| InMessage {
-                message_id: r.message_id.clone(),
-                body: r.body.clone(),
-            })
-            .collect();
+        let m: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let report = work(src, rs, cs, &m, o).await;
         for r in &got {
             if !report.failed.contains(&r.message_id) {
@@ -756,13 +744,7 @@ async fn a_poison_message_ends_in_the_dlq_and_a_replay_after_recovery_processes_
         if got.is_empty() && queue_depth(&sqs, &q.url).await == 0 {
             break;
         }
-        let m: Vec<InMessage> = got
-            .iter()
-            .map(|r| InMessage {
-                message_id: r.message_id.clone(),
-                body: r.body.clone(),
-            })
-            .collect();
+        let m: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let r = work(&src, &rs, &cs, &m, &opts()).await;
         assert_eq!(
             r.failed.len(),

@@ -70,6 +70,15 @@ pub struct InMessage {
     pub body: String,
 }
 
+impl From<&crate::ports::ReceivedMessage> for InMessage {
+    fn from(m: &crate::ports::ReceivedMessage) -> Self {
+        InMessage {
+            message_id: m.message_id.clone(),
+            body: m.body.clone(),
+        }
+    }
+}
+
 /// What a batch did. `failed` are the message IDs to report as batch item failures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {

@@ -201,10 +201,7 @@ pub fn worker_bench(messages: usize, hot_records: usize) -> serde_json::Value {
                     }
                     let m: Vec<InMessage> = got
                         .iter()
-                        .map(|r| InMessage {
-                            message_id: r.message_id.clone(),
-                            body: r.body.clone(),
-                        })
+                        .map(InMessage::from)
                         .collect();
                     let rep = process_batch(deps, &m, opts).await;
                     for r in &got {

@@ -479,13 +479,7 @@ pub async fn drain_queue(
         if got.is_empty() {
             return Ok(d);
         }
-        let msgs: Vec<InMessage> = got
-            .iter()
-            .map(|m| InMessage {
-                message_id: m.message_id.clone(),
-                body: m.body.clone(),
-            })
-            .collect();
+        let msgs: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let r = process_batch(deps, &msgs, &options).await;
         let failed: HashSet<&str> = r.failed.iter().map(String::as_str).collect();
         for m in got

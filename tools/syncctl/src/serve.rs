@@ -432,13 +432,7 @@ async fn worker_loop(mut w: Worker) {
         if got.is_empty() {
             continue;
         }
-        let msgs: Vec<InMessage> = got
-            .iter()
-            .map(|m| InMessage {
-                message_id: m.message_id.clone(),
-                body: m.body.clone(),
-            })
-            .collect();
+        let msgs: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let deps = WorkerDeps {
             source: w.source.as_ref(),
             records: &w.store,
