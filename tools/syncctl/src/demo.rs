@@ -240,8 +240,8 @@ pub async fn reconcile_leg(
     spill: &std::path::Path,
     drain: bool,
 ) -> Result<(), String> {
-    use crate::reconcile::{describe_drained, drain_queue, reconcile_entities};
-    use shared::sync::reconcile::{Decision, PlanInput, ReconcileDeps, ReconcileOptions};
+    use crate::reconcile::{describe_drained, drain_queue};
+    use shared::sync::reconcile::{Decision, ReconcileDeps};
 
     // Silence: no deliveries from here on.
     sim.set_webhook_target(None).map_err(|e| e.to_string())?;
@@ -289,21 +289,7 @@ pub async fn reconcile_leg(
     };
     let entities = [Entity::People, Entity::Donations].map(|e| e.name().to_owned());
     let started = Instant::now();
-    let rows = reconcile_entities(
-        &deps,
-        &entities,
-        &PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await;
-    let report = crate::reconcile::Report {
-        runs: rows,
-        queue: "work".into(),
-        worker: None,
-    };
-    for line in report.render().lines() {
-        println!("   {line}");
-    }
+    let report = reconcile_and_show(&deps, &entities).await;
     println!("   ({} for both entities)", ms(started.elapsed()));
     let want = [
         (
@@ -400,21 +386,7 @@ pub async fn reconcile_leg(
         source: &wrong_source,
         ..deps
     };
-    let rows = reconcile_entities(
-        &deps,
-        &entities[..1],
-        &PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await;
-    let report = crate::reconcile::Report {
-        runs: rows,
-        queue: "work".into(),
-        worker: None,
-    };
-    for line in report.render().lines() {
-        println!("   {line}");
-    }
+    let report = reconcile_and_show(&deps, &entities[..1]).await;
     let row = &report.runs[0];
     expect(
         row.status == "guard_blocked"
@@ -684,6 +656,29 @@ async fn check(store: &LocalStore, sim: &SimHandle) -> Result<(), String> {
     }
     println!("   ✔ store equals source");
     Ok(())
+}
+
+/// Reconcile `entities` with the default options and print the report's table, indented.
+async fn reconcile_and_show(
+    deps: &shared::sync::reconcile::ReconcileDeps<'_>,
+    entities: &[String],
+) -> crate::reconcile::Report {
+    let runs = crate::reconcile::reconcile_entities(
+        deps,
+        entities,
+        &shared::sync::reconcile::PlanInput::default(),
+        &shared::sync::reconcile::ReconcileOptions::default(),
+    )
+    .await;
+    let report = crate::reconcile::Report {
+        runs,
+        queue: "work".into(),
+        worker: None,
+    };
+    for line in report.render().lines() {
+        println!("   {line}");
+    }
+    report
 }
 
 #[cfg(test)]
