@@ -92,6 +92,33 @@ pub fn delta_run(s: &crate::sync::delta::DeltaSummary) {
     ));
 }
 
+/// Log a reconciliation's summary (one structured line) and publish its metrics.
+pub fn reconcile_run(s: &crate::sync::reconcile::RunSummary) {
+    tracing::info!(
+        entity = %s.entity,
+        run_id = %s.run_id,
+        status = %s.status,
+        source_count = ?s.source_count,
+        destination_count = ?s.destination_count,
+        deleted = s.deleted,
+        missed = s.missed,
+        stale = s.stale,
+        queued = s.queued,
+        duration_ms = s.duration_ms,
+        "reconciliation finished"
+    );
+    let failed = if s.status == "failed" { 1.0 } else { 0.0 };
+    publish(&emf(
+        &[("Entity", &s.entity), ("Strategy", "reconcile")],
+        &[
+            ("ReconcileMissed", s.missed as f64, "Count"),
+            ("ReconcileStale", s.stale as f64, "Count"),
+            ("ReconcileDeleted", s.deleted as f64, "Count"),
+            ("RunFailed", failed, "Count"),
+        ],
+    ));
+}
+
 /// Publish a failed delta run (it has no summary: the error is logged by the caller).
 pub fn delta_failed(entity: &str) {
     publish(&emf(

@@ -1093,32 +1093,7 @@ pub async fn finish(
             summary: detail.to_string(),
         })
         .await?;
-    tracing::info!(
-        entity = %summary.entity,
-        run_id = %summary.run_id,
-        status = %summary.status,
-        source_count = ?summary.source_count,
-        destination_count = ?summary.destination_count,
-        deleted = summary.deleted,
-        missed = summary.missed,
-        stale = summary.stale,
-        queued = summary.queued,
-        duration_ms = summary.duration_ms,
-        "reconciliation finished"
-    );
-    crate::telemetry::publish(&crate::telemetry::emf(
-        &[("Entity", &summary.entity), ("Strategy", "reconcile")],
-        &[
-            ("ReconcileMissed", summary.missed as f64, "Count"),
-            ("ReconcileStale", summary.stale as f64, "Count"),
-            ("ReconcileDeleted", summary.deleted as f64, "Count"),
-            (
-                "RunFailed",
-                if status == "failed" { 1.0 } else { 0.0 },
-                "Count",
-            ),
-        ],
-    ));
+    crate::telemetry::reconcile_run(&summary);
     deps.spill
         .delete_prefix(&format!("{}/", run.prefix(opts)))
         .await?;
