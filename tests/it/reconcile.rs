@@ -98,6 +98,29 @@ async fn sync_all(src: &dyn SourceApi, store: &LocalStore) {
         .expect("delta");
 }
 
+/// A simulator of `people`, its configuration and client, and a local store synced from it.
+async fn synced(people: usize) -> (SimHandle, Config, SourceClient, Local) {
+    let h = sim(people).await;
+    let cfg = config(&h);
+    let src = SourceClient::new(&cfg, None).unwrap();
+    let l = local();
+    sync_all(&src, &l.store).await;
+    (h, cfg, src, l)
+}
+
+/// `reconcile` with the default input and options; it must not fail.
+async fn reconcile_default(cfg: &Config, src: &dyn SourceApi, l: &Local) -> Vec<RunSummary> {
+    reconcile(
+        cfg,
+        src,
+        l,
+        PlanInput::default(),
+        &ReconcileOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn reconcile(
     cfg: &Config,
     src: &dyn SourceApi,
@@ -187,11 +210,7 @@ async fn assert_converged(h: &SimHandle, store: &LocalStore) {
 
 #[tokio::test]
 async fn deletions_are_confirmed_and_soft_deleted_and_missed_and_stale_records_repaired() {
-    let h = sim(60).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, src, l) = synced(60).await;
     // Drift that delta sync did not see: two deletions, two creations, two updates.
     for id in [12, 31] {
         h.sim().delete(Entity::People, id);
@@ -202,15 +221,7 @@ async fn deletions_are_confirmed_and_soft_deleted_and_missed_and_stale_records_r
     for id in [5, 47] {
         h.sim().update(Entity::People, id, None);
     }
-    let s = reconcile(
-        &cfg,
-        &src,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = reconcile_default(&cfg, &src, &l).await;
     assert_eq!(s.len(), 1);
     let s = &s[0];
     assert_eq!(s.status, "succeeded");
@@ -223,15 +234,7 @@ async fn deletions_are_confirmed_and_soft_deleted_and_missed_and_stale_records_r
     assert_converged(&h, &l.store).await;
     // The run's objects are gone and the lease is free.
     assert!(l.spill.list("reconcile/").await.unwrap().is_empty());
-    let again = reconcile(
-        &cfg,
-        &src,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let again = reconcile_default(&cfg, &src, &l).await;
     assert_eq!(
         (again[0].deleted, again[0].missed, again[0].stale),
         (0, 0, 0)
@@ -407,23 +410,11 @@ async fn negative_control_delete_on_absence_without_confirmation_loses_live_reco
 #[tokio::test]
 async fn the_guard_blocks_deletions_on_an_empty_source_and_on_a_failed_listing() {
     // Empty: every record gone at the source (or a wrong path answering an empty list).
-    let h = sim(30).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, src, l) = synced(30).await;
     for id in 1..=30 {
         h.sim().delete(Entity::People, id);
     }
-    let s = reconcile(
-        &cfg,
-        &src,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = reconcile_default(&cfg, &src, &l).await;
     assert_eq!(s[0].status, "guard_blocked");
     assert_eq!(s[0].deleted, 0);
     for i in 1..=30 {
@@ -431,11 +422,7 @@ async fn the_guard_blocks_deletions_on_an_empty_source_and_on_a_failed_listing()
     }
 
     // An error mid-stream: the third page fails; repairs go on, deletions do not.
-    let h = sim(450).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, _, l) = synced(450).await;
     h.sim().delete(Entity::People, 3);
     let fresh = h.sim().create(Entity::People, None).id;
     let flaky = HookedIds {
@@ -448,15 +435,7 @@ async fn the_guard_blocks_deletions_on_an_empty_source_and_on_a_failed_listing()
         pages: AtomicUsize::new(0),
         hide: Vec::new(),
     };
-    let s = reconcile(
-        &cfg,
-        &flaky,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = reconcile_default(&cfg, &flaky, &l).await;
     assert_eq!(s[0].status, "guard_blocked");
     assert!(
         matches!(&s[0].guard, Some(Decision::Blocked { reason }) if reason.contains("did not end normally"))
@@ -467,24 +446,12 @@ async fn the_guard_blocks_deletions_on_an_empty_source_and_on_a_failed_listing()
 
 #[tokio::test]
 async fn over_the_threshold_deletions_wait_for_approval_then_apply() {
-    let h = sim(50).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, src, l) = synced(50).await;
     for id in 11..=20 {
         h.sim().delete(Entity::People, id);
     }
     // 10 of 50 (20%) is over the default 5%.
-    let s = reconcile(
-        &cfg,
-        &src,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = reconcile_default(&cfg, &src, &l).await;
     assert_eq!(s[0].status, "awaiting_approval");
     assert_eq!(s[0].deleted, 0);
     assert!(live(&l.store, 11).await);
@@ -563,15 +530,7 @@ async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
         pages: AtomicUsize::new(0),
         hide: Vec::new(),
     };
-    let s = reconcile(
-        &cfg,
-        &src,
-        &l,
-        PlanInput::default(),
-        &ReconcileOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = reconcile_default(&cfg, &src, &l).await;
     assert!(created.load(Ordering::SeqCst));
     assert_eq!(s[0].deleted, 0);
     assert_converged(&h, &l.store).await;
@@ -579,11 +538,7 @@ async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
 
 #[tokio::test]
 async fn a_listing_over_several_invocations_and_objects_and_a_re_run_apply() {
-    let h = sim(700).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, src, l) = synced(700).await;
     for id in [101, 202, 303] {
         h.sim().delete(Entity::People, id);
     }
@@ -754,11 +709,7 @@ async fn on_dynamodb_local_and_s3() {
 
 #[tokio::test]
 async fn over_the_targeted_limit_the_delta_cursor_is_rewound_and_delta_repairs() {
-    let h = sim(50).await;
-    let cfg = config(&h);
-    let src = SourceClient::new(&cfg, None).unwrap();
-    let l = local();
-    sync_all(&src, &l.store).await;
+    let (h, cfg, src, l) = synced(50).await;
     // Three records appear at the source with old timestamps, behind delta's cursor (a
     // restore from backup, say): delta sync alone would never read them.
     let cursor = |store: Arc<LocalStore>| async move {
