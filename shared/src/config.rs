@@ -3,6 +3,10 @@
 //! Read once at start-up (`Config::load`); a mistake is a `ConfigError` naming the file, the
 //! entity and the field. Secrets are never part of it: `auth` names where the secret lives.
 
+pub mod env;
+
+pub use env::Env;
+
 use crate::core::timefmt::TimestampFormat;
 use crate::error::ConfigError;
 use serde::Deserialize;

@@ -67,7 +67,7 @@ pub async fn handle(
             error_message: format!("entity {e:?} is not configured"),
         })?;
     let stop_at =
-        shared::adapters::deploy::stop_instant(event.context.deadline(), deps.safety_margin);
+        shared::core::deadline::stop_instant(event.context.deadline(), deps.safety_margin);
     let runs = futures::future::join_all(entities.iter().map(|entity| {
         let opts = DeltaOptions {
             overlap_us: deps.overlap_us,

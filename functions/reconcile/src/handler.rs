@@ -97,10 +97,8 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
     let span = tracing::info_span!("reconcile", step = %step, entity = %entity, run_id = %run_id);
 
     let mut opts = deps.options.reconcile.clone();
-    opts.stop_at = shared::adapters::deploy::stop_instant(
-        event.context.deadline(),
-        deps.options.safety_margin,
-    );
+    opts.stop_at =
+        shared::core::deadline::stop_instant(event.context.deadline(), deps.options.safety_margin);
     let rdeps = ReconcileDeps {
         config: &deps.config,
         source: deps.source.as_ref(),

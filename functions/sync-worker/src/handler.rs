@@ -7,7 +7,7 @@ use shared::error::ConfigError;
 use shared::ports::{ControlStore, RecordStore, SourceApi};
 use shared::sync::worker::{BatchReport, InMessage, WorkerDeps, WorkerOptions, process_batch};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Built once per cold start in `main`.
 pub struct Deps {
@@ -54,10 +54,7 @@ pub async fn handle(
         })
         .collect();
     let mut options = deps.options.clone();
-    let deadline = event.context.deadline();
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let left = shared::core::deadline::time_left(event.context.deadline()).unwrap_or_default();
     options.in_progress_ttl_us = (left + CLAIM_MARGIN).as_micros() as i64;
     let report = process_batch(
         &WorkerDeps {

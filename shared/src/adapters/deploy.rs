@@ -94,18 +94,3 @@ pub fn num_from(
         }),
     }
 }
-
-/// When to stop, `margin` before a Lambda invocation's deadline; `None` when the context has no
-/// deadline (a local invocation).
-pub fn stop_instant(
-    deadline: std::time::SystemTime,
-    margin: std::time::Duration,
-) -> Option<std::time::Instant> {
-    if deadline == std::time::SystemTime::UNIX_EPOCH {
-        return None;
-    }
-    let left = deadline
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    Some(std::time::Instant::now() + left.saturating_sub(margin))
-}

@@ -1,6 +1,7 @@
 //! Pure logic: no IO, no SDK types. Unit-tested table by table.
 
 pub mod cursor;
+pub mod deadline;
 pub mod json;
 pub mod timefmt;
 pub mod version;
