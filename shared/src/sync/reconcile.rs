@@ -2,7 +2,7 @@
 //! (`infra/reconcile.asl.json`), and `syncctl reconcile` runs the same steps in a row locally.
 //! Steps take and return the small wire structs below (counts and keys, never ID sets: a state
 //! stays far under Step Functions' 256 KB); the ID sets live in the spill store as sorted runs
-//! (`crate::reconcile`).
+//! (`crate::setdiff`).
 //!
 //! Layout of a run's objects: `<prefix>/<entity>/<run_id>/{source, dest/<shard>, diff/{delete,
 //! fetch, stale}}/NNNNNN.run`.
@@ -21,8 +21,8 @@ use crate::ports::{
     ControlStore, Executions, JobKind, LeaseOutcome, Queue, RecordStore, RunRecord, SourceApi,
     SpillStore,
 };
-use crate::reconcile::{
-    DiffOutputs, DiffSummary, MergeOptions, ReconcileError, RunReader, RunWriter, SortedRunWriter,
+use crate::setdiff::{
+    DiffOutputs, DiffSummary, MergeOptions, SetDiffError, RunReader, RunWriter, SortedRunWriter,
     diff_with, list_runs,
 };
 use crate::wire::{ENVELOPE_VERSION, MessageKind, QueueEnvelope};
@@ -137,7 +137,7 @@ pub enum StepError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Spill(#[from] ReconcileError),
+    Spill(#[from] SetDiffError),
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -682,7 +682,7 @@ async fn read_ids(
     spill: &dyn SpillStore,
     keys: &[String],
     limit: usize,
-) -> Result<Vec<String>, ReconcileError> {
+) -> Result<Vec<String>, SetDiffError> {
     let mut out = Vec::new();
     for k in keys {
         let mut r = RunReader::open(spill, k).await?;
