@@ -508,10 +508,7 @@ pub struct RunReader {
 
 impl RunReader {
     /// Opens the run `key` and reads its header.
-    pub async fn open<S: SpillStore + ?Sized>(
-        spill: &S,
-        key: &str,
-    ) -> Result<Self, SetDiffError> {
+    pub async fn open<S: SpillStore + ?Sized>(spill: &S, key: &str) -> Result<Self, SetDiffError> {
         let src = spill.open(key).await?;
         RunReader::from_reader(key, src).await
     }
