@@ -925,6 +925,16 @@ fn guarded(decision: Decision) -> Option<GuardOutput> {
     })
 }
 
+/// The guard's output, the failure path's error, the approval's answer and whether the run was
+/// approved up front; the status they make.
+type FinishCase<'a> = (
+    Option<GuardOutput>,
+    Option<serde_json::Value>,
+    Option<&'a str>,
+    bool,
+    &'a str,
+);
+
 #[tokio::test]
 async fn finish_maps_the_runs_outcome_to_its_status() {
     let blocked = Decision::Blocked {
@@ -935,13 +945,7 @@ async fn finish_maps_the_runs_outcome_to_its_status() {
     };
     let failed = Some(serde_json::json!({"Error": "Reconcile.Failed", "Cause": "boom"}));
     // (guard, error, approval, run approved up front) → status
-    let cases: Vec<(
-        Option<GuardOutput>,
-        Option<serde_json::Value>,
-        Option<&str>,
-        bool,
-        &str,
-    )> = vec![
+    let cases: Vec<FinishCase<'_>> = vec![
         (
             guarded(Decision::Delete),
             failed.clone(),
