@@ -11,7 +11,7 @@ pub mod error;
 pub mod memory;
 pub mod model;
 pub mod ports;
-pub mod reconcile;
+pub mod setdiff;
 pub mod source;
 pub mod sync;
 pub mod telemetry;

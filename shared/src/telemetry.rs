@@ -1,5 +1,11 @@
 //! One logging set-up for every binary. JSON lines under Lambda (CloudWatch), plain text
 //! elsewhere; `RUST_LOG` filters. Never log payloads or secrets.
+//!
+//! And the generic half of metrics: [`emf`] builds a CloudWatch embedded-metric-format line,
+//! [`publish`] sends it. Which metrics a run has is said beside its summary type
+//! (`sync::delta::DeltaSummary::metrics`, `sync::worker::BatchReport::metrics`,
+//! `sync::reconcile::StepOutput::metrics`); each function's handler publishes them. This module
+//! imports nothing from `sync`.
 
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,118 +59,6 @@ pub fn publish(line: &str) {
     if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
         println!("{line}");
     }
-}
-
-/// Log a delta run's summary (one structured line) and publish its metrics.
-pub fn delta_run(s: &crate::sync::delta::DeltaSummary) {
-    tracing::info!(
-        entity = %s.entity,
-        run_id = %s.run_id,
-        status = s.status.as_str(),
-        pages = s.pages,
-        seen = s.seen,
-        written = s.written(),
-        unchanged = s.unchanged,
-        stale = s.stale,
-        rejected = s.rejected,
-        duration_ms = s.duration_ms,
-        cursor_before = s.cursor_before.as_deref().unwrap_or("-"),
-        cursor_after = s.cursor_after.as_deref().unwrap_or("-"),
-        "delta run finished"
-    );
-    let failed = if s.status == crate::sync::delta::RunStatus::Failed {
-        1.0
-    } else {
-        0.0
-    };
-    publish(&emf(
-        &[("Entity", &s.entity), ("Strategy", "delta")],
-        &[
-            ("RecordsSeen", s.seen as f64, "Count"),
-            ("RecordsWritten", s.written() as f64, "Count"),
-            ("RecordsUnchanged", s.unchanged as f64, "Count"),
-            ("RecordsStale", s.stale as f64, "Count"),
-            ("RecordsRejected", s.rejected as f64, "Count"),
-            ("ApiPages", s.pages as f64, "Count"),
-            ("RunFailed", failed, "Count"),
-            ("RunDuration", s.duration_ms as f64, "Milliseconds"),
-        ],
-    ));
-}
-
-/// Log a reconciliation's summary (one structured line) and publish its metrics.
-pub fn reconcile_run(s: &crate::sync::reconcile::RunSummary) {
-    tracing::info!(
-        entity = %s.entity,
-        run_id = %s.run_id,
-        status = %s.status,
-        source_count = ?s.source_count,
-        destination_count = ?s.destination_count,
-        deleted = s.deleted,
-        missed = s.missed,
-        stale = s.stale,
-        queued = s.queued,
-        duration_ms = s.duration_ms,
-        "reconciliation finished"
-    );
-    let failed = if s.status == "failed" { 1.0 } else { 0.0 };
-    publish(&emf(
-        &[("Entity", &s.entity), ("Strategy", "reconcile")],
-        &[
-            ("ReconcileMissed", s.missed as f64, "Count"),
-            ("ReconcileStale", s.stale as f64, "Count"),
-            ("ReconcileDeleted", s.deleted as f64, "Count"),
-            ("RunFailed", failed, "Count"),
-        ],
-    ));
-}
-
-/// Publish a failed delta run (it has no summary: the error is logged by the caller).
-pub fn delta_failed(entity: &str) {
-    publish(&emf(
-        &[("Entity", entity), ("Strategy", "delta")],
-        &[("RunFailed", 1.0, "Count")],
-    ));
-}
-
-/// Log a worker batch (one structured line) and publish its metrics. `NotFoundCeilingTripped`
-/// has no dimensions, so that one alarm watches every entity.
-pub fn worker_batch(r: &crate::sync::worker::BatchReport) {
-    tracing::info!(
-        messages = r.messages,
-        failed = r.failed.len(),
-        poison = r.poison,
-        duplicates = r.duplicates,
-        get_by_id = r.get_by_id_calls,
-        written = r.written,
-        unchanged = r.unchanged,
-        stale = r.stale,
-        deleted = r.deleted,
-        delete_skipped = r.delete_skipped,
-        not_found = r.not_found,
-        ceiling_tripped = r.ceiling_tripped,
-        "worker batch finished"
-    );
-    publish(&emf(
-        &[],
-        &[
-            (
-                "MessagesProcessed",
-                (r.messages - r.failed.len()) as f64,
-                "Count",
-            ),
-            ("MessagesFailed", r.failed.len() as f64, "Count"),
-            ("MessagesDuplicate", r.duplicates as f64, "Count"),
-            ("GetByIdCalls", r.get_by_id_calls as f64, "Count"),
-            ("RecordsWritten", r.written as f64, "Count"),
-            ("RecordsDeleted", r.deleted as f64, "Count"),
-            (
-                "NotFoundCeilingTripped",
-                if r.ceiling_tripped { 1.0 } else { 0.0 },
-                "Count",
-            ),
-        ],
-    ));
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! - candidates the source still has: `the_guard_trips_on_candidates_the_source_still_has`
 //!   -> `negative_control_delete_on_absence_without_confirmation_loses_live_records`.
 //!
-//! (Bytewise against numeric order is covered by `shared::reconcile`'s unit tests and their
+//! (Bytewise against numeric order is covered by `shared::setdiff`'s unit tests and their
 //! negative control; every test here uses numeric IDs above 9, whose orders differ.)
 
 use crate::harness::{create_bucket, s3_client};

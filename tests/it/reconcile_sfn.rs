@@ -107,6 +107,7 @@ impl Function {
         };
         dispatch_with(&deps, Some(&self.executions), input, &opts)
             .await
+            .map(|out| serde_json::to_value(&out).expect("a step's output serialises"))
             .map_err(|e| (e.error_type().to_owned(), e.to_string()))
     }
 }

@@ -85,12 +85,13 @@ pub async fn handle(
     for (entity, r) in runs {
         match r {
             Ok(s) => {
-                shared::telemetry::delta_run(&s);
+                s.log();
+                shared::telemetry::publish(&s.metrics());
                 out.push(s);
             }
             Err(e) => {
                 tracing::error!(%entity, error = %e, retryable = e.is_retryable(), "delta run failed");
-                shared::telemetry::delta_failed(&entity);
+                shared::telemetry::publish(&shared::sync::delta::failed_run_metrics(&entity));
                 failed.push(format!("{entity}: {e}"));
             }
         }

@@ -7,6 +7,8 @@ mod handler;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use shared::adapters::deploy;
+use shared::config::Env;
+use shared::sync::reconcile::ReconcileOptions;
 use std::sync::Arc;
 
 #[tokio::main]
@@ -19,7 +21,7 @@ async fn main() -> Result<(), Error> {
         executions: Some(Arc::new(shared::adapters::sfn::StepFunctions::from_sdk(
             &d.sdk,
         ))),
-        options: handler::options_from_env()?,
+        options: ReconcileOptions::from_env(Env::process())?,
         config: d.config,
         source: d.source,
         records: d.records,

@@ -66,7 +66,8 @@ pub async fn handle(
         &options,
     )
     .await;
-    shared::telemetry::worker_batch(&report);
+    report.log();
+    shared::telemetry::publish(&report.metrics());
     if report.all_failed() {
         return Err(Diagnostic {
             error_type: "BatchFailed".into(),

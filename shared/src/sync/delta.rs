@@ -361,6 +361,60 @@ async fn checkpoint(
         .await
 }
 
+/// What a delta run tells the operator: its log line and its metrics (the handler publishes
+/// them with `telemetry::publish`).
+impl DeltaSummary {
+    /// Log the run's summary (one structured line).
+    pub fn log(&self) {
+        tracing::info!(
+            entity = %self.entity,
+            run_id = %self.run_id,
+            status = self.status.as_str(),
+            pages = self.pages,
+            seen = self.seen,
+            written = self.written(),
+            unchanged = self.unchanged,
+            stale = self.stale,
+            rejected = self.rejected,
+            duration_ms = self.duration_ms,
+            cursor_before = self.cursor_before.as_deref().unwrap_or("-"),
+            cursor_after = self.cursor_after.as_deref().unwrap_or("-"),
+            "delta run finished"
+        );
+    }
+
+    /// The run's metrics as one EMF line, per entity (`Strategy` = `delta`).
+    pub fn metrics(&self) -> String {
+        let failed = if self.status == RunStatus::Failed {
+            1.0
+        } else {
+            0.0
+        };
+        crate::telemetry::emf(
+            &[("Entity", &self.entity), ("Strategy", "delta")],
+            &[
+                ("RecordsSeen", self.seen as f64, "Count"),
+                ("RecordsWritten", self.written() as f64, "Count"),
+                ("RecordsUnchanged", self.unchanged as f64, "Count"),
+                ("RecordsStale", self.stale as f64, "Count"),
+                ("RecordsRejected", self.rejected as f64, "Count"),
+                ("ApiPages", self.pages as f64, "Count"),
+                ("RunFailed", failed, "Count"),
+                ("RunDuration", self.duration_ms as f64, "Milliseconds"),
+            ],
+        )
+    }
+}
+
+/// The metrics of a failed delta run, as one EMF line (it has no summary: the caller logs the
+/// error).
+pub fn failed_run_metrics(entity: &str) -> String {
+    crate::telemetry::emf(
+        &[("Entity", entity), ("Strategy", "delta")],
+        &[("RunFailed", 1.0, "Count")],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The strategies, written against the ports only: delta sync (later: webhook worker,
-//! reconciliation steps).
+//! The strategies, written against the ports only: delta sync, the worker (webhook and targeted
+//! messages) and reconciliation's steps. Each run's summary says how it is logged and which
+//! metrics it has; the functions' handlers publish them.
 
 pub mod delta;
 pub mod reconcile;

@@ -463,3 +463,51 @@ async fn apply(
         });
     }
 }
+
+/// What a worker batch tells the operator: its log line and its metrics (the handler publishes
+/// them with `telemetry::publish`).
+impl BatchReport {
+    /// Log the batch (one structured line).
+    pub fn log(&self) {
+        tracing::info!(
+            messages = self.messages,
+            failed = self.failed.len(),
+            poison = self.poison,
+            duplicates = self.duplicates,
+            get_by_id = self.get_by_id_calls,
+            written = self.written,
+            unchanged = self.unchanged,
+            stale = self.stale,
+            deleted = self.deleted,
+            delete_skipped = self.delete_skipped,
+            not_found = self.not_found,
+            ceiling_tripped = self.ceiling_tripped,
+            "worker batch finished"
+        );
+    }
+
+    /// The batch's metrics as one EMF line. `NotFoundCeilingTripped` has no dimensions, so that
+    /// one alarm watches every entity.
+    pub fn metrics(&self) -> String {
+        crate::telemetry::emf(
+            &[],
+            &[
+                (
+                    "MessagesProcessed",
+                    (self.messages - self.failed.len()) as f64,
+                    "Count",
+                ),
+                ("MessagesFailed", self.failed.len() as f64, "Count"),
+                ("MessagesDuplicate", self.duplicates as f64, "Count"),
+                ("GetByIdCalls", self.get_by_id_calls as f64, "Count"),
+                ("RecordsWritten", self.written as f64, "Count"),
+                ("RecordsDeleted", self.deleted as f64, "Count"),
+                (
+                    "NotFoundCeilingTripped",
+                    if self.ceiling_tripped { 1.0 } else { 0.0 },
+                    "Count",
+                ),
+            ],
+        )
+    }
+}

@@ -1,5 +1,5 @@
 //! Reconciliation's data core: N source against N destination `(id, version)` pairs spilled to
-//! a local folder (`LocalSpill`), then the streaming merge and diff (`shared::reconcile`).
+//! a local folder (`LocalSpill`), then the streaming merge and diff (`shared::setdiff`).
 //!
 //! IDs are numeric strings (`"1"`..), as at Planning Center, so bytewise order differs from
 //! numeric order. Over a universe of IDs `1..=U` with `U = N × 101 / 100`, index `i % 101`
@@ -23,7 +23,7 @@ use shared::adapters::local::LocalSpill;
 use shared::error::StoreError;
 use shared::model::{ID_SHARDS, Micros, shard_of};
 use shared::ports::SpillStore;
-use shared::reconcile::{
+use shared::setdiff::{
     DEFAULT_MAX_FAN_IN, DiffOutputs, MergeOptions, RunReader, RunWriter, RunsWritten,
     SortedRunWriter, diff_with,
 };

@@ -15,7 +15,7 @@ use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use shared::adapters::aws::{retry_config, sdk_config};
 use shared::adapters::s3::S3Spill;
 use shared::ports::SpillStore;
-use shared::reconcile::DEFAULT_MAX_FAN_IN;
+use shared::setdiff::DEFAULT_MAX_FAN_IN;
 use std::sync::{Arc, Mutex};
 
 /// Arguments of `bench reconcile-s3` (smaller defaults than `bench reconcile`: an emulator).

@@ -430,7 +430,11 @@ pub async fn reconcile_entities(
             ..input.clone()
         };
         let row = match run_all(deps, &one, opts).await {
-            Ok(mut summaries) if !summaries.is_empty() => RunRow::from_summary(summaries.remove(0)),
+            Ok(mut summaries) if !summaries.is_empty() => {
+                let summary = summaries.remove(0);
+                summary.log();
+                RunRow::from_summary(summary)
+            }
             Ok(_) => {
                 let mut row = RunRow::empty(entity, "skipped");
                 row.held_by = deps

@@ -7,7 +7,7 @@ use super::*;
 use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::ports::{JobKind, LeaseOutcome};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 fn sample(name: &str) -> Value {
     let text = match name {
@@ -77,7 +77,7 @@ async fn fixture(people: usize) -> Fixture {
         spill: Arc::new(spill),
         queue: queue.clone(),
         executions: None,
-        options: options_from(|_| None).unwrap(),
+        options: ReconcileOptions::default(),
     };
     Fixture {
         sim,
@@ -323,66 +323,5 @@ async fn bad_input_is_a_named_error() {
             "{payload}: {}",
             e.error_message
         );
-    }
-}
-
-#[test]
-fn options_come_from_the_environment_with_named_errors() {
-    let o = options_from(|_| None).unwrap();
-    let d = ReconcileOptions::default();
-    assert_eq!(o.reconcile.max_delete_share, d.max_delete_share);
-    assert_eq!(o.reconcile.max_delete_count, d.max_delete_count);
-    assert_eq!(o.reconcile.max_confirmations, d.max_confirmations);
-    assert_eq!(o.reconcile.targeted_limit, d.targeted_limit);
-    assert_eq!(o.reconcile.run_size, d.run_size);
-    assert_eq!(
-        o.reconcile.spill_prefix, "reconcile",
-        "the template's grants name it"
-    );
-    assert!(o.reconcile.confirm_deletes);
-    assert_eq!(o.safety_margin, Duration::from_secs(30));
-    assert_eq!(
-        o.reconcile.approval_lease_ttl_us,
-        (86_400 + 3_600) * 1_000_000
-    );
-
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |n: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    };
-    let o = options_from(env(&[
-        ("RECONCILE_MAX_DELETE_PERCENT", "20"),
-        ("RECONCILE_MAX_DELETE_COUNT", "50"),
-        ("RECONCILE_MAX_CONFIRMATIONS", "10"),
-        ("RECONCILE_TARGETED_LIMIT", "0"),
-        ("RECONCILE_RUN_SIZE", "5000"),
-        ("RECONCILE_SAFETY_MARGIN_SECONDS", "60"),
-        ("RECONCILE_APPROVAL_TIMEOUT_SECONDS", "3600"),
-    ]))
-    .unwrap();
-    assert_eq!(o.reconcile.max_delete_share, 0.2);
-    assert_eq!(o.reconcile.max_delete_count, 50);
-    assert_eq!(o.reconcile.max_confirmations, 10);
-    assert_eq!(o.reconcile.targeted_limit, 0);
-    assert_eq!(o.reconcile.run_size, 5000);
-    assert_eq!(o.safety_margin, Duration::from_secs(60));
-    assert_eq!(o.reconcile.approval_lease_ttl_us, 7_200 * 1_000_000);
-
-    for (name, bad) in [
-        ("RECONCILE_MAX_DELETE_PERCENT", "101"),
-        ("RECONCILE_MAX_DELETE_PERCENT", "5%"),
-        ("RECONCILE_MAX_DELETE_COUNT", "-1"),
-        ("RECONCILE_MAX_CONFIRMATIONS", "many"),
-        ("RECONCILE_TARGETED_LIMIT", "1e6"),
-        ("RECONCILE_RUN_SIZE", "10"),
-        ("RECONCILE_SAFETY_MARGIN_SECONDS", "0"),
-        ("RECONCILE_APPROVAL_TIMEOUT_SECONDS", "0"),
-    ] {
-        let e = options_from(|n| (n == name).then(|| bad.into())).unwrap_err();
-        assert!(e.to_string().contains(name), "{name}={bad}: {e}");
     }
 }

@@ -23,7 +23,7 @@
 //! 0.07 of inflate per million pairs, more than writing and merging them cost here; `id\tversion\n`
 //! text gzipped takes 10.8 bytes a pair and more CPU still. The runs are short-lived.
 
-use super::{ReconcileError, shown};
+use super::{SetDiffError, shown};
 use crate::model::{IdVersion, Micros};
 use crate::ports::SpillStore;
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ pub fn run_key(prefix: &str, index: u32) -> String {
 pub async fn list_runs<S: SpillStore + ?Sized>(
     spill: &S,
     prefix: &str,
-) -> Result<Vec<String>, ReconcileError> {
+) -> Result<Vec<String>, SetDiffError> {
     let folder = format!("{}/", prefix.trim_end_matches('/'));
     let mut keys = spill.list(&folder).await?;
     keys.retain(|k| k.ends_with(".run"));
@@ -103,7 +103,7 @@ impl RunsWritten {
     }
 }
 
-fn check_id(id: &str) -> Result<(), ReconcileError> {
+fn check_id(id: &str) -> Result<(), SetDiffError> {
     let reason = if id.is_empty() {
         "empty"
     } else if id.len() > MAX_ID_BYTES {
@@ -111,15 +111,15 @@ fn check_id(id: &str) -> Result<(), ReconcileError> {
     } else {
         return Ok(());
     };
-    Err(ReconcileError::BadId {
+    Err(SetDiffError::BadId {
         id: shown(id.as_bytes()),
         reason,
     })
 }
 
-fn check_run_size(run_size: usize) -> Result<(), ReconcileError> {
+fn check_run_size(run_size: usize) -> Result<(), SetDiffError> {
     if run_size == 0 {
-        return Err(ReconcileError::InvalidArgument {
+        return Err(SetDiffError::InvalidArgument {
             name: "run_size",
             message: "must be at least 1".into(),
         });
@@ -211,7 +211,7 @@ struct Sink<'a, S: ?Sized> {
 }
 
 impl<S: SpillStore + ?Sized> Sink<'_, S> {
-    async fn put(&mut self, body: Vec<u8>, pairs: u64) -> Result<(), ReconcileError> {
+    async fn put(&mut self, body: Vec<u8>, pairs: u64) -> Result<(), SetDiffError> {
         let key = run_key(&self.prefix, self.written.next_index);
         self.spill.put(&key, body).await?;
         self.written.runs.push(RunInfo { key, pairs });
@@ -252,7 +252,7 @@ pub struct RunWriter<'a, S: ?Sized> {
 
 impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
     /// A writer of runs of at most `run_size` pairs under `prefix`, numbered from 0.
-    pub fn new(spill: &'a S, prefix: &str, run_size: usize) -> Result<Self, ReconcileError> {
+    pub fn new(spill: &'a S, prefix: &str, run_size: usize) -> Result<Self, SetDiffError> {
         check_run_size(run_size)?;
         Ok(RunWriter {
             sink: Sink {
@@ -285,7 +285,7 @@ impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
     }
 
     /// Adds a pair; writes a run when the buffer is full.
-    pub async fn push(&mut self, id: &str, version: Micros) -> Result<(), ReconcileError> {
+    pub async fn push(&mut self, id: &str, version: Micros) -> Result<(), SetDiffError> {
         check_id(id)?;
         if self.arena.len() + id.len() > self.max_buffer_bytes && !self.entries.is_empty() {
             self.flush().await?;
@@ -305,7 +305,7 @@ impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
     }
 
     /// Adds a page of pairs (a source `IdPage`'s `ids`).
-    pub async fn push_all(&mut self, pairs: &[IdVersion]) -> Result<(), ReconcileError> {
+    pub async fn push_all(&mut self, pairs: &[IdVersion]) -> Result<(), SetDiffError> {
         for p in pairs {
             self.push(&p.id, p.delta_us).await?;
         }
@@ -313,7 +313,7 @@ impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
     }
 
     /// Sorts and writes the buffer as one run (nothing when empty).
-    pub async fn flush(&mut self) -> Result<(), ReconcileError> {
+    pub async fn flush(&mut self) -> Result<(), SetDiffError> {
         if self.entries.is_empty() {
             return Ok(());
         }
@@ -337,7 +337,7 @@ impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
     }
 
     /// Writes what is buffered and returns every run written.
-    pub async fn finish(mut self) -> Result<RunsWritten, ReconcileError> {
+    pub async fn finish(mut self) -> Result<RunsWritten, SetDiffError> {
         self.flush().await?;
         Ok(self.sink.written)
     }
@@ -346,7 +346,7 @@ impl<'a, S: SpillStore + ?Sized> RunWriter<'a, S> {
 /// Writes pairs that arrive already sorted bytewise (a destination index shard, the diff's
 /// outputs) straight into runs of at most `run_size` pairs, without a sort. Checks the order
 /// across the whole input, runs included: a pair whose ID sorts before the previous one is
-/// [`ReconcileError::Unsorted`]. Equal IDs are accepted (the merge folds them). Memory: the
+/// [`SetDiffError::Unsorted`]. Equal IDs are accepted (the merge folds them). Memory: the
 /// encoded run only (about 10 bytes a pair).
 pub struct SortedRunWriter<'a, S: ?Sized> {
     sink: Sink<'a, S>,
@@ -359,7 +359,7 @@ pub struct SortedRunWriter<'a, S: ?Sized> {
 
 impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
     /// A writer of runs of at most `run_size` pairs under `prefix`, numbered from 0.
-    pub fn new(spill: &'a S, prefix: &str, run_size: usize) -> Result<Self, ReconcileError> {
+    pub fn new(spill: &'a S, prefix: &str, run_size: usize) -> Result<Self, SetDiffError> {
         check_run_size(run_size)?;
         Ok(SortedRunWriter {
             sink: Sink {
@@ -393,7 +393,7 @@ impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
     }
 
     /// Adds a pair, which must not sort before the previous one.
-    pub async fn push(&mut self, id: &str, version: Micros) -> Result<(), ReconcileError> {
+    pub async fn push(&mut self, id: &str, version: Micros) -> Result<(), SetDiffError> {
         self.push_bytes(id.as_bytes(), version).await
     }
 
@@ -402,12 +402,12 @@ impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
         &mut self,
         id: &[u8],
         version: Micros,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<(), SetDiffError> {
         if id.is_empty() || id.len() > MAX_ID_BYTES {
             check_id(&String::from_utf8_lossy(id))?;
         }
         if self.check_order && id < self.last.as_slice() {
-            return Err(ReconcileError::Unsorted {
+            return Err(SetDiffError::Unsorted {
                 context: format!("sorted writer under {}", self.sink.prefix),
                 previous: shown(&self.last),
                 next: shown(id),
@@ -423,7 +423,7 @@ impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
     }
 
     /// Adds a page of pairs (a `LiveIdPage`'s `items`).
-    pub async fn push_all(&mut self, pairs: &[IdVersion]) -> Result<(), ReconcileError> {
+    pub async fn push_all(&mut self, pairs: &[IdVersion]) -> Result<(), SetDiffError> {
         for p in pairs {
             self.push(&p.id, p.delta_us).await?;
         }
@@ -431,7 +431,7 @@ impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
     }
 
     /// Writes the pairs buffered as one run (nothing when empty).
-    pub async fn flush(&mut self) -> Result<(), ReconcileError> {
+    pub async fn flush(&mut self) -> Result<(), SetDiffError> {
         if self.enc.count == 0 {
             return Ok(());
         }
@@ -440,7 +440,7 @@ impl<'a, S: SpillStore + ?Sized> SortedRunWriter<'a, S> {
     }
 
     /// Writes what is buffered and returns every run written.
-    pub async fn finish(mut self) -> Result<RunsWritten, ReconcileError> {
+    pub async fn finish(mut self) -> Result<RunsWritten, SetDiffError> {
         self.flush().await?;
         Ok(self.sink.written)
     }
@@ -508,10 +508,7 @@ pub struct RunReader {
 
 impl RunReader {
     /// Opens the run `key` and reads its header.
-    pub async fn open<S: SpillStore + ?Sized>(
-        spill: &S,
-        key: &str,
-    ) -> Result<Self, ReconcileError> {
+    pub async fn open<S: SpillStore + ?Sized>(spill: &S, key: &str) -> Result<Self, SetDiffError> {
         let src = spill.open(key).await?;
         RunReader::from_reader(key, src).await
     }
@@ -520,7 +517,7 @@ impl RunReader {
     pub async fn from_reader(
         key: &str,
         src: Box<dyn AsyncRead + Send + Unpin>,
-    ) -> Result<Self, ReconcileError> {
+    ) -> Result<Self, SetDiffError> {
         let mut r = RunReader {
             key: key.to_owned(),
             src,
@@ -549,7 +546,7 @@ impl RunReader {
             return Err(r.corrupt("not a run object (bad magic)"));
         }
         if h[7] != RUN_FORMAT_VERSION {
-            return Err(ReconcileError::UnsupportedFormat {
+            return Err(SetDiffError::UnsupportedFormat {
                 key: r.key.clone(),
                 found: h[7],
                 expected: RUN_FORMAT_VERSION,
@@ -574,7 +571,7 @@ impl RunReader {
     }
 
     /// The next pair, or `None` after the last one (and the checksum) checked out.
-    pub async fn next(&mut self) -> Result<Option<(&str, Micros)>, ReconcileError> {
+    pub async fn next(&mut self) -> Result<Option<(&str, Micros)>, SetDiffError> {
         if !self.advance().await? {
             return Ok(None);
         }
@@ -593,7 +590,7 @@ impl RunReader {
     }
 
     /// Moves to the next pair: `false` at the verified end.
-    pub(crate) async fn advance(&mut self) -> Result<bool, ReconcileError> {
+    pub(crate) async fn advance(&mut self) -> Result<bool, SetDiffError> {
         if self.remaining == 0 {
             if !self.done {
                 self.finish().await?;
@@ -616,7 +613,7 @@ impl RunReader {
     }
 
     /// Decodes one pair from the buffer: `Ok(false)` when the buffer ends inside it.
-    fn decode(&mut self) -> Result<bool, ReconcileError> {
+    fn decode(&mut self) -> Result<bool, SetDiffError> {
         let b = &self.buf[self.pos..self.end];
         let mut p = 0;
         let varint = |p: &mut usize| get_varint(b, p);
@@ -652,7 +649,7 @@ impl RunReader {
                 std::cmp::Ordering::Less => {
                     let mut next = self.id[..shared].to_vec();
                     next.extend_from_slice(suffix);
-                    return Err(ReconcileError::Unsorted {
+                    return Err(SetDiffError::Unsorted {
                         context: format!("run {}", self.key),
                         previous: shown(&self.id),
                         next: shown(&next),
@@ -673,7 +670,7 @@ impl RunReader {
         Ok(true)
     }
 
-    fn need_more(&self) -> Result<bool, ReconcileError> {
+    fn need_more(&self) -> Result<bool, SetDiffError> {
         if self.end - self.pos >= MAX_PAIR_BYTES {
             // A whole pair would have fit: the lengths are lying.
             return Err(self.corrupt("pair longer than the longest possible"));
@@ -682,7 +679,7 @@ impl RunReader {
     }
 
     /// Makes at least `need` unread bytes available: `false` when the object ends first.
-    async fn fill(&mut self, need: usize) -> Result<bool, ReconcileError> {
+    async fn fill(&mut self, need: usize) -> Result<bool, SetDiffError> {
         while self.end - self.pos < need {
             if self.pos > 0 {
                 self.hasher.update(&self.buf[self.hashed..self.pos]);
@@ -699,7 +696,7 @@ impl RunReader {
                 .src
                 .read(&mut self.buf[self.end..])
                 .await
-                .map_err(|source| ReconcileError::Read {
+                .map_err(|source| SetDiffError::Read {
                     key: self.key.clone(),
                     source,
                 })?;
@@ -712,7 +709,7 @@ impl RunReader {
     }
 
     /// After the last pair: the trailer, its checksum, and nothing after it.
-    async fn finish(&mut self) -> Result<(), ReconcileError> {
+    async fn finish(&mut self) -> Result<(), SetDiffError> {
         self.hasher.update(&self.buf[self.hashed..self.pos]);
         self.hashed = self.pos;
         if !self.fill(TRAILER_LEN).await? {
@@ -738,15 +735,15 @@ impl RunReader {
         Ok(())
     }
 
-    fn corrupt(&self, message: impl Into<String>) -> ReconcileError {
-        ReconcileError::Corrupt {
+    fn corrupt(&self, message: impl Into<String>) -> SetDiffError {
+        SetDiffError::Corrupt {
             key: self.key.clone(),
             message: message.into(),
         }
     }
 
-    fn truncated(&self, message: String) -> ReconcileError {
-        ReconcileError::Truncated {
+    fn truncated(&self, message: String) -> SetDiffError {
+        SetDiffError::Truncated {
             key: self.key.clone(),
             message,
         }

@@ -9,7 +9,7 @@
 //! bounds the number of inputs per side (`max_fan_in`) by merging the surplus first into chained
 //! runs under a scratch prefix.
 
-use super::ReconcileError;
+use super::SetDiffError;
 use super::runs::{RunReader, RunsWritten, SortedRunWriter, run_key};
 use crate::model::Micros;
 use crate::ports::SpillStore;
@@ -34,14 +34,14 @@ struct Chain<'a, S: ?Sized> {
 
 impl<S: SpillStore + ?Sized> Chain<'_, S> {
     /// Moves to the next pair: `false` once every run of the sequence ended and checked out.
-    async fn advance(&mut self) -> Result<bool, ReconcileError> {
+    async fn advance(&mut self) -> Result<bool, SetDiffError> {
         loop {
             if let Some(r) = &mut self.reader {
                 if r.advance().await? {
                     if self.at_boundary {
                         self.at_boundary = false;
                         if self.check_order && r.id() < self.last.as_slice() {
-                            return Err(ReconcileError::Unsorted {
+                            return Err(SetDiffError::Unsorted {
                                 context: format!("run {} after the previous run", r.key()),
                                 previous: super::shown(&self.last),
                                 next: super::shown(r.id()),
@@ -84,7 +84,7 @@ pub struct RunMerge<'a, S: ?Sized> {
 impl<'a, S: SpillStore + ?Sized> RunMerge<'a, S> {
     /// Opens the first run of every sequence. A sequence is the keys of runs whose concatenation
     /// is sorted ([`RunsWritten::sequences`]); runs written apart are one sequence each.
-    pub async fn open(spill: &'a S, sequences: &[Vec<String>]) -> Result<Self, ReconcileError> {
+    pub async fn open(spill: &'a S, sequences: &[Vec<String>]) -> Result<Self, SetDiffError> {
         let check_order = super::runs::order_checked();
         let mut inputs = Vec::with_capacity(sequences.len());
         let mut heap = Vec::with_capacity(sequences.len());
@@ -120,7 +120,7 @@ impl<'a, S: SpillStore + ?Sized> RunMerge<'a, S> {
     }
 
     /// The next pair in bytewise ID order, or `None` once every run ended and checked out.
-    pub async fn next(&mut self) -> Result<Option<(&str, Micros)>, ReconcileError> {
+    pub async fn next(&mut self) -> Result<Option<(&str, Micros)>, SetDiffError> {
         if std::mem::take(&mut self.yielded) {
             self.consume().await?;
         }
@@ -128,7 +128,7 @@ impl<'a, S: SpillStore + ?Sized> RunMerge<'a, S> {
             return Ok(None);
         };
         self.yielded = true;
-        let id = std::str::from_utf8(r.id()).map_err(|_| ReconcileError::Corrupt {
+        let id = std::str::from_utf8(r.id()).map_err(|_| SetDiffError::Corrupt {
             key: r.key().to_owned(),
             message: "ID is not UTF-8".into(),
         })?;
@@ -142,7 +142,7 @@ impl<'a, S: SpillStore + ?Sized> RunMerge<'a, S> {
     }
 
     /// Consumes the pair `peek` shows.
-    pub(crate) async fn consume(&mut self) -> Result<(), ReconcileError> {
+    pub(crate) async fn consume(&mut self) -> Result<(), SetDiffError> {
         let Some(&top) = self.heap.first() else {
             return Ok(());
         };
@@ -191,7 +191,7 @@ pub async fn merge_runs<S: SpillStore + ?Sized>(
     sequences: &[Vec<String>],
     prefix: &str,
     run_size: usize,
-) -> Result<RunsWritten, ReconcileError> {
+) -> Result<RunsWritten, SetDiffError> {
     let mut out = SortedRunWriter::new(spill, prefix, run_size)?;
     let mut merge = RunMerge::open(spill, sequences).await?;
     while let Some((id, version)) = merge.peek() {
@@ -209,7 +209,7 @@ async fn reduce_fan_in<S: SpillStore + ?Sized>(
     max_fan_in: usize,
     scratch: &str,
     run_size: usize,
-) -> Result<(Vec<Vec<String>>, u32), ReconcileError> {
+) -> Result<(Vec<Vec<String>>, u32), SetDiffError> {
     let mut merges = 0u32;
     while inputs.len() > max_fan_in {
         // Merging g inputs into one removes g - 1: merge no more than needed.
@@ -362,7 +362,7 @@ impl<'a, S: SpillStore + ?Sized> Side<'a, S> {
         max_fan_in: usize,
         scratch: &str,
         run_size: usize,
-    ) -> Result<Self, ReconcileError> {
+    ) -> Result<Self, SetDiffError> {
         let runs = sequences.iter().map(|s| s.len() as u64).sum();
         let (inputs, merges) =
             reduce_fan_in(spill, sequences, max_fan_in, scratch, run_size).await?;
@@ -386,7 +386,7 @@ impl<'a, S: SpillStore + ?Sized> Side<'a, S> {
     }
 
     /// Moves to the next distinct ID, folding its duplicates.
-    async fn next_id(&mut self) -> Result<(), ReconcileError> {
+    async fn next_id(&mut self) -> Result<(), SetDiffError> {
         let Some((id, version)) = self.merge.peek() else {
             self.has = false;
             return Ok(());
@@ -418,7 +418,7 @@ pub async fn diff<S: SpillStore + ?Sized>(
     source_runs: &[String],
     destination_runs: &[String],
     outputs: &DiffOutputs,
-) -> Result<DiffSummary, ReconcileError> {
+) -> Result<DiffSummary, SetDiffError> {
     let alone = |keys: &[String]| keys.iter().map(|k| vec![k.clone()]).collect::<Vec<_>>();
     let merge = MergeOptions::beside(outputs);
     diff_with(
@@ -445,9 +445,9 @@ pub async fn diff_with<S: SpillStore + ?Sized>(
     destination: &[Vec<String>],
     outputs: &DiffOutputs,
     merge: &MergeOptions,
-) -> Result<DiffSummary, ReconcileError> {
+) -> Result<DiffSummary, SetDiffError> {
     if merge.max_fan_in < 2 {
-        return Err(ReconcileError::InvalidArgument {
+        return Err(SetDiffError::InvalidArgument {
             name: "max_fan_in",
             message: "must be at least 2".into(),
         });

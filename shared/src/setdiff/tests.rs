@@ -153,19 +153,19 @@ async fn writers_number_from_starting_at_and_reject_bad_input() {
     assert_eq!(w.buffered(), 1);
     assert!(matches!(
         w.push("", 1).await,
-        Err(ReconcileError::BadId { .. })
+        Err(SetDiffError::BadId { .. })
     ));
     let long = "x".repeat(MAX_ID_BYTES + 1);
     assert!(matches!(
         w.push(&long, 1).await,
-        Err(ReconcileError::BadId { .. })
+        Err(SetDiffError::BadId { .. })
     ));
     let done = w.finish().await.unwrap();
     assert_eq!(done.keys(), ["p/000005.run", "p/000006.run"]);
     assert_eq!(done.next_index, 7);
     assert!(matches!(
         RunWriter::new(&s, "p", 0),
-        Err(ReconcileError::InvalidArgument {
+        Err(SetDiffError::InvalidArgument {
             name: "run_size",
             ..
         })
@@ -202,7 +202,7 @@ async fn sorted_writer_checks_order_across_runs_and_continuations() {
     // "10" < "9" bytewise, but "10" after "9" is out of order, across a run boundary too.
     let err = w.push("10", 6).await.unwrap_err();
     assert!(
-        matches!(&err, ReconcileError::Unsorted { previous, next, .. } if previous == "9" && next == "10"),
+        matches!(&err, SetDiffError::Unsorted { previous, next, .. } if previous == "9" && next == "10"),
         "{err}"
     );
     assert!(!err.is_retryable());
@@ -223,7 +223,7 @@ async fn sorted_writer_checks_order_across_runs_and_continuations() {
     w.push("9", 1).await.unwrap();
     assert!(matches!(
         w.push("10", 1).await,
-        Err(ReconcileError::Unsorted { .. })
+        Err(SetDiffError::Unsorted { .. })
     ));
     // A continuation checks against the last ID of the previous invocation.
     let mut w = SortedRunWriter::new(&s, "cont", 100)
@@ -231,7 +231,7 @@ async fn sorted_writer_checks_order_across_runs_and_continuations() {
         .starting_at(3, Some("b"));
     assert!(matches!(
         w.push("a", 1).await,
-        Err(ReconcileError::Unsorted { .. })
+        Err(SetDiffError::Unsorted { .. })
     ));
     w.push("b", 1).await.unwrap();
     assert_eq!(w.finish().await.unwrap().keys(), ["cont/000003.run"]);
@@ -276,7 +276,7 @@ async fn numeric_sort_on_one_side_is_caught_not_diffed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ReconcileError::Unsorted { previous, next, .. } if previous == "9" && next == "10"),
+        matches!(&err, SetDiffError::Unsorted { previous, next, .. } if previous == "9" && next == "10"),
         "{err}"
     );
     // And the same IDs sorted bytewise on both sides agree entirely.
@@ -468,7 +468,7 @@ async fn outputs_are_chunked_into_several_objects() {
     );
     assert!(matches!(
         diff(&s, &[], &dst.keys(), &outputs(0)).await,
-        Err(ReconcileError::InvalidArgument { .. })
+        Err(SetDiffError::InvalidArgument { .. })
     ));
 }
 
@@ -599,7 +599,7 @@ async fn reader_handles_byte_by_byte_streams() {
 }
 
 /// Reads a whole object as a run; the error if any.
-async fn read_whole(s: &LocalSpill, key: &str) -> Result<u64, ReconcileError> {
+async fn read_whole(s: &LocalSpill, key: &str) -> Result<u64, SetDiffError> {
     let mut r = RunReader::open(s, key).await?;
     let mut n = 0;
     while r.next().await?.is_some() {
@@ -628,7 +628,7 @@ async fn truncated_or_corrupt_objects_are_typed_errors() {
         s.put("cut", body[..len].to_vec()).await.unwrap();
         let err = read_whole(&s, "cut").await.unwrap_err();
         assert!(
-            matches!(err, ReconcileError::Truncated { .. }),
+            matches!(err, SetDiffError::Truncated { .. }),
             "cut at {len}: {err}"
         );
         assert!(!err.is_retryable());
@@ -651,20 +651,20 @@ async fn truncated_or_corrupt_objects_are_typed_errors() {
     s.put("longer", longer).await.unwrap();
     assert!(matches!(
         read_whole(&s, "longer").await,
-        Err(ReconcileError::Corrupt { .. })
+        Err(SetDiffError::Corrupt { .. })
     ));
     // Not a run at all; another format version.
     s.put("text", b"1\t100\n2\t200\n".repeat(3)).await.unwrap();
     assert!(matches!(
         read_whole(&s, "text").await,
-        Err(ReconcileError::Corrupt { .. })
+        Err(SetDiffError::Corrupt { .. })
     ));
     let mut v2 = body.clone();
     v2[7] = 2;
     s.put("v2", v2).await.unwrap();
     assert!(matches!(
         read_whole(&s, "v2").await,
-        Err(ReconcileError::UnsupportedFormat {
+        Err(SetDiffError::UnsupportedFormat {
             found: 2,
             expected: 1,
             ..
@@ -673,20 +673,20 @@ async fn truncated_or_corrupt_objects_are_typed_errors() {
     // A missing object is the store's error; a diff over a bad run fails as a whole.
     assert!(matches!(
         read_whole(&s, "missing").await,
-        Err(ReconcileError::Store(_))
+        Err(SetDiffError::Store(_))
     ));
     s.put("cut", body[..body.len() - 3].to_vec()).await.unwrap();
     let err = diff(&s, &w.keys(), &["cut".to_owned()], &outputs(10))
         .await
         .unwrap_err();
-    assert!(matches!(err, ReconcileError::Truncated { .. }), "{err}");
+    assert!(matches!(err, SetDiffError::Truncated { .. }), "{err}");
 }
 
 #[test]
 fn run_keys_and_errors_read_well() {
     assert_eq!(run_key("a/b", 7), "a/b/000007.run");
     assert_eq!(run_key("a/b/", 1_234_567), "a/b/1234567.run");
-    let e = ReconcileError::Unsorted {
+    let e = SetDiffError::Unsorted {
         context: "run x".into(),
         previous: "9".into(),
         next: "10".into(),
@@ -732,7 +732,7 @@ async fn sequences_are_read_as_one_input_with_the_order_checked_across_runs() {
         }
     };
     assert_eq!(got, ["2", "3"]);
-    assert!(matches!(err, ReconcileError::Unsorted { .. }), "{err}");
+    assert!(matches!(err, SetDiffError::Unsorted { .. }), "{err}");
     // As separate inputs they merge fine.
     let alone: Vec<Vec<String>> = keys.iter().map(|k| vec![k.clone()]).collect();
     let mut m = RunMerge::open(&s, &alone).await.unwrap();
@@ -770,7 +770,7 @@ async fn merge_options_and_fan_in_limits() {
     };
     assert!(matches!(
         diff_with(&s, &[], &[], &outputs(10), &merge).await,
-        Err(ReconcileError::InvalidArgument {
+        Err(SetDiffError::InvalidArgument {
             name: "max_fan_in",
             ..
         })

@@ -1,5 +1,6 @@
-//! The data core of reconciliation (issue 5): spilled runs of `(id, version)` pairs and the
-//! streaming diff of a source listing against the destination's live IDs.
+//! The set difference under reconciliation (issue 5; the steps are `sync::reconcile`): spilled
+//! runs of `(id, version)` pairs and the streaming diff of a source listing against the
+//! destination's live IDs.
 //!
 //! - [`runs`]: the run format (a versioned, checksummed binary object), [`RunWriter`] for input
 //!   in any order (sorted in memory, at most `run_size` pairs at a time), [`SortedRunWriter`] for
@@ -15,8 +16,8 @@
 //! - IDs are compared **bytewise** (`&[u8]` order, as DynamoDB and SQLite's BINARY collation sort
 //!   them) everywhere, never numerically: `"10" < "9"`, `"B" < "a"`.
 //! - Every run is checked while it is read: a pair out of bytewise order is
-//!   [`ReconcileError::Unsorted`], a cut-off object [`ReconcileError::Truncated`], a damaged one
-//!   [`ReconcileError::Corrupt`]; nothing panics on stored bytes. A diff that returns `Err` has
+//!   [`SetDiffError::Unsorted`], a cut-off object [`SetDiffError::Truncated`], a damaged one
+//!   [`SetDiffError::Corrupt`]; nothing panics on stored bytes. A diff that returns `Err` has
 //!   proven nothing: its partial outputs are to be discarded (delete the output prefixes).
 //! - Memory is bounded by the run size (writers) or by the fan-in times one read buffer (merge,
 //!   diff), never by the number of pairs or runs.
@@ -40,7 +41,7 @@ use crate::error::StoreError;
 
 /// Reconciliation's data core failed: the spill store, or a run object that cannot be trusted.
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub enum SetDiffError {
     /// The spill store itself failed (put, open, list).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -79,19 +80,19 @@ pub enum ReconcileError {
     InvalidArgument { name: &'static str, message: String },
 }
 
-impl ReconcileError {
+impl SetDiffError {
     /// Whether a later attempt may succeed: store failures as the store says, read failures
     /// (a cut stream) yes; a truncated, corrupt or unsorted object stays so.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ReconcileError::Store(e) => e.is_retryable(),
-            ReconcileError::Read { .. } => true,
-            ReconcileError::Truncated { .. }
-            | ReconcileError::Corrupt { .. }
-            | ReconcileError::UnsupportedFormat { .. }
-            | ReconcileError::Unsorted { .. }
-            | ReconcileError::BadId { .. }
-            | ReconcileError::InvalidArgument { .. } => false,
+            SetDiffError::Store(e) => e.is_retryable(),
+            SetDiffError::Read { .. } => true,
+            SetDiffError::Truncated { .. }
+            | SetDiffError::Corrupt { .. }
+            | SetDiffError::UnsupportedFormat { .. }
+            | SetDiffError::Unsorted { .. }
+            | SetDiffError::BadId { .. }
+            | SetDiffError::InvalidArgument { .. } => false,
         }
     }
 }

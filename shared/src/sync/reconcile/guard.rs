@@ -1,0 +1,191 @@
+//! The guard: whether this run may delete (I4), and the approval request when a person must
+//! decide. Also the confirmation helpers `apply` uses again: a candidate is gone only when the
+//! source answers a JSON 404.
+
+use super::apply::queue_targeted;
+use super::wire::*;
+use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
+use crate::error::SourceError;
+use crate::ports::{JobKind, RunRecord, SourceApi, SpillStore};
+use crate::setdiff::{RunReader, SetDiffError};
+use futures::StreamExt;
+
+/// Decide whether this run may delete.
+pub async fn guard(
+    deps: &ReconcileDeps<'_>,
+    input: &GuardInput,
+    opts: &ReconcileOptions,
+) -> Result<GuardOutput, StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "guard").await?;
+    let (src, d) = (&input.source, &input.diff);
+    let candidates = d.to_delete.pairs;
+    let mut out = GuardOutput {
+        decision: Decision::Nothing,
+        candidates,
+        checked: 0,
+        alive: 0,
+    };
+    let blocked = |reason: String| Decision::Blocked { reason };
+    let decision = if !src.ended_normally {
+        blocked(format!(
+            "the source listing did not end normally: {}",
+            src.error.as_deref().unwrap_or("stopped early")
+        ))
+    } else if d.source.ids == 0 && d.destination.ids > 0 {
+        blocked(format!(
+            "the source listing is empty while the destination holds {} records",
+            d.destination.ids
+        ))
+    } else if let Some(total) = src.total_count.filter(|t| d.source.ids < *t) {
+        blocked(format!(
+            "the listing returned {} IDs but the source reports {total}",
+            d.source.ids
+        ))
+    } else if candidates == 0 {
+        Decision::Nothing
+    } else if !opts.confirms_deletes() {
+        Decision::Delete
+    } else {
+        // Confirm a sample (the first candidates in ID order) with the source.
+        let keys = d.to_delete.keys();
+        let sample = read_ids(deps.spill, &keys, opts.max_confirmations as usize).await?;
+        out.checked = sample.len() as u64;
+        let alive = count_alive(deps.source, &run.entity, &sample, opts.concurrency).await?;
+        out.alive = alive.len() as u64;
+        let share = candidates as f64 / d.destination.ids.max(1) as f64;
+        if !alive.is_empty() {
+            queue_targeted(
+                deps,
+                run,
+                &alive,
+                "reconcile: listed as gone, source has it",
+            )
+            .await?;
+            blocked(format!(
+                "{} of {} checked candidates still exist at the source: the listing missed them",
+                alive.len(),
+                sample.len()
+            ))
+        } else if candidates > opts.max_confirmations {
+            Decision::NeedsApproval {
+                reason: format!(
+                    "{candidates} deletions, more than the {} the guard confirms one by one",
+                    opts.max_confirmations
+                ),
+            }
+        } else if candidates > opts.max_delete_count || share > opts.max_delete_share {
+            Decision::NeedsApproval {
+                reason: format!(
+                    "{candidates} deletions ({:.1}% of {}), over the thresholds ({} or {:.1}%)",
+                    share * 100.0,
+                    d.destination.ids,
+                    opts.max_delete_count,
+                    opts.max_delete_share * 100.0
+                ),
+            }
+        } else {
+            Decision::Delete
+        }
+    };
+    let decision = match decision {
+        Decision::NeedsApproval { .. } if run.approved => Decision::Delete,
+        other => other,
+    };
+    out.decision = if run.report_only {
+        Decision::ReportOnly {
+            would: Box::new(decision),
+        }
+    } else {
+        decision
+    };
+    if out.decision.tripped() {
+        tracing::warn!(entity = %run.entity, run_id = %run.run_id, decision = ?out.decision, "reconciliation guard tripped: nothing deleted");
+    }
+    Ok(out)
+}
+
+/// Record that the run waits for approval (the token in its run history) and log it; the
+/// handler raises the metric an alarm watches ([`StepOutput::metrics`]). The state machine's
+/// `TimeoutSeconds` is the approval's expiry.
+pub async fn request_approval(
+    deps: &ReconcileDeps<'_>,
+    input: &ApprovalRequest,
+    opts: &ReconcileOptions,
+) -> Result<(), StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "awaiting_approval").await?;
+    let reason = match &input.guard.decision {
+        Decision::NeedsApproval { reason } => reason.clone(),
+        other => format!("{other:?}"),
+    };
+    deps.control
+        .put_run(&RunRecord {
+            entity: run.entity.clone(),
+            kind: JobKind::Reconcile,
+            run_id: run.run_id.clone(),
+            started_us: run.started_us,
+            finished_us: None,
+            status: "awaiting_approval".into(),
+            summary: serde_json::json!({
+                "reason": reason,
+                "candidates": input.guard.candidates,
+                "task_token": input.token,
+            })
+            .to_string(),
+        })
+        .await?;
+    tracing::warn!(
+        entity = %run.entity,
+        run_id = %run.run_id,
+        reason = %reason,
+        "reconciliation deletions wait for approval: syncctl reconcile approve --entity {} --run {}",
+        run.entity,
+        run.run_id
+    );
+    Ok(())
+}
+
+/// At most `limit` IDs from the lists `keys`, in order.
+pub(super) async fn read_ids(
+    spill: &dyn SpillStore,
+    keys: &[String],
+    limit: usize,
+) -> Result<Vec<String>, SetDiffError> {
+    let mut out = Vec::new();
+    for k in keys {
+        let mut r = RunReader::open(spill, k).await?;
+        while out.len() < limit {
+            match r.next().await? {
+                Some((id, _)) => out.push(id.to_owned()),
+                None => break,
+            }
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The IDs the source still has: those `get_by_id` answers with the record. A JSON 404 means
+/// gone; any error fails the step.
+pub(super) async fn count_alive(
+    source: &dyn SourceApi,
+    entity: &str,
+    ids: &[String],
+    concurrency: usize,
+) -> Result<Vec<String>, SourceError> {
+    let results: Vec<Result<Option<String>, SourceError>> = futures::stream::iter(ids)
+        .map(|id| async move { Ok(source.get_by_id(entity, id).await?.map(|_| id.clone())) })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut alive = Vec::new();
+    for r in results {
+        if let Some(id) = r? {
+            alive.push(id);
+        }
+    }
+    Ok(alive)
+}

@@ -1,0 +1,241 @@
+//! The listing steps: plan (leases and runs), source (the source's IDs into sorted runs,
+//! resumable, continued in a new execution when long), destination (one shard of the live-ID
+//! index) and diff (the three lists).
+
+use super::wire::*;
+use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
+use crate::core::timefmt::now_us;
+use crate::model::ID_SHARDS;
+use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
+use crate::setdiff::{
+    DiffOutputs, DiffSummary, MergeOptions, RunWriter, SortedRunWriter, diff_with, list_runs,
+};
+use futures::StreamExt;
+use std::time::Instant;
+
+/// Take each entity's reconciliation lease and record a run; entities another run holds are
+/// skipped (and say so).
+pub async fn plan(
+    deps: &ReconcileDeps<'_>,
+    input: &PlanInput,
+    opts: &ReconcileOptions,
+) -> Result<PlanOutput, StepError> {
+    let entities = deps
+        .config
+        .entity_names(input.entity.as_deref())
+        .map_err(StepError::UnknownEntity)?;
+    let mut out = PlanOutput {
+        runs: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for entity in entities {
+        let started_us = now_us();
+        let run_id = match &input.execution {
+            Some(x) => format!("rec-{x}-{entity}"),
+            None => format!("rec-{}", uuid::Uuid::new_v4().simple()),
+        };
+        match deps
+            .control
+            .acquire_lease(
+                &entity,
+                JobKind::Reconcile,
+                &run_id,
+                started_us,
+                opts.lease_ttl_us,
+            )
+            .await?
+        {
+            LeaseOutcome::Held { holder, .. } => {
+                tracing::info!(entity = %entity, holder = %holder, "reconciliation already running; skipped");
+                out.skipped.push(Skipped { entity, holder });
+                continue;
+            }
+            LeaseOutcome::Acquired { .. } => {}
+        }
+        deps.control
+            .put_run(&RunRecord {
+                entity: entity.clone(),
+                kind: JobKind::Reconcile,
+                run_id: run_id.clone(),
+                started_us,
+                finished_us: None,
+                status: "running".into(),
+                summary: serde_json::json!({"report_only": input.report_only}).to_string(),
+            })
+            .await?;
+        out.runs.push(RunRef {
+            v: STEP_VERSION,
+            entity,
+            run_id,
+            started_us,
+            report_only: input.report_only,
+            approved: input.approve_deletions,
+            shards: (0..ID_SHARDS).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Stream the source's `(id, version)` pairs into sorted runs, until the listing ends or
+/// `stop_at` (then resumable from `progress`). A failing listing ends the step with
+/// `ended_normally = false`: the guard then deletes nothing, repairs still apply.
+pub async fn source(
+    deps: &ReconcileDeps<'_>,
+    input: &SourceInput,
+    opts: &ReconcileOptions,
+) -> Result<SourceProgress, StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "source").await?;
+    let mut p = input.progress.clone().unwrap_or_default();
+    if p.done {
+        return Ok(p);
+    }
+    p.invocations += 1;
+    let prefix = format!("{}/source", run.prefix(opts));
+    let mut writer = RunWriter::new(deps.spill, &prefix, opts.run_size)?.starting_at(p.next_run);
+    let mut stream = deps
+        .source
+        .stream_ids_from(&run.entity, p.resume.as_deref());
+    // Pairs pushed since the last token we may resume from (all pushed ones are flushed below).
+    let mut resume = p.resume.clone();
+    let mut stopped = false;
+    let pages_before = p.pages;
+    loop {
+        // Every invocation reads at least one page, so that a run always progresses.
+        if p.pages > pages_before && opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+            stopped = true;
+            break;
+        }
+        match stream.next().await {
+            None => {
+                p.done = true;
+                p.ended_normally = true;
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(entity = %run.entity, error = %e, "source listing failed; no deletions this run");
+                p.done = true;
+                p.ended_normally = false;
+                p.error = Some(e.to_string());
+                break;
+            }
+            Some(Ok(page)) => {
+                writer.push_all(&page.ids).await?;
+                p.pairs += page.ids.len() as u64;
+                p.pages += 1;
+                if page.total_count.is_some() {
+                    p.total_count = page.total_count;
+                }
+                resume = page.resume;
+            }
+        }
+    }
+    drop(stream);
+    let written = writer.finish().await?;
+    p.next_run = written.next_index;
+    if stopped {
+        if resume.is_none() {
+            // The page read last was the listing's last: no token follows the end.
+            p.done = true;
+            p.ended_normally = true;
+        }
+        p.resume = resume;
+    }
+    Ok(p)
+}
+
+/// Start the execution that continues this run (same run ID, same lease, the listing's
+/// progress), named from the run and the invocation count so that a retried step starts
+/// nothing twice. The lease is renewed, not released.
+pub async fn continue_in_new_execution(
+    deps: &ReconcileDeps<'_>,
+    executions: &dyn Executions,
+    input: &ContinueInput,
+    opts: &ReconcileOptions,
+) -> Result<ContinueOutput, StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "continue").await?;
+    let hash = xxhash_rust::xxh3::xxh3_64(run.run_id.as_bytes());
+    let name = format!("rec-{hash:016x}-{}", input.progress.invocations);
+    let mut new_input = serde_json::json!({
+        "resume": {"run": run, "progress": input.progress},
+    });
+    if let Some(p) = &input.parent {
+        new_input["AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID"] = p.clone().into();
+    }
+    let execution = executions
+        .start(&input.state_machine, &name, &new_input)
+        .await?;
+    tracing::info!(entity = %run.entity, run_id = %run.run_id, execution = %execution, "reconciliation continues in a new execution");
+    Ok(ContinueOutput { execution })
+}
+
+/// One shard of the destination's live-ID index, already sorted, into runs.
+pub async fn destination(
+    deps: &ReconcileDeps<'_>,
+    input: &DestinationInput,
+    opts: &ReconcileOptions,
+) -> Result<DestinationOutput, StepError> {
+    let run = &input.run;
+    if input.shard >= ID_SHARDS {
+        return Err(StepError::BadInput(format!(
+            "shard {} (there are {ID_SHARDS})",
+            input.shard
+        )));
+    }
+    renew(deps, run, opts, "destination").await?;
+    let prefix = format!("{}/dest/{:02}", run.prefix(opts), input.shard);
+    let mut writer = SortedRunWriter::new(deps.spill, &prefix, opts.run_size)?;
+    let mut after: Option<String> = None;
+    loop {
+        let page = deps
+            .records
+            .list_live_ids(&run.entity, input.shard, after.as_deref(), 1_000)
+            .await?;
+        writer.push_all(&page.items).await?;
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    let w = writer.finish().await?;
+    Ok(DestinationOutput {
+        shard: input.shard,
+        pairs: w.pairs,
+        objects: w.next_index,
+    })
+}
+
+/// Merge every source run against every destination run; three lists out, counts back.
+pub async fn diff_step(
+    deps: &ReconcileDeps<'_>,
+    input: &DiffInput,
+    opts: &ReconcileOptions,
+) -> Result<DiffSummary, StepError> {
+    let run = &input.run;
+    renew(deps, run, opts, "diff").await?;
+    let base = run.prefix(opts);
+    // Each source run is sorted on its own; each shard's runs are one sorted sequence.
+    let source_runs: Vec<Vec<String>> = list_runs(deps.spill, &format!("{base}/source"))
+        .await?
+        .into_iter()
+        .map(|k| vec![k])
+        .collect();
+    let mut dest_runs: Vec<Vec<String>> = Vec::new();
+    for shard in &run.shards {
+        let keys = list_runs(deps.spill, &format!("{base}/dest/{shard:02}")).await?;
+        if !keys.is_empty() {
+            dest_runs.push(keys);
+        }
+    }
+    // A retried diff starts its outputs afresh.
+    deps.spill.delete_prefix(&format!("{base}/diff/")).await?;
+    let outputs = DiffOutputs {
+        to_delete: format!("{base}/diff/delete"),
+        to_fetch: format!("{base}/diff/fetch"),
+        stale: format!("{base}/diff/stale"),
+        chunk_size: opts.chunk_size,
+    };
+    let merge = MergeOptions::beside(&outputs);
+    Ok(diff_with(deps.spill, &source_runs, &dest_runs, &outputs, &merge).await?)
+}
