@@ -714,6 +714,19 @@ mod tests {
     }
 
     #[test]
+    fn receiving_webhooks_needs_the_table_and_names_it_when_absent() {
+        let mut c = load(EMBEDDED).unwrap();
+        assert!(c.webhooks().is_ok());
+        c.webhooks = None;
+        let e = c.webhooks().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, file, .. }
+                if field == "webhooks" && file == Path::new("test.toml")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn embedded_config_is_valid() {
         let c = load(EMBEDDED).unwrap();
         assert!(c.entity("people").is_some());
