@@ -486,7 +486,9 @@ pub fn webhook_secrets_from_env(config: &Config) -> Result<Vec<String>, String> 
         .webhooks()
         .map_err(|e| format!("{e}: serve needs the signature scheme and event pointers"))?;
     let var = &w.secrets.env;
-    let value = std::env::var(var).unwrap_or_default();
+    let value = shared::config::Env::process()
+        .optional(var)
+        .unwrap_or_default();
     let secrets: Vec<String> = split_secrets(&value)
         .into_iter()
         .map(str::to_owned)
