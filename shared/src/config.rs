@@ -426,6 +426,17 @@ impl Config {
         self.entities.iter().find(|e| e.name == name)
     }
 
+    /// The `[webhooks]` table, which receiving webhooks needs (the ingest Lambda, `syncctl
+    /// serve`); without one, an error naming the file and the table.
+    pub fn webhooks(&self) -> Result<&WebhookConfig, ConfigError> {
+        self.webhooks.as_ref().ok_or_else(|| ConfigError::Invalid {
+            file: self.file.clone(),
+            entity: "-".into(),
+            field: "webhooks".into(),
+            message: "no [webhooks] table configured".into(),
+        })
+    }
+
     /// The entities a run covers: `only`, or every configured one in order. `Err` carries a
     /// name that is not configured.
     pub fn entity_names(&self, only: Option<&str>) -> Result<Vec<String>, String> {
@@ -700,6 +711,19 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn receiving_webhooks_needs_the_table_and_names_it_when_absent() {
+        let mut c = load(EMBEDDED).unwrap();
+        assert!(c.webhooks().is_ok());
+        c.webhooks = None;
+        let e = c.webhooks().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, file, .. }
+                if field == "webhooks" && file == Path::new("test.toml")),
+            "{e}"
+        );
     }
 
     #[test]

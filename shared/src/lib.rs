@@ -8,6 +8,7 @@ pub mod adapters;
 pub mod config;
 pub mod core;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod model;
 pub mod ports;

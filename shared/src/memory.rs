@@ -1,5 +1,6 @@
 //! In-memory ports for pure-logic unit tests only (never used by a binary). Their state can be
-//! asserted directly; they apply the same version rule as the real stores.
+//! asserted directly; they apply the same version rule as the real stores. Compiled only for
+//! `shared`'s own tests and with the `testing` feature, which test crates and the bench enable.
 
 use crate::core::{decide_delete, decide_upsert};
 use crate::error::{SourceError, StoreError};

@@ -7,7 +7,6 @@ use shared::Config;
 use shared::ports::{ControlStore, RecordStore, SourceApi};
 use shared::sync::delta::{DeltaOptions, DeltaSummary, RunStatus, run_delta};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Built once per cold start in `main`.
 pub struct Deps {
@@ -15,9 +14,9 @@ pub struct Deps {
     pub source: Arc<dyn SourceApi>,
     pub records: Arc<dyn RecordStore>,
     pub control: Arc<dyn ControlStore>,
-    pub overlap_us: i64,
-    /// Stop this long before the Lambda deadline, checkpoint saved.
-    pub safety_margin: Duration,
+    /// Every run's settings (`DeltaOptions::from_env`); each run gets its own `run_id` and the
+    /// invocation's `stop_at`.
+    pub options: DeltaOptions,
 }
 
 /// The bare input: `{}` (every entity) or `{"entity": "people"}`.
@@ -67,12 +66,11 @@ pub async fn handle(
             error_message: format!("entity {e:?} is not configured"),
         })?;
     let stop_at =
-        shared::core::deadline::stop_instant(event.context.deadline(), deps.safety_margin);
+        shared::core::deadline::stop_instant(event.context.deadline(), deps.options.safety_margin);
     let runs = futures::future::join_all(entities.iter().map(|entity| {
         let opts = DeltaOptions {
-            overlap_us: deps.overlap_us,
             stop_at,
-            ..DeltaOptions::default()
+            ..deps.options.next_run()
         };
         async move {
             let r = run_delta(&*deps.source, &*deps.records, &*deps.control, entity, &opts).await;

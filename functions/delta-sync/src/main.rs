@@ -4,7 +4,8 @@ mod handler;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use shared::adapters::deploy;
-use std::time::Duration;
+use shared::config::Env;
+use shared::sync::delta::DeltaOptions;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -15,8 +16,7 @@ async fn main() -> Result<(), Error> {
         source: d.source,
         records: d.records,
         control: d.control,
-        overlap_us: deploy::env_u64("DELTA_OVERLAP_SECONDS", 120)? as i64 * 1_000_000,
-        safety_margin: Duration::from_secs(deploy::env_u64("DELTA_SAFETY_MARGIN_SECONDS", 20)?),
+        options: DeltaOptions::from_env(Env::process())?,
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(

@@ -3,7 +3,6 @@
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use shared::error::ConfigError;
 use shared::ports::{ControlStore, RecordStore, SourceApi};
 use shared::sync::worker::{BatchReport, InMessage, WorkerDeps, WorkerOptions, process_batch};
 use std::sync::Arc;
@@ -15,25 +14,6 @@ pub struct Deps {
     pub records: Arc<dyn RecordStore>,
     pub control: Arc<dyn ControlStore>,
     pub options: WorkerOptions,
-}
-
-/// `NOT_FOUND_CEILING_PERCENT` (50), `NOT_FOUND_MIN_COUNT` (5), `EVENT_RETENTION_DAYS` (8),
-/// `WORKER_CONCURRENCY` (8); a bad value names its variable.
-pub fn options_from_env() -> Result<WorkerOptions, ConfigError> {
-    options_from(|name| std::env::var(name).ok())
-}
-
-pub fn options_from(get: impl Fn(&str) -> Option<String>) -> Result<WorkerOptions, ConfigError> {
-    let num = |name: &str, default: u64, min: u64, max: u64| {
-        shared::adapters::deploy::num_from(&get, name, default, min, max)
-    };
-    Ok(WorkerOptions {
-        not_found_ceiling: num("NOT_FOUND_CEILING_PERCENT", 50, 1, 100)? as f64 / 100.0,
-        not_found_min: num("NOT_FOUND_MIN_COUNT", 5, 1, 10_000)? as usize,
-        retain_us: num("EVENT_RETENTION_DAYS", 8, 1, 365)? as i64 * 86_400 * 1_000_000,
-        concurrency: num("WORKER_CONCURRENCY", 8, 1, 64)? as usize,
-        ..WorkerOptions::default()
-    })
 }
 
 /// A claim outlives the invocation by this much (then another delivery may take it over).

@@ -5,6 +5,8 @@ mod handler;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use shared::adapters::deploy;
+use shared::config::Env;
+use shared::sync::worker::WorkerOptions;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -14,7 +16,7 @@ async fn main() -> Result<(), Error> {
         source: d.source,
         records: d.records,
         control: d.control,
-        options: handler::options_from_env()?,
+        options: WorkerOptions::from_env(Env::process())?,
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(

@@ -5,6 +5,7 @@ mod handler;
 
 use lambda_http::{Error, Request, service_fn};
 use shared::adapters::{aws, secrets, sqs::SqsQueue};
+use shared::config::Env;
 use shared::webhook::{Ingest, signature::split_secrets};
 use std::sync::Arc;
 
@@ -13,17 +14,8 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = shared::Config::load()?;
     let sdk = aws::sdk_config().await;
-    let webhooks = config
-        .webhooks
-        .as_ref()
-        .ok_or_else(|| shared::ConfigError::Invalid {
-            file: config.file.clone(),
-            entity: "-".into(),
-            field: "webhooks".into(),
-            message: "no [webhooks] table configured".into(),
-        })?;
-    let secret = secrets::resolve_webhook_secrets(webhooks, &sdk).await?;
-    let queue = Arc::new(SqsQueue::from_env_var(&sdk, "QUEUE_URL")?);
+    let secret = secrets::resolve_webhook_secrets(config.webhooks()?, &sdk).await?;
+    let queue = Arc::new(SqsQueue::from_env_var(&sdk, Env::process(), "QUEUE_URL")?);
     let ingest = Ingest::new(&config, &split_secrets(secret.expose()), queue)?;
     let ingest = &ingest;
     lambda_http::run(service_fn(move |req: Request| async move {

@@ -36,10 +36,21 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 }
 
 pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
-        .retry_config(retry_config())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
+    dynamodb_client_at(sdk, None)
+}
+
+/// The DynamoDB client, with an explicit endpoint (DynamoDB Local, `--endpoint-url`) when given.
+/// The override is set on the client's own configuration: one on the shared SDK configuration
+/// would lose to `AWS_ENDPOINT_URL_DYNAMODB`.
+pub fn dynamodb_client_at(
+    sdk: &aws_config::SdkConfig,
+    endpoint: Option<&str>,
+) -> aws_sdk_dynamodb::Client {
+    let mut conf = aws_sdk_dynamodb::config::Builder::from(sdk).retry_config(retry_config());
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    aws_sdk_dynamodb::Client::from_conf(conf.build())
 }
 
 pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {

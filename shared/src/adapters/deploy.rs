@@ -4,7 +4,7 @@
 
 use crate::adapters::aws;
 use crate::adapters::dynamodb::{DynamoControl, DynamoRecords, TableNames, stores};
-use crate::config::Config;
+use crate::config::{Config, Env};
 use crate::error::ConfigError;
 use crate::source::SourceClient;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub struct Deployed {
 
 pub async fn load() -> Result<Deployed, ConfigError> {
     let config = Config::load()?;
-    let tables = TableNames::from_env()?;
+    let tables = TableNames::from_env(Env::process())?;
     let sdk = aws::sdk_config().await;
     let secret = crate::adapters::secrets::resolve(&config.source.auth, &sdk).await?;
     let source = SourceClient::new(&config, secret)?;
@@ -33,36 +33,13 @@ pub async fn load() -> Result<Deployed, ConfigError> {
     })
 }
 
-/// An optional numeric environment variable; a bad value names the variable.
-pub fn env_u64(name: &str, default: u64) -> Result<u64, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| ConfigError::BadEnv {
-            name: name.to_owned(),
-            message: format!("{v:?} is not a whole number"),
-        }),
-        _ => Ok(default),
-    }
-}
-
-/// A required environment variable, trimmed; missing or empty fails the cold start, naming it.
-pub fn required_env(name: &str) -> Result<String, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-        Ok(_) => Err(ConfigError::BadEnv {
-            name: name.to_owned(),
-            message: "is empty".into(),
-        }),
-        Err(_) => Err(ConfigError::MissingEnv(name.to_owned())),
-    }
-}
-
 /// Reconciliation's spill store: the bucket named by `SPILL_BUCKET` (keys under the bucket's
 /// root; the steps put every object under their own `reconcile/` prefix, which the template's
 /// grants and lifecycle rule name).
 pub fn spill_from_env(
     sdk: &aws_config::SdkConfig,
 ) -> Result<crate::adapters::s3::S3Spill, ConfigError> {
-    let bucket = required_env("SPILL_BUCKET")?;
+    let bucket = Env::process().required("SPILL_BUCKET")?;
     Ok(crate::adapters::s3::S3Spill::from_sdk(sdk, bucket, ""))
 }
 
@@ -70,27 +47,5 @@ pub fn spill_from_env(
 pub fn queue_from_env(
     sdk: &aws_config::SdkConfig,
 ) -> Result<crate::adapters::sqs::SqsQueue, ConfigError> {
-    crate::adapters::sqs::SqsQueue::from_env_var(sdk, "QUEUE_URL")
-}
-
-/// A whole number in `min..=max` from `get(name)` (an environment lookup), `default` when unset
-/// or blank; a bad value names the variable.
-pub fn num_from(
-    get: &dyn Fn(&str) -> Option<String>,
-    name: &str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, ConfigError> {
-    let v = match get(name) {
-        Some(v) if !v.trim().is_empty() => v,
-        _ => return Ok(default),
-    };
-    match v.trim().parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(ConfigError::BadEnv {
-            name: name.to_owned(),
-            message: format!("{v:?} is not a whole number between {min} and {max}"),
-        }),
-    }
+    crate::adapters::sqs::SqsQueue::from_env_var(sdk, Env::process(), "QUEUE_URL")
 }

@@ -27,10 +27,18 @@ const MAX_CAUSE: usize = 32_768;
 /// The Step Functions client (`AWS_ENDPOINT_URL_SFN` for an emulator), with the shared retry
 /// policy.
 pub fn sfn_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sfn::Client {
-    let conf = aws_sdk_sfn::config::Builder::from(sdk)
-        .retry_config(retry_config())
-        .build();
-    aws_sdk_sfn::Client::from_conf(conf)
+    sfn_client_at(sdk, None)
+}
+
+/// The Step Functions client, with an explicit endpoint (an emulator, `--sfn-endpoint-url`)
+/// when given; set on the client's own configuration, so that it wins over
+/// `AWS_ENDPOINT_URL_SFN`.
+pub fn sfn_client_at(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_sfn::Client {
+    let mut conf = aws_sdk_sfn::config::Builder::from(sdk).retry_config(retry_config());
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    aws_sdk_sfn::Client::from_conf(conf.build())
 }
 
 #[derive(Debug, Clone)]

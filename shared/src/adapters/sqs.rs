@@ -17,6 +17,7 @@
 //! so consumers must be idempotent (the worker is, through the version rule).
 
 use crate::adapters::aws::{sdk_config, sqs_client, store_error};
+use crate::config::Env;
 use crate::error::{ConfigError, StoreError};
 use crate::ports::{Queue, ReceivedMessage};
 use async_trait::async_trait;
@@ -74,16 +75,13 @@ impl SqsQueue {
     }
 
     /// The queue URL from the environment variable `var` (`QUEUE_URL` in the template),
-    /// failing at cold start, naming the variable, when it is missing.
-    pub fn from_env_var(sdk: &aws_config::SdkConfig, var: &str) -> Result<Self, ConfigError> {
-        match std::env::var(var) {
-            Ok(url) if !url.trim().is_empty() => Ok(Self::from_sdk(sdk, url.trim())),
-            Ok(_) => Err(ConfigError::BadEnv {
-                name: var.to_owned(),
-                message: "is empty; expected an SQS queue URL".into(),
-            }),
-            Err(_) => Err(ConfigError::MissingEnv(var.to_owned())),
-        }
+    /// failing at cold start, naming the variable, when it is missing or blank.
+    pub fn from_env_var(
+        sdk: &aws_config::SdkConfig,
+        env: Env<'_>,
+        var: &str,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::from_sdk(sdk, env.required(var)?))
     }
 
     /// Pause between rounds of resending entries that failed on SQS's side (doubled each round,
@@ -472,6 +470,22 @@ fn decode_message(m: &aws_sdk_sqs::types::Message) -> Result<ReceivedMessage, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_url_comes_from_its_variable_named_when_missing() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        crate::config::env::with(&[("Q", " https://sqs/q ")], |env| {
+            let q = SqsQueue::from_env_var(&sdk, env, "Q").unwrap();
+            assert_eq!(q.queue_url(), "https://sqs/q");
+            let e = SqsQueue::from_env_var(&sdk, env, "QUEUE_URL").unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::MissingEnv(n) if n == "QUEUE_URL"),
+                "{e}"
+            );
+        });
+    }
 
     fn bodies(sizes: &[usize]) -> Vec<String> {
         sizes.iter().map(|&n| "x".repeat(n)).collect()

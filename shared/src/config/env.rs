@@ -93,19 +93,20 @@ impl std::fmt::Debug for Env<'_> {
     }
 }
 
+/// Call `f` with an environment holding only `pairs` (for the options types' tests).
+#[cfg(test)]
+pub(crate) fn with<T>(pairs: &[(&str, &str)], f: impl FnOnce(Env<'_>) -> T) -> T {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let get = move |n: &str| map.get(n).cloned();
+    f(Env::from_fn(&get))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn with<T>(pairs: &[(&str, &str)], f: impl FnOnce(Env<'_>) -> T) -> T {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let get = move |n: &str| map.get(n).cloned();
-        f(Env::from_fn(&get))
-    }
 
     #[test]
     fn required_names_a_missing_or_blank_variable() {

@@ -72,6 +72,7 @@ pub struct SourceClient {
     base: Url,
     entities: HashMap<String, EntityRt>,
     http: Http,
+    /// Set only by `with_naive_offset_paging` (the `testing` feature).
     naive_offset: bool,
 }
 
@@ -157,7 +158,7 @@ impl SourceClient {
 
     /// Negative control for tests only: page positional sources by a growing offset over a
     /// fixed filter (what most clients do, and what loses a record whenever one moves).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_naive_offset_paging(mut self) -> Self {
         self.naive_offset = true;
         self

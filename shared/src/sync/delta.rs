@@ -2,18 +2,20 @@
 //! cursor rule of `core::cursor`, a checkpoint after every written page, a clean stop before
 //! the deadline.
 
+use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
-use crate::error::{StoreError, SyncError};
+use crate::error::{ConfigError, StoreError, SyncError};
 use crate::model::{Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
 };
 use futures::StreamExt;
 use serde::Serialize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// How a run behaves. `Default` is the production setting.
+/// How a run behaves. `Default` is the production setting; [`DeltaOptions::from_env`] the
+/// deployed one.
 #[derive(Debug, Clone)]
 pub struct DeltaOptions {
     pub run_id: String,
@@ -25,12 +27,16 @@ pub struct DeltaOptions {
     /// the skew between us and the source.
     pub max_clock_skew_us: Micros,
     pub lease_ttl_us: Micros,
+    /// How long before the invocation's deadline the handler stops a run (the time to save the
+    /// checkpoint and answer); it turns the deadline into `stop_at`
+    /// (`core::deadline::stop_instant`).
+    pub safety_margin: Duration,
     /// Stop cleanly (checkpoint saved) once this instant has passed.
     pub stop_at: Option<Instant>,
     /// Called after every written page with the summary so far (progress bars).
     pub on_page: Option<PageHook>,
     /// Negative controls for tests only: the naive rules this engine exists to avoid.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub naive_cursor: Option<NaiveCursor>,
 }
 
@@ -45,7 +51,7 @@ impl std::fmt::Debug for PageHook {
 }
 
 /// The cursor rules that lose data (kept to prove the tests can see the loss).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NaiveCursor {
     /// The seed's rule: the cursor is our wall clock when the run ends; next run reads `>` it.
@@ -61,10 +67,84 @@ impl Default for DeltaOptions {
             overlap_us: 120_000_000,
             max_clock_skew_us: 300_000_000,
             lease_ttl_us: 16 * 60_000_000,
+            safety_margin: Duration::from_secs(20),
             stop_at: None,
             on_page: None,
+            #[cfg(any(test, feature = "testing"))]
             naive_cursor: None,
         }
+    }
+}
+
+/// The environment variables [`DeltaOptions::from_env`] reads.
+pub const OVERLAP_VAR: &str = "DELTA_OVERLAP_SECONDS";
+pub const SAFETY_MARGIN_VAR: &str = "DELTA_SAFETY_MARGIN_SECONDS";
+
+impl DeltaOptions {
+    /// The deployed settings: `DELTA_OVERLAP_SECONDS` and `DELTA_SAFETY_MARGIN_SECONDS`, whole
+    /// seconds, the `Default` when unset; a value out of range or not a number fails, naming
+    /// its variable.
+    pub fn from_env(env: Env<'_>) -> Result<Self, ConfigError> {
+        let d = DeltaOptions::default();
+        // Overlap: 0 (a source whose timestamps are commit times) to an hour. Every run reads
+        // the overlap again, so an hour is already 12 times the records per 5-minute run; more
+        // is a typo (minutes for seconds), not caution.
+        let overlap = env.seconds(
+            OVERLAP_VAR,
+            Duration::from_micros(d.overlap_us.unsigned_abs()),
+            0..=3600,
+        )?;
+        // Margin: at least a second to save the checkpoint and answer; below Lambda's longest
+        // timeout (900 s), or a run would stop before its first page.
+        let safety_margin = env.seconds(SAFETY_MARGIN_VAR, d.safety_margin, 1..=899)?;
+        Ok(DeltaOptions {
+            overlap_us: Micros::try_from(overlap.as_micros()).unwrap_or(Micros::MAX),
+            safety_margin,
+            ..d
+        })
+    }
+
+    /// The same settings for another run: a new `run_id` (one per run, in the history and
+    /// the lease), the rest kept.
+    pub fn next_run(&self) -> Self {
+        DeltaOptions {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The first delta value the run asks for (`core::cursor`'s rule, or a negative
+    /// control's strict `>`).
+    fn query_start(&self, cursor: Option<&DeltaCursor>) -> Option<Micros> {
+        #[cfg(any(test, feature = "testing"))]
+        if self.naive_cursor.is_some() {
+            // Strict `>`: the next microsecond.
+            return cursor.map(|c| c.watermark_us + 1);
+        }
+        cursor::query_start(cursor)
+    }
+
+    /// The cursor after writing records up to `max` (`core::cursor`'s rule, or a negative
+    /// control's).
+    fn advance(&self, cursor: Option<&DeltaCursor>, max: Micros, ceiling: Micros) -> DeltaCursor {
+        #[cfg(any(test, feature = "testing"))]
+        match self.naive_cursor {
+            Some(NaiveCursor::StrictMaxSeen) => return DeltaCursor::new(max),
+            Some(NaiveCursor::WallClock) => return DeltaCursor::new(now_us()),
+            None => {}
+        }
+        cursor::advance(cursor, max, ceiling, self.overlap_us)
+    }
+
+    /// The seed's rule: the cursor set to our clock when the run ends (a negative control).
+    #[cfg(any(test, feature = "testing"))]
+    fn wall_clock_at_end(&self) -> bool {
+        self.naive_cursor == Some(NaiveCursor::WallClock)
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn wall_clock_at_end(&self) -> bool {
+        false
     }
 }
 
@@ -220,11 +300,7 @@ async fn sync_pages(
     };
     summary.cursor_before = show(cursor.as_ref());
     summary.cursor_after = summary.cursor_before.clone();
-    let since = match opts.naive_cursor {
-        None => cursor::query_start(cursor.as_ref()),
-        // Strict `>`: the next microsecond.
-        Some(_) => cursor.map(|c| c.watermark_us + 1),
-    };
+    let since = opts.query_start(cursor.as_ref());
     let mut ceiling: Option<Micros> = None; // set from the first answer
     let mut max_written: Option<Micros> = None;
     let mut pages = source.list_changed_since(entity, since);
@@ -241,16 +317,7 @@ async fn sync_pages(
         let page_max = page.records.iter().map(|r| r.version.delta_us).max();
         let next = max_written
             .max(page_max)
-            .map(|max| match opts.naive_cursor {
-                None => cursor::advance(
-                    cursor.as_ref(),
-                    max,
-                    ceiling.unwrap_or(max),
-                    opts.overlap_us,
-                ),
-                Some(NaiveCursor::StrictMaxSeen) => DeltaCursor::new(max),
-                Some(NaiveCursor::WallClock) => DeltaCursor::new(now_us()),
-            });
+            .map(|max| opts.advance(cursor.as_ref(), max, ceiling.unwrap_or(max)));
         let next = next.filter(|n| Some(n) != cursor.as_ref());
         let encoded = next.as_ref().map(DeltaCursor::encode);
         let save = encoded.as_deref().map(|c| CursorSave {
@@ -290,7 +357,7 @@ async fn sync_pages(
             return Ok(());
         }
     }
-    if opts.naive_cursor == Some(NaiveCursor::WallClock) {
+    if opts.wall_clock_at_end() {
         let next = DeltaCursor::new(now_us());
         checkpoint(control, entity, opts, &next).await?;
         summary.cursor_after = show(Some(&next));
@@ -418,6 +485,7 @@ pub fn failed_run_metrics(entity: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::env::with;
     use crate::memory::{MemoryControl, MemoryRecords, ScriptedSource};
     use crate::model::{ContentHash, Record, Version};
     use crate::ports::RecordPage;
@@ -442,6 +510,59 @@ mod tests {
             records: recs,
             source_date_us: Some(date),
         })
+    }
+
+    #[test]
+    fn options_from_the_environment_default_and_range_check_naming_the_variable() {
+        let o = with(&[], |env| DeltaOptions::from_env(env).unwrap());
+        let d = DeltaOptions::default();
+        assert_eq!(
+            (o.overlap_us, o.safety_margin),
+            (d.overlap_us, d.safety_margin)
+        );
+        let o = with(&[(OVERLAP_VAR, " 0 "), (SAFETY_MARGIN_VAR, "45")], |env| {
+            DeltaOptions::from_env(env).unwrap()
+        });
+        assert_eq!(
+            (o.overlap_us, o.safety_margin),
+            (0, Duration::from_secs(45))
+        );
+        let o = with(
+            &[(OVERLAP_VAR, "3600"), (SAFETY_MARGIN_VAR, "899")],
+            |env| DeltaOptions::from_env(env).unwrap(),
+        );
+        assert_eq!(
+            (o.overlap_us, o.safety_margin),
+            (3_600_000_000, Duration::from_secs(899))
+        );
+        for (name, bad) in [
+            (OVERLAP_VAR, "3601"),
+            (OVERLAP_VAR, "-1"),
+            (OVERLAP_VAR, "2m"),
+            (SAFETY_MARGIN_VAR, "0"),
+            (SAFETY_MARGIN_VAR, "900"),
+            (SAFETY_MARGIN_VAR, "twenty"),
+        ] {
+            let e = with(&[(name, bad)], |env| {
+                DeltaOptions::from_env(env).unwrap_err()
+            });
+            assert!(
+                matches!(&e, ConfigError::BadEnv { name: n, .. } if n == name),
+                "{name}={bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn next_run_keeps_the_settings_under_a_new_run_id() {
+        let o = DeltaOptions {
+            overlap_us: 7,
+            safety_margin: Duration::from_secs(3),
+            ..DeltaOptions::default()
+        };
+        let n = o.next_run();
+        assert_ne!(n.run_id, o.run_id);
+        assert_eq!((n.overlap_us, n.safety_margin), (7, Duration::from_secs(3)));
     }
 
     #[tokio::test]

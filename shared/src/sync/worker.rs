@@ -11,15 +11,17 @@
 //! - A 404 storm (a wrong base path, an API change) looks like mass deletion: when the share of
 //!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
 
+use crate::config::Env;
 use crate::core::timefmt::now_us;
-use crate::error::{SourceError, StoreError};
+use crate::error::{ConfigError, SourceError, StoreError};
 use crate::model::{DeleteOutcome, Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
 use std::collections::HashMap;
 
-/// When the dedup marker is written.
+/// When the dedup marker is written (a negative-control switch, compiled for tests only).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DedupMode {
     /// Claim in progress, complete after the work succeeded (the product).
@@ -29,6 +31,8 @@ pub enum DedupMode {
     CompletedFirst,
 }
 
+/// How a batch is processed. `Default` is the production setting; [`WorkerOptions::from_env`]
+/// the deployed one.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// Share of fetched records answering an unexpected 404 (no delete event for them) at or
@@ -44,8 +48,10 @@ pub struct WorkerOptions {
     pub retain_us: Micros,
     /// `get_by_id` calls in flight (the client's rate limiter still applies).
     pub concurrency: usize,
+    #[cfg(any(test, feature = "testing"))]
     pub dedup: DedupMode,
     /// Negative control for tests: `false` deletes on a delete event without asking the source.
+    #[cfg(any(test, feature = "testing"))]
     pub confirm_deletes: bool,
 }
 
@@ -57,8 +63,114 @@ impl Default for WorkerOptions {
             in_progress_ttl_us: 15 * 60 * 1_000_000,
             retain_us: 8 * 24 * 3600 * 1_000_000,
             concurrency: 8,
+            #[cfg(any(test, feature = "testing"))]
             dedup: DedupMode::InProgressThenCompleted,
+            #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
+        }
+    }
+}
+
+/// The environment variables [`WorkerOptions::from_env`] reads.
+pub const NOT_FOUND_CEILING_VAR: &str = "NOT_FOUND_CEILING_PERCENT";
+pub const NOT_FOUND_MIN_VAR: &str = "NOT_FOUND_MIN_COUNT";
+pub const RETENTION_VAR: &str = "EVENT_RETENTION_DAYS";
+pub const CONCURRENCY_VAR: &str = "WORKER_CONCURRENCY";
+
+const US_PER_DAY: Micros = 86_400 * 1_000_000;
+
+impl WorkerOptions {
+    /// The deployed settings: `NOT_FOUND_CEILING_PERCENT`, `NOT_FOUND_MIN_COUNT`,
+    /// `EVENT_RETENTION_DAYS` and `WORKER_CONCURRENCY`, whole numbers, the `Default` when
+    /// unset; a value out of range or not a number fails, naming its variable.
+    pub fn from_env(env: Env<'_>) -> Result<Self, ConfigError> {
+        let d = WorkerOptions::default();
+        // A percentage; 0 would refuse every 404, so a deleted record could never be deleted.
+        let ceiling = env.num(
+            NOT_FOUND_CEILING_VAR,
+            (d.not_found_ceiling * 100.0).round() as u64,
+            1..=100,
+        )?;
+        // At least one 404; a batch holds at most 10 messages on SQS, but a larger count is
+        // harmless (the ceiling never applies), so the bound only catches typos.
+        let min = env.num(NOT_FOUND_MIN_VAR, d.not_found_min as u64, 1..=10_000)?;
+        // At least a day (SQS keeps a message up to 14 days, a sender retries for days); at
+        // most a year, the control table's TTL being the only cost.
+        let days = env.num(
+            RETENTION_VAR,
+            (d.retain_us / US_PER_DAY).unsigned_abs(),
+            1..=365,
+        )?;
+        // Fetches in flight: at least one; the source's rate limit, not this, is the real
+        // bound, and 64 is far past a batch of 10 records.
+        let concurrency = env.num(CONCURRENCY_VAR, d.concurrency as u64, 1..=64)?;
+        Ok(WorkerOptions {
+            not_found_ceiling: ceiling as f64 / 100.0,
+            not_found_min: min as usize,
+            retain_us: days as Micros * US_PER_DAY,
+            concurrency: concurrency as usize,
+            ..d
+        })
+    }
+
+    /// Negative control: the dedup marker written before the work.
+    #[cfg(any(test, feature = "testing"))]
+    fn completes_first(&self) -> bool {
+        self.dedup == DedupMode::CompletedFirst
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn completes_first(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+    use crate::config::env::with;
+
+    #[test]
+    fn options_from_the_environment_default_and_range_check_naming_the_variable() {
+        let o = with(&[], |env| WorkerOptions::from_env(env).unwrap());
+        let d = WorkerOptions::default();
+        assert_eq!(o.not_found_ceiling, d.not_found_ceiling);
+        assert_eq!(
+            (o.not_found_min, o.retain_us, o.concurrency),
+            (d.not_found_min, d.retain_us, d.concurrency)
+        );
+        assert_eq!(o.retain_us, 8 * 86_400 * 1_000_000);
+        let o = with(
+            &[
+                (NOT_FOUND_CEILING_VAR, "20"),
+                (NOT_FOUND_MIN_VAR, "1"),
+                (RETENTION_VAR, "365"),
+                (CONCURRENCY_VAR, "64"),
+            ],
+            |env| WorkerOptions::from_env(env).unwrap(),
+        );
+        assert_eq!(o.not_found_ceiling, 0.2);
+        assert_eq!(
+            (o.not_found_min, o.retain_us, o.concurrency),
+            (1, 365 * 86_400 * 1_000_000, 64)
+        );
+        for (name, bad) in [
+            (NOT_FOUND_CEILING_VAR, "0"),
+            (NOT_FOUND_CEILING_VAR, "150"),
+            (NOT_FOUND_CEILING_VAR, "0.5"),
+            (NOT_FOUND_MIN_VAR, "0"),
+            (RETENTION_VAR, "a week"),
+            (RETENTION_VAR, "366"),
+            (CONCURRENCY_VAR, "-1"),
+            (CONCURRENCY_VAR, "65"),
+        ] {
+            let e = with(&[(name, bad)], |env| {
+                WorkerOptions::from_env(env).unwrap_err()
+            });
+            assert!(
+                matches!(&e, ConfigError::BadEnv { name: n, .. } if n == name),
+                "{name}={bad}: {e}"
+            );
         }
     }
 }
@@ -176,7 +288,7 @@ pub async fn process_batch(
                 .await;
             match claim {
                 Ok(EventClaim::Claimed) => {
-                    if opts.dedup == DedupMode::CompletedFirst
+                    if opts.completes_first()
                         && let Err(e) = deps.control.complete_event(ev, now + opts.retain_us).await
                     {
                         failures.push((m.message_id.clone(), e.into()));
@@ -249,7 +361,7 @@ pub async fn process_batch(
     }
     for (i, it) in items.iter().enumerate() {
         let Some(ev) = &it.claimed else { continue };
-        if opts.dedup == DedupMode::CompletedFirst {
+        if opts.completes_first() {
             continue;
         }
         if item_ok[i] {
@@ -310,6 +422,7 @@ enum Fetched {
     /// A JSON 404; the time the request started is the evidence time of the delete.
     NotFound(Micros),
     /// Not fetched: a delete event taken at its word (negative control only).
+    #[cfg(any(test, feature = "testing"))]
     Unconfirmed(Micros),
 }
 
@@ -332,14 +445,23 @@ async fn fetch_all(
     report: &mut BatchReport,
 ) -> Vec<Option<Fetched>> {
     let mut out: Vec<Option<Fetched>> = (0..groups.len()).map(|_| None).collect();
-    let mut to_fetch = Vec::new();
-    for (i, g) in groups.iter().enumerate() {
-        if !opts.confirm_deletes && g.delete_announced {
-            out[i] = Some(Fetched::Unconfirmed(now_us()));
-        } else {
-            to_fetch.push(i);
-        }
-    }
+    let to_fetch: Vec<usize> = (0..groups.len()).collect();
+    // Negative control: a delete event taken at its word, not fetched.
+    #[cfg(any(test, feature = "testing"))]
+    let to_fetch: Vec<usize> = if opts.confirm_deletes {
+        to_fetch
+    } else {
+        to_fetch
+            .into_iter()
+            .filter(|&i| {
+                let unconfirmed = groups[i].delete_announced;
+                if unconfirmed {
+                    out[i] = Some(Fetched::Unconfirmed(now_us()));
+                }
+                !unconfirmed
+            })
+            .collect()
+    };
     report.get_by_id_calls += to_fetch.len();
     let results: Vec<(usize, Result<Fetched, SourceError>)> = futures::stream::iter(to_fetch)
         .map(|i| {
@@ -409,17 +531,18 @@ async fn apply(
                 e.0.push(i);
                 e.1.push(rec);
             }
-            Some(Fetched::NotFound(ev)) | Some(Fetched::Unconfirmed(ev)) => {
-                if tripped {
-                    groups[i].result = Some(Err(Failure::Ceiling {
-                        unexpected,
-                        fetched: fetched_count,
-                    }));
-                } else {
-                    deletes.push((i, ev));
-                }
-            }
+            Some(Fetched::NotFound(ev)) => deletes.push((i, ev)),
+            #[cfg(any(test, feature = "testing"))]
+            Some(Fetched::Unconfirmed(ev)) => deletes.push((i, ev)),
             None => {}
+        }
+    }
+    if tripped {
+        for (i, _) in deletes.drain(..) {
+            groups[i].result = Some(Err(Failure::Ceiling {
+                unexpected,
+                fetched: fetched_count,
+            }));
         }
     }
     for (strategy, (idx, recs)) in found {

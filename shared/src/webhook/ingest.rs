@@ -81,10 +81,7 @@ impl Ingest {
             field: field.into(),
             message,
         };
-        let cfg = config
-            .webhooks
-            .clone()
-            .ok_or_else(|| invalid("webhooks", "no [webhooks] table configured".into()))?;
+        let cfg = config.webhooks()?.clone();
         let verifier = Verifier::new(cfg.scheme.clone(), secrets)
             .map_err(|e| invalid("webhooks.secrets", e.to_string()))?;
         Ok(Ingest {

@@ -3,6 +3,7 @@
 //! Idempotent: existing tables are checked against the schema and left as they are.
 
 use clap::Args;
+use shared::adapters::aws;
 use shared::adapters::dynamodb::{create_tables, schema};
 
 #[derive(Debug, Clone, Args)]
@@ -21,7 +22,7 @@ pub struct InitArgs {
 }
 
 pub async fn run(args: InitArgs) -> Result<(), String> {
-    let client = dynamodb_client(args.endpoint_url.as_deref()).await;
+    let client = aws::dynamodb_client_at(&aws::sdk_config().await, args.endpoint_url.as_deref());
     create_tables(&client, &args.records_table, &args.control_table)
         .await
         .map_err(|e| describe(&e))?;
@@ -30,20 +31,6 @@ pub async fn run(args: InitArgs) -> Result<(), String> {
         args.records_table, args.control_table
     );
     Ok(())
-}
-
-/// A DynamoDB client from the usual AWS settings (`shared::adapters::aws`), pointed at
-/// `endpoint_url` when one is given. The override is set on the DynamoDB client itself: an
-/// endpoint on the shared SDK configuration would lose to `AWS_ENDPOINT_URL_DYNAMODB`.
-pub async fn dynamodb_client(endpoint_url: Option<&str>) -> aws_sdk_dynamodb::Client {
-    let sdk = shared::adapters::aws::sdk_config().await;
-    let client = shared::adapters::aws::dynamodb_client(&sdk);
-    match endpoint_url {
-        Some(url) => aws_sdk_dynamodb::Client::from_conf(
-            client.config().to_builder().endpoint_url(url).build(),
-        ),
-        None => client,
-    }
 }
 
 /// The error and its causes on one line.

@@ -482,14 +482,13 @@ pub fn describe_batch(r: &BatchReport) -> String {
 /// The webhook signing secrets from the variable the `[webhooks]` table names
 /// (`WEBHOOK_SECRETS` by default), or an error naming it.
 pub fn webhook_secrets_from_env(config: &Config) -> Result<Vec<String>, String> {
-    let w = config.webhooks.as_ref().ok_or_else(|| {
-        format!(
-            "{}: no [webhooks] table: serve needs the signature scheme and event pointers",
-            config.file.display()
-        )
-    })?;
+    let w = config
+        .webhooks()
+        .map_err(|e| format!("{e}: serve needs the signature scheme and event pointers"))?;
     let var = &w.secrets.env;
-    let value = std::env::var(var).unwrap_or_default();
+    let value = shared::config::Env::process()
+        .optional(var)
+        .unwrap_or_default();
     let secrets: Vec<String> = split_secrets(&value)
         .into_iter()
         .map(str::to_owned)

@@ -2,6 +2,7 @@
 //! emulator through `--endpoint-url`). Same code path either way: only the adapters differ.
 
 use clap::Args;
+use shared::adapters::aws;
 use shared::adapters::local::LocalStore;
 use shared::ports::{ControlStore, RecordStore};
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ impl StoreArgs {
 
     pub async fn open(&self) -> Result<Stores, String> {
         if self.uses_dynamodb() {
-            let client = crate::init::dynamodb_client(self.endpoint_url.as_deref()).await;
+            let sdk = aws::sdk_config().await;
+            let client = aws::dynamodb_client_at(&sdk, self.endpoint_url.as_deref());
             let (r, c) = shared::adapters::dynamodb::stores(
                 client,
                 &self.records_table,

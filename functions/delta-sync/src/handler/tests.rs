@@ -1,5 +1,5 @@
 use super::*;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[test]
 fn sample_events_parse() {
@@ -48,8 +48,7 @@ async fn deps(sim: &source_sim::SimHandle) -> Deps {
         source: Arc::new(source),
         records: store.clone(),
         control: store,
-        overlap_us: 120_000_000,
-        safety_margin: Duration::from_secs(20),
+        options: DeltaOptions::default(),
     }
 }
 

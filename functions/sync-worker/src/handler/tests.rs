@@ -106,22 +106,3 @@ async fn a_poison_message_fails_alone_and_an_all_failed_batch_is_an_error() {
     let e = handle(&f.deps, invoke(only)).await.unwrap_err();
     assert_eq!(e.error_type, "BatchFailed");
 }
-
-#[test]
-fn options_come_from_the_environment_with_named_errors() {
-    let o = options_from(|_| None).unwrap();
-    assert_eq!(o.not_found_ceiling, 0.5);
-    assert_eq!(o.not_found_min, 5);
-    assert_eq!(o.retain_us, 8 * 86_400 * 1_000_000);
-    let o = options_from(|n| (n == "NOT_FOUND_CEILING_PERCENT").then(|| "20".into())).unwrap();
-    assert_eq!(o.not_found_ceiling, 0.2);
-    for (name, bad) in [
-        ("NOT_FOUND_CEILING_PERCENT", "0"),
-        ("NOT_FOUND_CEILING_PERCENT", "150"),
-        ("EVENT_RETENTION_DAYS", "a week"),
-        ("WORKER_CONCURRENCY", "-1"),
-    ] {
-        let e = options_from(|n| (n == name).then(|| bad.into())).unwrap_err();
-        assert!(e.to_string().contains(name), "{e}");
-    }
-}

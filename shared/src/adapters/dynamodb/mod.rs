@@ -35,6 +35,7 @@ pub use records::{
 };
 pub use tables::{ACTIVE_TIMEOUT, TableError, create_table, create_tables};
 
+use crate::config::Env;
 use crate::error::ConfigError;
 
 /// Both stores on one client.
@@ -59,15 +60,39 @@ pub struct TableNames {
 impl TableNames {
     /// From `RECORDS_TABLE` and `CONTROL_TABLE` (set by the template): a Lambda fails at cold
     /// start, naming the variable, when one is missing or empty.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let var = |name: &str| match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-            _ => Err(ConfigError::MissingEnv(name.to_owned())),
-        };
+    pub fn from_env(env: Env<'_>) -> Result<Self, ConfigError> {
         Ok(TableNames {
-            records: var(schema::RECORDS.env_var)?,
-            control: var(schema::CONTROL.env_var)?,
+            records: env.required(schema::RECORDS.env_var)?,
+            control: env.required(schema::CONTROL.env_var)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod table_names_tests {
+    use super::*;
+    use crate::config::env::with;
+
+    #[test]
+    fn table_names_come_from_their_variables_named_when_missing_or_blank() {
+        let names = with(&[("RECORDS_TABLE", "r"), ("CONTROL_TABLE", " c ")], |env| {
+            TableNames::from_env(env).unwrap()
+        });
+        assert_eq!((names.records.as_str(), names.control.as_str()), ("r", "c"));
+        let e = with(&[("RECORDS_TABLE", "r")], |env| {
+            TableNames::from_env(env).unwrap_err()
+        });
+        assert!(
+            matches!(&e, ConfigError::MissingEnv(n) if n == "CONTROL_TABLE"),
+            "{e}"
+        );
+        let e = with(&[("RECORDS_TABLE", " "), ("CONTROL_TABLE", "c")], |env| {
+            TableNames::from_env(env).unwrap_err()
+        });
+        assert!(
+            matches!(&e, ConfigError::BadEnv { name, .. } if name == "RECORDS_TABLE"),
+            "{e}"
+        );
     }
 }
 

@@ -178,14 +178,7 @@ pub fn operator() -> String {
 /// itself: one on the shared SDK configuration would lose to `AWS_ENDPOINT_URL_SFN`.
 async fn step_functions(endpoint: Option<&str>) -> StepFunctions {
     let sdk = shared::adapters::aws::sdk_config().await;
-    let client = sfn::sfn_client(&sdk);
-    let client = match endpoint {
-        Some(url) => {
-            aws_sdk_sfn::Client::from_conf(client.config().to_builder().endpoint_url(url).build())
-        }
-        None => client,
-    };
-    StepFunctions::new(client)
+    StepFunctions::new(sfn::sfn_client_at(&sdk, endpoint))
 }
 
 /// The run to answer: the named one, or the entity's newest; it must await approval and
