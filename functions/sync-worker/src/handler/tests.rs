@@ -5,6 +5,7 @@ use super::*;
 use shared::Config;
 use shared::adapters::local::LocalStore;
 use shared::model::Strategy;
+use std::time::SystemTime;
 
 fn sample(name: &str) -> SqsEvent {
     let text = match name {
