@@ -22,6 +22,7 @@
 //! (`adapters::aws::retry_config`) are spent; any other SDK failure is `StoreError::Backend`
 //! naming the operation; an item the adapter cannot read is `StoreError::Decode`.
 
+mod conditional;
 mod control;
 mod item;
 pub mod payload;
