@@ -214,6 +214,7 @@ fn decode_event(key: &str, item: &Item) -> Result<(EventClaim, Micros), StoreErr
 
 #[async_trait]
 impl ControlStore for DynamoControl {
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
         let pk = job_pk(entity, kind);
         let out = self
@@ -232,6 +233,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn acquire_lease(
         &self,
         entity: &str,
@@ -275,6 +277,7 @@ impl ControlStore for DynamoControl {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn release_lease(
         &self,
         entity: &str,
@@ -305,6 +308,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn save_cursor(
         &self,
         entity: &str,
@@ -345,6 +349,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %run.entity, kind = run.kind.as_str(), run_id = %run.run_id))]
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let ttl = ttl_seconds(now_us().saturating_add(RUN_HISTORY_RETENTION_US));
         let mut req = self
@@ -369,6 +374,7 @@ impl ControlStore for DynamoControl {
             .map_err(|e| store_error("put run", e))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str(), limit = limit))]
     async fn list_runs(
         &self,
         entity: &str,
@@ -405,6 +411,7 @@ impl ControlStore for DynamoControl {
         Ok(out)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn claim_event(
         &self,
         event_id: &str,
@@ -456,6 +463,7 @@ impl ControlStore for DynamoControl {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn complete_event(
         &self,
         event_id: &str,
@@ -476,6 +484,7 @@ impl ControlStore for DynamoControl {
             .map_err(|e| store_error("complete event", e))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
         let sent = self
             .client

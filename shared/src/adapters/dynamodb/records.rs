@@ -542,6 +542,7 @@ pub(crate) fn decode_record(key: &str, item: &Item) -> Result<StoredRecord, Stor
 
 #[async_trait]
 impl RecordStore for DynamoRecords {
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, count = records.len(), by = by.as_str()))]
     async fn upsert_many(
         &self,
         records: &[Record],
@@ -585,6 +586,7 @@ impl RecordStore for DynamoRecords {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn soft_delete(
         &self,
         entity: &str,
@@ -595,6 +597,7 @@ impl RecordStore for DynamoRecords {
         self.soft_delete_one(entity, id, evidence_us, by).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         if !size::key_fits(entity, id) {
             return Ok(None);
@@ -612,6 +615,7 @@ impl RecordStore for DynamoRecords {
         out.item().map(|item| decode_record(&pk, item)).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, shard = shard, limit = limit))]
     async fn list_live_ids(
         &self,
         entity: &str,

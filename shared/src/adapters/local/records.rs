@@ -367,6 +367,7 @@ fn list_live(
 
 #[async_trait]
 impl RecordStore for LocalStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(count = records.len(), by = by.as_str()))]
     async fn upsert_many(
         &self,
         records: &[Record],
@@ -381,6 +382,7 @@ impl RecordStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
     async fn soft_delete(
         &self,
         entity: &str,
@@ -396,11 +398,13 @@ impl RecordStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let pk = record_key(entity, id);
         self.db().call("get record", move |c| get_one(c, &pk)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, shard = shard, limit = limit))]
     async fn list_live_ids(
         &self,
         entity: &str,
