@@ -10,6 +10,8 @@
 //!   source still has the record (a delete that raced a re-create), the live data is written.
 //! - A 404 storm (a wrong base path, an API change) looks like mass deletion: when the share of
 //!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
+//! - One span per message (`message`: message ID, event ID, entity, record ID; never its
+//!   body), in which its claim calls run and its failure is logged.
 
 use crate::core::timefmt::now_us;
 use crate::error::{SourceError, StoreError};
@@ -18,6 +20,7 @@ use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
 use std::collections::HashMap;
+use tracing::Instrument;
 
 /// When the dedup marker is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +158,19 @@ pub async fn process_batch(
     let mut first_of_event: HashMap<String, usize> = HashMap::new();
     let mut followers: Vec<(String, usize)> = Vec::new();
 
+    // One span per message: its ID, then its event ID, entity and record ID once decoded
+    // (never its body). The message's own calls run in it, and its failure is logged in it.
+    let mut spans: HashMap<&str, tracing::Span> = HashMap::with_capacity(msgs.len());
+
     for m in msgs {
+        let span = tracing::info_span!(
+            "message",
+            message_id = %m.message_id,
+            event_id = tracing::field::Empty,
+            entity = tracing::field::Empty,
+            record_id = tracing::field::Empty,
+        );
+        spans.entry(&m.message_id).or_insert_with(|| span.clone());
         let env = match decode(&m.body) {
             Ok(e) => e,
             Err(reason) => {
@@ -164,7 +179,10 @@ pub async fn process_batch(
                 continue;
             }
         };
+        span.record("entity", env.entity.as_str());
+        span.record("record_id", env.id.as_str());
         if let Some(ev) = &env.event_id {
+            span.record("event_id", ev.as_str());
             if let Some(&first) = first_of_event.get(ev) {
                 followers.push((m.message_id.clone(), first));
                 continue;
@@ -173,11 +191,16 @@ pub async fn process_batch(
             let claim = deps
                 .control
                 .claim_event(ev, now, opts.in_progress_ttl_us)
+                .instrument(span.clone())
                 .await;
             match claim {
                 Ok(EventClaim::Claimed) => {
                     if opts.dedup == DedupMode::CompletedFirst
-                        && let Err(e) = deps.control.complete_event(ev, now + opts.retain_us).await
+                        && let Err(e) = deps
+                            .control
+                            .complete_event(ev, now + opts.retain_us)
+                            .instrument(span.clone())
+                            .await
                     {
                         failures.push((m.message_id.clone(), e.into()));
                         continue;
@@ -252,17 +275,22 @@ pub async fn process_batch(
         if opts.dedup == DedupMode::CompletedFirst {
             continue;
         }
+        let span = spans
+            .get(it.message_id.as_str())
+            .cloned()
+            .unwrap_or_else(tracing::Span::none);
         if item_ok[i] {
             if let Err(e) = deps
                 .control
                 .complete_event(ev, now_us() + opts.retain_us)
+                .instrument(span)
                 .await
             {
                 // The work is done and idempotent: redoing it after the claim expires is safe.
                 item_ok[i] = false;
                 failures.push((it.message_id.clone(), e.into()));
             }
-        } else if let Err(e) = deps.control.release_event(ev).await {
+        } else if let Err(e) = deps.control.release_event(ev).instrument(span).await {
             tracing::warn!(message_id = %it.message_id, error = %e, "cannot release claim; it expires");
         }
     }
@@ -277,6 +305,7 @@ pub async fn process_batch(
         }
     }
     for (id, f) in &failures {
+        let _in_message = spans.get(id.as_str()).map(tracing::Span::enter);
         tracing::warn!(message_id = %id, reason = %f, "message failed; it will be redelivered");
     }
     report.failed = failures.into_iter().map(|(id, _)| id).collect();
@@ -463,3 +492,6 @@ async fn apply(
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
