@@ -419,9 +419,8 @@ impl ControlStore for DynamoControl {
         in_progress_ttl_us: Micros,
     ) -> Result<EventClaim, StoreError> {
         let op = "claim event";
-        let pk = event_pk(event_id);
+        let pk = &event_pk(event_id);
         let until_us = now_us.saturating_add(in_progress_ttl_us);
-        let pk = &pk;
         conditional::until_settled(op, pk, (), move |()| async move {
             let sent = self
                 .client
