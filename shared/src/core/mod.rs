@@ -3,6 +3,7 @@
 pub mod cursor;
 pub mod deadline;
 pub mod json;
+pub mod size;
 pub mod timefmt;
 pub mod version;
 

@@ -10,6 +10,8 @@
 //!   source still has the record (a delete that raced a re-create), the live data is written.
 //! - A 404 storm (a wrong base path, an API change) looks like mass deletion: when the share of
 //!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
+//! - One span per message (`message`: message ID, event ID, entity, record ID; never its
+//!   body), in which its claim calls run and its failure is logged.
 
 use crate::config::Env;
 use crate::core::timefmt::now_us;
@@ -19,6 +21,7 @@ use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
 use std::collections::HashMap;
+use tracing::Instrument;
 
 /// When the dedup marker is written (a negative-control switch, compiled for tests only).
 #[cfg(any(test, feature = "testing"))]
@@ -125,56 +128,6 @@ impl WorkerOptions {
     }
 }
 
-#[cfg(test)]
-mod options_tests {
-    use super::*;
-    use crate::config::env::with;
-
-    #[test]
-    fn options_from_the_environment_default_and_range_check_naming_the_variable() {
-        let o = with(&[], |env| WorkerOptions::from_env(env).unwrap());
-        let d = WorkerOptions::default();
-        assert_eq!(o.not_found_ceiling, d.not_found_ceiling);
-        assert_eq!(
-            (o.not_found_min, o.retain_us, o.concurrency),
-            (d.not_found_min, d.retain_us, d.concurrency)
-        );
-        assert_eq!(o.retain_us, 8 * 86_400 * 1_000_000);
-        let o = with(
-            &[
-                (NOT_FOUND_CEILING_VAR, "20"),
-                (NOT_FOUND_MIN_VAR, "1"),
-                (RETENTION_VAR, "365"),
-                (CONCURRENCY_VAR, "64"),
-            ],
-            |env| WorkerOptions::from_env(env).unwrap(),
-        );
-        assert_eq!(o.not_found_ceiling, 0.2);
-        assert_eq!(
-            (o.not_found_min, o.retain_us, o.concurrency),
-            (1, 365 * 86_400 * 1_000_000, 64)
-        );
-        for (name, bad) in [
-            (NOT_FOUND_CEILING_VAR, "0"),
-            (NOT_FOUND_CEILING_VAR, "150"),
-            (NOT_FOUND_CEILING_VAR, "0.5"),
-            (NOT_FOUND_MIN_VAR, "0"),
-            (RETENTION_VAR, "a week"),
-            (RETENTION_VAR, "366"),
-            (CONCURRENCY_VAR, "-1"),
-            (CONCURRENCY_VAR, "65"),
-        ] {
-            let e = with(&[(name, bad)], |env| {
-                WorkerOptions::from_env(env).unwrap_err()
-            });
-            assert!(
-                matches!(&e, ConfigError::BadEnv { name: n, .. } if n == name),
-                "{name}={bad}: {e}"
-            );
-        }
-    }
-}
-
 /// One received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InMessage {
@@ -267,7 +220,19 @@ pub async fn process_batch(
     let mut first_of_event: HashMap<String, usize> = HashMap::new();
     let mut followers: Vec<(String, usize)> = Vec::new();
 
+    // One span per message: its ID, then its event ID, entity and record ID once decoded
+    // (never its body). The message's own calls run in it, and its failure is logged in it.
+    let mut spans: HashMap<&str, tracing::Span> = HashMap::with_capacity(msgs.len());
+
     for m in msgs {
+        let span = tracing::info_span!(
+            "message",
+            message_id = %m.message_id,
+            event_id = tracing::field::Empty,
+            entity = tracing::field::Empty,
+            record_id = tracing::field::Empty,
+        );
+        spans.entry(&m.message_id).or_insert_with(|| span.clone());
         let env = match decode(&m.body) {
             Ok(e) => e,
             Err(reason) => {
@@ -276,7 +241,10 @@ pub async fn process_batch(
                 continue;
             }
         };
+        span.record("entity", env.entity.as_str());
+        span.record("record_id", env.id.as_str());
         if let Some(ev) = &env.event_id {
+            span.record("event_id", ev.as_str());
             if let Some(&first) = first_of_event.get(ev) {
                 followers.push((m.message_id.clone(), first));
                 continue;
@@ -285,11 +253,16 @@ pub async fn process_batch(
             let claim = deps
                 .control
                 .claim_event(ev, now, opts.in_progress_ttl_us)
+                .instrument(span.clone())
                 .await;
             match claim {
                 Ok(EventClaim::Claimed) => {
                     if opts.completes_first()
-                        && let Err(e) = deps.control.complete_event(ev, now + opts.retain_us).await
+                        && let Err(e) = deps
+                            .control
+                            .complete_event(ev, now + opts.retain_us)
+                            .instrument(span.clone())
+                            .await
                     {
                         failures.push((m.message_id.clone(), e.into()));
                         continue;
@@ -364,17 +337,22 @@ pub async fn process_batch(
         if opts.completes_first() {
             continue;
         }
+        let span = spans
+            .get(it.message_id.as_str())
+            .cloned()
+            .unwrap_or_else(tracing::Span::none);
         if item_ok[i] {
             if let Err(e) = deps
                 .control
                 .complete_event(ev, now_us() + opts.retain_us)
+                .instrument(span)
                 .await
             {
                 // The work is done and idempotent: redoing it after the claim expires is safe.
                 item_ok[i] = false;
                 failures.push((it.message_id.clone(), e.into()));
             }
-        } else if let Err(e) = deps.control.release_event(ev).await {
+        } else if let Err(e) = deps.control.release_event(ev).instrument(span).await {
             tracing::warn!(message_id = %it.message_id, error = %e, "cannot release claim; it expires");
         }
     }
@@ -389,6 +367,7 @@ pub async fn process_batch(
         }
     }
     for (id, f) in &failures {
+        let _in_message = spans.get(id.as_str()).map(tracing::Span::enter);
         tracing::warn!(message_id = %id, reason = %f, "message failed; it will be redelivered");
     }
     report.failed = failures.into_iter().map(|(id, _)| id).collect();
@@ -632,5 +611,58 @@ impl BatchReport {
                 ),
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+    use crate::config::env::with;
+
+    #[test]
+    fn options_from_the_environment_default_and_range_check_naming_the_variable() {
+        let o = with(&[], |env| WorkerOptions::from_env(env).unwrap());
+        let d = WorkerOptions::default();
+        assert_eq!(o.not_found_ceiling, d.not_found_ceiling);
+        assert_eq!(
+            (o.not_found_min, o.retain_us, o.concurrency),
+            (d.not_found_min, d.retain_us, d.concurrency)
+        );
+        assert_eq!(o.retain_us, 8 * 86_400 * 1_000_000);
+        let o = with(
+            &[
+                (NOT_FOUND_CEILING_VAR, "20"),
+                (NOT_FOUND_MIN_VAR, "1"),
+                (RETENTION_VAR, "365"),
+                (CONCURRENCY_VAR, "64"),
+            ],
+            |env| WorkerOptions::from_env(env).unwrap(),
+        );
+        assert_eq!(o.not_found_ceiling, 0.2);
+        assert_eq!(
+            (o.not_found_min, o.retain_us, o.concurrency),
+            (1, 365 * 86_400 * 1_000_000, 64)
+        );
+        for (name, bad) in [
+            (NOT_FOUND_CEILING_VAR, "0"),
+            (NOT_FOUND_CEILING_VAR, "150"),
+            (NOT_FOUND_CEILING_VAR, "0.5"),
+            (NOT_FOUND_MIN_VAR, "0"),
+            (RETENTION_VAR, "a week"),
+            (RETENTION_VAR, "366"),
+            (CONCURRENCY_VAR, "-1"),
+            (CONCURRENCY_VAR, "65"),
+        ] {
+            let e = with(&[(name, bad)], |env| {
+                WorkerOptions::from_env(env).unwrap_err()
+            });
+            assert!(
+                matches!(&e, ConfigError::BadEnv { name: n, .. } if n == name),
+                "{name}={bad}: {e}"
+            );
+        }
     }
 }

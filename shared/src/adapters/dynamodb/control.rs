@@ -2,7 +2,7 @@
 //! one conditional write on one item; a failed condition is classified from the item's old
 //! image (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), never by a second read.
 
-use super::Contention;
+use super::conditional::{self, Attempt};
 use super::item::{Item, ItemReader, n, s, ttl_seconds};
 use super::schema::attr;
 use crate::adapters::aws::store_error;
@@ -25,10 +25,6 @@ const STATE_SK: &str = "state";
 const EVENT_SK: &str = "event";
 const IN_PROGRESS: &str = "in_progress";
 const COMPLETED: &str = "completed";
-
-/// Attempts of a lease or claim whose item changes between the condition check and the next
-/// try (each failed attempt means another writer moved it).
-const MAX_ATTEMPTS: usize = 16;
 
 pub fn job_pk(entity: &str, kind: JobKind) -> String {
     format!("job#{entity}#{}", kind.as_str())
@@ -218,6 +214,7 @@ fn decode_event(key: &str, item: &Item) -> Result<(EventClaim, Micros), StoreErr
 
 #[async_trait]
 impl ControlStore for DynamoControl {
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
         let pk = job_pk(entity, kind);
         let out = self
@@ -236,6 +233,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn acquire_lease(
         &self,
         entity: &str,
@@ -245,44 +243,41 @@ impl ControlStore for DynamoControl {
         ttl_us: Micros,
     ) -> Result<LeaseOutcome, StoreError> {
         let expires_us = now_us.saturating_add(ttl_us);
-        let pk = job_pk(entity, kind);
-        for _ in 0..MAX_ATTEMPTS {
+        let pk = &job_pk(entity, kind);
+        conditional::until_settled("acquire lease", pk, (), move |()| async move {
             let old = match self
                 .take_lease(entity, kind, holder, now_us, expires_us)
                 .await?
             {
-                Ok(token) => return Ok(LeaseOutcome::Acquired { token, expires_us }),
+                Ok(token) => {
+                    return Ok(Attempt::Done(LeaseOutcome::Acquired { token, expires_us }));
+                }
                 Err(old) => old,
             };
             let state = match &old {
-                Some(item) => decode_job(&pk, item)?,
+                Some(item) => decode_job(pk, item)?,
                 None => JobState::default(),
             };
             match (state.lease_holder, state.lease_expires_us) {
                 (Some(h), _) if h == holder => {
                     if let Some(token) = self.renew_lease(entity, kind, holder, expires_us).await? {
-                        return Ok(LeaseOutcome::Acquired { token, expires_us });
+                        return Ok(Attempt::Done(LeaseOutcome::Acquired { token, expires_us }));
                     }
+                    // Released or taken over in between: try again.
+                    Ok(Attempt::Again(()))
                 }
-                (Some(h), Some(exp)) if exp > now_us => {
-                    return Ok(LeaseOutcome::Held {
-                        holder: h,
-                        expires_us: exp,
-                    });
-                }
+                (Some(h), Some(exp)) if exp > now_us => Ok(Attempt::Done(LeaseOutcome::Held {
+                    holder: h,
+                    expires_us: exp,
+                })),
                 // Released or expired in between: try again.
-                _ => {}
+                _ => Ok(Attempt::Again(())),
             }
-        }
-        Err(StoreError::backend(
-            "acquire lease",
-            Contention {
-                key: pk,
-                attempts: MAX_ATTEMPTS,
-            },
-        ))
+        })
+        .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn release_lease(
         &self,
         entity: &str,
@@ -313,6 +308,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
     async fn save_cursor(
         &self,
         entity: &str,
@@ -353,6 +349,7 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %run.entity, kind = run.kind.as_str(), run_id = %run.run_id))]
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let ttl = ttl_seconds(now_us().saturating_add(RUN_HISTORY_RETENTION_US));
         let mut req = self
@@ -377,6 +374,7 @@ impl ControlStore for DynamoControl {
             .map_err(|e| store_error("put run", e))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str(), limit = limit))]
     async fn list_runs(
         &self,
         entity: &str,
@@ -413,6 +411,7 @@ impl ControlStore for DynamoControl {
         Ok(out)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn claim_event(
         &self,
         event_id: &str,
@@ -420,14 +419,14 @@ impl ControlStore for DynamoControl {
         in_progress_ttl_us: Micros,
     ) -> Result<EventClaim, StoreError> {
         let op = "claim event";
-        let pk = event_pk(event_id);
+        let pk = &event_pk(event_id);
         let until_us = now_us.saturating_add(in_progress_ttl_us);
-        for _ in 0..MAX_ATTEMPTS {
+        conditional::until_settled(op, pk, (), move |()| async move {
             let sent = self
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .item(attr::PK, s(&pk))
+                .item(attr::PK, s(pk))
                 .item(attr::SK, s(EVENT_SK))
                 .item(attr::EVENT_ID, s(event_id))
                 .item(attr::STATUS, s(IN_PROGRESS))
@@ -443,31 +442,27 @@ impl ControlStore for DynamoControl {
                 .send()
                 .await;
             match sent {
-                Ok(_) => return Ok(EventClaim::Claimed),
+                Ok(_) => Ok(Attempt::Done(EventClaim::Claimed)),
                 Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
                     PutItemError::ConditionalCheckFailedException(f) => {
                         if let Some(item) = f.item() {
-                            let (claim, until) = decode_event(&pk, item)?;
+                            let (claim, until) = decode_event(pk, item)?;
                             if until > now_us {
-                                return Ok(claim);
+                                return Ok(Attempt::Done(claim));
                             }
                         }
                         // Expired or gone in between: try again.
+                        Ok(Attempt::Again(()))
                     }
-                    other => return Err(store_error(op, other)),
+                    other => Err(store_error(op, other)),
                 },
-                Err(other) => return Err(store_error(op, other)),
+                Err(other) => Err(store_error(op, other)),
             }
-        }
-        Err(StoreError::backend(
-            op,
-            Contention {
-                key: pk,
-                attempts: MAX_ATTEMPTS,
-            },
-        ))
+        })
+        .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn complete_event(
         &self,
         event_id: &str,
@@ -488,6 +483,7 @@ impl ControlStore for DynamoControl {
             .map_err(|e| store_error("complete event", e))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
     async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
         let sent = self
             .client

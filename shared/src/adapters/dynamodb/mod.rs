@@ -8,7 +8,9 @@
 //!   size limit.
 //! - `records`, `control`: the two stores. Every write is a conditional `UpdateItem`/`PutItem`;
 //!   a failed condition becomes a domain outcome through the pure functions of `core`, never an
-//!   error string.
+//!   error string. Which records fit is `core::size`, the rule both stores share.
+//! - `conditional`: the retry loop those writes share (an attempt that finds the item changed
+//!   under it tries again, at most 16 times, then a retryable `Contention`).
 //!
 //! Two structs rather than one: each table has its own name and its own trait, a function
 //! needing only one of them gets only that one, and [`stores`] builds both from one client
@@ -22,6 +24,7 @@
 //! (`adapters::aws::retry_config`) are spent; any other SDK failure is `StoreError::Backend`
 //! naming the operation; an item the adapter cannot read is `StoreError::Decode`.
 
+mod conditional;
 mod control;
 mod item;
 pub mod payload;

@@ -1,11 +1,10 @@
 //! A record's JSON ↔ its DynamoDB attribute: a native value when it can be one, else
 //! zlib-compressed JSON. Pure functions (SDK value types only, no IO).
 //!
-//! The rule, shared with the embedded store (`adapters::local::records::check_payload_size`),
-//! so that both stores accept and reject the same records:
+//! Which payloads are stored at all is the size rule of both stores, `core::size`:
 //! - JSON text up to [`INLINE_PAYLOAD_MAX_BYTES`] is always stored;
 //! - longer JSON is stored when its zlib compression (default level) fits in
-//!   [`COMPRESSED_PAYLOAD_MAX_BYTES`], else the upsert fails with `StoreError::TooLarge`
+//!   [`COMPRESSED_PAYLOAD_MAX_BYTES`](size::COMPRESSED_PAYLOAD_MAX_BYTES), else the upsert fails with `StoreError::TooLarge`
 //!   (DynamoDB's item limit is 400 KB).
 //!
 //! How it is stored (DynamoDB only):
@@ -21,17 +20,14 @@
 //! Read back, a native payload is the same JSON value up to DynamoDB's number normalisation
 //! (`2.0` comes back as `2`, `1e3` as `1000`); a compressed one is byte-exact.
 
+use crate::core::size::{self, INLINE_PAYLOAD_MAX_BYTES};
 use crate::error::StoreError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
-/// JSON text up to this length is never rejected (and may be stored as a native map).
-pub const INLINE_PAYLOAD_MAX_BYTES: usize = 350 * 1024;
-/// Above [`INLINE_PAYLOAD_MAX_BYTES`], the compressed JSON must fit in this many bytes.
-pub const COMPRESSED_PAYLOAD_MAX_BYTES: usize = 390 * 1024;
 /// A native payload is used only when the whole item is estimated at most this large
 /// (DynamoDB's limit is 400 KB = 409,600 bytes; the margin covers the estimate's slack).
 pub const INLINE_ITEM_MAX_BYTES: usize = 350 * 1024;
@@ -61,23 +57,10 @@ pub fn encode(key: &str, raw: &str, other_bytes: usize) -> Result<StoredPayload,
     {
         return Ok(StoredPayload::Native(av));
     }
-    let z = compress(raw.as_bytes()).map_err(|e| StoreError::backend("compress payload", e))?;
-    if raw.len() > INLINE_PAYLOAD_MAX_BYTES && z.len() > COMPRESSED_PAYLOAD_MAX_BYTES {
-        return Err(StoreError::TooLarge {
-            key: key.to_owned(),
-            bytes: z.len(),
-        });
-    }
+    let z =
+        size::compress(raw.as_bytes()).map_err(|e| StoreError::backend("compress payload", e))?;
+    size::check_compressed(key, raw.len(), z.len())?;
     Ok(StoredPayload::Compressed(z))
-}
-
-fn compress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        flate2::Compression::default(),
-    );
-    enc.write_all(bytes)?;
-    enc.finish()
 }
 
 /// The JSON value of a stored item's payload: `payload` (native) or `payload_z` (with
@@ -239,6 +222,7 @@ fn parse_number(text: &str) -> Result<serde_json::Number, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::size::{COMPRESSED_PAYLOAD_MAX_BYTES, compress};
     use serde_json::json;
 
     fn native(v: &Value) -> AttributeValue {
@@ -310,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn size_rule_matches_the_local_store() {
+    fn encode_applies_the_size_rule() {
         let big_compressible = format!("{{\"a\":\"{}\"}}", "ab".repeat(300 * 1024));
         assert!(matches!(
             encode("k", &big_compressible, 0),

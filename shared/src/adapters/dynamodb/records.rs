@@ -1,10 +1,11 @@
 //! `RecordStore` on the `records` table (layout in [`super::schema`]).
 
-use super::Contention;
+use super::conditional::{self, Attempt};
 use super::item::{Item, ItemReader, n, s};
 use super::payload::{self, StoredPayload};
 use super::schema::{LIVE_IDS_INDEX, PAYLOAD_ENCODING_ZLIB_JSON, attr};
 use crate::adapters::aws::store_error;
+use crate::core::size;
 use crate::core::timefmt::now_us;
 use crate::core::{decide_delete, decide_upsert};
 use crate::error::StoreError;
@@ -26,31 +27,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Conditional writes in flight per `upsert_many` (outcomes still come back in input order).
 pub const UPSERT_CONCURRENCY: usize = 32;
 
-/// Conditional attempts per item before giving up with a retryable error. Every failed attempt
-/// after the first means another writer changed the item in between, so this is only reached
-/// under extreme contention on one ID.
-const MAX_ATTEMPTS: usize = 16;
-
-/// Longest ID DynamoDB can index: `gsi_sk` is a sort key of the live-ID index, and sort keys
-/// hold at most 1024 bytes. A longer ID is refused with `StoreError::TooLarge` (`bytes` = the
-/// ID's length) rather than an SDK validation error that a retry cannot fix.
-pub const MAX_ID_BYTES: usize = 1024;
-/// Longest partition key value (`pk`), in bytes.
-pub const MAX_PK_BYTES: usize = 2048;
-
-/// Whether an item with this key could ever have been written (see [`MAX_ID_BYTES`]).
-fn storable(pk: &str, id: &str) -> bool {
-    id.len() <= MAX_ID_BYTES && pk.len() <= MAX_PK_BYTES
-}
-
-/// The item key of a record: `"<entity>#<id>"`.
-pub fn record_key(entity: &str, id: &str) -> String {
-    let mut k = String::with_capacity(entity.len() + 1 + id.len());
-    k.push_str(entity);
-    k.push('#');
-    k.push_str(id);
-    k
-}
+// The key limits and the item key are the size rule of both stores; re-exported here, where
+// callers of this store have always found them.
+pub use crate::core::size::{MAX_ID_BYTES, MAX_PK_BYTES, record_key};
 
 /// The live-ID index partition of an ID: `"<entity>#<shard>"`.
 pub fn live_ids_partition(entity: &str, shard: u16) -> String {
@@ -86,8 +65,9 @@ pub fn live_ids_partition(entity: &str, shard: u16) -> String {
 ///
 /// Every written item gets `gsi_pk`/`gsi_sk` (live in the index), loses `deleted_at_us` (a
 /// restore), keeps `first_seen_us` (`if_not_exists`), and has exactly one of `payload` and
-/// `payload_z` (see [`super::payload`]). All payloads of a batch are encoded before the first
-/// write, so a `TooLarge` record fails the batch before anything is written.
+/// `payload_z` (see [`super::payload`]). Every record of a batch is checked against the size
+/// rule (`core::size`) and encoded before the first write, so a `TooLarge` record fails the
+/// batch before anything is written.
 ///
 /// # Soft deletes
 ///
@@ -218,56 +198,62 @@ impl DynamoRecords {
         now: Micros,
         known: Option<Case>,
     ) -> Result<WriteOutcome, StoreError> {
+        let first = known.unwrap_or_else(|| self.first_guess());
+        conditional::until_settled("upsert record", &e.pk, first, move |case| {
+            self.upsert_attempt(e, case, by, now)
+        })
+        .await
+    }
+
+    /// One conditional write of `e` under `case`'s condition: the outcome, or the case the
+    /// failed condition's old image calls for.
+    async fn upsert_attempt(
+        &self,
+        e: &Encoded<'_>,
+        case: Case,
+        by: Strategy,
+        now: Micros,
+    ) -> Result<Attempt<WriteOutcome, Case>, StoreError> {
         let op = "upsert record";
-        let mut case = known.unwrap_or_else(|| self.first_guess());
-        for _ in 0..MAX_ATTEMPTS {
-            match self.upsert_request(e, case, by, now).send().await {
-                Ok(out) => {
-                    let old = out
-                        .attributes()
-                        .filter(|a| !a.is_empty())
+        match self.upsert_request(e, case, by, now).send().await {
+            Ok(out) => {
+                let old = out
+                    .attributes()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| decode_version(&e.pk, a))
+                    .transpose()?;
+                let decided = decide_upsert(old.as_ref(), &e.version);
+                if decided != case.outcome() {
+                    return Err(StoreError::Decode {
+                        key: e.pk.clone(),
+                        message: format!(
+                            "written as {:?}, but the version rule says {decided:?} for the \
+                             item it replaced ({old:?})",
+                            case.outcome()
+                        ),
+                    });
+                }
+                if case != Case::Restore {
+                    self.guess.store(case as u8, Ordering::Relaxed);
+                }
+                Ok(Attempt::Done(decided))
+            }
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    let old = failed
+                        .item()
                         .map(|a| decode_version(&e.pk, a))
                         .transpose()?;
                     let decided = decide_upsert(old.as_ref(), &e.version);
-                    if decided != case.outcome() {
-                        return Err(StoreError::Decode {
-                            key: e.pk.clone(),
-                            message: format!(
-                                "written as {:?}, but the version rule says {decided:?} for the \
-                                 item it replaced ({old:?})",
-                                case.outcome()
-                            ),
-                        });
-                    }
-                    if case != Case::Restore {
-                        self.guess.store(case as u8, Ordering::Relaxed);
-                    }
-                    return Ok(decided);
+                    Ok(match Case::for_outcome(decided) {
+                        None => Attempt::Done(decided),
+                        Some(c) => Attempt::Again(c),
+                    })
                 }
-                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(failed) => {
-                        let old = failed
-                            .item()
-                            .map(|a| decode_version(&e.pk, a))
-                            .transpose()?;
-                        let decided = decide_upsert(old.as_ref(), &e.version);
-                        match Case::for_outcome(decided) {
-                            None => return Ok(decided),
-                            Some(c) => case = c,
-                        }
-                    }
-                    other => return Err(store_error(op, other)),
-                },
-                Err(other) => return Err(store_error(op, other)),
-            }
-        }
-        Err(StoreError::backend(
-            op,
-            Contention {
-                key: e.pk.clone(),
-                attempts: MAX_ATTEMPTS,
+                other => Err(store_error(op, other)),
             },
-        ))
+            Err(other) => Err(store_error(op, other)),
+        }
     }
 
     fn upsert_request(
@@ -330,83 +316,89 @@ impl DynamoRecords {
         evidence_us: Micros,
         by: Strategy,
     ) -> Result<DeleteOutcome, StoreError> {
-        let op = "soft delete record";
-        let pk = record_key(entity, id);
-        if !storable(&pk, id) {
+        // A key over the limits was never written.
+        if !size::key_fits(entity, id) {
             return Ok(DeleteOutcome::NotFound);
         }
-        for _ in 0..MAX_ATTEMPTS {
-            let sent = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(attr::PK, s(&pk))
-                .update_expression(
-                    "SET #deleted_at = :evidence, #last_action = :delete, #written_by = :by, \
-                     #last_synced = :now REMOVE #gsi_pk, #gsi_sk",
-                )
-                .condition_expression(
-                    "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
-                     AND #fetched < :evidence",
-                )
-                .expression_attribute_names("#pk", attr::PK)
-                .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
-                .expression_attribute_names("#fetched", attr::FETCHED_AT_US)
-                .expression_attribute_names("#last_action", attr::LAST_ACTION)
-                .expression_attribute_names("#written_by", attr::WRITTEN_BY)
-                .expression_attribute_names("#last_synced", attr::LAST_SYNCED_US)
-                .expression_attribute_names("#gsi_pk", attr::GSI_PK)
-                .expression_attribute_names("#gsi_sk", attr::GSI_SK)
-                .expression_attribute_values(":evidence", n(evidence_us))
-                .expression_attribute_values(":delete", s(LastAction::Delete.as_str()))
-                .expression_attribute_values(":by", s(by.as_str()))
-                .expression_attribute_values(":now", n(now_us()))
-                .return_values(ReturnValue::AllOld)
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
-                .send()
-                .await;
-            match sent {
-                Ok(out) => {
-                    let old = out
-                        .attributes()
-                        .filter(|a| !a.is_empty())
-                        .map(|a| decode_version(&pk, a))
-                        .transpose()?;
-                    let decided = decide_delete(old.as_ref(), evidence_us);
-                    if decided != DeleteOutcome::Deleted {
-                        return Err(StoreError::Decode {
-                            key: pk,
-                            message: format!(
-                                "soft-deleted, but the version rule says {decided:?} for the item \
-                                 it replaced ({old:?})"
-                            ),
-                        });
-                    }
-                    return Ok(decided);
+        let pk = record_key(entity, id);
+        conditional::until_settled("soft delete record", &pk, (), |()| {
+            self.soft_delete_attempt(&pk, evidence_us, by)
+        })
+        .await
+    }
+
+    /// One conditional soft delete: the outcome, or `Again` when the item changed between the
+    /// condition check and its old image.
+    async fn soft_delete_attempt(
+        &self,
+        pk: &str,
+        evidence_us: Micros,
+        by: Strategy,
+    ) -> Result<Attempt<DeleteOutcome, ()>, StoreError> {
+        let op = "soft delete record";
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(pk))
+            .update_expression(
+                "SET #deleted_at = :evidence, #last_action = :delete, #written_by = :by, \
+                 #last_synced = :now REMOVE #gsi_pk, #gsi_sk",
+            )
+            .condition_expression(
+                "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+                 AND #fetched < :evidence",
+            )
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+            .expression_attribute_names("#fetched", attr::FETCHED_AT_US)
+            .expression_attribute_names("#last_action", attr::LAST_ACTION)
+            .expression_attribute_names("#written_by", attr::WRITTEN_BY)
+            .expression_attribute_names("#last_synced", attr::LAST_SYNCED_US)
+            .expression_attribute_names("#gsi_pk", attr::GSI_PK)
+            .expression_attribute_names("#gsi_sk", attr::GSI_SK)
+            .expression_attribute_values(":evidence", n(evidence_us))
+            .expression_attribute_values(":delete", s(LastAction::Delete.as_str()))
+            .expression_attribute_values(":by", s(by.as_str()))
+            .expression_attribute_values(":now", n(now_us()))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let old = out
+                    .attributes()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| decode_version(pk, a))
+                    .transpose()?;
+                let decided = decide_delete(old.as_ref(), evidence_us);
+                if decided != DeleteOutcome::Deleted {
+                    return Err(StoreError::Decode {
+                        key: pk.to_owned(),
+                        message: format!(
+                            "soft-deleted, but the version rule says {decided:?} for the item \
+                             it replaced ({old:?})"
+                        ),
+                    });
                 }
-                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(failed) => {
-                        let old = failed.item().map(|a| decode_version(&pk, a)).transpose()?;
-                        let decided = decide_delete(old.as_ref(), evidence_us);
-                        if decided != DeleteOutcome::Deleted {
-                            return Ok(decided);
-                        }
-                        // The item changed between the check and its image: try again.
-                    }
-                    other => return Err(store_error(op, other)),
-                },
-                Err(other) => return Err(store_error(op, other)),
+                Ok(Attempt::Done(decided))
             }
-        }
-        Err(StoreError::backend(
-            op,
-            Contention {
-                key: pk,
-                attempts: MAX_ATTEMPTS,
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    let old = failed.item().map(|a| decode_version(pk, a)).transpose()?;
+                    let decided = decide_delete(old.as_ref(), evidence_us);
+                    Ok(if decided != DeleteOutcome::Deleted {
+                        Attempt::Done(decided)
+                    } else {
+                        // The item changed between the check and its image: try again.
+                        Attempt::Again(())
+                    })
+                }
+                other => Err(store_error(op, other)),
             },
-        ))
+            Err(other) => Err(store_error(op, other)),
+        }
     }
 }
 
@@ -488,13 +480,8 @@ struct Encoded<'a> {
 }
 
 fn encode(r: &Record) -> Result<Encoded<'_>, StoreError> {
+    size::check_key(&r.entity, &r.id)?;
     let pk = record_key(&r.entity, &r.id);
-    if !storable(&pk, &r.id) {
-        return Err(StoreError::TooLarge {
-            bytes: r.id.len(),
-            key: pk,
-        });
-    }
     let gsi_pk = live_ids_partition(&r.entity, shard_of(&r.id));
     // Attribute names (~120 bytes), numbers, hash, action and strategy, plus the key strings.
     let other_bytes = 256 + 2 * pk.len() + gsi_pk.len() + 2 * r.id.len();
@@ -555,6 +542,7 @@ pub(crate) fn decode_record(key: &str, item: &Item) -> Result<StoredRecord, Stor
 
 #[async_trait]
 impl RecordStore for DynamoRecords {
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, count = records.len(), by = by.as_str()))]
     async fn upsert_many(
         &self,
         records: &[Record],
@@ -598,6 +586,7 @@ impl RecordStore for DynamoRecords {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn soft_delete(
         &self,
         entity: &str,
@@ -608,11 +597,12 @@ impl RecordStore for DynamoRecords {
         self.soft_delete_one(entity, id, evidence_us, by).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
-        let pk = record_key(entity, id);
-        if !storable(&pk, id) {
+        if !size::key_fits(entity, id) {
             return Ok(None);
         }
+        let pk = record_key(entity, id);
         let out = self
             .client
             .get_item()
@@ -625,6 +615,7 @@ impl RecordStore for DynamoRecords {
         out.item().map(|item| decode_record(&pk, item)).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, shard = shard, limit = limit))]
     async fn list_live_ids(
         &self,
         entity: &str,

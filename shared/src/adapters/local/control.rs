@@ -194,6 +194,7 @@ impl LocalStore {
 
 #[async_trait]
 impl ControlStore for LocalStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str()))]
     async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
         let entity = entity.to_owned();
         self.db()
@@ -201,6 +202,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str()))]
     async fn acquire_lease(
         &self,
         entity: &str,
@@ -236,6 +238,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str()))]
     async fn release_lease(
         &self,
         entity: &str,
@@ -257,6 +260,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str()))]
     async fn save_cursor(
         &self,
         entity: &str,
@@ -283,6 +287,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(count = page.len(), by = by.as_str()))]
     async fn upsert_then_save_cursor(
         &self,
         records: &dyn RecordStore,
@@ -317,6 +322,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %run.entity, kind = run.kind.as_str(), run_id = %run.run_id))]
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let run = run.clone();
         self.db()
@@ -361,6 +367,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str(), limit = limit))]
     async fn list_runs(
         &self,
         entity: &str,
@@ -404,6 +411,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id))]
     async fn claim_event(
         &self,
         event_id: &str,
@@ -463,6 +471,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id))]
     async fn complete_event(
         &self,
         event_id: &str,
@@ -482,6 +491,7 @@ impl ControlStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id))]
     async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
         let event_id = event_id.to_owned();
         self.db()

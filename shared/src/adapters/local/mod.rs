@@ -5,9 +5,11 @@
 //!
 //! Invariants:
 //! - it behaves exactly like the DynamoDB store (the conformance suite in `tests/it` runs the same
-//!   bodies against both); every record write goes through `core::decide_upsert` /
-//!   `core::decide_delete` inside one SQLite transaction (`BEGIN IMMEDIATE`), so concurrent
-//!   writers, in this process or another one opening the same file, are serialised;
+//!   bodies against both); every page of records is checked against the size rule
+//!   (`core::size`) before anything of it is written, and every record write goes through
+//!   `core::decide_upsert` / `core::decide_delete` inside one SQLite transaction
+//!   (`BEGIN IMMEDIATE`), so concurrent writers, in this process or another one opening the
+//!   same file, are serialised;
 //! - blocking SQLite work never runs on the async executor: every call goes through
 //!   `tokio::task::spawn_blocking`, and the connection's `std::sync::Mutex` is never held across
 //!   an await;
@@ -30,10 +32,6 @@ mod tests;
 
 pub use control::RUNS_KEPT;
 pub use queue::{DeadLetter, LocalQueue, QueueCounts, QueueOptions};
-pub use records::{
-    COMPRESSED_PAYLOAD_MAX_BYTES, INLINE_PAYLOAD_MAX_BYTES, MAX_ID_BYTES, MAX_PK_BYTES,
-    check_payload_size,
-};
 pub use spill::LocalSpill;
 
 use crate::error::StoreError;

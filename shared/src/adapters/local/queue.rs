@@ -416,6 +416,7 @@ fn parse_receipt(receipt: &str) -> Option<(i64, i64)> {
 #[async_trait]
 impl Queue for LocalQueue {
     /// All in one transaction: every body is sent, or the call fails.
+    #[tracing::instrument(level = "debug", skip_all, fields(queue = %self.name, count = bodies.len()))]
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<usize>, StoreError> {
         if bodies.is_empty() {
             return Ok(Vec::new());
@@ -450,6 +451,7 @@ impl Queue for LocalQueue {
     }
 
     /// Up to `max` messages visible now; when there are none, waits up to `wait_ms` for some.
+    #[tracing::instrument(level = "debug", skip_all, fields(queue = %self.name, max = max))]
     async fn receive(&self, max: usize, wait_ms: u64) -> Result<Vec<ReceivedMessage>, StoreError> {
         if max == 0 {
             return Ok(Vec::new());
@@ -475,6 +477,7 @@ impl Queue for LocalQueue {
 
     /// Delete the message this receipt was handed out for; a stale receipt (the message was
     /// received again since, or is gone) deletes nothing, as SQS does.
+    #[tracing::instrument(level = "debug", skip_all, fields(queue = %self.name))]
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         let (seq, count) = parse_receipt(receipt).ok_or_else(|| StoreError::Decode {
             key: format!("receipt {receipt:?}"),

@@ -1,6 +1,7 @@
 //! `RecordStore` on the `records` table.
 
 use super::{LocalStore, row_error, sql_error, sql_limit};
+use crate::core::size::{self, record_key};
 use crate::core::timefmt::now_us;
 use crate::core::{decide_delete, decide_upsert};
 use crate::error::StoreError;
@@ -11,76 +12,6 @@ use crate::model::{
 use crate::ports::RecordStore;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
-use std::io::Write;
-
-/// Payloads up to this many bytes are stored as they are (DynamoDB: as a native map).
-pub const INLINE_PAYLOAD_MAX_BYTES: usize = 350 * 1024;
-/// Larger payloads must fit in this many bytes zlib-compressed (DynamoDB: `payload_z`), else the
-/// item is rejected with `StoreError::TooLarge`.
-pub const COMPRESSED_PAYLOAD_MAX_BYTES: usize = 390 * 1024;
-
-/// Longest ID the DynamoDB store can index (a sort key of its live-ID index holds 1024 bytes);
-/// a longer one is `TooLarge` with the ID's length in `bytes`, in both stores.
-pub const MAX_ID_BYTES: usize = 1024;
-/// Longest item key (`"<entity>#<id>"`) DynamoDB takes as a partition key, in bytes.
-pub const MAX_PK_BYTES: usize = 2048;
-
-/// Whether a record of this key fits both stores' key limits.
-fn check_key_size(pk: &str, id: &str) -> Result<(), StoreError> {
-    if id.len() > MAX_ID_BYTES || pk.len() > MAX_PK_BYTES {
-        return Err(StoreError::TooLarge {
-            key: pk.to_owned(),
-            bytes: id.len(),
-        });
-    }
-    Ok(())
-}
-
-/// The size rule both stores apply: a payload over `INLINE_PAYLOAD_MAX_BYTES` whose zlib
-/// compression (default level) is over `COMPRESSED_PAYLOAD_MAX_BYTES` is `TooLarge`, with the
-/// compressed size in `bytes`.
-pub fn check_payload_size(entity: &str, id: &str, payload: &str) -> Result<(), StoreError> {
-    if payload.len() <= INLINE_PAYLOAD_MAX_BYTES {
-        return Ok(());
-    }
-    let compressed = zlib_len(payload.as_bytes());
-    if compressed > COMPRESSED_PAYLOAD_MAX_BYTES {
-        return Err(StoreError::TooLarge {
-            key: record_key(entity, id),
-            bytes: compressed,
-        });
-    }
-    Ok(())
-}
-
-/// Length of the zlib stream of `bytes` at the default level, without keeping it.
-fn zlib_len(bytes: &[u8]) -> usize {
-    struct Count(usize);
-    impl Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut enc = flate2::write::ZlibEncoder::new(Count(0), flate2::Compression::default());
-    // Writing into a counter cannot fail; should it, the payload counts as incompressible.
-    match enc.write_all(bytes).and_then(|()| enc.finish()) {
-        Ok(c) => c.0,
-        Err(_) => usize::MAX,
-    }
-}
-
-/// The item key, as in DynamoDB: `"<entity>#<id>"`.
-pub(crate) fn record_key(entity: &str, id: &str) -> String {
-    let mut k = String::with_capacity(entity.len() + 1 + id.len());
-    k.push_str(entity);
-    k.push('#');
-    k.push_str(id);
-    k
-}
 
 const SELECT_VERSION: &str =
     "SELECT delta_us, fetched_at_us, hash, deleted_at_us FROM records WHERE pk = ?1";
@@ -167,17 +98,13 @@ struct PageRow {
 }
 
 impl Page {
-    /// Checks every record's sizes (as the DynamoDB store does, before anything is written) and
-    /// copies the page.
+    /// Checks every record against the size rule (`core::size`, as the DynamoDB store does,
+    /// before anything is written) and copies the page.
     pub(super) fn new(records: &[Record]) -> Result<Page, StoreError> {
         let mut bytes = 0;
         for r in records {
-            let pk_len = r.entity.len() + 1 + r.id.len();
-            if r.id.len() > MAX_ID_BYTES || pk_len > MAX_PK_BYTES {
-                check_key_size(&record_key(&r.entity, &r.id), &r.id)?;
-            }
-            check_payload_size(&r.entity, &r.id, r.payload.get())?;
-            bytes += pk_len + r.payload.get().len();
+            size::check_record(&r.entity, &r.id, r.payload.get())?;
+            bytes += r.entity.len() + 1 + r.id.len() + r.payload.get().len();
         }
         let mut buf = String::with_capacity(bytes);
         let mut rows = Vec::with_capacity(records.len());
@@ -440,6 +367,7 @@ fn list_live(
 
 #[async_trait]
 impl RecordStore for LocalStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(count = records.len(), by = by.as_str()))]
     async fn upsert_many(
         &self,
         records: &[Record],
@@ -454,6 +382,7 @@ impl RecordStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
     async fn soft_delete(
         &self,
         entity: &str,
@@ -469,11 +398,13 @@ impl RecordStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let pk = record_key(entity, id);
         self.db().call("get record", move |c| get_one(c, &pk)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, shard = shard, limit = limit))]
     async fn list_live_ids(
         &self,
         entity: &str,

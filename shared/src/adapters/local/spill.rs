@@ -142,6 +142,7 @@ fn list_keys(root: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
 
 #[async_trait]
 impl SpillStore for LocalSpill {
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %key, bytes = body.len()))]
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         let dest = self.path_of(key)?;
         if let Some(parent) = dest.parent() {
@@ -168,6 +169,7 @@ impl SpillStore for LocalSpill {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
         let path = self.path_of(key)?;
         let f = tokio::fs::File::open(&path).await.map_err(|e| {
@@ -184,6 +186,7 @@ impl SpillStore for LocalSpill {
         Ok(Box::new(BufReader::with_capacity(READ_BUFFER, f)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %prefix))]
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
@@ -192,6 +195,7 @@ impl SpillStore for LocalSpill {
             .map_err(|e| StoreError::backend("spill list", e))?
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %prefix))]
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();

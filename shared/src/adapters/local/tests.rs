@@ -3,6 +3,7 @@
 
 use super::testutil::TempDir;
 use super::*;
+use crate::core::size::{COMPRESSED_PAYLOAD_MAX_BYTES, INLINE_PAYLOAD_MAX_BYTES, MAX_ID_BYTES};
 use crate::memory::MemoryRecords;
 use crate::model::RawJson;
 use crate::model::*;
@@ -501,27 +502,6 @@ async fn the_size_limit_matches_the_dynamodb_fallback() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert!(s.get("people", "ok").await.unwrap().is_none());
-    assert!(check_payload_size("people", "x", &incompressible_json(360 * 1024)).is_ok());
-    assert!(check_payload_size("people", "x", &incompressible_json(530 * 1024)).is_err());
-}
-
-#[test]
-fn limits_are_the_dynamodb_stores() {
-    use crate::adapters::dynamodb;
-    assert_eq!(
-        INLINE_PAYLOAD_MAX_BYTES,
-        dynamodb::payload::INLINE_PAYLOAD_MAX_BYTES
-    );
-    assert_eq!(
-        COMPRESSED_PAYLOAD_MAX_BYTES,
-        dynamodb::payload::COMPRESSED_PAYLOAD_MAX_BYTES
-    );
-    assert_eq!(MAX_ID_BYTES, dynamodb::MAX_ID_BYTES);
-    assert_eq!(MAX_PK_BYTES, dynamodb::MAX_PK_BYTES);
-    assert_eq!(
-        super::records::record_key("people", "a#b"),
-        dynamodb::record_key("people", "a#b")
-    );
 }
 
 #[tokio::test]
