@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn only_backend_errors_carry_a_code() {
         let throttled =
-            || StoreError::throttled("SendTaskSuccess", crate::error::Unprocessed { rounds: 1 });
+            || StoreError::throttled("SendTaskSuccess", std::io::Error::other("rate exceeded"));
         assert_eq!(error_code(&throttled()), None);
         assert!(!is_stale_token(&throttled()));
     }
