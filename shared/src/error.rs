@@ -1,5 +1,6 @@
 //! One error type per layer; `is_retryable` tells the handler edge what to do.
 
+use crate::core::json::{JsonKind, PathsError, ScanError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +26,111 @@ pub enum ConfigError {
     BadEnv { name: String, message: String },
     #[error("secret {name} could not be loaded: {message}")]
     Secret { name: String, message: String },
+    /// The source's HTTP client cannot be built from the `[source]` settings and the secret.
+    #[error("{file}: the source client cannot be built: {source}")]
+    SourceClient {
+        file: PathBuf,
+        #[source]
+        source: crate::source::http::SetupError,
+    },
+}
+
+/// A field of a source's answer, or of stored state, that a parse looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The records array of a page, or the record of a single-record answer.
+    Records,
+    Id,
+    /// The delta value (the record's change timestamp).
+    Delta,
+    TotalCount,
+    NextLink,
+    NextCursor,
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Field::Records => "records",
+            Field::Id => "ID",
+            Field::Delta => "delta value",
+            Field::TotalCount => "total count",
+            Field::NextLink => "next link",
+            Field::NextCursor => "next cursor",
+        })
+    }
+}
+
+/// Text (a source's answer, a timestamp, a stored cursor) that does not read as expected. Each
+/// variant says what was wrong and where (byte offset, JSON pointer, field, record position);
+/// a value is described by its kind, never echoed, since it may be part of a payload.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON we can read (truncated, malformed, nested too deep): what and at which byte.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] ScanError),
+    /// The configured pointers cannot be read in one pass (a configuration mistake).
+    #[error("the configured pointers cannot be read together: {0}")]
+    Pointers(#[from] PathsError),
+    /// The body is not UTF-8 (the source says from which byte on).
+    #[error("the body is not UTF-8: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// A JSON 404 where only a found resource makes sense (a listing, not a single record).
+    #[error("the listing answered 404")]
+    ListingNotFound,
+    /// Nothing (or `null`) at the pointer.
+    #[error("no {field} at {pointer}")]
+    Missing { field: Field, pointer: String },
+    /// A value of the wrong kind at the pointer.
+    #[error("{field} at {pointer} is {found}, not {expected}")]
+    WrongKind {
+        field: Field,
+        pointer: String,
+        found: JsonKind,
+        expected: &'static str,
+    },
+    /// A value of the right kind at the pointer that does not read (a timestamp in another
+    /// format, a string whose escapes do not decode).
+    #[error("{field} at {pointer}: {source}")]
+    Value {
+        field: Field,
+        pointer: String,
+        #[source]
+        source: Box<ParseError>,
+    },
+    /// A record of a page (its position in the records array; its ID once that was read).
+    #[error("record {index} of the page{}: {source}", .id.as_ref().map(|id| format!(" (ID {id:?})")).unwrap_or_default())]
+    Record {
+        index: usize,
+        id: Option<String>,
+        #[source]
+        source: Box<ParseError>,
+    },
+    /// A single-record answer for another ID than the one asked for.
+    #[error("asked for ID {asked:?}, got {got:?}")]
+    WrongRecord { asked: String, got: String },
+    /// A JSON string whose escapes do not decode.
+    #[error("not a string we can read: {0}")]
+    BadString(#[source] serde_json::Error),
+    #[error("not RFC 3339: {0}")]
+    NotRfc3339(#[source] time::error::Parse),
+    /// Neither an integer nor a decimal count of `unit` since the epoch.
+    #[error("not a count of {unit} since the epoch: {source}")]
+    NotEpoch {
+        unit: &'static str,
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A timestamp outside what epoch microseconds in an `i64` can hold.
+    #[error("timestamp out of range")]
+    OutOfRange,
+    /// Stored text that is not a delta cursor (serde's error says where).
+    #[error("not a delta cursor: {0}")]
+    NotCursor(#[source] serde_json::Error),
+    #[error("cursor version {0} is not supported")]
+    CursorVersion(u32),
 }
 
 /// The source API failed, after the retry policy gave up (or at once, when retrying cannot help).
@@ -57,8 +163,12 @@ pub enum SourceError {
         content_type: Option<String>,
         attempts: u32,
     },
-    #[error("cannot decode the answer from {url}: {message}")]
-    Decode { url: String, message: String },
+    #[error("cannot decode the answer from {url}: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: ParseError,
+    },
     #[error("timed out calling {url} after {attempts} attempts")]
     Timeout { url: String, attempts: u32 },
     #[error("cannot reach {url} after {attempts} attempts: {source}")]
@@ -94,8 +204,13 @@ pub enum StoreError {
     /// The caller does not hold the lease it claims: another run took it, or it expired.
     #[error("lease on {scope} is not held by run {holder}")]
     LeaseLost { scope: String, holder: String },
-    #[error("throttled by the store: {0}")]
-    Throttled(String),
+    /// Throttled still after the client's own retries (or a batch left partly unprocessed).
+    #[error("throttled by the store: {operation}: {source}")]
+    Throttled {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error("cannot decode stored item {key}: {message}")]
     Decode { key: String, message: String },
     #[error("item {key} is too large to store ({bytes} bytes, even compressed)")]
@@ -118,9 +233,29 @@ impl StoreError {
             source: Box::new(source),
         }
     }
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Throttled(_) | StoreError::Backend { .. })
+    pub fn throttled(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Throttled {
+            operation,
+            source: Box::new(source),
+        }
     }
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Throttled { .. } | StoreError::Backend { .. }
+        )
+    }
+}
+
+/// A batch call that kept leaving part of its batch unprocessed (DynamoDB's `UnprocessedKeys`),
+/// the cause of a [`StoreError::Throttled`].
+#[derive(Debug, thiserror::Error)]
+#[error("part of the batch was left unprocessed {rounds} times")]
+pub struct Unprocessed {
+    pub rounds: u32,
 }
 
 /// A sync run failed.
@@ -130,8 +265,13 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("stored state is unreadable: {0}")]
-    State(String),
+    /// Stored state (the entity's delta cursor) that does not read.
+    #[error("stored state of `{entity}` is unreadable: {source}")]
+    State {
+        entity: String,
+        #[source]
+        source: ParseError,
+    },
 }
 
 impl SyncError {
@@ -139,7 +279,49 @@ impl SyncError {
         match self {
             SyncError::Source(e) => e.is_retryable(),
             SyncError::Store(e) => e.is_retryable(),
-            SyncError::State(_) => false,
+            SyncError::State { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn throttled_keeps_its_cause_and_is_retryable() {
+        let e = StoreError::throttled("BatchGetItem", Unprocessed { rounds: 8 });
+        assert!(e.is_retryable());
+        let cause = e.source().expect("a cause");
+        assert_eq!(
+            cause.downcast_ref::<Unprocessed>().map(|u| u.rounds),
+            Some(8)
+        );
+        assert_eq!(
+            e.to_string(),
+            "throttled by the store: BatchGetItem: part of the batch was left unprocessed 8 times"
+        );
+    }
+
+    #[test]
+    fn a_decode_error_keeps_the_parse_error_as_its_source() {
+        let e = SourceError::Decode {
+            url: "http://h/people".into(),
+            source: ParseError::Json(ScanError {
+                offset: 17,
+                what: "unexpected end",
+            }),
+        };
+        assert!(e.is_retryable(), "a truncated body may be whole next time");
+        let parse = e.source().and_then(|s| s.downcast_ref::<ParseError>());
+        assert!(
+            matches!(parse, Some(ParseError::Json(ScanError { offset: 17, .. }))),
+            "{parse:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot decode the answer from http://h/people: invalid JSON: unexpected end at byte 17"
+        );
     }
 }

@@ -410,7 +410,10 @@ async fn failures_surface_as_typed_errors_after_the_attempts() {
         .push_faults([Fault::Truncate, Fault::Truncate, Fault::Truncate]);
     assert!(matches!(
         c.get_by_id("people", "1").await,
-        Err(SourceError::Decode { .. })
+        Err(SourceError::Decode {
+            source: shared::error::ParseError::Json(_),
+            ..
+        })
     ));
     h.sim().push_faults([Fault::RateLimited {
         retry_after_secs: 600,

@@ -1,9 +1,13 @@
 //! Event in → `shared::sync::delta` per entity → summaries out. No business rules here.
+//!
+//! A failed run comes back as the invocation's error with `errorType` `Delta.Retryable` or
+//! `Delta.Failed`, from the failures' `is_retryable()` (see `failure`).
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::{Deserialize, Serialize};
 use shared::Config;
+use shared::error::SyncError;
 use shared::ports::{ControlStore, RecordStore, SourceApi};
 use shared::sync::delta::{DeltaOptions, DeltaSummary, RunStatus, run_delta};
 use std::sync::Arc;
@@ -90,18 +94,38 @@ pub async fn handle(
             Err(e) => {
                 tracing::error!(%entity, error = %e, retryable = e.is_retryable(), "delta run failed");
                 shared::telemetry::publish(&shared::sync::delta::failed_run_metrics(&entity));
-                failed.push(format!("{entity}: {e}"));
+                failed.push((entity, e));
             }
         }
     }
     if !failed.is_empty() {
-        return Err(Diagnostic {
-            error_type: "DeltaRunFailed".into(),
-            error_message: failed.join("; "),
-        });
+        return Err(failure(&failed));
     }
     debug_assert!(out.iter().all(|s| s.status != RunStatus::Failed));
     Ok(Output { runs: out })
+}
+
+/// The invocation's error for the entities whose runs failed: `Delta.Retryable` when any of
+/// the failures may heal on a retry (throttling, a 5xx, a timeout), else `Delta.Failed` (a
+/// 4xx, an unreadable cursor). One retryable failure makes the whole invocation retryable: a
+/// retry re-runs every entity, but a run whose failure cannot heal by retrying only costs API
+/// calls (and the entities that succeeded read little, their cursors having moved), while a
+/// skipped retry of a healable failure leaves that entity behind until the next schedule.
+fn failure(failed: &[(String, SyncError)]) -> Diagnostic {
+    let retryable = failed.iter().any(|(_, e)| e.is_retryable());
+    Diagnostic {
+        error_type: if retryable {
+            "Delta.Retryable"
+        } else {
+            "Delta.Failed"
+        }
+        .into(),
+        error_message: failed
+            .iter()
+            .map(|(entity, e)| format!("{entity}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 #[cfg(test)]

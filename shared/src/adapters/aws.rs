@@ -160,9 +160,7 @@ where
 {
     let err = AwsError::new(err);
     match err.code() {
-        Some(code) if is_throttling_code(code) => {
-            StoreError::Throttled(format!("{operation}: {err}"))
-        }
+        Some(code) if is_throttling_code(code) => StoreError::throttled(operation, err),
         _ => StoreError::backend(operation, err),
     }
 }

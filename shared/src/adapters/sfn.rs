@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn only_backend_errors_carry_a_code() {
-        assert_eq!(error_code(&StoreError::Throttled("x".into())), None);
-        assert!(!is_stale_token(&StoreError::Throttled("x".into())));
+        let throttled =
+            || StoreError::throttled("SendTaskSuccess", std::io::Error::other("rate exceeded"));
+        assert_eq!(error_code(&throttled()), None);
+        assert!(!is_stale_token(&throttled()));
     }
 }

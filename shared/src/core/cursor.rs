@@ -23,6 +23,7 @@
 //!   The one case that can is a single timestamp shared by more records than one run can
 //!   read: resuming inside it needs an ID filter at the source (see ARCHITECTURE.md).
 
+use crate::error::ParseError;
 use crate::model::Micros;
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +42,10 @@ impl DeltaCursor {
     pub fn encode(&self) -> String {
         serde_json::json!({ "v": self.v, "watermark_us": self.watermark_us }).to_string()
     }
-    pub fn decode(s: &str) -> Result<Self, String> {
-        let c: DeltaCursor =
-            serde_json::from_str(s).map_err(|e| format!("bad cursor {s:?}: {e}"))?;
+    pub fn decode(s: &str) -> Result<Self, ParseError> {
+        let c: DeltaCursor = serde_json::from_str(s).map_err(ParseError::NotCursor)?;
         if c.v != 1 {
-            return Err(format!("cursor version {} is not supported", c.v));
+            return Err(ParseError::CursorVersion(c.v));
         }
         Ok(c)
     }
@@ -105,7 +105,17 @@ mod tests {
     fn cursor_round_trips_and_rejects_garbage() {
         let c = DeltaCursor::new(1_714_564_800_000_000);
         assert_eq!(DeltaCursor::decode(&c.encode()).unwrap(), c);
-        assert!(DeltaCursor::decode("{}").is_err());
-        assert!(DeltaCursor::decode(r#"{"v":2,"watermark_us":1}"#).is_err());
+        assert!(matches!(
+            DeltaCursor::decode("{}"),
+            Err(ParseError::NotCursor(_))
+        ));
+        assert!(matches!(
+            DeltaCursor::decode("c0"),
+            Err(ParseError::NotCursor(_))
+        ));
+        assert!(matches!(
+            DeltaCursor::decode(r#"{"v":2,"watermark_us":1}"#),
+            Err(ParseError::CursorVersion(2))
+        ));
     }
 }

@@ -115,6 +115,56 @@ pub enum PathsError {
     TooMany,
 }
 
+impl fmt::Display for PathsError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            PathsError::ThroughElements => "a path goes through the array whose elements are read",
+            PathsError::TooMany => "too many paths (per element, or keys at one level)",
+        })
+    }
+}
+
+impl std::error::Error for PathsError {}
+
+/// What a JSON value is, named without its text: errors about a value say its kind, never
+/// echo it (it may be part of a payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    String,
+    Number,
+    Object,
+    Array,
+    Bool,
+    Null,
+}
+
+impl JsonKind {
+    /// The kind of a value from its text (a value a scan accepted: the first byte decides).
+    pub fn of(text: &str) -> JsonKind {
+        match text.trim_start().as_bytes().first() {
+            Some(b'"') => JsonKind::String,
+            Some(b'{') => JsonKind::Object,
+            Some(b'[') => JsonKind::Array,
+            Some(b't' | b'f') => JsonKind::Bool,
+            Some(b'n') | None => JsonKind::Null,
+            Some(_) => JsonKind::Number,
+        }
+    }
+}
+
+impl fmt::Display for JsonKind {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            JsonKind::String => "a string",
+            JsonKind::Number => "a number",
+            JsonKind::Object => "an object",
+            JsonKind::Array => "an array",
+            JsonKind::Bool => "a boolean",
+            JsonKind::Null => "null",
+        })
+    }
+}
+
 impl<'p> Paths<'p> {
     /// Document-level paths; slot `i` of the result is `paths[i]`.
     pub fn new(paths: &[&'p [String]]) -> Result<Paths<'p>, PathsError> {

@@ -1,6 +1,7 @@
 //! Timestamps as sources write them, normalised to epoch microseconds, and written back in the
 //! source's own format for filters.
 
+use crate::error::ParseError;
 use crate::model::Micros;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -29,7 +30,7 @@ impl TimestampFormat {
     }
 
     /// Parse a timestamp from its JSON text (a string or a number).
-    pub fn parse_json(self, raw: &str) -> Result<Micros, String> {
+    pub fn parse_json(self, raw: &str) -> Result<Micros, ParseError> {
         let raw = raw.trim();
         if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
             return self.parse_str(inner);
@@ -38,11 +39,11 @@ impl TimestampFormat {
     }
 
     /// Parse a timestamp from its text.
-    pub fn parse_str(self, s: &str) -> Result<Micros, String> {
+    pub fn parse_str(self, s: &str) -> Result<Micros, ParseError> {
         match self {
             TimestampFormat::Rfc3339 => parse_rfc3339(s),
-            TimestampFormat::EpochSeconds => parse_epoch(s, 1_000_000),
-            TimestampFormat::EpochMillis => parse_epoch(s, 1_000),
+            TimestampFormat::EpochSeconds => parse_epoch(s, 1_000_000, "seconds"),
+            TimestampFormat::EpochMillis => parse_epoch(s, 1_000, "milliseconds"),
         }
     }
 
@@ -56,28 +57,26 @@ impl TimestampFormat {
     }
 }
 
-fn parse_epoch(s: &str, unit_us: i64) -> Result<Micros, String> {
+fn parse_epoch(s: &str, unit_us: i64, unit: &'static str) -> Result<Micros, ParseError> {
     if let Ok(n) = s.parse::<i64>() {
-        return n
-            .checked_mul(unit_us)
-            .ok_or_else(|| format!("timestamp {s} out of range"));
+        return n.checked_mul(unit_us).ok_or(ParseError::OutOfRange);
     }
     // Fractional epoch values ("1714560000.25").
     let f: f64 = s
         .parse()
-        .map_err(|_| format!("not an epoch timestamp: {s:?}"))?;
+        .map_err(|source| ParseError::NotEpoch { unit, source })?;
     let us = f * unit_us as f64;
     if !us.is_finite() || us.abs() > 9.0e18 {
-        return Err(format!("timestamp {s} out of range"));
+        return Err(ParseError::OutOfRange);
     }
     Ok(us.round() as i64)
 }
 
 /// Parse RFC 3339 to epoch microseconds (sub-microsecond digits are truncated).
-pub fn parse_rfc3339(s: &str) -> Result<Micros, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not RFC 3339 ({e}): {s:?}"))?;
+pub fn parse_rfc3339(s: &str) -> Result<Micros, ParseError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(ParseError::NotRfc3339)?;
     let nanos = t.unix_timestamp_nanos();
-    i64::try_from(nanos.div_euclid(1_000)).map_err(|_| format!("timestamp out of range: {s:?}"))
+    i64::try_from(nanos.div_euclid(1_000)).map_err(|_| ParseError::OutOfRange)
 }
 
 /// Format epoch microseconds as RFC 3339 in UTC: whole seconds without a fraction, otherwise
@@ -124,7 +123,10 @@ mod tests {
         let c = parse_rfc3339("2024-05-01T12:00:00.123456Z").unwrap();
         assert_eq!(c - a, 123_456);
         assert_eq!(format_rfc3339(c), "2024-05-01T12:00:00.123456Z");
-        assert!(parse_rfc3339("2024-05-01 12:00").is_err());
+        assert!(matches!(
+            parse_rfc3339("2024-05-01 12:00"),
+            Err(ParseError::NotRfc3339(_))
+        ));
     }
 
     #[test]
@@ -142,13 +144,34 @@ mod tests {
             1_714_564_800_123_000
         );
         assert_eq!(m.format(1_714_564_800_123_999), "1714564800123");
-        assert!(m.parse_json("\"soon\"").is_err());
+        assert!(matches!(
+            m.parse_json("\"soon\""),
+            Err(ParseError::NotEpoch {
+                unit: "milliseconds",
+                ..
+            })
+        ));
         assert_eq!(
             TimestampFormat::Rfc3339
                 .parse_json("\"2024-05-01T12:00:00Z\"")
                 .unwrap(),
             1_714_564_800_000_000
         );
+    }
+
+    #[test]
+    fn errors_name_the_problem_not_the_text() {
+        let f = TimestampFormat::EpochSeconds;
+        assert!(matches!(
+            f.parse_json("9223372036854775807"),
+            Err(ParseError::OutOfRange)
+        ));
+        assert!(matches!(f.parse_str("1e300"), Err(ParseError::OutOfRange)));
+        let e = TimestampFormat::Rfc3339
+            .parse_json("\"secret-looking 2024\"")
+            .unwrap_err();
+        assert!(matches!(e, ParseError::NotRfc3339(_)), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

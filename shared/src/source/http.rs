@@ -1,11 +1,12 @@
 //! One GET with the retry policy: 429 honours `Retry-After`; 5xx, connection errors, timeouts,
 //! HTML error pages and undecodable bodies (truncated JSON) are retried with exponential backoff
 //! and full jitter, a bounded number of times, then surface as typed errors. Other 4xx are not
-//! retried.
+//! retried. A body the caller's parser cannot read surfaces as `SourceError::Decode` with the
+//! [`ParseError`] as its source.
 
 use crate::config::{Secret, SourceConfig};
 use crate::core::timefmt::{now_us, parse_http_date};
-use crate::error::SourceError;
+use crate::error::{ParseError, SourceError};
 use crate::model::Micros;
 use crate::source::ratelimit::SlidingWindow;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -67,6 +68,24 @@ pub enum Body<'a> {
     NotFound,
 }
 
+/// Why the HTTP client cannot be built from the source settings and the secret. Never shows
+/// the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the source needs a secret and none was given")]
+    NoSecret,
+    #[error("invalid header name {name:?} for the API key: {source}")]
+    HeaderName {
+        name: String,
+        #[source]
+        source: header::InvalidHeaderName,
+    },
+    #[error("the secret holds characters not allowed in a header")]
+    SecretNotHeaderSafe(#[source] header::InvalidHeaderValue),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 pub struct Http {
     client: reqwest::Client,
     auth: Option<HeaderValue>,
@@ -77,11 +96,11 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(cfg: &SourceConfig, secret: Option<&Secret>) -> Result<Self, String> {
+    pub fn new(cfg: &SourceConfig, secret: Option<&Secret>) -> Result<Self, SetupError> {
         use crate::config::AuthConfig;
         let (auth_header, auth) = match (&cfg.auth, secret) {
             (AuthConfig::None, _) => (header::AUTHORIZATION, None),
-            (_, None) => return Err("the source needs a secret and none was given".into()),
+            (_, None) => return Err(SetupError::NoSecret),
             (AuthConfig::Bearer { .. }, Some(s)) => (
                 header::AUTHORIZATION,
                 Some(format!("Bearer {}", s.expose())),
@@ -92,16 +111,18 @@ impl Http {
                 (header::AUTHORIZATION, Some(format!("Basic {enc}")))
             }
             (AuthConfig::ApiKey { header, .. }, Some(s)) => (
-                header::HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|_| format!("invalid header name {header:?}"))?,
+                header::HeaderName::from_bytes(header.as_bytes()).map_err(|source| {
+                    SetupError::HeaderName {
+                        name: header.clone(),
+                        source,
+                    }
+                })?,
                 Some(s.expose().to_owned()),
             ),
         };
         let auth = match auth {
             Some(v) => {
-                let mut hv = HeaderValue::from_str(&v).map_err(|_| {
-                    "the secret holds characters not allowed in a header".to_owned()
-                })?;
+                let mut hv = HeaderValue::from_str(&v).map_err(SetupError::SecretNotHeaderSafe)?;
                 hv.set_sensitive(true);
                 Some(hv)
             }
@@ -113,7 +134,7 @@ impl Http {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sync-engine/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(SetupError::Client)?;
         Ok(Http {
             client,
             auth,
@@ -143,7 +164,7 @@ impl Http {
         &self,
         url: &url::Url,
         extra: Option<&SlidingWindow>,
-        parse: impl Fn(Body<'_>, Micros) -> Result<T, String>,
+        parse: impl Fn(Body<'_>, Micros) -> Result<T, ParseError>,
     ) -> Result<Answer<T>, SourceError> {
         let shown = redact_url(url);
         let mut attempt = 0u32;
@@ -199,10 +220,10 @@ impl Http {
                         e
                     } else if status == 404 && json {
                         let fetched = now_us();
-                        let value = parse(Body::NotFound, fetched).map_err(|message| {
+                        let value = parse(Body::NotFound, fetched).map_err(|source| {
                             SourceError::Decode {
                                 url: shown.clone(),
-                                message,
+                                source,
                             }
                         })?;
                         return Ok(Answer {
@@ -249,13 +270,15 @@ impl Http {
                             },
                             Ok(None) => SourceError::Decode {
                                 url: shown.clone(),
-                                message: format!("body larger than {MAX_BODY_BYTES} bytes"),
+                                source: ParseError::TooLarge {
+                                    limit: MAX_BODY_BYTES,
+                                },
                             },
                             Ok(Some(bytes)) => {
                                 self.stats.bytes.fetch_add(bytes.len() as u64, Relaxed);
                                 let fetched = now_us();
                                 let decoded = std::str::from_utf8(&bytes)
-                                    .map_err(|e| format!("body is not UTF-8: {e}"))
+                                    .map_err(ParseError::from)
                                     .and_then(|text| parse(Body::Json(text), fetched));
                                 match decoded {
                                     Ok(value) => {
@@ -266,9 +289,9 @@ impl Http {
                                             link_next: link_next(&headers),
                                         });
                                     }
-                                    Err(message) => SourceError::Decode {
+                                    Err(source) => SourceError::Decode {
                                         url: shown.clone(),
-                                        message,
+                                        source,
                                     },
                                 }
                             }

@@ -12,7 +12,7 @@ pub mod parse;
 pub mod ratelimit;
 
 use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
-use crate::error::{ConfigError, SourceError};
+use crate::error::{ConfigError, ParseError, SourceError};
 use crate::model::{Micros, Record};
 use crate::ports::{IdPage, RecordPage, SourceApi};
 use async_trait::async_trait;
@@ -105,7 +105,12 @@ impl SourceClient {
         };
         let base =
             Url::parse(&cfg.source.base_url).map_err(|e| bad("source.base_url", e.to_string()))?;
-        let http = Http::new(&cfg.source, secret.as_ref()).map_err(|m| bad("source.auth", m))?;
+        let http = Http::new(&cfg.source, secret.as_ref()).map_err(|source| {
+            ConfigError::SourceClient {
+                file: cfg.file.clone(),
+                source,
+            }
+        })?;
         let (next_link_pointer, next_cursor_pointer) = match &cfg.source.pagination {
             Pagination::LinksNext { next_pointer, .. } => {
                 (Some(pointer_segments(next_pointer)), None)
@@ -272,13 +277,6 @@ fn join_path(base: &Url, path: &str) -> Result<Url, String> {
     Ok(u)
 }
 
-fn decode_err(url: &Url) -> impl Fn(String) -> SourceError + '_ {
-    move |message| SourceError::Decode {
-        url: http::redact_url(url),
-        message,
-    }
-}
-
 /// Reject IDs that cannot safely become one path segment.
 pub fn validate_id(id: &str) -> Result<(), SourceError> {
     let bad = |reason| {
@@ -323,7 +321,7 @@ impl SourceApi for SourceClient {
                 loop {
                     let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
                         Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                        Body::NotFound => Err("the listing answered 404".into()),
+                        Body::NotFound => Err(ParseError::ListingNotFound),
                     }).await?;
                     let page = ans.value;
                     let next = self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?;
@@ -351,7 +349,7 @@ impl SourceApi for SourceClient {
                     let url = self.url(e, &params);
                     let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
                         Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                        Body::NotFound => Err("the listing answered 404".into()),
+                        Body::NotFound => Err(ParseError::ListingNotFound),
                     }).await?;
                     let n = ans.value.records.len();
                     if n > 0 {
@@ -377,7 +375,7 @@ impl SourceApi for SourceClient {
                 let url = self.url(e, &params);
                 let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
                     Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                    Body::NotFound => Err("the listing answered 404".into()),
+                    Body::NotFound => Err(ParseError::ListingNotFound),
                 }).await?;
                 let full = ans.value.records.len() >= p as usize;
                 let mut fresh = Vec::with_capacity(ans.value.records.len());
@@ -425,7 +423,7 @@ impl SourceApi for SourceClient {
                         let url = self.url(e, &params);
                         let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
                             Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                            Body::NotFound => Err("the listing answered 404".into()),
+                            Body::NotFound => Err(ParseError::ListingNotFound),
                         }).await?;
                         let n = ans.value.records.len();
                         let mut beyond = false;
@@ -498,7 +496,7 @@ impl SourceApi for SourceClient {
             let fetch = |url: Url| async move {
                 self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
                     Body::Json(t) => parse::parse_id_page(t, &e.shape),
-                    Body::NotFound => Err("the listing answered 404".into()),
+                    Body::NotFound => Err(ParseError::ListingNotFound),
                 }).await
             };
             let positional = self.source.pagination.is_positional();
@@ -653,10 +651,13 @@ impl SourceApi for SourceClient {
         if let Some(r) = &ans.value
             && r.id != id
         {
-            return Err(decode_err(&url)(format!(
-                "asked for ID {id:?}, got {:?}",
-                r.id
-            )));
+            return Err(SourceError::Decode {
+                url: http::redact_url(&url),
+                source: ParseError::WrongRecord {
+                    asked: id.to_owned(),
+                    got: r.id.clone(),
+                },
+            });
         }
         Ok(ans.value)
     }

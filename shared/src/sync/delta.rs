@@ -295,7 +295,10 @@ async fn sync_pages(
 ) -> Result<(), SyncError> {
     let state = control.job_state(entity, JobKind::Delta).await?;
     let mut cursor = match state.cursor.as_deref() {
-        Some(s) => Some(DeltaCursor::decode(s).map_err(SyncError::State)?),
+        Some(s) => Some(DeltaCursor::decode(s).map_err(|source| SyncError::State {
+            entity: entity.to_owned(),
+            source,
+        })?),
         None => None,
     };
     summary.cursor_before = show(cursor.as_ref());
@@ -731,5 +734,43 @@ mod tests {
                 .watermark_us,
             100
         );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cursor_is_a_state_error_that_retrying_cannot_heal() {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        cs.acquire_lease("people", JobKind::Delta, "hand", 0, i64::MAX / 2)
+            .await
+            .unwrap();
+        cs.save_cursor(
+            "people",
+            JobKind::Delta,
+            "hand",
+            0,
+            i64::MAX / 2,
+            r#"{"v":7,"watermark_us":1}"#,
+        )
+        .await
+        .unwrap();
+        cs.release_lease("people", JobKind::Delta, "hand")
+            .await
+            .unwrap();
+        let err = run_delta(&src, &rs, &cs, "people", &DeltaOptions::default())
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable());
+        match &err {
+            SyncError::State { entity, source } => {
+                assert_eq!(entity, "people");
+                assert!(
+                    matches!(source, crate::error::ParseError::CursorVersion(7)),
+                    "{source:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let runs = cs.list_runs("people", JobKind::Delta, 1).await.unwrap();
+        assert_eq!(runs[0].status, "failed");
     }
 }

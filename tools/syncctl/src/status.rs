@@ -48,7 +48,10 @@ pub async fn collect(
             .await
             .map_err(|e| e.to_string())?;
         let cursor = match state.cursor.as_deref() {
-            Some(c) => Some(DeltaCursor::decode(c)?),
+            Some(c) => Some(
+                DeltaCursor::decode(c)
+                    .map_err(|err| format!("stored cursor of {}: {err}", e.name))?,
+            ),
             None => None,
         };
         let recent = control

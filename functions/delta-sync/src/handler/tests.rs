@@ -125,6 +125,116 @@ async fn an_unknown_entity_and_a_failing_source_are_errors() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.error_type, "DeltaRunFailed");
+    // A 503 may heal on a retry.
+    assert_eq!(e.error_type, "Delta.Retryable");
     assert!(e.error_message.contains("people"), "{}", e.error_message);
+    assert!(e.error_message.contains("503"), "{}", e.error_message);
+}
+
+/// One entity, with a source that gives up after one attempt.
+async fn one_attempt(sim: &source_sim::SimHandle) -> Deps {
+    let mut d = deps(sim).await;
+    d.config.source.max_attempts = 1;
+    d.source = Arc::new(shared::source::SourceClient::new(&d.config, None).unwrap());
+    d
+}
+
+async fn invoke(d: &Deps, input: serde_json::Value) -> Result<Output, Diagnostic> {
+    handle(
+        d,
+        LambdaEvent::new(input, lambda_runtime::Context::default()),
+    )
+    .await
+}
+
+/// Store a cursor that does not decode, as a broken deployment or a hand edit would leave it.
+async fn corrupt_cursor(d: &Deps, entity: &str) {
+    use shared::ports::JobKind;
+    let now = shared::core::timefmt::now_us();
+    let lease = d
+        .control
+        .acquire_lease(entity, JobKind::Delta, "test", now, 60_000_000)
+        .await
+        .unwrap();
+    assert!(
+        matches!(lease, shared::ports::LeaseOutcome::Acquired { .. }),
+        "{lease:?}"
+    );
+    d.control
+        .save_cursor(
+            entity,
+            JobKind::Delta,
+            "test",
+            now,
+            60_000_000,
+            "not a cursor",
+        )
+        .await
+        .unwrap();
+    d.control
+        .release_lease(entity, JobKind::Delta, "test")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_that_retrying_cannot_heal_is_not_retryable() {
+    let sim = source_sim::start(source_sim::SimConfig {
+        people: 5,
+        donations: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = one_attempt(&sim).await;
+    // A 4xx: the request itself is wrong.
+    sim.sim().push_fault(source_sim::Fault::Status(400));
+    let e = invoke(&d, serde_json::json!({"entity": "people"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.error_type, "Delta.Failed");
+    assert!(
+        e.error_message.contains("client error 400"),
+        "{}",
+        e.error_message
+    );
+    // An unreadable cursor: no request is made, and no retry reads it better.
+    corrupt_cursor(&d, "people").await;
+    let e = invoke(&d, serde_json::json!({"entity": "people"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.error_type, "Delta.Failed");
+    assert!(
+        e.error_message
+            .contains("stored state of `people` is unreadable"),
+        "{}",
+        e.error_message
+    );
+}
+
+#[tokio::test]
+async fn one_retryable_failure_makes_the_invocation_retryable() {
+    let sim = source_sim::start(source_sim::SimConfig {
+        people: 5,
+        donations: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = one_attempt(&sim).await;
+    // Donations fails before any request (its cursor does not read); people meets the 503.
+    corrupt_cursor(&d, "donations").await;
+    sim.sim().push_fault(source_sim::Fault::Status(503));
+    let e = invoke(&d, serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.error_type, "Delta.Retryable");
+    assert!(e.error_message.contains("people: "), "{}", e.error_message);
+    assert!(
+        e.error_message.contains("donations: "),
+        "{}",
+        e.error_message
+    );
+    // Once the source is healthy, only the cursor's failure is left: not retryable.
+    let e = invoke(&d, serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.error_type, "Delta.Failed");
+    assert!(!e.error_message.contains("people"), "{}", e.error_message);
 }

@@ -180,8 +180,9 @@ impl DynamoRecords {
                 if pending.is_some() {
                     round += 1;
                     if round > 8 {
-                        return Err(StoreError::Throttled(
-                            "BatchGetItem left keys unprocessed 8 times".into(),
+                        return Err(StoreError::throttled(
+                            "BatchGetItem",
+                            crate::error::Unprocessed { rounds: 8 },
                         ));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(25 << round.min(6))).await;

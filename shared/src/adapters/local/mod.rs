@@ -343,7 +343,7 @@ pub(crate) fn sql_error(operation: &'static str, e: rusqlite::Error) -> StoreErr
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
         {
-            StoreError::Throttled(format!("{operation}: {e}"))
+            StoreError::throttled(operation, e)
         }
         _ => StoreError::backend(operation, e),
     }
