@@ -177,6 +177,12 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     .sum()
 }
 
+/// A fresh folder under cargo's scratch folder for integration tests (`<target>/tmp/<label>/`),
+/// removed on drop.
+pub fn scratch(label: &str) -> testkit::TempDir {
+    testkit::TempDir::under(env!("CARGO_TARGET_TMPDIR"), label)
+}
+
 /// Create a uniquely named bucket on moto.
 pub async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
     let name = unique_name("it-b");
