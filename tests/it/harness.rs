@@ -8,6 +8,10 @@
 //!
 //! Tests run in parallel against one moto and one DynamoDB Local, so every test makes its own
 //! resources with [`unique_name`] and never resets an emulator.
+//!
+//! Also [`scratch`]: temporary folders under cargo's scratch folder. The simulator, the config
+//! pointed at it, temporary folders and forwarding stores are `testkit`'s, shared with the
+//! other crates' tests.
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::OnceLock;
