@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use shared::telemetry;
 
 /// An Errors alarm on the function: more than 0 in 3 consecutive 5-minute periods.
-pub(super) fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
+fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
     let found: Vec<&Value> = alarms(t)
         .into_iter()
         .map(|(_, p)| p)
@@ -45,7 +45,7 @@ pub(super) fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
 }
 
 /// Every alarm notifies the optional topic, and only when there is one.
-pub(super) fn check_alarm_topic(t: &Value) -> Vec<String> {
+fn check_alarm_topic(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     for (id, a) in alarms(t) {
         for key in ["AlarmActions", "OKActions"] {

@@ -6,7 +6,7 @@ use super::code::*;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-pub(super) fn check_functions_match_crates(t: &Value, crates: &BTreeSet<String>) -> Vec<String> {
+fn check_functions_match_crates(t: &Value, crates: &BTreeSet<String>) -> Vec<String> {
     let mut bad = Vec::new();
     let mut by_binary: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (id, f) in functions(t) {
@@ -53,7 +53,7 @@ pub(super) fn check_functions_match_crates(t: &Value, crates: &BTreeSet<String>)
 
 /// A crate's binary is what `BuildProperties.Binary` names: its package name is its folder's,
 /// and it has `src/main.rs`.
-pub(super) fn check_crate_builds_its_folder_name(name: &str) -> Vec<String> {
+fn check_crate_builds_its_folder_name(name: &str) -> Vec<String> {
     let dir = root().join("functions").join(name);
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("read Cargo.toml");
     let package = manifest

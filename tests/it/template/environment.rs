@@ -13,10 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Every variable the template sets is one the code of `shared` or of the crate reads (a
 /// misspelt name would silently be ignored). RUST_LOG is read by tracing-subscriber's
 /// EnvFilter::try_from_default_env.
-pub(super) fn check_environment_is_read(
-    vars: &BTreeMap<String, Value>,
-    krate: &str,
-) -> Vec<String> {
+fn check_environment_is_read(vars: &BTreeMap<String, Value>, krate: &str) -> Vec<String> {
     let dir = root().join("functions").join(krate);
     if !dir.join("src").is_dir() {
         return vec![format!("functions/{krate}/src does not exist (yet)")];

@@ -8,7 +8,7 @@ use shared::adapters::dynamodb::schema;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The SDK calls each S3 action authorises, as `shared/src/adapters/s3.rs` makes them.
-pub(super) const S3_CALLS: [(&str, &[&str]); 4] = [
+const S3_CALLS: [(&str, &[&str]); 4] = [
     ("PutObject", &["PutObject"]),
     ("GetObject", &["GetObject"]),
     ("DeleteObject", &["DeleteObject", "DeleteObjects"]),
@@ -24,7 +24,7 @@ pub(super) const POLLER_ACTIONS: [&str; 3] =
 
 /// Inline statements only (no managed policy, no SAM policy template: both grant more than the
 /// code calls), no `*` in an action, no bare `*` resource, no `NotAction` / `NotResource`.
-pub(super) fn check_iam(t: &Value) -> Vec<String> {
+fn check_iam(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let roles = functions(t)
         .into_iter()
@@ -86,7 +86,7 @@ pub(super) fn check_iam(t: &Value) -> Vec<String> {
 
 /// Every action granted (Allow) is a call the code makes: DynamoDB per table, against that
 /// table's adapter; an index grant is a `Query`/`Scan` of an adapter that names an index.
-pub(super) fn check_grants_are_used(t: &Value) -> Vec<String> {
+fn check_grants_are_used(t: &Value) -> Vec<String> {
     let adapters: BTreeMap<&str, String> = table_adapters()
         .into_iter()
         .map(|(id, path)| (id, production_code(&path)))
@@ -375,7 +375,7 @@ pub(super) fn check_secret_grants(
 }
 
 /// A statement pushed onto a resource's first policy.
-pub(super) fn with_statement(t: &Value, id: &str, text: &str) -> Value {
+fn with_statement(t: &Value, id: &str, text: &str) -> Value {
     let mut broken = t.clone();
     broken["Resources"][id]["Properties"]["Policies"][0]["Statement"]
         .as_sequence_mut()
@@ -385,7 +385,7 @@ pub(super) fn with_statement(t: &Value, id: &str, text: &str) -> Value {
 }
 
 /// The S3 actions a function is granted: resource (as written) → actions, with conditions.
-pub(super) fn s3_statements(f: &Value) -> Vec<(BTreeSet<String>, Value, Value)> {
+fn s3_statements(f: &Value) -> Vec<(BTreeSet<String>, Value, Value)> {
     function_statements(f)
         .into_iter()
         .filter_map(|(_, s)| {

@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 /// SQS deletes a standard queue's message this long after it was first sent, DLQ included.
-pub(super) const FOURTEEN_DAYS: i64 = 14 * 24 * 3600;
+const FOURTEEN_DAYS: i64 = 14 * 24 * 3600;
 
 /// The queues, their consumers and their dead letters:
 /// - every queue is standard (not FIFO: refetch and the version rule make order irrelevant)
@@ -22,7 +22,7 @@ pub(super) const FOURTEEN_DAYS: i64 = 14 * 24 * 3600;
 /// - the polled queue redrives (maxReceiveCount 1 or more) to a queue of this template that keeps
 ///   messages 14 days, longer than the polled queue (SQS counts a standard queue's retention from
 ///   the first send, so the dead letter needs the difference to be replayed).
-pub(super) fn check_queues(t: &Value) -> Vec<String> {
+fn check_queues(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let none = BTreeMap::new();
     let retention = |q: &Value| {
