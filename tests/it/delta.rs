@@ -32,6 +32,7 @@
 //! (`a_record_too_large_for_the_store_is_skipped_{local,dynamodb}`).
 
 use crate::conformance_dynamodb::dynamodb_stores;
+use crate::harness::scratch;
 use crate::source_client::client;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -40,13 +41,10 @@ use shared::core::cursor::DeltaCursor;
 use shared::core::timefmt::{format_rfc3339, now_us};
 use shared::memory::{MemoryControl, MemoryRecords};
 use shared::model::{
-    ContentHash, DeleteOutcome, ID_SHARDS, LastAction, LiveIdPage, Micros, RawJson, Record,
-    StoredRecord, StoredVersion, Strategy, Version, WriteOutcome,
+    ContentHash, ID_SHARDS, LastAction, Micros, RawJson, Record, StoredRecord, StoredVersion,
+    Strategy, Version, WriteOutcome,
 };
-use shared::ports::{
-    ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
-    RunRecord, SourceApi,
-};
+use shared::ports::{ControlStore, JobKind, LeaseOutcome, RecordPage, RecordStore, SourceApi};
 use shared::source::SourceClient;
 use shared::sync::delta::{
     DeltaOptions, DeltaSummary, NaiveCursor, PageHook, RunStatus, run_delta,
@@ -54,10 +52,11 @@ use shared::sync::delta::{
 use shared::{SourceError, StoreError, SyncError};
 use source_sim::{Entity, Granularity, Sim, SimConfig, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use testkit::forward::{ControlHooks, Forward, RecordHooks, SourceHooks};
+use testkit::{TempDir, sim};
 
 const E: &str = "people";
 const SEC: Micros = 1_000_000;
@@ -73,18 +72,6 @@ type Shared<T> = Arc<Mutex<T>>;
 // helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn sim(cfg: SimConfig) -> SimHandle {
-    source_sim::start(cfg).await.expect("simulator starts")
-}
-
-fn sim_with(people: usize) -> SimConfig {
-    SimConfig {
-        people,
-        donations: 0,
-        ..Default::default()
-    }
-}
-
 /// The source client on the simulator's people, `page_size` per page.
 fn people_client(h: &SimHandle, page_size: u32) -> SourceClient {
     client(h, |c| c.entities[0].page_size = page_size)
@@ -95,27 +82,15 @@ fn local() -> (Records, Control) {
     (s.clone(), s)
 }
 
-/// A database file under cargo's scratch folder, removed (with its journal files) on drop.
-struct DbFile(PathBuf);
+/// A database file in a scratch folder, removed (with its journal files) on drop.
+struct DbFile(TempDir);
 
 impl DbFile {
     fn new() -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("delta");
-        std::fs::create_dir_all(&dir).expect("create the test database folder");
-        DbFile(dir.join(format!("{}.sqlite", uuid::Uuid::new_v4())))
+        DbFile(scratch("delta"))
     }
     fn open(&self) -> Arc<LocalStore> {
-        Arc::new(LocalStore::open(&self.0).expect("open the local store file"))
-    }
-}
-
-impl Drop for DbFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.0.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
+        Arc::new(LocalStore::open(self.0.join("store.sqlite")).expect("open the local store file"))
     }
 }
 
@@ -265,19 +240,19 @@ fn lost_below(s: &Sim, d: &Diff, watermark: Micros) -> Vec<u64> {
 // test doubles: fault injection and the naive stores
 // ---------------------------------------------------------------------------------------------
 
-/// A record store that fails on the `crash_at`-th call: after writing the page when
+/// A record store's hook that fails on the `crash_at`-th write: after writing the page when
 /// `write_first` (a crash between the write and the checkpoint), else before writing any of it.
-struct CrashingStore {
-    inner: Records,
+struct Crash {
     calls: AtomicUsize,
     crash_at: usize,
     write_first: bool,
 }
 
 #[async_trait::async_trait]
-impl RecordStore for CrashingStore {
+impl<S: RecordStore + ?Sized> RecordHooks<S> for Crash {
     async fn upsert_many(
         &self,
+        inner: &S,
         records: &[Record],
         by: Strategy,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -288,7 +263,7 @@ impl RecordStore for CrashingStore {
                 std::io::Error::other("injected crash before the write"),
             ));
         }
-        let out = self.inner.upsert_many(records, by).await?;
+        let out = inner.upsert_many(records, by).await?;
         if crash {
             return Err(StoreError::backend(
                 "upsert records",
@@ -297,47 +272,24 @@ impl RecordStore for CrashingStore {
         }
         Ok(out)
     }
-
-    async fn soft_delete(
-        &self,
-        entity: &str,
-        id: &str,
-        evidence_us: Micros,
-        by: Strategy,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.inner.soft_delete(entity, id, evidence_us, by).await
-    }
-
-    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
-        self.inner.get(entity, id).await
-    }
-
-    async fn list_live_ids(
-        &self,
-        entity: &str,
-        shard: u16,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<LiveIdPage, StoreError> {
-        self.inner.list_live_ids(entity, shard, after, limit).await
-    }
 }
 
 /// The naive record store: every write overwrites, whatever the versions (an unconditional
 /// put). Over the in-memory store, whose reads it keeps.
+pub(crate) type BlindStore = Forward<MemoryRecords, Blind>;
+
 #[derive(Default)]
-pub(crate) struct BlindStore {
-    inner: MemoryRecords,
-}
+pub(crate) struct Blind;
 
 #[async_trait::async_trait]
-impl RecordStore for BlindStore {
+impl RecordHooks<MemoryRecords> for Blind {
     async fn upsert_many(
         &self,
+        inner: &MemoryRecords,
         records: &[Record],
         by: Strategy,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut items = self.inner.items.lock().expect("poisoned");
+        let mut items = inner.items.lock().expect("poisoned");
         let now = now_us();
         Ok(records
             .iter()
@@ -374,30 +326,6 @@ impl RecordStore for BlindStore {
             })
             .collect())
     }
-
-    async fn soft_delete(
-        &self,
-        entity: &str,
-        id: &str,
-        evidence_us: Micros,
-        by: Strategy,
-    ) -> Result<DeleteOutcome, StoreError> {
-        self.inner.soft_delete(entity, id, evidence_us, by).await
-    }
-
-    async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
-        self.inner.get(entity, id).await
-    }
-
-    async fn list_live_ids(
-        &self,
-        entity: &str,
-        shard: u16,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<LiveIdPage, StoreError> {
-        self.inner.list_live_ids(entity, shard, after, limit).await
-    }
 }
 
 /// What a control-store wrapper does on the `nth` call of `save_cursor`.
@@ -412,39 +340,18 @@ enum OnSave {
 
 const TAKER: &str = "run-b";
 
-struct InterposedControl {
-    inner: Control,
+/// A control store's hook that does `action` on the `nth` call of `save_cursor`.
+struct Interpose {
     calls: AtomicUsize,
     nth: usize,
     action: OnSave,
 }
 
 #[async_trait::async_trait]
-impl ControlStore for InterposedControl {
-    async fn acquire_lease(
-        &self,
-        entity: &str,
-        kind: JobKind,
-        holder: &str,
-        now_us: Micros,
-        ttl_us: Micros,
-    ) -> Result<LeaseOutcome, StoreError> {
-        self.inner
-            .acquire_lease(entity, kind, holder, now_us, ttl_us)
-            .await
-    }
-
-    async fn release_lease(
-        &self,
-        entity: &str,
-        kind: JobKind,
-        holder: &str,
-    ) -> Result<(), StoreError> {
-        self.inner.release_lease(entity, kind, holder).await
-    }
-
+impl<S: ControlStore + ?Sized> ControlHooks<S> for Interpose {
     async fn save_cursor(
         &self,
+        inner: &S,
         entity: &str,
         kind: JobKind,
         holder: &str,
@@ -461,10 +368,9 @@ impl ControlStore for InterposedControl {
                     ));
                 }
                 OnSave::TakeOver => {
-                    let st = self.inner.job_state(entity, kind).await?;
+                    let st = inner.job_state(entity, kind).await?;
                     let expired = st.lease_expires_us.expect("a lease is held");
-                    let out = self
-                        .inner
+                    let out = inner
                         .acquire_lease(entity, kind, TAKER, expired + 1, 3_600 * SEC)
                         .await?;
                     assert!(
@@ -474,64 +380,26 @@ impl ControlStore for InterposedControl {
                 }
             }
         }
-        self.inner
+        inner
             .save_cursor(entity, kind, holder, now_us, ttl_us, cursor)
             .await
-    }
-
-    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
-        self.inner.job_state(entity, kind).await
-    }
-
-    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.inner.put_run(run).await
-    }
-
-    async fn list_runs(
-        &self,
-        entity: &str,
-        kind: JobKind,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>, StoreError> {
-        self.inner.list_runs(entity, kind, limit).await
-    }
-
-    async fn claim_event(
-        &self,
-        event_id: &str,
-        now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        self.inner
-            .claim_event(event_id, now_us, in_progress_ttl_us)
-            .await
-    }
-
-    async fn complete_event(
-        &self,
-        event_id: &str,
-        retain_until_us: Micros,
-    ) -> Result<(), StoreError> {
-        self.inner.complete_event(event_id, retain_until_us).await
-    }
-
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        self.inner.release_event(event_id).await
     }
 }
 
 /// The naive control store: no lease at all (every run "acquires", every cursor write lands).
-/// Keeps a log of who saved which cursor, in order.
+/// Keeps a log of who saved which cursor, in order (`hook.saves`).
+type NoLeaseControl = Forward<MemoryControl, NoLease>;
+
 #[derive(Default)]
-struct NoLeaseControl {
-    inner: MemoryControl,
+struct NoLease {
     saves: Mutex<Vec<(String, Micros)>>,
 }
 
 #[async_trait::async_trait]
-impl ControlStore for NoLeaseControl {
+impl ControlHooks<MemoryControl> for NoLease {
     async fn acquire_lease(
         &self,
+        _inner: &MemoryControl,
         _entity: &str,
         _kind: JobKind,
         _holder: &str,
@@ -546,6 +414,7 @@ impl ControlStore for NoLeaseControl {
 
     async fn release_lease(
         &self,
+        _inner: &MemoryControl,
         _entity: &str,
         _kind: JobKind,
         _holder: &str,
@@ -555,6 +424,7 @@ impl ControlStore for NoLeaseControl {
 
     async fn save_cursor(
         &self,
+        inner: &MemoryControl,
         entity: &str,
         kind: JobKind,
         holder: &str,
@@ -562,7 +432,7 @@ impl ControlStore for NoLeaseControl {
         _ttl_us: Micros,
         cursor: &str,
     ) -> Result<(), StoreError> {
-        let mut jobs = self.inner.jobs.lock().expect("poisoned");
+        let mut jobs = inner.jobs.lock().expect("poisoned");
         let st = jobs.entry((entity.to_owned(), kind)).or_default();
         st.cursor = Some(cursor.to_owned());
         st.cursor_updated_us = Some(now_us);
@@ -573,73 +443,31 @@ impl ControlStore for NoLeaseControl {
             .push((holder.to_owned(), w));
         Ok(())
     }
-
-    async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
-        self.inner.job_state(entity, kind).await
-    }
-
-    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.inner.put_run(run).await
-    }
-
-    async fn list_runs(
-        &self,
-        entity: &str,
-        kind: JobKind,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>, StoreError> {
-        self.inner.list_runs(entity, kind, limit).await
-    }
-
-    async fn claim_event(
-        &self,
-        event_id: &str,
-        now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        self.inner
-            .claim_event(event_id, now_us, in_progress_ttl_us)
-            .await
-    }
-
-    async fn complete_event(
-        &self,
-        event_id: &str,
-        retain_until_us: Micros,
-    ) -> Result<(), StoreError> {
-        self.inner.complete_event(event_id, retain_until_us).await
-    }
-
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        self.inner.release_event(event_id).await
-    }
 }
 
-/// The source, with a webhook racing the first delta page: once the page has been fetched
+/// A source's hook: a webhook racing the first delta page. Once the page has been fetched
 /// (holding `id` at its old version) and before the engine writes it, the record is updated
 /// at the source and the webhook worker writes the newer version (`get_by_id`, then upsert).
 struct WebhookRace {
-    inner: SourceClient,
     sim: Sim,
     store: Records,
     id: u64,
     fired: AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl SourceApi for WebhookRace {
+impl<S: SourceApi + ?Sized> SourceHooks<S> for WebhookRace {
     fn list_changed_since<'a>(
         &'a self,
+        inner: &'a S,
         entity: &'a str,
         since_us: Option<Micros>,
     ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
-        self.inner
+        inner
             .list_changed_since(entity, since_us)
             .then(move |page| async move {
                 if page.is_ok() && !self.fired.swap(true, Ordering::SeqCst) {
                     self.sim.update(Entity::People, self.id, None);
-                    let newer = self
-                        .inner
+                    let newer = inner
                         .get_by_id(entity, &self.id.to_string())
                         .await?
                         .expect("the source has the record");
@@ -654,14 +482,6 @@ impl SourceApi for WebhookRace {
             })
             .boxed()
     }
-
-    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.inner.stream_ids(entity)
-    }
-
-    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
-        self.inner.get_by_id(entity, id).await
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,7 +489,7 @@ impl SourceApi for WebhookRace {
 // ---------------------------------------------------------------------------------------------
 
 async fn backfill_equals_the_source(n: usize, rs: Records, cs: Control, content: bool) {
-    let h = sim(sim_with(n)).await;
+    let h = sim::people(n).await;
     let c = people_client(&h, 100);
     let s = run(&c, &rs, &cs, &opts()).await;
     assert_eq!(s.status, RunStatus::Succeeded);
@@ -718,7 +538,7 @@ async fn backfill_of_100000_people_on_the_local_store_equals_the_source() {
 // ---------------------------------------------------------------------------------------------
 
 async fn incremental_run_writes_exactly_the_changes(rs: Records, cs: Control) {
-    let h = sim(sim_with(300)).await;
+    let h = sim::people(300).await;
     let c = people_client(&h, 100);
     run(&c, &rs, &cs, &opts()).await;
     let s = h.sim();
@@ -775,7 +595,7 @@ async fn incremental_run_writes_exactly_the_changes_dynamodb() {
 /// Two runs with an overlap of ten years (the cursor stays ten years below the source's clock),
 /// so the second re-reads everything; returns its summary.
 async fn reread_everything(rs: Records, cs: Control) -> DeltaSummary {
-    let h = sim(sim_with(300)).await;
+    let h = sim::people(300).await;
     let c = people_client(&h, 100);
     let again = DeltaOptions {
         overlap_us: 10 * 365 * 86_400 * SEC,
@@ -835,9 +655,9 @@ struct DuringRunOutcome {
 /// read are updated. The updates after the last page come after the listing's end (the next run
 /// must find them); the earlier ones move records behind the reader's position.
 async fn records_updated_during_a_run(variant: DuringRun) -> DuringRunOutcome {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         clock_skew_ms: -300_000,
-        ..sim_with(350)
+        ..sim::people_only(350)
     })
     .await;
     let s = h.sim();
@@ -969,7 +789,7 @@ struct TieOutcome {
 /// Pages of 100: the first page holds 30 + 70 of the tie; the run stops at the deadline right
 /// after it. The next run continues.
 async fn tie_stopped_by_the_deadline(rule: Option<NaiveCursor>) -> TieOutcome {
-    let h = sim(sim_with(30)).await;
+    let h = sim::people(30).await;
     let s = h.sim();
     let t = s.now_us() / SEC * SEC - 60 * SEC;
     let tie: Vec<u64> = s
@@ -1056,10 +876,10 @@ async fn negative_control_strict_max_seen_drops_the_rest_of_the_tie() {
 /// then one more update and two creates at the source's now. Returns the store's difference
 /// from the source after the second run, and the IDs updated in second `S` after the first run.
 async fn skew_and_seconds(skew_ms: i64, rule: Option<NaiveCursor>) -> (Diff, Vec<u64>) {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         granularity: Granularity::Seconds,
         clock_skew_ms: skew_ms,
-        ..sim_with(200)
+        ..sim::people_only(200)
     })
     .await;
     let s = h.sim();
@@ -1150,7 +970,7 @@ struct CrashOutcome {
 /// 500 people in pages of 100; the run crashes at the third page's write, after writing it
 /// (`write_first`) or before. The run resumes on a reopened store file (a new process).
 async fn crash_at_the_third_write(rule: Option<NaiveCursor>, write_first: bool) -> CrashOutcome {
-    let h = sim(sim_with(500)).await;
+    let h = sim::people(500).await;
     let s = h.sim();
     let c = people_client(&h, 100);
     let file = DbFile::new();
@@ -1171,12 +991,14 @@ async fn crash_at_the_third_write(rule: Option<NaiveCursor>, write_first: bool) 
     };
     let (error, watermark, max_stored, after_crash, lease_holder_after_crash) = {
         let store = file.open();
-        let crashing: Records = Arc::new(CrashingStore {
-            inner: store.clone(),
-            calls: AtomicUsize::new(0),
-            crash_at: 3,
-            write_first,
-        });
+        let crashing: Records = Arc::new(Forward::new(
+            store.clone(),
+            Crash {
+                calls: AtomicUsize::new(0),
+                crash_at: 3,
+                write_first,
+            },
+        ));
         let cs: Control = store;
         let error = run_delta(&c, crashing.as_ref(), cs.as_ref(), E, &o)
             .await
@@ -1289,16 +1111,18 @@ async fn a_crash_before_a_write_leaves_the_cursor_behind_it() {
 
 #[tokio::test]
 async fn a_failed_checkpoint_keeps_the_cursor_and_a_rerun_converges() {
-    let h = sim(sim_with(400)).await;
+    let h = sim::people(400).await;
     let s = h.sim();
     let c = people_client(&h, 100);
     let (rs, inner) = local();
-    let cs: Control = Arc::new(InterposedControl {
-        inner: inner.clone(),
-        calls: AtomicUsize::new(0),
-        nth: 2,
-        action: OnSave::Fail,
-    });
+    let cs: Control = Arc::new(Forward::new(
+        inner.clone(),
+        Interpose {
+            calls: AtomicUsize::new(0),
+            nth: 2,
+            action: OnSave::Fail,
+        },
+    ));
     let err = run_delta(&c, rs.as_ref(), cs.as_ref(), E, &opts())
         .await
         .expect_err("the checkpoint fails");
@@ -1345,7 +1169,7 @@ async fn negative_control_wall_clock_checkpoint_moves_past_unwritten_data() {
 /// Run A (pages of 100 over 300 people) starts run B of the same entity while it holds the
 /// lease (from its page hook, run to completion there). Returns A's and B's summaries.
 async fn concurrent_runs(rs: Records, cs: Control) -> (DeltaSummary, DeltaSummary, Sim) {
-    let h = sim(sim_with(300)).await;
+    let h = sim::people(300).await;
     let a = people_client(&h, 100);
     let b = Arc::new(people_client(&h, 100));
     let second: Shared<Option<Result<DeltaSummary, String>>> = Arc::default();
@@ -1390,15 +1214,17 @@ async fn concurrent_runs(rs: Records, cs: Control) -> (DeltaSummary, DeltaSummar
 /// lease expired, say A was paused). A's cursor write is refused and A fails; B then runs to
 /// the end.
 async fn fenced_off_run(rs: Records, inner: Control) {
-    let h = sim(sim_with(300)).await;
+    let h = sim::people(300).await;
     let s = h.sim();
     let c = people_client(&h, 100);
-    let cs: Control = Arc::new(InterposedControl {
-        inner: inner.clone(),
-        calls: AtomicUsize::new(0),
-        nth: 2,
-        action: OnSave::TakeOver,
-    });
+    let cs: Control = Arc::new(Forward::new(
+        inner.clone(),
+        Interpose {
+            calls: AtomicUsize::new(0),
+            nth: 2,
+            action: OnSave::TakeOver,
+        },
+    ));
     let a = DeltaOptions {
         run_id: "run-a".into(),
         ..Default::default()
@@ -1489,7 +1315,7 @@ async fn negative_control_without_a_lease_both_runs_proceed_and_the_stale_one_mo
         "without a lease the second run is not refused: {sb:?}"
     );
     // After B finished, the overtaken run A still writes its cursor: backwards, behind B's.
-    let saves = naive.saves.lock().expect("poisoned").clone();
+    let saves = naive.hook.saves.lock().expect("poisoned").clone();
     let b_last = saves
         .iter()
         .rposition(|(h, _)| h == TAKER)
@@ -1510,15 +1336,17 @@ async fn negative_control_without_a_lease_both_runs_proceed_and_the_stale_one_mo
 /// 50 people, one page. Between the page's fetch and its write, record 7 is updated and the
 /// webhook writes the newer version; then the page (holding the older one) is written.
 async fn older_page_after_newer_write(rs: Records, cs: Control) -> (DeltaSummary, Sim, Diff) {
-    let h = sim(sim_with(50)).await;
+    let h = sim::people(50).await;
     let s = h.sim();
-    let src = WebhookRace {
-        inner: people_client(&h, 100),
-        sim: s.clone(),
-        store: rs.clone(),
-        id: 7,
-        fired: AtomicBool::new(false),
-    };
+    let src = Forward::new(
+        Arc::new(people_client(&h, 100)),
+        WebhookRace {
+            sim: s.clone(),
+            store: rs.clone(),
+            id: 7,
+            fired: AtomicBool::new(false),
+        },
+    );
     let sum = run(&src, &rs, &cs, &opts()).await;
     assert_eq!(sum.pages, 1, "one page: the newer version is not re-read");
     let d = diff(&s, rs.as_ref(), true).await;
@@ -1570,7 +1398,7 @@ async fn negative_control_unconditional_put_keeps_the_older_page() {
 /// overlap before min(max written, ceiling)", re-read the same first page for ever).
 #[tokio::test]
 async fn a_backlog_inside_the_overlap_larger_than_a_run_still_progresses() {
-    let h = sim(sim_with(0)).await;
+    let h = sim::people(0).await;
     let now = h.sim().now_us();
     for i in 0..450 {
         h.sim()

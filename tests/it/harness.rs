@@ -8,6 +8,10 @@
 //!
 //! Tests run in parallel against one moto and one DynamoDB Local, so every test makes its own
 //! resources with [`unique_name`] and never resets an emulator.
+//!
+//! Also [`scratch`]: temporary folders under cargo's scratch folder. The simulator, the config
+//! pointed at it, temporary folders and forwarding stores are `testkit`'s, shared with the
+//! other crates' tests.
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::OnceLock;
@@ -175,6 +179,12 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
             .unwrap_or(0)
     })
     .sum()
+}
+
+/// A fresh folder under cargo's scratch folder for integration tests (`<target>/tmp/<label>/`),
+/// removed on drop.
+pub fn scratch(label: &str) -> testkit::TempDir {
+    testkit::TempDir::under(env!("CARGO_TARGET_TMPDIR"), label)
 }
 
 /// Create a uniquely named bucket on moto.

@@ -13,6 +13,5 @@ mod sfn_smoke;
 mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
-mod template_functions;
-mod template_tables;
+mod template;
 mod webhooks;

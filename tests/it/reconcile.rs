@@ -11,16 +11,15 @@
 //! (Bytewise against numeric order is covered by `shared::setdiff`'s unit tests and their
 //! negative control; every test here uses numeric IDs above 9, whose orders differ.)
 
-use crate::harness::{create_bucket, s3_client};
-use crate::source_client::test_config;
+use crate::harness::{create_bucket, s3_client, scratch};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use shared::SourceError;
 use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::adapters::s3::S3Spill;
 use shared::config::Config;
-use shared::model::{Micros, Record};
-use shared::ports::{IdPage, Queue, RecordPage, RecordStore, SourceApi, SpillStore};
+use shared::model::Micros;
+use shared::ports::{IdPage, Queue, RecordStore, SourceApi, SpillStore};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, run_delta};
 use shared::sync::reconcile::{
@@ -28,61 +27,33 @@ use shared::sync::reconcile::{
     run_all,
 };
 use shared::sync::worker::{InMessage, WorkerDeps, WorkerOptions, process_batch};
-use source_sim::{Entity, Fault, SimConfig, SimHandle};
-use std::path::PathBuf;
+use source_sim::{Entity, Fault, SimHandle};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use testkit::forward::{Forward, SourceHooks};
+use testkit::{TempDir, sim};
 
 const E: &str = "people";
 
-async fn sim(people: usize) -> SimHandle {
-    source_sim::start(SimConfig {
-        people,
-        donations: 0,
-        ..Default::default()
-    })
-    .await
-    .expect("simulator starts")
-}
-
 fn config(h: &SimHandle) -> Config {
-    test_config(&h.base_url(), |c| {
+    testkit::config::quick(&h.base_url(), |c| {
         c.source.max_attempts = 1;
         c.entities.truncate(1);
     })
-}
-
-/// A spill folder under cargo's scratch space, removed on drop.
-struct Folder(PathBuf);
-
-impl Folder {
-    fn new() -> Self {
-        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("reconcile")
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::create_dir_all(&p).unwrap();
-        Folder(p)
-    }
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Local {
     store: Arc<LocalStore>,
     queue: LocalQueue,
     spill: LocalSpill,
-    _folder: Folder,
+    _folder: TempDir,
 }
 
 fn local() -> Local {
     let store = Arc::new(LocalStore::in_memory().unwrap());
     let queue = store.queue("work", QueueOptions::default());
-    let folder = Folder::new();
-    let spill = LocalSpill::new(&folder.0).unwrap();
+    let folder = scratch("reconcile");
+    let spill = LocalSpill::new(folder.path()).unwrap();
     Local {
         store,
         queue,
@@ -100,7 +71,7 @@ async fn sync_all(src: &dyn SourceApi, store: &LocalStore) {
 
 /// A simulator of `people`, its configuration and client, and a local store synced from it.
 async fn synced(people: usize) -> (SimHandle, Config, SourceClient, Local) {
-    let h = sim(people).await;
+    let h = sim::people(people).await;
     let cfg = config(&h);
     let src = SourceClient::new(&cfg, None).unwrap();
     let l = local();
@@ -241,9 +212,8 @@ async fn deletions_are_confirmed_and_soft_deleted_and_missed_and_stale_records_r
     );
 }
 
-/// The source, with a hook after the `n`-th ID page.
+/// A source's hook after the `n`-th ID page.
 struct HookedIds<F: Fn() + Send + Sync> {
-    inner: SourceClient,
     after_page: usize,
     hook: F,
     pages: AtomicUsize,
@@ -251,24 +221,21 @@ struct HookedIds<F: Fn() + Send + Sync> {
     hide: Vec<String>,
 }
 
-#[async_trait::async_trait]
-impl<F: Fn() + Send + Sync> SourceApi for HookedIds<F> {
-    fn list_changed_since<'a>(
+impl<S: SourceApi + ?Sized, F: Fn() + Send + Sync> SourceHooks<S> for HookedIds<F> {
+    fn stream_ids<'a>(
         &'a self,
+        inner: &'a S,
         entity: &'a str,
-        since_us: Option<Micros>,
-    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
-        self.inner.list_changed_since(entity, since_us)
-    }
-    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.stream_ids_from(entity, None)
+    ) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        self.stream_ids_from(inner, entity, None)
     }
     fn stream_ids_from<'a>(
         &'a self,
+        inner: &'a S,
         entity: &'a str,
         resume: Option<&'a str>,
     ) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.inner
+        inner
             .stream_ids_from(entity, resume)
             .map(move |p| {
                 let n = self.pages.fetch_add(1, Ordering::SeqCst) + 1;
@@ -286,13 +253,10 @@ impl<F: Fn() + Send + Sync> SourceApi for HookedIds<F> {
             })
             .boxed()
     }
-    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
-        self.inner.get_by_id(entity, id).await
-    }
 }
 
 async fn deletions_behind_the_listing(naive: bool) -> (Vec<RunSummary>, Vec<u64>, Local) {
-    let h = sim(400).await;
+    let h = sim::people(400).await;
     let cfg = config(&h);
     let l = local();
     sync_all(&SourceClient::new(&cfg, None).unwrap(), &l.store).await;
@@ -302,17 +266,19 @@ async fn deletions_behind_the_listing(naive: bool) -> (Vec<RunSummary>, Vec<u64>
     }
     // After the second page (IDs 1..=200 read), five records the listing passed are deleted.
     let sim = h.sim();
-    let src = HookedIds {
-        inner,
-        after_page: 2,
-        hook: move || {
-            for id in [10, 20, 30, 40, 50] {
-                sim.delete(Entity::People, id);
-            }
+    let src = Forward::new(
+        Arc::new(inner),
+        HookedIds {
+            after_page: 2,
+            hook: move || {
+                for id in [10, 20, 30, 40, 50] {
+                    sim.delete(Entity::People, id);
+                }
+            },
+            pages: AtomicUsize::new(0),
+            hide: Vec::new(),
         },
-        pages: AtomicUsize::new(0),
-        hide: Vec::new(),
-    };
+    );
     let opts = ReconcileOptions {
         confirm_deletes: !naive,
         ..Default::default()
@@ -358,17 +324,19 @@ async fn negative_control_naive_offsets_without_confirmation_delete_a_live_recor
 }
 
 async fn hidden_candidates(confirm: bool) -> (Vec<RunSummary>, usize, Local, SimHandle) {
-    let h = sim(100).await;
+    let h = sim::people(100).await;
     let cfg = config(&h);
     let l = local();
     sync_all(&SourceClient::new(&cfg, None).unwrap(), &l.store).await;
-    let src = HookedIds {
-        inner: SourceClient::new(&cfg, None).unwrap(),
-        after_page: usize::MAX,
-        hook: || {},
-        pages: AtomicUsize::new(0),
-        hide: vec!["17".into(), "71".into()],
-    };
+    let src = Forward::new(
+        Arc::new(SourceClient::new(&cfg, None).unwrap()),
+        HookedIds {
+            after_page: usize::MAX,
+            hook: || {},
+            pages: AtomicUsize::new(0),
+            hide: vec!["17".into(), "71".into()],
+        },
+    );
     let opts = ReconcileOptions {
         confirm_deletes: confirm,
         max_delete_count: 10,
@@ -425,16 +393,18 @@ async fn the_guard_blocks_deletions_on_an_empty_source_and_on_a_failed_listing()
     let (h, cfg, _, l) = synced(450).await;
     h.sim().delete(Entity::People, 3);
     let fresh = h.sim().create(Entity::People, None).id;
-    let flaky = HookedIds {
-        inner: SourceClient::new(&cfg, None).unwrap(),
-        after_page: 2,
-        hook: {
-            let s = h.sim();
-            move || s.push_fault(Fault::Status(500))
+    let flaky = Forward::new(
+        Arc::new(SourceClient::new(&cfg, None).unwrap()),
+        HookedIds {
+            after_page: 2,
+            hook: {
+                let s = h.sim();
+                move || s.push_fault(Fault::Status(500))
+            },
+            pages: AtomicUsize::new(0),
+            hide: Vec::new(),
         },
-        pages: AtomicUsize::new(0),
-        hide: Vec::new(),
-    };
+    );
     let s = reconcile_default(&cfg, &flaky, &l).await;
     assert_eq!(s[0].status, "guard_blocked");
     assert!(
@@ -490,7 +460,7 @@ async fn over_the_threshold_deletions_wait_for_approval_then_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
-    let h = sim(40).await;
+    let h = sim::people(40).await;
     let cfg = config(&h);
     let l = local();
     let plain = SourceClient::new(&cfg, None).unwrap();
@@ -502,34 +472,36 @@ async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
     let sim_h = h.sim();
     let cfg2 = cfg.clone();
     let flag = created.clone();
-    let src = HookedIds {
-        inner: SourceClient::new(&cfg, None).unwrap(),
-        after_page: 1,
-        hook: move || {
-            let id = sim_h.create(Entity::People, None).id;
-            let (store, cfg2, flag) = (store.clone(), cfg2.clone(), flag.clone());
-            // Synced right away by another strategy (blocking here keeps the order exact).
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    let c = SourceClient::new(&cfg2, None).unwrap();
-                    let r = c.get_by_id(E, &id.to_string()).await.unwrap().unwrap();
-                    store
-                        .upsert(&r, shared::model::Strategy::Webhook)
-                        .await
+    let src = Forward::new(
+        Arc::new(SourceClient::new(&cfg, None).unwrap()),
+        HookedIds {
+            after_page: 1,
+            hook: move || {
+                let id = sim_h.create(Entity::People, None).id;
+                let (store, cfg2, flag) = (store.clone(), cfg2.clone(), flag.clone());
+                // Synced right away by another strategy (blocking here keeps the order exact).
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                         .unwrap();
-                });
-                flag.store(true, Ordering::SeqCst);
-            })
-            .join()
-            .unwrap();
+                    rt.block_on(async {
+                        let c = SourceClient::new(&cfg2, None).unwrap();
+                        let r = c.get_by_id(E, &id.to_string()).await.unwrap().unwrap();
+                        store
+                            .upsert(&r, shared::model::Strategy::Webhook)
+                            .await
+                            .unwrap();
+                    });
+                    flag.store(true, Ordering::SeqCst);
+                })
+                .join()
+                .unwrap();
+            },
+            pages: AtomicUsize::new(0),
+            hide: Vec::new(),
         },
-        pages: AtomicUsize::new(0),
-        hide: Vec::new(),
-    };
+    );
     let s = reconcile_default(&cfg, &src, &l).await;
     assert!(created.load(Ordering::SeqCst));
     assert_eq!(s[0].deleted, 0);
@@ -653,7 +625,7 @@ async fn a_listing_over_several_invocations_and_objects_and_a_re_run_apply() {
 
 #[tokio::test]
 async fn on_dynamodb_local_and_s3() {
-    let h = sim(120).await;
+    let h = sim::people(120).await;
     let cfg = config(&h);
     let src = SourceClient::new(&cfg, None).unwrap();
     let (records, control) = crate::conformance_dynamodb::dynamodb_stores().await;

@@ -23,7 +23,6 @@
 
 use crate::harness;
 use crate::sfn_proxy::{self, ExecutionResult, HandlerResult, SfnProxy, handler};
-use crate::source_client::test_config;
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
 use serde_json::{Value, json};
 use shared::adapters::s3::S3Spill;
@@ -35,7 +34,7 @@ use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, run_delta};
 use shared::sync::reconcile::{ReconcileDeps, ReconcileOptions, dispatch_with};
 use shared::wire::{MessageKind, QueueEnvelope};
-use source_sim::{Entity, SimConfig, SimHandle};
+use source_sim::{Entity, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -179,14 +178,8 @@ impl Default for Setup {
 /// The simulator backfilled into fresh DynamoDB Local tables, a bucket and a queue on moto, the
 /// function registered with the proxy, the real definition created on moto.
 async fn env(setup: Setup) -> Env {
-    let sim = source_sim::start(SimConfig {
-        people: setup.people,
-        donations: 0,
-        ..Default::default()
-    })
-    .await
-    .expect("simulator starts");
-    let config = test_config(&sim.base_url(), |c| {
+    let sim = testkit::sim::people(setup.people).await;
+    let config = testkit::config::quick(&sim.base_url(), |c| {
         c.source.max_attempts = 1;
         c.entities.truncate(1);
     });

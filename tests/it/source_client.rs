@@ -13,31 +13,12 @@ use shared::ports::SourceApi;
 use shared::source::SourceClient;
 use source_sim::{Entity, Envelope, Fault, Granularity, SimConfig, SimHandle};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
+use testkit::{config, sim};
 
-pub fn test_config(base_url: &str, edit: impl FnOnce(&mut Config)) -> Config {
-    let mut cfg = Config::from_toml_str(shared::config::EMBEDDED, Path::new("test"))
-        .expect("embedded config");
-    cfg.source.base_url = base_url.to_owned();
-    cfg.source.auth = AuthConfig::None;
-    cfg.source.backoff_base_ms = 5;
-    cfg.source.backoff_cap_ms = 50;
-    cfg.source.timeout_ms = 2_000;
-    cfg.source.rate_limit = RateLimit {
-        requests: 10_000,
-        per_seconds: 1.0,
-    };
-    edit(&mut cfg);
-    cfg
-}
-
+/// The source client on the simulator, with the quick test configuration (`testkit::config::quick`).
 pub fn client(sim: &SimHandle, edit: impl FnOnce(&mut Config)) -> SourceClient {
-    SourceClient::new(&test_config(&sim.base_url(), edit), None).expect("client")
-}
-
-async fn sim(cfg: SimConfig) -> SimHandle {
-    source_sim::start(cfg).await.expect("simulator starts")
+    SourceClient::new(&config::quick(&sim.base_url(), edit), None).expect("client")
 }
 
 /// Every record of a listing, in order, as (id, delta).
@@ -127,7 +108,7 @@ fn filters() -> Vec<Filter> {
 
 #[tokio::test]
 async fn every_pagination_and_filter_style_reads_exactly_the_changed_records() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 437,
         step_us: 1_000_000,
         ..Default::default()
@@ -156,7 +137,7 @@ async fn every_pagination_and_filter_style_reads_exactly_the_changed_records() {
 
 #[tokio::test]
 async fn epoch_millis_bare_arrays_and_link_headers() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 130,
         envelope: Envelope::Bare,
         timestamp_format: source_sim::TimestampFormat::EpochMillis,
@@ -189,7 +170,7 @@ async fn epoch_millis_bare_arrays_and_link_headers() {
 /// Read a 300-record listing in pages of 50; after the second page, move three records of the
 /// pages already read to the end and delete one. Returns how often each ID was read.
 async fn read_while_records_move(naive: bool) -> (Vec<(String, Micros)>, BTreeMap<String, u32>) {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 300,
         ..Default::default()
     })
@@ -248,7 +229,7 @@ async fn negative_control_a_growing_offset_skips_untouched_records() {
 
 #[tokio::test]
 async fn a_tie_larger_than_a_page_is_read_once_without_looping() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 20,
         ..Default::default()
     })
@@ -285,7 +266,7 @@ async fn a_tie_larger_than_a_page_is_read_once_without_looping() {
 
 #[tokio::test]
 async fn a_record_leaving_a_large_tie_mid_read_does_not_hide_another() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 0,
         ..Default::default()
     })
@@ -311,7 +292,7 @@ async fn a_record_leaving_a_large_tie_mid_read_does_not_hide_another() {
 
 #[tokio::test]
 async fn stream_ids_asks_for_ids_only_and_holds_one_page() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 1_050,
         ..Default::default()
     })
@@ -341,7 +322,7 @@ async fn stream_ids_asks_for_ids_only_and_holds_one_page() {
 
 #[tokio::test]
 async fn delta_listing_costs_at_most_the_optimal_calls_plus_overlap() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 2_000,
         ..Default::default()
     })
@@ -355,7 +336,7 @@ async fn delta_listing_costs_at_most_the_optimal_calls_plus_overlap() {
 
 #[tokio::test]
 async fn retries_each_transient_failure_then_succeeds() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         ..Default::default()
     })
@@ -383,7 +364,7 @@ async fn retries_each_transient_failure_then_succeeds() {
 
 #[tokio::test]
 async fn failures_surface_as_typed_errors_after_the_attempts() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         ..Default::default()
     })
@@ -431,7 +412,7 @@ async fn failures_surface_as_typed_errors_after_the_attempts() {
 
 #[tokio::test]
 async fn json_404_is_gone_html_404_is_an_error() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         ..Default::default()
     })
@@ -450,7 +431,7 @@ async fn json_404_is_gone_html_404_is_an_error() {
 
 #[tokio::test]
 async fn ids_that_would_change_the_path_are_encoded_or_rejected() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         ..Default::default()
     })
@@ -471,7 +452,7 @@ async fn ids_that_would_change_the_path_are_encoded_or_rejected() {
 
 #[tokio::test]
 async fn auth_header_is_sent_and_a_wrong_secret_is_a_client_error() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         auth: Some("Bearer s3cret".into()),
         ..Default::default()
@@ -484,7 +465,7 @@ async fn auth_header_is_sent_and_a_wrong_secret_is_a_client_error() {
             },
         }
     };
-    let cfg = test_config(&h.base_url(), bearer);
+    let cfg = config::quick(&h.base_url(), bearer);
     let good = SourceClient::new(&cfg, Some(Secret::new("s3cret"))).unwrap();
     assert!(good.get_by_id("people", "1").await.unwrap().is_some());
     let bad = SourceClient::new(&cfg, Some(Secret::new("nope"))).unwrap();
@@ -497,7 +478,7 @@ async fn auth_header_is_sent_and_a_wrong_secret_is_a_client_error() {
 
 #[tokio::test]
 async fn the_client_rate_limit_keeps_the_source_free_of_429s() {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 10,
         rate_limit: Some(source_sim::RateLimit {
             requests: 5,
@@ -528,7 +509,7 @@ async fn ids_while_earlier_records_go(
     naive: bool,
     deletions: u64,
 ) -> (Result<Vec<String>, SourceError>, Vec<String>) {
-    let h = sim(SimConfig {
+    let h = sim::start(SimConfig {
         people: 1_000,
         ..Default::default()
     })
@@ -610,7 +591,7 @@ async fn a_shift_larger_than_a_page_fails_the_listing_instead_of_skipping() {
 async fn an_id_listing_resumes_from_a_token_in_every_style() {
     for (style, pagination) in styles() {
         for id_filter in [false, true] {
-            let h = sim(SimConfig {
+            let h = sim::start(SimConfig {
                 people: 450,
                 ..Default::default()
             })
@@ -645,7 +626,7 @@ async fn an_id_listing_resumes_from_a_token_in_every_style() {
 #[tokio::test]
 async fn an_id_listing_costs_at_most_1_02_times_the_optimal_calls_plus_one() {
     for id_filter in [false, true] {
-        let h = sim(SimConfig {
+        let h = sim::start(SimConfig {
             people: 10_000,
             ..Default::default()
         })

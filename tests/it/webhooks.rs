@@ -14,14 +14,12 @@
 use crate::conformance_dynamodb::dynamodb_stores;
 use crate::delta::BlindStore;
 use crate::harness::{QueueSpec, create_queue, queue_depth, sqs_client};
-use crate::source_client::test_config;
-use futures::stream::BoxStream;
 use shared::SourceError;
 use shared::adapters::sqs::{SqsQueue, peek_dead_letters, redrive_dead_letters};
 use shared::config::{Config, SignatureScheme};
 use shared::core::timefmt::now_us;
 use shared::model::{Micros, Record, Strategy};
-use shared::ports::{IdPage, Queue, RecordPage, RecordStore, SourceApi};
+use shared::ports::{Queue, RecordStore, SourceApi};
 use shared::source::SourceClient;
 use shared::sync::worker::{
     BatchReport, DedupMode, InMessage, WorkerDeps, WorkerOptions, process_batch,
@@ -30,12 +28,14 @@ use shared::webhook::Ingest;
 use shared::webhook::signature::sign;
 use shared::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use source_sim::{
-    Entity, Fault, PcoEncoding, RetrySchedule, SimConfig, SimHandle, WebhookFaults, WebhookScheme,
+    Entity, Fault, PcoEncoding, RetrySchedule, SimHandle, WebhookFaults, WebhookScheme,
     WebhookTarget,
 };
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use testkit::forward::{Forward, SourceHooks};
+use testkit::sim;
 
 const E: &str = "people";
 const SECRET: &str = "it-webhook-secret";
@@ -47,18 +47,8 @@ type Control = Arc<dyn shared::ports::ControlStore>;
 // helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn sim(people: usize) -> SimHandle {
-    source_sim::start(SimConfig {
-        people,
-        donations: 0,
-        ..Default::default()
-    })
-    .await
-    .expect("simulator starts")
-}
-
 fn config(h: &SimHandle) -> Config {
-    test_config(&h.base_url(), |c| c.source.max_attempts = 1)
+    testkit::config::quick(&h.base_url(), |c| c.source.max_attempts = 1)
 }
 
 fn client(h: &SimHandle) -> SourceClient {
@@ -149,59 +139,47 @@ fn sim_delta(h: &SimHandle, id: u64) -> Option<Micros> {
     h.sim().get(Entity::People, id).map(|v| v.updated_at_us)
 }
 
-/// A source that answers `get_by_id` of one record with a response captured earlier (a slow
-/// fetch overtaken by a newer one), once.
+/// A source's hook that answers `get_by_id` of one record with a response captured earlier (a
+/// slow fetch overtaken by a newer one), once.
 struct StaleOnce {
-    inner: SourceClient,
     stale: Mutex<Option<Record>>,
 }
 
 #[async_trait::async_trait]
-impl SourceApi for StaleOnce {
-    fn list_changed_since<'a>(
-        &'a self,
-        entity: &'a str,
-        since_us: Option<Micros>,
-    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
-        self.inner.list_changed_since(entity, since_us)
-    }
-    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.inner.stream_ids(entity)
-    }
-    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+impl<S: SourceApi + ?Sized> SourceHooks<S> for StaleOnce {
+    async fn get_by_id(
+        &self,
+        inner: &S,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, SourceError> {
         if let Some(r) = self.stale.lock().unwrap().take() {
             return Ok(Some(r));
         }
-        self.inner.get_by_id(entity, id).await
+        inner.get_by_id(entity, id).await
     }
 }
 
-/// A source whose 404 for a record races a concurrent writer: between the request and the
-/// answer, the record changes at the source and another strategy syncs the newer version, then
-/// the (older) 404 arrives.
+/// A source's hook whose 404 for a record races a concurrent writer: between the request and
+/// the answer, the record changes at the source and another strategy syncs the newer version,
+/// then the (older) 404 arrives.
 struct RacingNotFound {
-    inner: SourceClient,
     sim: source_sim::Sim,
     store: Records,
 }
 
 #[async_trait::async_trait]
-impl SourceApi for RacingNotFound {
-    fn list_changed_since<'a>(
-        &'a self,
-        entity: &'a str,
-        since_us: Option<Micros>,
-    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
-        self.inner.list_changed_since(entity, since_us)
-    }
-    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.inner.stream_ids(entity)
-    }
-    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+impl<S: SourceApi + ?Sized> SourceHooks<S> for RacingNotFound {
+    async fn get_by_id(
+        &self,
+        inner: &S,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, SourceError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         self.sim
             .update(Entity::People, id.parse().expect("numeric"), None);
-        let fresh = self.inner.get_by_id(entity, id).await?.expect("present");
+        let fresh = inner.get_by_id(entity, id).await?.expect("present");
         let out = self
             .store
             .upsert(&fresh, Strategy::Delta)
@@ -249,7 +227,7 @@ fn signed(ingest: &Ingest, secret: &str, body: &str, id: &str, ts: i64) -> http:
 
 #[tokio::test]
 async fn ingest_answers_each_case_with_its_status_on_sqs() {
-    let h = sim(1).await;
+    let h = sim::people(1).await;
     let sqs = sqs_client().await;
     let q = create_queue(&sqs, &QueueSpec::default()).await;
     let queue = Arc::new(SqsQueue::new(sqs.clone(), &q.url));
@@ -318,7 +296,7 @@ async fn ingest_answers_each_case_with_its_status_on_sqs() {
 
 #[tokio::test]
 async fn standard_webhooks_replays_outside_the_window_are_refused_and_retries_deduplicated() {
-    let h = sim(3).await;
+    let h = sim::people(3).await;
     let mut cfg = config(&h);
     let w = cfg.webhooks.as_mut().unwrap();
     w.scheme = SignatureScheme::StandardWebhooks {
@@ -366,7 +344,7 @@ async fn standard_webhooks_replays_outside_the_window_are_refused_and_retries_de
 
 #[tokio::test]
 async fn a_duplicate_delivery_is_processed_once() {
-    let h = sim(5).await;
+    let h = sim::people(5).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     let m = msgs(vec![
@@ -383,7 +361,7 @@ async fn a_duplicate_delivery_is_processed_once() {
 }
 
 async fn older_fetch_after_newer(rs: Records, cs: Control) -> (Option<Micros>, Option<Micros>) {
-    let h = sim(3).await;
+    let h = sim::people(3).await;
     let src = client(&h);
     // A fetch of the record as it was, delayed until after the newer write.
     let old = src.get_by_id(E, "1").await.unwrap().unwrap();
@@ -398,10 +376,12 @@ async fn older_fetch_after_newer(rs: Records, cs: Control) -> (Option<Micros>, O
     )
     .await;
     assert_eq!(fresh.written, 1);
-    let late = StaleOnce {
-        inner: client(&h),
-        stale: Mutex::new(Some(old)),
-    };
+    let late = Forward::new(
+        Arc::new(client(&h)),
+        StaleOnce {
+            stale: Mutex::new(Some(old)),
+        },
+    );
     let r = work(
         &late,
         &rs,
@@ -434,7 +414,7 @@ async fn negative_control_unconditional_write_keeps_the_older_fetch() {
 
 #[tokio::test]
 async fn a_delete_then_a_late_update_does_not_resurrect() {
-    let h = sim(5).await;
+    let h = sim::people(5).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     seed(&src, &rs, &cs, &[2]).await;
@@ -467,7 +447,7 @@ async fn a_delete_then_a_late_update_does_not_resurrect() {
 }
 
 async fn delete_event_for_a_live_record(confirm_deletes: bool) -> bool {
-    let h = sim(5).await;
+    let h = sim::people(5).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     seed(&src, &rs, &cs, &[3]).await;
@@ -504,15 +484,17 @@ async fn negative_control_delete_without_confirmation_loses_a_live_record() {
 
 #[tokio::test]
 async fn a_404_does_not_delete_a_record_synced_after_the_request() {
-    let h = sim(5).await;
+    let h = sim::people(5).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     seed(&src, &rs, &cs, &[4]).await;
-    let racing = RacingNotFound {
-        inner: client(&h),
-        sim: h.sim(),
-        store: rs.clone(),
-    };
+    let racing = Forward::new(
+        Arc::new(client(&h)),
+        RacingNotFound {
+            sim: h.sim(),
+            store: rs.clone(),
+        },
+    );
     let r = work(
         &racing,
         &rs,
@@ -531,7 +513,7 @@ async fn a_404_does_not_delete_a_record_synced_after_the_request() {
 }
 
 async fn failure_mid_batch(dedup: DedupMode) -> (BatchReport, BatchReport, usize) {
-    let h = sim(10).await;
+    let h = sim::people(10).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     let o = WorkerOptions {
@@ -591,7 +573,7 @@ async fn negative_control_dedup_marker_before_the_work_loses_the_failed_message(
 }
 
 async fn storm(ceiling: f64) -> (BatchReport, usize) {
-    let h = sim(12).await;
+    let h = sim::people(12).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     let ids: Vec<u64> = (1..=10).collect();
@@ -638,7 +620,7 @@ async fn negative_control_without_a_ceiling_a_404_storm_deletes_live_records() {
 
 #[tokio::test]
 async fn announced_deletes_are_not_a_storm() {
-    let h = sim(12).await;
+    let h = sim::people(12).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     let ids: Vec<u64> = (1..=10).collect();
@@ -693,7 +675,7 @@ async fn drain(
 
 #[tokio::test]
 async fn a_burst_of_100_events_for_one_record_costs_one_get_by_id_per_batch() {
-    let h = sim(3).await;
+    let h = sim::people(3).await;
     let (rs, cs) = dynamodb_stores().await;
     let sqs = sqs_client().await;
     let q = create_queue(&sqs, &QueueSpec::default()).await;
@@ -714,7 +696,7 @@ async fn a_burst_of_100_events_for_one_record_costs_one_get_by_id_per_batch() {
 
 #[tokio::test]
 async fn a_poison_message_ends_in_the_dlq_and_a_replay_after_recovery_processes_the_rest() {
-    let h = sim(5).await;
+    let h = sim::people(5).await;
     let (rs, cs) = dynamodb_stores().await;
     let sqs = sqs_client().await;
     let q = create_queue(
@@ -811,7 +793,7 @@ async fn serve_ingest(ingest: Arc<Ingest>) -> String {
 
 #[tokio::test]
 async fn simulator_deliveries_with_duplicates_and_reordering_converge() {
-    let h = sim(40).await;
+    let h = sim::people(40).await;
     let (rs, cs) = dynamodb_stores().await;
     let src = client(&h);
     seed(&src, &rs, &cs, &(1..=40).collect::<Vec<_>>()).await;

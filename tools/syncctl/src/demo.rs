@@ -687,7 +687,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_demo_runs_end_to_end_and_its_check_can_fail() {
-        let dir = std::env::temp_dir().join(format!("syncctl-demo-{}", std::process::id()));
+        let dir = testkit::TempDir::new("syncctl-demo");
         let db = dir.join("demo.sqlite");
         run(DemoArgs {
             people: 300,
@@ -697,17 +697,10 @@ mod tests {
         .await
         .unwrap();
         // The comparison sees a difference when there is one.
-        let sim = source_sim::start(SimConfig {
-            people: 3,
-            donations: 0,
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
+        let sim = testkit::sim::people(3).await;
         let store = LocalStore::open(&db).unwrap();
         let d = compare(&store, &sim, Entity::People).await.unwrap();
         assert!(!d.is_empty());
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

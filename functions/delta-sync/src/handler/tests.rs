@@ -37,10 +37,7 @@ fn sample(name: &str) -> serde_json::Value {
 }
 
 async fn deps(sim: &source_sim::SimHandle) -> Deps {
-    let mut config =
-        Config::from_toml_str(shared::config::EMBEDDED, std::path::Path::new("test")).unwrap();
-    config.source.base_url = sim.base_url();
-    config.source.auth = shared::config::AuthConfig::None;
+    let config = testkit::config::at(&sim.base_url());
     let source = shared::source::SourceClient::new(&config, None).unwrap();
     let store = Arc::new(shared::adapters::local::LocalStore::in_memory().unwrap());
     Deps {
@@ -54,13 +51,12 @@ async fn deps(sim: &source_sim::SimHandle) -> Deps {
 
 #[tokio::test]
 async fn each_sample_event_runs_its_entities() {
-    let sim = source_sim::start(source_sim::SimConfig {
+    let sim = testkit::sim::start(source_sim::SimConfig {
         people: 120,
         donations: 30,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let d = deps(&sim).await;
     let run = |name: &'static str| {
         let mut ctx = lambda_runtime::Context::default();
@@ -95,13 +91,12 @@ async fn each_sample_event_runs_its_entities() {
 
 #[tokio::test]
 async fn an_unknown_entity_and_a_failing_source_are_errors() {
-    let sim = source_sim::start(source_sim::SimConfig {
+    let sim = testkit::sim::start(source_sim::SimConfig {
         people: 5,
         donations: 0,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut d = deps(&sim).await;
     let e = handle(
         &d,

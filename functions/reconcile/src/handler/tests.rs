@@ -6,7 +6,6 @@
 use super::*;
 use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::ports::{JobKind, LeaseOutcome};
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 fn sample(name: &str) -> Value {
@@ -30,45 +29,28 @@ fn sample(name: &str) -> Value {
 /// The run of the `step-*` samples.
 const SAMPLE_RUN: &str = "rec-0123456789abcdef0123456789abcdef";
 
-/// A spill folder under the system's temporary folder, removed on drop.
-struct Folder(PathBuf);
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Fixture {
     sim: source_sim::SimHandle,
     store: Arc<LocalStore>,
     queue: Arc<LocalQueue>,
     deps: Deps,
-    _folder: Folder,
+    _folder: testkit::TempDir,
 }
 
 async fn fixture(people: usize) -> Fixture {
-    let sim = source_sim::start(source_sim::SimConfig {
+    let sim = testkit::sim::start(source_sim::SimConfig {
         people,
         donations: 3,
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let mut config =
-        Config::from_toml_str(shared::config::EMBEDDED, std::path::Path::new("test")).unwrap();
-    config.source.base_url = sim.base_url();
-    config.source.auth = shared::config::AuthConfig::None;
+    .await;
+    let mut config = testkit::config::at(&sim.base_url());
     config.source.max_attempts = 1;
     let source = shared::source::SourceClient::new(&config, None).unwrap();
     let store = Arc::new(LocalStore::in_memory().unwrap());
     let queue = Arc::new(store.queue("work", QueueOptions::default()));
-    let folder = Folder(
-        std::env::temp_dir()
-            .join("reconcile-handler-tests")
-            .join(uuid::Uuid::new_v4().simple().to_string()),
-    );
-    let spill = LocalSpill::new(&folder.0).unwrap();
+    let folder = testkit::TempDir::new("reconcile-handler-tests");
+    let spill = LocalSpill::new(folder.path()).unwrap();
     let deps = Deps {
         config,
         source: Arc::new(source),

@@ -2,7 +2,6 @@
 //! against the simulator and the embedded store.
 
 use super::*;
-use shared::Config;
 use shared::adapters::local::LocalStore;
 use shared::model::Strategy;
 use std::time::SystemTime;
@@ -24,17 +23,13 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let sim = source_sim::start(source_sim::SimConfig {
+    let sim = testkit::sim::start(source_sim::SimConfig {
         people: 20,
         donations: 5,
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let mut config =
-        Config::from_toml_str(shared::config::EMBEDDED, std::path::Path::new("test")).unwrap();
-    config.source.base_url = sim.base_url();
-    config.source.auth = shared::config::AuthConfig::None;
+    .await;
+    let mut config = testkit::config::at(&sim.base_url());
     config.source.max_attempts = 1;
     let source = shared::source::SourceClient::new(&config, None).unwrap();
     let store = Arc::new(LocalStore::in_memory().unwrap());

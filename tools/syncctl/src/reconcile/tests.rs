@@ -4,66 +4,42 @@
 
 use super::*;
 use crate::demo::{compare, reconcile_leg};
-use base64::Engine;
-use futures::stream::BoxStream;
 use shared::SourceError;
-use shared::config::{AuthConfig, Secret, SecretRef};
-use shared::model::{Micros, Record};
-use shared::ports::{IdPage, RecordPage};
+use shared::model::Record;
 use shared::sync::delta::{DeltaOptions, run_delta};
 use source_sim::{Entity, SimConfig, SimHandle};
 use std::time::Duration;
+use testkit::TempDir;
+use testkit::config::basic;
+use testkit::forward::{Forward, SourceHooks};
 
-const SOURCE_SECRET: &str = "demo:demo-secret";
-
-fn auth() -> Option<String> {
-    Some(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(SOURCE_SECRET)
-    ))
-}
-
+/// The simulator with basic auth, as `syncctl demo` runs it.
 async fn sim(people: usize, donations: usize) -> SimHandle {
-    source_sim::start(SimConfig {
+    testkit::sim::start(SimConfig {
         people,
         donations,
-        auth: auth(),
+        auth: Some(basic::header()),
         ..SimConfig::default()
     })
     .await
-    .expect("simulator")
 }
 
 fn config_for(sim: &SimHandle) -> Config {
-    let mut config = Config::from_toml_str(
-        shared::config::EMBEDDED,
-        std::path::Path::new(shared::config::EMBEDDED_NAME),
-    )
-    .expect("embedded config");
-    config.source.base_url = sim.base_url();
-    config.source.auth = AuthConfig::Basic {
-        secret: SecretRef {
-            env: "SOURCE_SECRET".into(),
-        },
-    };
+    let mut config = testkit::config::at(&sim.base_url());
+    config.source.auth = basic::auth();
     config
 }
 
 fn client(config: &Config) -> SourceClient {
-    SourceClient::new(config, Some(Secret::new(SOURCE_SECRET))).expect("source client")
+    SourceClient::new(config, Some(basic::secret())).expect("source client")
 }
 
 /// A store file and a spill folder, removed on drop.
-struct Dir(PathBuf);
+struct Dir(TempDir);
 
 impl Dir {
     fn new() -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "syncctl-reconcile-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
+        Dir(TempDir::new("syncctl-reconcile"))
     }
     fn db(&self) -> PathBuf {
         self.0.join("sync.sqlite")
@@ -87,12 +63,6 @@ impl Dir {
             crate::Command::Reconcile(a) => a,
             other => panic!("parsed as {other:?}"),
         }
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -367,29 +337,18 @@ async fn an_empty_listing_is_blocked_exits_zero_and_deletes_nothing() {
     );
 }
 
-/// The simulator, except that `get_by_id` fails (a 403): the guard cannot confirm.
-struct NoGetById(SourceClient);
+/// A source's hook: the simulator, except that `get_by_id` fails (a 403): the guard cannot
+/// confirm.
+struct NoGetById;
 
 #[async_trait::async_trait]
-impl SourceApi for NoGetById {
-    fn list_changed_since<'a>(
-        &'a self,
-        entity: &'a str,
-        since_us: Option<Micros>,
-    ) -> BoxStream<'a, Result<RecordPage, SourceError>> {
-        self.0.list_changed_since(entity, since_us)
-    }
-    fn stream_ids<'a>(&'a self, entity: &'a str) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.0.stream_ids(entity)
-    }
-    fn stream_ids_from<'a>(
-        &'a self,
-        entity: &'a str,
-        resume: Option<&'a str>,
-    ) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        self.0.stream_ids_from(entity, resume)
-    }
-    async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+impl<S: SourceApi + ?Sized> SourceHooks<S> for NoGetById {
+    async fn get_by_id(
+        &self,
+        _inner: &S,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, SourceError> {
         Err(SourceError::Client {
             status: 403,
             url: format!("{entity}/{id}"),
@@ -405,7 +364,7 @@ async fn a_failed_run_exits_non_zero_is_recorded_and_does_not_stop_the_other_ent
     backfill(&config, &dir.store(), &h).await;
     // People has a candidate to confirm (and the confirmation fails); donations has none.
     assert!(h.sim().delete(Entity::People, 12));
-    let source = NoGetById(client(&config));
+    let source = Forward::new(Arc::new(client(&config)), NoGetById);
     let report = execute(&dir.args(&[]), &config, &source).await.unwrap();
     let by = |e: &str| report.runs.iter().find(|r| r.entity == e).unwrap();
     let people = by("people");
@@ -591,7 +550,7 @@ async fn the_demo_leg_fails_when_the_store_does_not_converge() {
     backfill(&config, &store, &h).await;
     let dir = Dir::new();
     // Without the worker the missed and stale records stay queued: the final check must fail.
-    let e = reconcile_leg(&config, &store, &h, SOURCE_SECRET, &dir.spill(), false)
+    let e = reconcile_leg(&config, &store, &h, basic::SECRET, &dir.spill(), false)
         .await
         .unwrap_err();
     assert!(
@@ -611,7 +570,7 @@ async fn the_demo_leg_holds_on_a_fresh_store() {
     let store = LocalStore::in_memory().unwrap();
     backfill(&config, &store, &h).await;
     let dir = Dir::new();
-    reconcile_leg(&config, &store, &h, SOURCE_SECRET, &dir.spill(), true)
+    reconcile_leg(&config, &store, &h, basic::SECRET, &dir.spill(), true)
         .await
         .expect("the leg's expectations hold");
     assert!(

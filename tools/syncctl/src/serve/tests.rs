@@ -3,8 +3,6 @@
 
 use super::*;
 use crate::dlq::{list_local, replay_local};
-use base64::Engine;
-use shared::config::{AuthConfig, Secret, SecretRef};
 use shared::model::Strategy;
 use shared::ports::RecordStore;
 use shared::wire::{ENVELOPE_VERSION, MessageKind, QueueEnvelope};
@@ -12,9 +10,9 @@ use source_sim::{
     Entity, PcoEncoding, RetrySchedule, SimConfig, SimHandle, WebhookScheme, WebhookTarget,
 };
 use std::future::Future;
+use testkit::config::basic;
 
 const WEBHOOK_SECRET: &str = "test-webhook-secret";
-const SOURCE_SECRET: &str = "demo:demo-secret";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Poll `cond` every 5 ms until it holds (`Some`), or fail naming `what` after `timeout`.
@@ -38,31 +36,17 @@ where
 
 /// The simulator (`people` people, basic auth), and a config pointed at it.
 async fn sim_and_config(people: usize) -> (SimHandle, Config, Arc<SourceClient>) {
-    let sim = source_sim::start(SimConfig {
+    let sim = testkit::sim::start(SimConfig {
         people,
         donations: 0,
-        auth: Some(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(SOURCE_SECRET)
-        )),
+        auth: Some(basic::header()),
         ..SimConfig::default()
     })
-    .await
-    .expect("simulator");
-    let mut config = Config::from_toml_str(
-        shared::config::EMBEDDED,
-        std::path::Path::new(shared::config::EMBEDDED_NAME),
-    )
-    .expect("embedded config");
-    config.source.base_url = sim.base_url();
-    config.source.auth = AuthConfig::Basic {
-        secret: SecretRef {
-            env: "SOURCE_SECRET".into(),
-        },
-    };
-    let source = Arc::new(
-        SourceClient::new(&config, Some(Secret::new(SOURCE_SECRET))).expect("source client"),
-    );
+    .await;
+    let mut config = testkit::config::at(&sim.base_url());
+    config.source.auth = basic::auth();
+    let source =
+        Arc::new(SourceClient::new(&config, Some(basic::secret())).expect("source client"));
     (sim, config, source)
 }
 

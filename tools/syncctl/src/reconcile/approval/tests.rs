@@ -8,7 +8,6 @@ use clap::Parser;
 use shared::adapters::aws::AwsError;
 use shared::adapters::local::LocalStore;
 use shared::core::timefmt::now_us;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 const TOKEN: &str = "AAAA-secret-task-token-QQQQ";
@@ -443,15 +442,11 @@ async fn another_failure_is_reported_with_the_token_cut_out() {
 // ---------------------------------------------------------------------------------------------
 
 /// A store file, removed on drop.
-struct Db(PathBuf);
+struct Db(testkit::TempDir);
 
 impl Db {
     async fn with(runs: &[RunRecord]) -> Db {
-        let dir = std::env::temp_dir().join(format!(
-            "syncctl-approval-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testkit::TempDir::new("syncctl-approval");
         let store = LocalStore::open(dir.join("sync.sqlite")).unwrap();
         for r in runs {
             store.put_run(r).await.unwrap();
@@ -463,12 +458,6 @@ impl Db {
         let mut full = argv.to_vec();
         full.extend_from_slice(&["--db", &db]);
         crate::reconcile::run(parse(&full).expect("parse")).await
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -2,19 +2,13 @@
 //! declare exactly those tables, and `create_tables` (what `syncctl init` runs) must create
 //! them, as DescribeTable on DynamoDB Local shows.
 
+use super::cfn::{is_ref_to, template};
 use crate::harness::{dynamodb_client, unique_name};
 use aws_sdk_dynamodb::types::{KeyType, ScalarAttributeType};
 use serde_yaml::Value;
 use shared::adapters::dynamodb::schema::{self, Gsi, KeyAttr, TableSchema};
 use shared::adapters::dynamodb::{create_table, create_tables};
 use std::collections::BTreeSet;
-
-const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
-
-fn template() -> Value {
-    let text = std::fs::read_to_string(TEMPLATE).expect("read template.yaml");
-    serde_yaml::from_str(&text).expect("template.yaml is YAML")
-}
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
     v.as_str()
@@ -50,14 +44,6 @@ fn schema_attribute_definitions(t: &TableSchema) -> BTreeSet<(String, String)> {
         .iter()
         .map(|a| (a.name.to_owned(), a.ty.as_str().to_owned()))
         .collect()
-}
-
-fn is_ref_to(v: &Value, target: &str) -> bool {
-    match v {
-        Value::Tagged(t) => t.tag == "Ref" && t.value.as_str() == Some(target),
-        Value::Mapping(m) => m.len() == 1 && m.get("Ref").and_then(Value::as_str) == Some(target),
-        _ => false,
-    }
 }
 
 fn check_gsi(g: &Gsi, found: &Value, table: &str) {

@@ -1,0 +1,270 @@
+//! Alarms, traced to the metric names the code publishes (`shared::telemetry`), and the optional
+//! topic every alarm notifies.
+
+use super::cfn::*;
+use super::code::*;
+use serde_yaml::Value;
+use shared::telemetry;
+
+/// An Errors alarm on the function: more than 0 in 3 consecutive 5-minute periods.
+fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
+    let found: Vec<&Value> = alarms(t)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| {
+            p["Namespace"].as_str() == Some("AWS/Lambda")
+                && p["MetricName"].as_str() == Some("Errors")
+                && p["Dimensions"].as_sequence().is_some_and(|d| {
+                    d.iter().any(|d| {
+                        d["Name"].as_str() == Some("FunctionName") && is_ref_to(&d["Value"], id)
+                    })
+                })
+        })
+        .collect();
+    if found.len() != 1 {
+        return vec![format!("{} Errors alarms on {id}, want 1", found.len())];
+    }
+    let a = found[0];
+    let mut bad = Vec::new();
+    let want = [
+        ("ComparisonOperator", yaml("GreaterThanThreshold")),
+        ("Threshold", yaml("0")),
+        ("Statistic", yaml("Sum")),
+        ("Period", yaml("300")),
+        ("EvaluationPeriods", yaml("3")),
+    ];
+    for (key, v) in want {
+        if a.get(key) != Some(&v) {
+            bad.push(format!(
+                "{id}'s Errors alarm: {key} is {:?}, want {v:?}",
+                a.get(key)
+            ));
+        }
+    }
+    bad
+}
+
+/// Every alarm notifies the optional topic, and only when there is one.
+fn check_alarm_topic(t: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (id, a) in alarms(t) {
+        for key in ["AlarmActions", "OKActions"] {
+            let topics = alternatives(&a[key]);
+            let ok = matches!(intrinsic(&a[key]), Some((f, Value::Sequence(args)))
+                if f == "If" && args[0].as_str() == Some("HasAlarmTopic") && is_no_value(&args[2]))
+                && topics.len() == 1
+                && topics[0].as_sequence().is_some_and(|s| s.len() == 1)
+                && is_ref_to(&topics[0][0], "AlarmTopicArn");
+            if !ok {
+                bad.push(format!("{id}: {key} is {:?}", a.get(key)));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn template_alarms_when_a_function_keeps_failing() {
+    let t = template();
+    for binary in ["delta-sync", "sync-worker"] {
+        let id = function_id(&t, binary);
+        assert_eq!(
+            check_errors_alarm(&t, &id),
+            Vec::<String>::new(),
+            "{binary}"
+        );
+    }
+    // The ingest function's failures are the API's 5xx (a crash answers 500 too).
+    let api = &t["Resources"]["WebhookServerErrorsAlarm"]["Properties"];
+    assert_eq!(api["Namespace"].as_str(), Some("AWS/ApiGateway"));
+    assert_eq!(api["MetricName"].as_str(), Some("5xx"));
+    assert!(is_ref_to(&api["Dimensions"][0]["Value"], "WebhookApi"));
+    assert_eq!(api["Dimensions"][0]["Name"].as_str(), Some("ApiId"));
+
+    let mut broken = t.clone();
+    let id = function_id(&t, "sync-worker");
+    broken["Resources"]["SyncWorkerErrorsAlarm"]["Properties"]["Period"] = yaml("60");
+    let found = check_errors_alarm(&broken, &id);
+    assert!(found.iter().any(|b| b.contains("Period")), "{found:?}");
+    broken["Resources"]
+        .as_mapping_mut()
+        .expect("Resources")
+        .remove("SyncWorkerErrorsAlarm");
+    let found = check_errors_alarm(&broken, &id);
+    assert!(
+        found.iter().any(|b| b.contains("0 Errors alarms")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn template_every_alarm_notifies_the_optional_topic() {
+    let t = template();
+    assert!(alarms(&t).len() >= 5, "{:?}", alarms(&t));
+    assert_eq!(check_alarm_topic(&t), Vec::<String>::new());
+    let cond = &t["Conditions"]["HasAlarmTopic"];
+    assert_eq!(cond, &yaml("!Not [!Equals [!Ref AlarmTopicArn, '']]"));
+
+    let mut broken = t.clone();
+    broken["Resources"]["DeadLetterQueueAlarm"]["Properties"]["AlarmActions"] =
+        yaml("[!Ref AlarmTopicArn]");
+    let found = check_alarm_topic(&broken);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("DeadLetterQueueAlarm: AlarmActions")),
+        "{found:?}"
+    );
+}
+
+/// The DLQ alarm fires on the first dead letter; the 404-ceiling alarm watches the worker's EMF
+/// metric, which the code emits under the same name, namespace and no dimensions.
+#[test]
+fn template_alarms_on_dead_letters_and_404_storms() {
+    let t = template();
+    let dlq = &t["Resources"]["DeadLetterQueueAlarm"]["Properties"];
+    let want = yaml(
+        "{Namespace: AWS/SQS, MetricName: ApproximateNumberOfMessagesVisible,
+          Statistic: Maximum, Period: 300, EvaluationPeriods: 1, Threshold: 0,
+          ComparisonOperator: GreaterThanThreshold}",
+    );
+    for (k, v) in want.as_mapping().unwrap() {
+        assert_eq!(
+            dlq.get(k.as_str().unwrap()),
+            Some(v),
+            "DeadLetterQueueAlarm {k:?}"
+        );
+    }
+    assert_eq!(
+        dlq["Dimensions"],
+        yaml("[{Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}]")
+    );
+    let redrive = &t["Resources"]["WorkQueue"]["Properties"]["RedrivePolicy"];
+    assert_eq!(
+        queue_arn(&t, &redrive["deadLetterTargetArn"]).as_deref(),
+        Some("DeadLetterQueue"),
+        "the alarm watches the work queue's DLQ"
+    );
+
+    let nf = &t["Resources"]["NotFoundCeilingAlarm"]["Properties"];
+    assert_eq!(nf["Namespace"].as_str(), Some(telemetry::NAMESPACE));
+    let want = yaml(
+        "{MetricName: NotFoundCeilingTripped, Statistic: Sum, Period: 300, EvaluationPeriods: 1,
+          Threshold: 0, ComparisonOperator: GreaterThanThreshold, TreatMissingData: notBreaching}",
+    );
+    for (k, v) in want.as_mapping().unwrap() {
+        assert_eq!(
+            nf.get(k.as_str().unwrap()),
+            Some(v),
+            "NotFoundCeilingAlarm {k:?}"
+        );
+    }
+    assert!(
+        nf.get("Dimensions").is_none(),
+        "one alarm for every entity: the metric has no dimensions"
+    );
+    let code = production_code_under(&[
+        root().join("shared/src"),
+        root().join("functions/sync-worker/src"),
+    ]);
+    assert!(
+        code.contains("\"NotFoundCeilingTripped\""),
+        "the worker emits the EMF metric NotFoundCeilingTripped (no dimensions)"
+    );
+}
+
+#[test]
+fn template_alarms_watch_reconciliation() {
+    let t = template();
+    let sm = state_machine_id(&t);
+    let a = &t["Resources"]["ReconcileFailedAlarm"]["Properties"];
+    assert_eq!(a["Namespace"].as_str(), Some("AWS/States"));
+    assert_eq!(a["MetricName"].as_str(), Some("ExecutionsFailed"));
+    assert_eq!(a["Dimensions"][0]["Name"].as_str(), Some("StateMachineArn"));
+    assert!(
+        is_ref_to(&a["Dimensions"][0]["Value"], &sm),
+        "Ref of a state machine is its ARN"
+    );
+
+    let code = production_code_under(&[
+        root().join("shared/src"),
+        root().join("functions/reconcile/src"),
+    ]);
+    for (alarm, metric) in [
+        ("ReconcileGuardTrippedAlarm", "ReconcileGuardTripped"),
+        (
+            "ReconcileAwaitingApprovalAlarm",
+            "ReconcileAwaitingApproval",
+        ),
+    ] {
+        let a = &t["Resources"][alarm]["Properties"];
+        assert_eq!(
+            a["Namespace"].as_str(),
+            Some(telemetry::NAMESPACE),
+            "{alarm}"
+        );
+        assert_eq!(a["MetricName"].as_str(), Some(metric), "{alarm}");
+        assert!(
+            a.get("Dimensions").is_none(),
+            "{alarm}: one alarm for every entity"
+        );
+        assert_eq!(a["Threshold"].as_i64(), Some(0), "{alarm}");
+        assert!(
+            code.contains(&format!("(\"{metric}\", 1.0, \"Count\")")),
+            "the code emits {metric}"
+        );
+    }
+    // Drift: the per-entity metrics summed by one query, no entity named, no wildcard.
+    assert!(
+        code.contains("(\"Strategy\", \"reconcile\")"),
+        "the dimension the queries filter on"
+    );
+    for (alarm, metric) in [
+        ("ReconcileMissedAlarm", "ReconcileMissed"),
+        ("ReconcileStaleAlarm", "ReconcileStale"),
+    ] {
+        let a = &t["Resources"][alarm]["Properties"];
+        let q = a["Metrics"][0]["Expression"].as_str().expect("a query");
+        assert!(
+            q.contains(&format!("SUM({metric})"))
+                && q.contains(&format!(
+                    "SCHEMA(\"{}\", Entity, Strategy)",
+                    telemetry::NAMESPACE
+                ))
+                && q.contains("Strategy = 'reconcile'"),
+            "{alarm}: {q}"
+        );
+        assert!(!q.contains('*'), "{alarm}: {q}");
+        assert!(
+            code.contains(&format!("(\"{metric}\", ")),
+            "the code emits {metric}"
+        );
+        assert!(
+            is_ref_to(&a["Threshold"], "ReconcileDriftAlarmThreshold"),
+            "{alarm}"
+        );
+    }
+    assert_eq!(check_alarm_topic(&t), Vec::<String>::new());
+}
+
+#[test]
+fn template_alarms_on_records_too_large_for_the_store() {
+    let t = template();
+    let code = production_code_under(&[root().join("shared/src")]);
+    // Records too large for the store: skipped by delta sync, summed over every entity.
+    let a = &t["Resources"]["RecordsRejectedAlarm"]["Properties"];
+    let q = a["Metrics"][0]["Expression"].as_str().expect("a query");
+    assert!(
+        q.contains("SUM(RecordsRejected)")
+            && q.contains(&format!(
+                "SCHEMA(\"{}\", Entity, Strategy)",
+                telemetry::NAMESPACE
+            ))
+            && q.contains("Strategy = 'delta'")
+            && !q.contains('*'),
+        "{q}"
+    );
+    assert!(code.contains("(\"Strategy\", \"delta\")"));
+    assert!(code.contains("(\"RecordsRejected\", "), "the code emits it");
+    assert_eq!(a["Threshold"].as_i64(), Some(0));
+}
