@@ -21,6 +21,7 @@ pub async fn handle(ingest: &Ingest, req: Request, now_us: Micros) -> Response<B
         _ => &[],
     };
     let answer = ingest.handle(&parts.headers, bytes, now_us).await;
+    shared::telemetry::publish(&answer.metrics());
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, answer.body)
 }

@@ -149,7 +149,7 @@ impl std::error::Error for DeleteErrors {}
 
 #[async_trait]
 impl SpillStore for S3Spill {
-    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, key, bytes = body.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, key = %key, bytes = body.len()))]
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         self.client
             .put_object()
@@ -163,7 +163,7 @@ impl SpillStore for S3Spill {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, key = %key))]
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
         let object_key = self.object_key(key);
         let out = self
@@ -187,7 +187,7 @@ impl SpillStore for S3Spill {
         Ok(Box::new(Box::pin(out.body.into_async_read())))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, prefix))]
+    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, prefix = %prefix))]
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let object_prefix = self.object_key(prefix);
         let mut keys = Vec::new();
@@ -206,7 +206,7 @@ impl SpillStore for S3Spill {
         Ok(keys)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, prefix))]
+    #[tracing::instrument(level = "debug", skip_all, fields(bucket = %self.bucket, prefix = %prefix))]
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let object_prefix = self.object_key(prefix);
         let mut deleted = 0u64;

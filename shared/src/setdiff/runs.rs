@@ -36,8 +36,8 @@ const MAGIC: [u8; 7] = *b"SYNCRUN";
 pub const RUN_FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 16;
 const TRAILER_LEN: usize = 8;
-/// Longest ID a run holds (the destination index's sort-key limit).
-pub const MAX_ID_BYTES: usize = 1024;
+/// Longest ID a run holds: the store's ID limit (the destination index's sort-key limit).
+pub const MAX_ID_BYTES: usize = crate::core::size::MAX_ID_BYTES;
 /// Longest encoded pair: two 10-byte varints, the ID, a 10-byte varint.
 const MAX_PAIR_BYTES: usize = 30 + MAX_ID_BYTES;
 /// Each reader's buffer: the merge holds one per run.

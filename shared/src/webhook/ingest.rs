@@ -58,6 +58,35 @@ impl Answer {
             outcome,
         }
     }
+
+    /// Events queued, events ignored, and the outcome's name.
+    fn counts(&self) -> (usize, usize, &'static str) {
+        match &self.outcome {
+            Outcome::Queued { queued, ignored } => (*queued, *ignored, "queued"),
+            Outcome::TooLarge { .. } => (0, 0, "too_large"),
+            Outcome::Unauthorized(_) => (0, 0, "unauthorized"),
+            Outcome::Malformed { queued, .. } => (*queued, 0, "malformed"),
+            Outcome::QueueFailed { .. } => (0, 0, "queue_failed"),
+        }
+    }
+
+    /// The request's metrics as one EMF line (the handler publishes it with
+    /// `telemetry::publish`): counts and outcome flags, no dimensions.
+    pub fn metrics(&self) -> String {
+        let (queued, ignored, kind) = self.counts();
+        let flag = |k: &str| if k == kind { 1.0 } else { 0.0 };
+        crate::telemetry::emf(
+            &[],
+            &[
+                ("WebhookEventsQueued", queued as f64, "Count"),
+                ("WebhookEventsIgnored", ignored as f64, "Count"),
+                ("WebhookUnauthorized", flag("unauthorized"), "Count"),
+                ("WebhookMalformed", flag("malformed"), "Count"),
+                ("WebhookTooLarge", flag("too_large"), "Count"),
+                ("WebhookQueueFailed", flag("queue_failed"), "Count"),
+            ],
+        )
+    }
 }
 
 /// The ingest handler: built once per cold start.
@@ -220,15 +249,9 @@ impl Ingest {
     }
 }
 
-/// One log line and one EMF line per request: counts and reasons, never the payload.
+/// One log line per request: counts and reasons, never the payload.
 fn log(a: &Answer, bytes: usize) {
-    let (queued, ignored, kind) = match &a.outcome {
-        Outcome::Queued { queued, ignored } => (*queued, *ignored, "queued"),
-        Outcome::TooLarge { .. } => (0, 0, "too_large"),
-        Outcome::Unauthorized(_) => (0, 0, "unauthorized"),
-        Outcome::Malformed { queued, .. } => (*queued, 0, "malformed"),
-        Outcome::QueueFailed { .. } => (0, 0, "queue_failed"),
-    };
+    let (queued, ignored, _) = a.counts();
     match &a.outcome {
         Outcome::Unauthorized(e) => {
             tracing::warn!(status = a.status, reason = %e, bytes, "webhook refused")
@@ -256,16 +279,4 @@ fn log(a: &Answer, bytes: usize) {
             )
         }
     }
-    let flag = |k: &str| if k == kind { 1.0 } else { 0.0 };
-    crate::telemetry::publish(&crate::telemetry::emf(
-        &[],
-        &[
-            ("WebhookEventsQueued", queued as f64, "Count"),
-            ("WebhookEventsIgnored", ignored as f64, "Count"),
-            ("WebhookUnauthorized", flag("unauthorized"), "Count"),
-            ("WebhookMalformed", flag("malformed"), "Count"),
-            ("WebhookTooLarge", flag("too_large"), "Count"),
-            ("WebhookQueueFailed", flag("queue_failed"), "Count"),
-        ],
-    ));
 }

@@ -271,3 +271,43 @@ async fn a_queue_failure_is_503_so_the_sender_retries_and_never_410() {
         assert_ne!(handle(&ingest, sample(name), NOW).await.status(), 410);
     }
 }
+
+#[tokio::test]
+async fn each_answer_carries_the_metrics_the_handler_publishes() {
+    let queue = local_queue();
+    let ingest = pco_ingest(queue.clone());
+    let metric = |line: &str, name: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v[name].as_f64().unwrap()
+    };
+    let ok = ingest
+        .handle(
+            sample("pco-batch").headers(),
+            &body_bytes(sample("pco-batch")),
+            NOW,
+        )
+        .await;
+    let line = ok.metrics();
+    assert_eq!(ok.status, 200);
+    assert!(metric(&line, "WebhookEventsQueued") >= 1.0, "{line}");
+    assert_eq!(metric(&line, "WebhookUnauthorized"), 0.0);
+    let refused = ingest
+        .handle(
+            sample("bad-signature").headers(),
+            &body_bytes(sample("bad-signature")),
+            NOW,
+        )
+        .await;
+    let line = refused.metrics();
+    assert_eq!(refused.status, 401);
+    assert_eq!(metric(&line, "WebhookUnauthorized"), 1.0, "{line}");
+    assert_eq!(metric(&line, "WebhookEventsQueued"), 0.0);
+}
+
+fn body_bytes(req: Request) -> Vec<u8> {
+    match req.into_body() {
+        Body::Text(t) => t.into_bytes(),
+        Body::Binary(b) => b,
+        _ => Vec::new(),
+    }
+}
