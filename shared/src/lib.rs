@@ -1,8 +1,10 @@
 //! The common crate of the workspace: the domain model, the one version rule, the ports the sync
 //! logic depends on, the source-API client and the adapters (AWS and the embedded local store).
 //!
-//! Invariant: `core` is pure (no IO, no SDK types); `aws_sdk_*` types appear only under
-//! `adapters::{aws, dynamodb, sqs, s3, secrets}`.
+//! Invariants: `core` is pure (no IO, no SDK types; the clock only in `timefmt::now_us` and
+//! `deadline`); `aws_sdk_*` types appear only under `adapters::{aws, dynamodb, sqs, s3, secrets,
+//! sfn}`; a module never imports one above it (`telemetry` knows no strategy); `memory` and the
+//! negative-control switches exist only with the `testing` feature, which no function ships.
 
 pub mod adapters;
 pub mod config;

@@ -1,5 +1,7 @@
-//! Explicit, versioned wire structs: what crosses a queue, a state machine or an object store.
-//! Domain types never derive `Serialize` for these boundaries.
+//! Explicit, versioned wire structs for what crosses the work queue (`QueueEnvelope`). The other
+//! boundaries have theirs beside their code: the state machine's step inputs and outputs in
+//! `sync::reconcile::wire`, the spill store's run format in `setdiff::runs`. Domain types never
+//! derive `Serialize` for these boundaries.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The set difference under reconciliation (issue 5; the steps are `sync::reconcile`): spilled
+//! The set difference under reconciliation (the steps are `sync::reconcile`): spilled
 //! runs of `(id, version)` pairs and the streaming diff of a source listing against the
 //! destination's live IDs.
 //!
