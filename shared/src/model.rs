@@ -61,6 +61,29 @@ pub struct Record {
     pub payload: RawJson,
 }
 
+impl Record {
+    /// A record as the source sent it: its version's hash is the content hash of the payload's
+    /// raw bytes (the one hash rule: the source client and every test build records here).
+    pub fn new(
+        entity: impl Into<String>,
+        id: impl Into<String>,
+        delta_us: Micros,
+        fetched_at_us: Micros,
+        payload: RawJson,
+    ) -> Record {
+        Record {
+            entity: entity.into(),
+            id: id.into(),
+            version: Version {
+                delta_us,
+                fetched_at_us,
+                hash: ContentHash::of(payload.get().as_bytes()),
+            },
+            payload,
+        }
+    }
+}
+
 /// One `(id, version)` pair of an ID listing (reconciliation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdVersion {

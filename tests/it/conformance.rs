@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use shared::StoreError;
 use shared::core::timefmt::now_us;
 use shared::model::{
-    ContentHash, DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, Strategy,
-    Version, WriteOutcome, shard_of,
+    DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, Strategy, WriteOutcome,
+    shard_of,
 };
 use shared::ports::{ControlStore, EventClaim, JobKind, LeaseOutcome, RecordStore, RunRecord};
 use std::collections::BTreeSet;
@@ -113,17 +113,13 @@ pub fn rec_raw(
     fetched_at_us: Micros,
     raw: String,
 ) -> Record {
-    let hash = ContentHash::of(raw.as_bytes());
-    Record {
-        entity: entity.to_owned(),
-        id: id.to_owned(),
-        version: Version {
-            delta_us,
-            fetched_at_us,
-            hash,
-        },
-        payload: shared::model::RawJson::parse(raw).expect("valid JSON"),
-    }
+    Record::new(
+        entity,
+        id,
+        delta_us,
+        fetched_at_us,
+        shared::model::RawJson::parse(raw).expect("valid JSON"),
+    )
 }
 
 fn person(id: &str, name: &str) -> Value {

@@ -51,7 +51,7 @@ conformance_suite!(local, local_stores);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_handles_on_one_file_agree() {
     use futures::future::join_all;
-    use shared::model::{ContentHash, Record, Strategy, Version, WriteOutcome};
+    use shared::model::{Record, Strategy, WriteOutcome};
     use shared::ports::{JobKind, LeaseOutcome};
 
     sweep_old_databases();
@@ -62,16 +62,13 @@ async fn two_handles_on_one_file_agree() {
     let b = LocalStore::open(&path).expect("open again");
 
     let raw = r#"{"id":"1"}"#.to_owned();
-    let r = Record {
-        entity: "people".into(),
-        id: "1".into(),
-        version: Version {
-            delta_us: 10,
-            fetched_at_us: 20,
-            hash: ContentHash::of(raw.as_bytes()),
-        },
-        payload: shared::model::RawJson::parse(raw).expect("JSON"),
-    };
+    let r = Record::new(
+        "people",
+        "1",
+        10,
+        20,
+        shared::model::RawJson::parse(raw).expect("JSON"),
+    );
     let outcomes = join_all([a.upsert(&r, Strategy::Delta), b.upsert(&r, Strategy::Delta)]).await;
     let mut outcomes: Vec<WriteOutcome> =
         outcomes.into_iter().map(|o| o.expect("upsert")).collect();

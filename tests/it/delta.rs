@@ -41,8 +41,8 @@ use shared::core::cursor::DeltaCursor;
 use shared::core::timefmt::{format_rfc3339, now_us};
 use shared::memory::{MemoryControl, MemoryRecords};
 use shared::model::{
-    ContentHash, ID_SHARDS, LastAction, Micros, RawJson, Record, StoredRecord, StoredVersion,
-    Strategy, Version, WriteOutcome,
+    ID_SHARDS, LastAction, Micros, RawJson, Record, StoredRecord, StoredVersion, Strategy,
+    WriteOutcome,
 };
 use shared::ports::{ControlStore, JobKind, LeaseOutcome, RecordPage, RecordStore, SourceApi};
 use shared::source::SourceClient;
@@ -1431,16 +1431,7 @@ async fn a_backlog_inside_the_overlap_larger_than_a_run_still_progresses() {
 async fn a_record_too_large_for_the_store_is_skipped(rs: Records, cs: Control) {
     let record = |id: &str, delta_us: Micros, body: &str| {
         let payload = RawJson::parse(format!(r#"{{"id":"{id}","notes":"{body}"}}"#)).expect("JSON");
-        Record {
-            entity: E.into(),
-            id: id.into(),
-            version: Version {
-                delta_us,
-                fetched_at_us: now_us(),
-                hash: ContentHash::of(payload.get().as_bytes()),
-            },
-            payload,
-        }
+        Record::new(E, id, delta_us, now_us(), payload)
     };
     // 800,000 random letters: zlib gets them to about 490 KB, over the 390 KiB limit.
     let mut x: u64 = 7;

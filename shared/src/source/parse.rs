@@ -7,7 +7,7 @@
 use crate::core::json::{JsonKind, Paths, PathsError, RawJson, Span};
 use crate::core::timefmt::TimestampFormat;
 use crate::error::{Field, ParseError};
-use crate::model::{ContentHash, IdVersion, Micros, Record, Version};
+use crate::model::{IdVersion, Micros, Record};
 
 /// How to read records out of a page, from the configuration.
 #[derive(Debug, Clone)]
@@ -163,17 +163,13 @@ impl<'a> RecordView<'a> {
     ) -> Result<Record, ParseError> {
         let (id, delta_us) = self.id_and_delta(shape)?;
         // The scan that found this record validated it whole.
-        let payload = RawJson::scanned(self.raw);
-        Ok(Record {
-            entity: entity.to_owned(),
+        Ok(Record::new(
+            entity,
             id,
-            version: Version {
-                delta_us,
-                fetched_at_us,
-                hash: ContentHash::of(self.raw.as_bytes()),
-            },
-            payload,
-        })
+            delta_us,
+            fetched_at_us,
+            RawJson::scanned(self.raw),
+        ))
     }
 }
 

@@ -490,22 +490,13 @@ mod tests {
     use super::*;
     use crate::config::env::with;
     use crate::memory::{MemoryControl, MemoryRecords, ScriptedSource};
-    use crate::model::{ContentHash, Record, Version};
+    use crate::model::Record;
     use crate::ports::RecordPage;
 
     fn rec(id: &str, delta: Micros, body: &str) -> Record {
         let payload =
             crate::model::RawJson::parse(format!("{{\"id\":\"{id}\",\"b\":\"{body}\"}}")).unwrap();
-        Record {
-            entity: "people".into(),
-            id: id.into(),
-            version: Version {
-                delta_us: delta,
-                fetched_at_us: now_us(),
-                hash: ContentHash::of(payload.get().as_bytes()),
-            },
-            payload,
-        }
+        Record::new("people", id, delta, now_us(), payload)
     }
 
     fn page(recs: Vec<Record>, date: Micros) -> Result<RecordPage, crate::SourceError> {

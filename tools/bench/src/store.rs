@@ -3,7 +3,7 @@
 
 use crate::measure::{cpu_time, peak_rss_bytes};
 use shared::adapters::local::LocalStore;
-use shared::model::{ContentHash, Record, Strategy, Version, WriteOutcome};
+use shared::model::{Record, Strategy, WriteOutcome};
 use shared::ports::{ControlStore, CursorSave, JobKind};
 use std::path::Path;
 use std::time::Instant;
@@ -13,16 +13,13 @@ fn page(first: usize, per_page: usize, fetched_at_us: i64) -> Vec<Record> {
     (first..first + per_page)
         .map(|i| {
             let json = crate::person(i);
-            Record {
-                entity: "people".into(),
-                id: i.to_string(),
-                version: Version {
-                    delta_us: 1_704_067_200_000_000 + i as i64 * 1_000_000,
-                    fetched_at_us,
-                    hash: ContentHash::of(json.as_bytes()),
-                },
-                payload: shared::model::RawJson::parse(json).expect("valid JSON"),
-            }
+            Record::new(
+                "people",
+                i.to_string(),
+                1_704_067_200_000_000 + i as i64 * 1_000_000,
+                fetched_at_us,
+                shared::model::RawJson::parse(json).expect("valid JSON"),
+            )
         })
         .collect()
 }

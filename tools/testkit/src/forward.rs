@@ -380,7 +380,7 @@ impl<S: SourceApi + ?Sized, H: SourceHooks<S>> SourceApi for Forward<S, H> {
 mod tests {
     use super::*;
     use shared::adapters::local::LocalStore;
-    use shared::model::{ContentHash, RawJson, Version};
+    use shared::model::RawJson;
     use shared::ports::CursorSave;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -425,16 +425,7 @@ mod tests {
 
     fn record(id: &str) -> Record {
         let payload = RawJson::parse(format!(r#"{{"id":"{id}"}}"#)).expect("JSON");
-        Record {
-            entity: "people".into(),
-            id: id.into(),
-            version: Version {
-                delta_us: 1_000,
-                fetched_at_us: 2_000,
-                hash: ContentHash::of(payload.get().as_bytes()),
-            },
-            payload,
-        }
+        Record::new("people", id, 1_000, 2_000, payload)
     }
 
     #[tokio::test]

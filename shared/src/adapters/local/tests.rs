@@ -11,16 +11,13 @@ use crate::ports::*;
 use std::collections::BTreeSet;
 
 fn rec(entity: &str, id: &str, delta_us: i64, fetched_at_us: i64, payload: &str) -> Record {
-    Record {
-        entity: entity.into(),
-        id: id.into(),
-        version: Version {
-            delta_us,
-            fetched_at_us,
-            hash: ContentHash::of(payload.as_bytes()),
-        },
-        payload: RawJson::parse(payload).expect("valid JSON"),
-    }
+    Record::new(
+        entity,
+        id,
+        delta_us,
+        fetched_at_us,
+        RawJson::parse(payload).expect("valid JSON"),
+    )
 }
 
 fn person(id: &str, delta_us: i64, fetched_at_us: i64, name: &str) -> Record {

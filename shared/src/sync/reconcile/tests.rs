@@ -7,7 +7,7 @@ use super::*;
 use crate::adapters::local::LocalSpill;
 use crate::error::{SourceError, StoreError};
 use crate::memory::{MemoryControl, MemoryRecords};
-use crate::model::{ContentHash, ID_SHARDS, IdVersion, Micros, RawJson, Record, Strategy, Version};
+use crate::model::{ID_SHARDS, IdVersion, Micros, RawJson, Record, Strategy};
 use crate::ports::{IdPage, LeaseOutcome, ReceivedMessage, RecordPage};
 use crate::setdiff::{DiffSummary, RunReader, list_runs};
 use crate::wire::{MessageKind, QueueEnvelope};
@@ -38,16 +38,7 @@ fn ids(r: Range<usize>) -> Vec<IdVersion> {
 
 fn record(id: &str, delta_us: Micros, fetched_at_us: Micros) -> Record {
     let payload = RawJson::parse(format!("{{\"id\":\"{id}\"}}")).unwrap();
-    Record {
-        entity: ENTITY.into(),
-        id: id.into(),
-        version: Version {
-            delta_us,
-            fetched_at_us,
-            hash: ContentHash::of(payload.get().as_bytes()),
-        },
-        payload,
-    }
+    Record::new(ENTITY, id, delta_us, fetched_at_us, payload)
 }
 
 /// The source: an ID listing of scripted pages (page `i` resumes with token `t<i+1>`, the last
@@ -743,15 +734,13 @@ async fn apply_deletes_only_confirmed_candidates_not_synced_since_the_listing() 
     };
     // A change synced by the worker during the run: a new version, fetched after the listing.
     let payload = RawJson::parse(format!("{{\"id\":\"{}\",\"v\":2}}", id(8))).unwrap();
-    let changed = Record {
-        version: Version {
-            delta_us: 6_000_000,
-            fetched_at_us: crate::core::timefmt::now_us(),
-            hash: ContentHash::of(payload.get().as_bytes()),
-        },
+    let changed = Record::new(
+        ENTITY,
+        id(8),
+        6_000_000,
+        crate::core::timefmt::now_us(),
         payload,
-        ..record(&id(8), 0, 0)
-    };
+    );
     let wrote = fx
         .records
         .upsert(&changed, Strategy::Targeted)

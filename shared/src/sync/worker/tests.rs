@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::memory::{MemoryControl, MemoryRecords};
-use crate::model::{ContentHash, RawJson, StoredRecord, Version};
+use crate::model::{RawJson, StoredRecord};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use std::sync::Mutex;
@@ -152,16 +152,13 @@ impl World {
 
 fn rec(id: &str, delta_us: Micros, fetched_at_us: Micros, name: &str) -> Record {
     let payload = format!(r#"{{"id":"{id}","name":"{name}"}}"#);
-    Record {
-        entity: ENTITY.into(),
-        id: id.into(),
-        version: Version {
-            delta_us,
-            fetched_at_us,
-            hash: ContentHash::of(payload.as_bytes()),
-        },
-        payload: RawJson::parse(payload).expect("valid JSON"),
-    }
+    Record::new(
+        ENTITY,
+        id,
+        delta_us,
+        fetched_at_us,
+        RawJson::parse(payload).expect("valid JSON"),
+    )
 }
 
 /// A record as the source answers it now.
