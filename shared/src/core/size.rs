@@ -120,6 +120,23 @@ fn zlib_len(bytes: &[u8]) -> usize {
 }
 
 #[cfg(test)]
+/// Base64-like text from a seeded xorshift: compresses to about 3/4 of its length.
+pub(crate) fn noise(len: usize) -> String {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                    [(x % 64) as usize],
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -130,22 +147,6 @@ mod tests {
             Err(StoreError::TooLarge { bytes, .. }) => Err(bytes),
             Err(other) => panic!("want TooLarge, got {other:?}"),
         }
-    }
-
-    /// Base64-like text from a seeded xorshift: compresses to about 3/4 of its length.
-    fn noise(len: usize) -> String {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                        [(x % 64) as usize],
-                )
-            })
-            .collect()
     }
 
     /// A JSON string of exactly `len` bytes of noise.

@@ -300,18 +300,7 @@ mod tests {
             encode("k", &big_compressible, 0),
             Ok(StoredPayload::Compressed(_))
         ));
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let noise: String = (0..600 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                        [(x % 64) as usize],
-                )
-            })
-            .collect();
+        let noise = crate::core::size::noise(600 * 1024);
         let raw = format!("{{\"a\":\"{noise}\"}}");
         match encode("people#1", &raw, 0) {
             Err(StoreError::TooLarge { key, bytes }) => {
