@@ -360,6 +360,11 @@ pub struct EntityConfig {
     /// Without it, offset pages overlap by one record and are checked for continuity.
     #[serde(default)]
     pub id_filter: bool,
+    /// How the source orders IDs in a listing ordered by `id_order_field`; ID listings are
+    /// checked in this order as they are read. Unset: numeric, with every ID checked to be
+    /// digits (Planning Center and the simulator sort numeric IDs numerically).
+    #[serde(default)]
+    pub id_order: Option<IdOrder>,
     #[serde(alias = "supportsWebhooks")]
     pub supports_webhooks: bool,
     #[serde(default)]
@@ -374,6 +379,52 @@ pub struct EntityConfig {
     /// The attribute name to ask for in a sparse fieldset (defaults to `delta_sync_field`).
     #[serde(default)]
     pub sparse_delta_attribute: Option<String>,
+}
+
+/// How a source orders the IDs of a listing (`[[entity]] id_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdOrder {
+    /// IDs are decimal integers ordered by value (`9` before `10`); a non-digit ID is an error.
+    Numeric,
+    /// IDs ordered by their UTF-8 bytes (`10` before `9`), as most text keys sort.
+    Bytewise,
+}
+
+impl IdOrder {
+    /// The order an entity's IDs are checked in: its `id_order`, numeric when unset.
+    pub fn of(e: &EntityConfig) -> IdOrder {
+        e.id_order.unwrap_or(IdOrder::Numeric)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdOrder::Numeric => "numeric",
+            IdOrder::Bytewise => "bytewise",
+        }
+    }
+
+    /// `a` against `b` in this order; `None` when an ID is not a decimal integer and the order
+    /// is numeric (the configuration is wrong for this source).
+    pub fn compare(self, a: &str, b: &str) -> Option<std::cmp::Ordering> {
+        match self {
+            IdOrder::Bytewise => Some(a.as_bytes().cmp(b.as_bytes())),
+            IdOrder::Numeric => {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+                if !digits(a) || !digits(b) {
+                    return None;
+                }
+                let (a, b) = (trim_zeros(a), trim_zeros(b));
+                Some(a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
+            }
+        }
+    }
+}
+
+/// Digits without their leading zeros (`"0"` stays `"0"`).
+fn trim_zeros(s: &str) -> &str {
+    let t = s.trim_start_matches('0');
+    if t.is_empty() { &s[s.len() - 1..] } else { t }
 }
 
 fn default_id_field() -> String {
@@ -711,6 +762,34 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn id_orders_compare_numbers_by_value_and_text_by_bytes() {
+        use std::cmp::Ordering::*;
+        let n = IdOrder::Numeric;
+        assert_eq!(n.compare("9", "10"), Some(Less));
+        assert_eq!(n.compare("010", "10"), Some(Equal));
+        assert_eq!(n.compare("0", "00"), Some(Equal));
+        assert_eq!(n.compare("11", "10"), Some(Greater));
+        assert_eq!(n.compare("1a", "10"), None);
+        assert_eq!(n.compare("", "1"), None);
+        assert_eq!(n.compare("-1", "1"), None);
+        assert_eq!(IdOrder::Bytewise.compare("9", "10"), Some(Greater));
+        let c = load(&EMBEDDED.replace(
+            "sparse_type = \"Person\"",
+            "sparse_type = \"Person\"\nid_order = \"bytewise\"",
+        ))
+        .unwrap();
+        assert_eq!(IdOrder::of(&c.entities[0]), IdOrder::Bytewise);
+        assert_eq!(IdOrder::of(&c.entities[1]), IdOrder::Numeric);
+        assert!(
+            load(&EMBEDDED.replace(
+                "sparse_type = \"Person\"",
+                "sparse_type = \"Person\"\nid_order = \"text\""
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -180,6 +180,12 @@ pub enum SourceError {
     },
     #[error("pagination of {url} did not make progress: {message}")]
     Pagination { url: String, message: String },
+    /// The invocation's stop instant (`core::deadline::within`) comes before the next request
+    /// could be answered: a wait the source asked for (`Retry-After`), a backoff, or the next
+    /// page. Not a failure of the source: delta stops `partial` at its checkpoint, the worker
+    /// fails the message for SQS to retry, reconciliation's Source step resumes.
+    #[error("stopping before the invocation's deadline: {url} would need {wait:?} more")]
+    Deadline { url: String, wait: Duration },
 }
 
 impl SourceError {
@@ -194,6 +200,7 @@ impl SourceError {
                 | SourceError::Connect { .. }
                 | SourceError::Decode { .. }
                 | SourceError::Pagination { .. }
+                | SourceError::Deadline { .. }
         )
     }
 }

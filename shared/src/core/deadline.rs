@@ -1,7 +1,32 @@
 //! Deadline arithmetic for every handler: when to stop, a margin before the invocation's end.
 //! Reads the clock (`SystemTime::now`, `Instant::now`), like `timefmt::now_us`.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
+
+tokio::task_local! {
+    /// The instant the current invocation's work must stop by (see [`within`]).
+    static STOP_AT: Option<Instant>;
+}
+
+/// Run `work` with `stop_at` as the instant every wait and every page inside it must respect:
+/// the source client caps its waits (`Retry-After`, backoff) at it and its paginators check it
+/// between requests, answering `SourceError::Deadline` instead of sleeping past it. `None`
+/// means no deadline (a local run).
+pub async fn within<F: Future>(stop_at: Option<Instant>, work: F) -> F::Output {
+    STOP_AT.scope(stop_at, work).await
+}
+
+/// The stop instant set by the innermost [`within`] around the running task; `None` outside
+/// one or when it set none.
+pub fn current() -> Option<Instant> {
+    STOP_AT.try_with(|t| *t).ok().flatten()
+}
+
+/// Whether waiting `wait` from now would pass the current stop instant.
+pub fn would_pass(wait: Duration) -> bool {
+    current().is_some_and(|t| Instant::now() + wait > t)
+}
 
 /// When to stop, `margin` before an invocation's `deadline`; `None` when there is no deadline
 /// (a local invocation's context carries the epoch). A deadline already past, or nearer than the
@@ -31,6 +56,22 @@ pub fn time_left(deadline: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn within_sets_the_stop_instant_for_the_task_and_nests() {
+        assert_eq!(current(), None);
+        assert!(!would_pass(Duration::from_secs(3600)));
+        let at = Instant::now() + Duration::from_secs(10);
+        within(Some(at), async {
+            assert_eq!(current(), Some(at));
+            assert!(would_pass(Duration::from_secs(11)));
+            assert!(!would_pass(Duration::from_secs(5)));
+            within(None, async { assert_eq!(current(), None) }).await;
+            assert_eq!(current(), Some(at));
+        })
+        .await;
+        assert_eq!(current(), None);
+    }
 
     #[test]
     fn no_deadline_means_no_stop() {
