@@ -42,6 +42,11 @@ pub struct SourceConfig {
     /// seconds for RFC 3339). Used to turn `>=` into `>` and back; too coarse only over-reads.
     #[serde(default)]
     pub timestamp_resolution_us: Option<i64>,
+    /// The UTC offset at which RFC 3339 timestamps written without one are read
+    /// (`timestamp_offset = "+01:00"`; `-12:00` to `+14:00`). Unset: a record whose delta value
+    /// has no offset is rejected (counted, skipped), since its instant is unknown.
+    #[serde(default, deserialize_with = "offset")]
+    pub timestamp_offset: Option<time::UtcOffset>,
     pub pagination: Pagination,
     pub filter: Filter,
     /// Query parameter that orders a listing (`order=updated_at`). Required: both listings must
@@ -84,6 +89,13 @@ fn default_backoff_ms() -> u64 {
 }
 fn default_backoff_cap_ms() -> u64 {
     20_000
+}
+
+fn offset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<time::UtcOffset>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::core::timefmt::parse_offset(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl SourceConfig {
@@ -554,6 +566,14 @@ impl Config {
                 "must be positive".into(),
             ));
         }
+        if s.timestamp_offset.is_some() && s.timestamp_format != TimestampFormat::Rfc3339 {
+            return Err(err(
+                "-",
+                "source.timestamp_offset",
+                "applies to timestamp_format = \"rfc3339\" only (epoch values have no zone)"
+                    .into(),
+            ));
+        }
         if self.entities.is_empty() {
             return Err(err(
                 "-",
@@ -898,6 +918,34 @@ mod tests {
         );
         // not TOML at all
         expect_invalid("[source", "-", "-");
+    }
+
+    #[test]
+    fn the_timestamp_offset_is_read_checked_and_named_when_wrong() {
+        assert_eq!(load(EMBEDDED).unwrap().source.timestamp_offset, None);
+        let at = |v: &str| {
+            with(
+                "timestamp_format = \"rfc3339\"",
+                &format!("timestamp_format = \"rfc3339\"\ntimestamp_offset = {v}"),
+            )
+        };
+        let c = load(&at("\"+01:00\"")).unwrap();
+        assert_eq!(
+            c.source.timestamp_offset.map(|o| o.whole_seconds()),
+            Some(3600)
+        );
+        for bad in ["\"+1\"", "\"CET\"", "\"+15:00\"", "1"] {
+            expect_invalid(&at(bad), "-", "source.timestamp_offset");
+        }
+        // Epoch timestamps have no zone to assume.
+        expect_invalid(
+            &with(
+                "timestamp_format = \"rfc3339\"",
+                "timestamp_format = \"epoch_seconds\"\ntimestamp_offset = \"+01:00\"",
+            ),
+            "-",
+            "source.timestamp_offset",
+        );
     }
 
     #[test]

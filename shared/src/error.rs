@@ -126,6 +126,10 @@ pub enum ParseError {
     /// A timestamp outside what epoch microseconds in an `i64` can hold.
     #[error("timestamp out of range")]
     OutOfRange,
+    /// An RFC 3339 date and time without a UTC offset, and no `source.timestamp_offset` to
+    /// read it with.
+    #[error("a timestamp without a UTC offset (set source.timestamp_offset)")]
+    NoOffset,
     /// Stored text that is not a delta cursor (serde's error says where).
     #[error("not a delta cursor: {0}")]
     NotCursor(#[source] serde_json::Error),
@@ -140,6 +144,15 @@ pub enum SourceError {
     UnknownEntity(String),
     #[error("rejected id {id:?}: {reason}")]
     BadId { id: String, reason: &'static str },
+    /// `get_by_id` found the record, but it cannot be synced (a null or unreadable delta value,
+    /// an ID the store cannot hold, an unpaired surrogate escape): retrying cannot help until
+    /// the source fixes it. Never "gone": the source has the record.
+    #[error("record {id:?} from {url} cannot be synced: {reason}")]
+    Rejected {
+        url: String,
+        id: String,
+        reason: crate::model::RejectReason,
+    },
     #[error("rate limited by {url} (retry after {retry_after:?}) after {attempts} attempts")]
     RateLimited {
         url: String,

@@ -220,3 +220,102 @@ pub struct LiveIdPage {
     /// Pass back as `after` to get the next page; `None` at the end of the shard.
     pub next_after: Option<String>,
 }
+
+/// Why a record was taken out of a page (or a single-record answer) instead of failing it:
+/// one bad record must not stop an entity's sync. Says what is wrong, never echoes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// No ID (absent, or `null`) at the entity's `id_pointer`.
+    MissingId,
+    /// The ID is neither a string nor an integer, or a string whose escapes do not decode.
+    BadId,
+    EmptyId,
+    /// Longer than the store takes ([`crate::core::size::MAX_ID_BYTES`]).
+    LongId,
+    /// No delta value at the entity's `delta_pointer`.
+    MissingDelta,
+    /// The delta value is `null`.
+    NullDelta,
+    /// The delta value does not read in `source.timestamp_format`.
+    BadDelta,
+    /// An RFC 3339 timestamp without a UTC offset, and no `source.timestamp_offset` configured.
+    NaiveTimestamp,
+    /// A string of the record holds a `\u` escape of an unpaired UTF-16 surrogate: no JSON
+    /// reader that decodes strings (serde_json, DynamoDB's, the application's) can read it.
+    LoneSurrogate,
+    /// The store refused it (`StoreError::TooLarge`): over the payload or the key limits.
+    TooLarge,
+}
+
+impl RejectReason {
+    /// The reason's code, as the run history and the logs carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingId => "missing_id",
+            RejectReason::BadId => "bad_id",
+            RejectReason::EmptyId => "empty_id",
+            RejectReason::LongId => "long_id",
+            RejectReason::MissingDelta => "missing_delta",
+            RejectReason::NullDelta => "null_delta",
+            RejectReason::BadDelta => "bad_delta",
+            RejectReason::NaiveTimestamp => "naive_timestamp",
+            RejectReason::LoneSurrogate => "lone_surrogate",
+            RejectReason::TooLarge => "too_large",
+        }
+    }
+
+    /// Whether a record rejected for this reason still has an ID the store could hold (then
+    /// reconciliation counts it as present at the source).
+    pub fn id_usable(self) -> bool {
+        !matches!(
+            self,
+            RejectReason::MissingId
+                | RejectReason::BadId
+                | RejectReason::EmptyId
+                | RejectReason::LongId
+        )
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            RejectReason::MissingId => "no ID at the entity's id_pointer",
+            RejectReason::BadId => "the ID is neither a string nor an integer",
+            RejectReason::EmptyId => "the ID is empty",
+            RejectReason::LongId => {
+                return write!(
+                    f,
+                    "{} (the ID is longer than the {} bytes the store takes)",
+                    self.as_str(),
+                    crate::core::size::MAX_ID_BYTES
+                );
+            }
+            RejectReason::MissingDelta => "no delta value at the entity's delta_pointer",
+            RejectReason::NullDelta => "the delta value is null",
+            RejectReason::BadDelta => "the delta value does not read in source.timestamp_format",
+            RejectReason::NaiveTimestamp => {
+                "the delta value has no UTC offset (set source.timestamp_offset)"
+            }
+            RejectReason::LoneSurrogate => "a string holds an unpaired surrogate escape",
+            RejectReason::TooLarge => "too large for the store",
+        };
+        write!(f, "{} ({what})", self.as_str())
+    }
+}
+
+/// A record taken out of a page: its ID when that reads, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The ID as the source wrote it (for a [`RejectReason::LongId`], its first 64
+    /// characters and `…`); `None` when it does not read.
+    pub id: Option<String>,
+    pub reason: RejectReason,
+}
+
+impl Rejected {
+    /// The ID when the store could hold it: what reconciliation counts as present at the source.
+    pub fn usable_id(&self) -> Option<&str> {
+        self.id.as_deref().filter(|_| self.reason.id_usable())
+    }
+}

@@ -4,7 +4,8 @@
 
 use crate::error::{SourceError, StoreError};
 use crate::model::{
-    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, StoredRecord, Strategy, WriteOutcome,
+    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, Rejected, StoredRecord, Strategy,
+    WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -281,6 +282,9 @@ pub trait Executions: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct RecordPage {
     pub records: Vec<Record>,
+    /// Records of the page that cannot be synced (`source::parse`), taken out: the caller
+    /// counts and reports them, and goes on.
+    pub rejected: Vec<Rejected>,
     /// The source's clock (`Date` header) when it answered.
     pub source_date_us: Option<Micros>,
 }
@@ -289,6 +293,9 @@ pub struct RecordPage {
 #[derive(Debug, Clone)]
 pub struct IdPage {
     pub ids: Vec<IdVersion>,
+    /// Records of the page that cannot be synced, taken out (reconciliation counts those with
+    /// a usable ID as present at the source).
+    pub rejected: Vec<Rejected>,
     /// The listing's total, when the source reports one (checked by reconciliation).
     pub total_count: Option<u64>,
     /// Opaque token that continues the listing after this page (`stream_ids_from`), so that a
@@ -333,6 +340,7 @@ pub trait SourceApi: Send + Sync {
         }
     }
 
-    /// One record; `None` only when the source answers a JSON 404.
+    /// One record; `None` only when the source answers a JSON 404. A record the source has but
+    /// that cannot be synced is `SourceError::Rejected` (never `None`: it is not gone).
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError>;
 }

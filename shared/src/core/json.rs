@@ -14,7 +14,12 @@
 //! - the first occurrence of a duplicated key wins (as `serde_json` reading into a map would
 //!   keep, and as our earlier parser did);
 //! - a value `null` is found like any other; callers decide what it means;
-//! - nesting deeper than `MAX_DEPTH` containers is an error, never a stack overflow.
+//! - nesting deeper than `MAX_DEPTH` containers is an error, never a stack overflow;
+//! - a `\u` escape of an unpaired UTF-16 surrogate (`"\ud800"`) is valid JSON text (RFC 8259
+//!   allows it, and so does `serde_json` when it skips a value), but no reader that decodes
+//!   strings can read it (`serde_json` into a `String` or a `Value` fails): a scan accepts it
+//!   and records where it is ([`Found::lone_surrogates`]), so that the caller can reject the one
+//!   record holding it; [`RawJson::parse`] refuses it.
 
 use std::fmt;
 use std::ops::Range;
@@ -225,6 +230,7 @@ impl<'p> Paths<'p> {
                 elements: Vec::new(),
                 element_slots: Vec::new(),
                 stride: self.element_slots,
+                lone_surrogates: Vec::new(),
             },
         };
         let mut slots = std::mem::take(&mut s.found.slots);
@@ -248,12 +254,22 @@ pub struct Found {
     /// Per element, `stride` entries: the ranges of the per-element paths.
     pub element_slots: Vec<Option<Span>>,
     pub stride: usize,
+    /// Byte offsets (ascending) of the `\u` escapes of unpaired surrogates, in keys and values.
+    pub lone_surrogates: Vec<usize>,
 }
 
 impl Found {
     /// The per-element path ranges of element `i`.
     pub fn element(&self, i: usize) -> &[Option<Span>] {
         &self.element_slots[i * self.stride..(i + 1) * self.stride]
+    }
+
+    /// Whether a `\u` escape of an unpaired surrogate lies in `span`.
+    pub fn lone_surrogate_in(&self, span: &Span) -> bool {
+        let first = self.lone_surrogates.partition_point(|&o| o < span.start);
+        self.lone_surrogates
+            .get(first)
+            .is_some_and(|&o| o < span.end)
     }
 }
 
@@ -265,15 +281,24 @@ pub struct RawJson(Box<str>);
 
 impl RawJson {
     /// Check `text` as one JSON value (surrounding whitespace included, as in the source's
-    /// bytes).
+    /// bytes) whose strings all decode: an escape of an unpaired surrogate is refused.
     pub fn parse(text: impl Into<String>) -> Result<RawJson, ScanError> {
         let text = text.into();
-        validate(&text)?;
+        let found = Paths::new(&[])
+            .expect("no paths cannot clash")
+            .scan(&text)?;
+        if let Some(&offset) = found.lone_surrogates.first() {
+            return Err(ScanError {
+                offset,
+                what: LONE_SURROGATE,
+            });
+        }
         Ok(RawJson(text.into_boxed_str()))
     }
 
     /// A copy of text that a scan of this module has already accepted as one whole value (a
-    /// record's range found by `Paths::scan`): not checked again.
+    /// record's range found by `Paths::scan`, holding no unpaired surrogate escape): not
+    /// checked again.
     pub(crate) fn scanned(text: &str) -> RawJson {
         RawJson(text.into())
     }
@@ -290,7 +315,11 @@ impl fmt::Debug for RawJson {
     }
 }
 
-/// Validate `text` as one JSON value.
+/// What [`RawJson::parse`] says of an unpaired surrogate escape.
+const LONE_SURROGATE: &str = "escape of an unpaired UTF-16 surrogate";
+
+/// Validate `text` as one JSON value (unpaired surrogate escapes allowed, as `serde_json`
+/// allows them in a value it skips).
 pub fn validate(text: &str) -> Result<(), ScanError> {
     let mut s = Scanner {
         b: text.as_bytes(),
@@ -598,14 +627,30 @@ impl Scanner<'_> {
                 Ok(())
             }
             Some(b'u') => {
-                let hex = self.b.get(self.pos + 2..self.pos + 6);
-                if hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    self.pos += 6;
-                    Ok(())
-                } else {
+                let Some(unit) = self.hex4(self.pos + 2) else {
                     self.pos += 2;
-                    Err(self.err("invalid \\u escape"))
+                    return Err(self.err("invalid \\u escape"));
+                };
+                match unit {
+                    0xD800..=0xDBFF => {
+                        // A high surrogate pairs with an escaped low one right after it.
+                        let low = (self.b.get(self.pos + 6..self.pos + 8) == Some(b"\\u"))
+                            .then(|| self.hex4(self.pos + 8))
+                            .flatten();
+                        if let Some(0xDC00..=0xDFFF) = low {
+                            self.pos += 12;
+                        } else {
+                            self.found.lone_surrogates.push(self.pos);
+                            self.pos += 6;
+                        }
+                    }
+                    0xDC00..=0xDFFF => {
+                        self.found.lone_surrogates.push(self.pos);
+                        self.pos += 6;
+                    }
+                    _ => self.pos += 6,
                 }
+                Ok(())
             }
             None => Err(self.err("unterminated string")),
             Some(_) => {
@@ -613,6 +658,14 @@ impl Scanner<'_> {
                 Err(self.err("invalid escape"))
             }
         }
+    }
+
+    /// The four hex digits at `at`, as a number.
+    fn hex4(&self, at: usize) -> Option<u16> {
+        let h = self.b.get(at..at + 4)?;
+        h.iter().try_fold(0u16, |acc, &c| {
+            Some(acc << 4 | (c as char).to_digit(16)? as u16)
+        })
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), ScanError> {
@@ -959,6 +1012,43 @@ mod tests {
         assert!(RawJson::parse("{\"a\":").is_err());
         assert!(RawJson::parse("").is_err());
         assert!(RawJson::parse("1 2").is_err());
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_are_found_where_serde_json_cannot_decode() {
+        // Each string alone: the scan accepts it (as serde_json skipping it does); it finds an
+        // unpaired surrogate exactly when serde_json cannot decode the string.
+        let units = [
+            "\\ud83d", "\\ude00", "\\uD800", "\\uDFFF", "\\udbff", "\\udc00", "\\u0041",
+            "\\ud7ff", "\\ue000", "a", "\\n", "é", "\\\\u", "u",
+        ];
+        let mut g = Gen(0x51_7CC1_B727_220A);
+        for _ in 0..20_000 {
+            let mut doc = String::from("\"");
+            for _ in 0..g.below(6) {
+                doc.push_str(units[g.below(units.len() as u64) as usize]);
+            }
+            doc.push('"');
+            assert!(serde_json::from_str::<IgnoredAny>(&doc).is_ok(), "{doc}");
+            let found = Paths::new(&[]).unwrap().scan(&doc).unwrap();
+            let decodes = serde_json::from_str::<String>(&doc).is_ok();
+            assert_eq!(found.lone_surrogates.is_empty(), decodes, "{doc}");
+            assert_eq!(RawJson::parse(doc.as_str()).is_ok(), decodes, "{doc}");
+        }
+        // Where: the offset of the escape; in keys too; per element of a records array.
+        let doc = r#"{"data":[{"id":"1","n":"ok \ud83d\ude00"},{"id":"2","n":"x\ud800"},{"\udc00":3}]}"#;
+        let (data, id) = (pointer_segments("/data"), pointer_segments("/id"));
+        let f = Paths::with_elements(&[], &data, &[&id])
+            .unwrap()
+            .scan(doc)
+            .unwrap();
+        assert_eq!(f.lone_surrogates.len(), 2);
+        assert_eq!(&doc[f.lone_surrogates[0]..f.lone_surrogates[0] + 6], "\\ud800");
+        let flagged: Vec<bool> = f.elements.iter().map(|e| f.lone_surrogate_in(e)).collect();
+        assert_eq!(flagged, [false, true, true]);
+        let e = RawJson::parse(r#"{"n":"x\ud800"}"#).unwrap_err();
+        assert_eq!((e.offset, e.what), (7, LONE_SURROGATE));
+        validate(r#"{"n":"x\ud800"}"#).expect("valid JSON text");
     }
 
     #[test]

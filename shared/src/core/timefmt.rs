@@ -4,8 +4,8 @@
 use crate::error::ParseError;
 use crate::model::Micros;
 use serde::Deserialize;
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 /// How a source writes its delta field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -31,11 +31,25 @@ impl TimestampFormat {
 
     /// Parse a timestamp from its JSON text (a string or a number).
     pub fn parse_json(self, raw: &str) -> Result<Micros, ParseError> {
+        self.parse_json_with(raw, None)
+    }
+
+    /// [`Self::parse_json`], an RFC 3339 date and time without an offset read at
+    /// `naive_offset` (`source.timestamp_offset`); without one, it is [`ParseError::NoOffset`].
+    pub fn parse_json_with(
+        self,
+        raw: &str,
+        naive_offset: Option<UtcOffset>,
+    ) -> Result<Micros, ParseError> {
         let raw = raw.trim();
-        if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-            return self.parse_str(inner);
+        let text = raw
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .unwrap_or(raw);
+        match self {
+            TimestampFormat::Rfc3339 => parse_rfc3339_at(text, naive_offset),
+            other => other.parse_str(text),
         }
-        self.parse_str(raw)
     }
 
     /// Parse a timestamp from its text.
@@ -77,6 +91,50 @@ pub fn parse_rfc3339(s: &str) -> Result<Micros, ParseError> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(ParseError::NotRfc3339)?;
     let nanos = t.unix_timestamp_nanos();
     i64::try_from(nanos.div_euclid(1_000)).map_err(|_| ParseError::OutOfRange)
+}
+
+/// Parse RFC 3339, or an RFC 3339 date and time without its offset
+/// (`2024-05-01T12:00:00.5`) read at `naive_offset`: without one, [`ParseError::NoOffset`].
+/// Any other text is [`ParseError::NotRfc3339`].
+pub fn parse_rfc3339_at(s: &str, naive_offset: Option<UtcOffset>) -> Result<Micros, ParseError> {
+    let err = match parse_rfc3339(s) {
+        Ok(us) => return Ok(us),
+        Err(e) => e,
+    };
+    // Zone-less when the same text with `Z` after it is RFC 3339 (it then reads as UTC).
+    let Ok(as_utc) = parse_rfc3339(&format!("{s}Z")) else {
+        return Err(err);
+    };
+    let offset = naive_offset.ok_or(ParseError::NoOffset)?;
+    as_utc
+        .checked_sub(i64::from(offset.whole_seconds()) * 1_000_000)
+        .ok_or(ParseError::OutOfRange)
+}
+
+/// A fixed UTC offset as configured (`source.timestamp_offset`): `+HH:MM` or `-HH:MM`, from
+/// `-12:00` to `+14:00` (the offsets in use on Earth). `Err` says what is expected.
+pub fn parse_offset(s: &str) -> Result<UtcOffset, String> {
+    let expected = || format!("{s:?} is not an offset like \"+01:00\" or \"-05:30\"");
+    let b = s.as_bytes();
+    let sign = match b.first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return Err(expected()),
+    };
+    if b.len() != 6 || b[3] != b':' || ![1, 2, 4, 5].iter().all(|&i| b[i].is_ascii_digit()) {
+        return Err(expected());
+    }
+    let (h, m) = (
+        i32::from(b[1] - b'0') * 10 + i32::from(b[2] - b'0'),
+        i32::from(b[4] - b'0') * 10 + i32::from(b[5] - b'0'),
+    );
+    let minutes = sign * (h * 60 + m);
+    if m > 59 || !(-12 * 60..=14 * 60).contains(&minutes) {
+        return Err(format!(
+            "{s:?} is outside -12:00 to +14:00 (hours and minutes up to 59)"
+        ));
+    }
+    UtcOffset::from_whole_seconds(minutes * 60).map_err(|_| expected())
 }
 
 /// Format epoch microseconds as RFC 3339 in UTC: whole seconds without a fraction, otherwise
@@ -172,6 +230,70 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ParseError::NotRfc3339(_)), "{e:?}");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn zone_less_timestamps_read_at_the_configured_offset_or_not_at_all() {
+        let utc = parse_rfc3339("2024-05-01T12:00:00.5Z").unwrap();
+        // Without an offset configured: its own error, naming the setting.
+        let e = parse_rfc3339_at("2024-05-01T12:00:00.5", None).unwrap_err();
+        assert!(matches!(e, ParseError::NoOffset), "{e:?}");
+        assert!(e.to_string().contains("source.timestamp_offset"), "{e}");
+        // With one: that wall-clock time at that offset.
+        let plus_one = parse_offset("+01:00").unwrap();
+        assert_eq!(
+            parse_rfc3339_at("2024-05-01T13:00:00.5", Some(plus_one)).unwrap(),
+            utc
+        );
+        let minus = parse_offset("-05:30").unwrap();
+        assert_eq!(
+            parse_rfc3339_at("2024-05-01T06:30:00.5", Some(minus)).unwrap(),
+            utc
+        );
+        // A timestamp with its own offset ignores the configured one.
+        assert_eq!(
+            parse_rfc3339_at("2024-05-01T12:00:00.5Z", Some(plus_one)).unwrap(),
+            utc
+        );
+        // Text that is no timestamp stays "not RFC 3339", offset or not.
+        for bad in ["yesterday", "2024-05-01", "2024-05-01T25:00:00", ""] {
+            assert!(
+                matches!(
+                    parse_rfc3339_at(bad, Some(plus_one)),
+                    Err(ParseError::NotRfc3339(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Through the JSON entry point; epoch formats never read a naive RFC 3339 text.
+        let f = TimestampFormat::Rfc3339;
+        assert_eq!(
+            f.parse_json_with("\"2024-05-01T13:00:00.5\"", Some(plus_one))
+                .unwrap(),
+            utc
+        );
+        assert!(matches!(
+            f.parse_json_with("\"2024-05-01T13:00:00.5\"", None),
+            Err(ParseError::NoOffset)
+        ));
+        assert!(matches!(
+            TimestampFormat::EpochSeconds.parse_json_with("\"2024-05-01T13:00:00\"", Some(plus_one)),
+            Err(ParseError::NotEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn offsets_are_checked_when_configured() {
+        assert_eq!(parse_offset("+00:00").unwrap(), UtcOffset::UTC);
+        assert_eq!(parse_offset("+14:00").unwrap().whole_seconds(), 14 * 3600);
+        assert_eq!(parse_offset("-12:00").unwrap().whole_seconds(), -12 * 3600);
+        assert_eq!(parse_offset("+05:45").unwrap().whole_seconds(), 5 * 3600 + 45 * 60);
+        for bad in [
+            "", "Z", "01:00", "+1:00", "+0100", "+01:00:00", "+01:60", "+14:01", "-12:30",
+            "+15:00", "+ab:cd", " +01:00",
+        ] {
+            assert!(parse_offset(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

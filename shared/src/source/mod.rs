@@ -12,6 +12,7 @@ pub mod parse;
 pub mod ratelimit;
 
 use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
+use crate::core::size::MAX_ID_BYTES;
 use crate::error::{ConfigError, ParseError, SourceError};
 use crate::model::{Micros, Record};
 use crate::ports::{IdPage, RecordPage, SourceApi};
@@ -51,8 +52,6 @@ struct IdResume {
     next: Option<String>,
 }
 
-/// Longest ID we accept in a path.
-const MAX_ID_LEN: usize = 512;
 /// Characters kept as they are in a path segment (RFC 3986 unreserved); all else is encoded.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -135,6 +134,7 @@ impl SourceClient {
                 next_link_pointer: next_link_pointer.clone(),
                 next_cursor_pointer: next_cursor_pointer.clone(),
                 timestamp_format: cfg.source.timestamp_format,
+                timestamp_offset: cfg.source.timestamp_offset,
             };
             let collection = join_path(&base, &e.path).map_err(|m| ConfigError::Invalid {
                 file: cfg.file.clone(),
@@ -277,7 +277,9 @@ fn join_path(base: &Url, path: &str) -> Result<Url, String> {
     Ok(u)
 }
 
-/// Reject IDs that cannot safely become one path segment.
+/// Reject IDs that cannot become one path segment or that no store holds: empty, longer than
+/// the stores take (`core::size::MAX_ID_BYTES`, the one ID limit), or a dot segment. Every
+/// other character, control characters included, is percent-encoded in the path.
 pub fn validate_id(id: &str) -> Result<(), SourceError> {
     let bad = |reason| {
         Err(SourceError::BadId {
@@ -288,17 +290,18 @@ pub fn validate_id(id: &str) -> Result<(), SourceError> {
     if id.is_empty() {
         return bad("empty");
     }
-    if id.len() > MAX_ID_LEN {
-        return bad("longer than 512 bytes");
+    if id.len() > MAX_ID_BYTES {
+        return bad(TOO_LONG);
     }
     if id == "." || id == ".." {
         return bad("a dot segment would change the path");
     }
-    if id.chars().any(char::is_control) {
-        return bad("control characters");
-    }
     Ok(())
 }
+
+/// [`validate_id`]'s words for an ID over [`MAX_ID_BYTES`].
+const TOO_LONG: &str = "longer than the 1024 bytes the store takes";
+const _: () = assert!(MAX_ID_BYTES == 1024, "TOO_LONG names the limit");
 
 #[async_trait]
 impl SourceApi for SourceClient {
@@ -324,9 +327,10 @@ impl SourceApi for SourceClient {
                         Body::NotFound => Err(ParseError::ListingNotFound),
                     }).await?;
                     let page = ans.value;
+                    let n = page.elements();
                     let next = self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?;
-                    if !page.records.is_empty() {
-                        yield RecordPage { records: page.records, source_date_us: ans.date_us };
+                    if n > 0 {
+                        yield RecordPage { records: page.records, rejected: page.rejected, source_date_us: ans.date_us };
                     }
                     match next {
                         Some(n) if !followed.insert(n.to_string()) => {
@@ -351,9 +355,9 @@ impl SourceApi for SourceClient {
                         Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
                         Body::NotFound => Err(ParseError::ListingNotFound),
                     }).await?;
-                    let n = ans.value.records.len();
+                    let n = ans.value.elements();
                     if n > 0 {
-                        yield RecordPage { records: ans.value.records, source_date_us: ans.date_us };
+                        yield RecordPage { records: ans.value.records, rejected: ans.value.rejected, source_date_us: ans.date_us };
                     }
                     if n < p as usize {
                         break;
@@ -377,7 +381,8 @@ impl SourceApi for SourceClient {
                     Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
                     Body::NotFound => Err(ParseError::ListingNotFound),
                 }).await?;
-                let full = ans.value.records.len() >= p as usize;
+                let full = ans.value.elements() >= p as usize;
+                let rejected = ans.value.rejected;
                 let mut fresh = Vec::with_capacity(ans.value.records.len());
                 for r in ans.value.records {
                     if let Some((t, strict)) = lower
@@ -396,8 +401,8 @@ impl SourceApi for SourceClient {
                     fresh.push(r);
                 }
                 let progressed = !fresh.is_empty();
-                if progressed {
-                    yield RecordPage { records: fresh, source_date_us: ans.date_us };
+                if progressed || !rejected.is_empty() {
+                    yield RecordPage { records: fresh, rejected, source_date_us: ans.date_us };
                 }
                 if !full {
                     break;
@@ -425,7 +430,8 @@ impl SourceApi for SourceClient {
                             Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
                             Body::NotFound => Err(ParseError::ListingNotFound),
                         }).await?;
-                        let n = ans.value.records.len();
+                        let n = ans.value.elements();
+                        let rejected = ans.value.rejected;
                         let mut beyond = false;
                         let mut fresh = Vec::new();
                         for r in ans.value.records {
@@ -441,8 +447,8 @@ impl SourceApi for SourceClient {
                                 fresh.push(r);
                             }
                         }
-                        if !fresh.is_empty() {
-                            yield RecordPage { records: fresh, source_date_us: ans.date_us };
+                        if !fresh.is_empty() || !rejected.is_empty() {
+                            yield RecordPage { records: fresh, rejected, source_date_us: ans.date_us };
                         }
                         if beyond || n < p as usize {
                             break;
@@ -513,17 +519,26 @@ impl SourceApi for SourceClient {
                     }
                     params.extend(self.position_param(0, p));
                     let page = fetch(self.url(e, &params)).await?.value;
-                    let n_raw = page.ids.len();
+                    let n_raw = page.elements();
                     let mut ids = page.ids;
+                    let mut rejected = page.rejected;
                     if op == FilterOp::Gte && let Some(a) = &after {
                         ids.retain(|x| &x.id != a);
+                        rejected.retain(|x| x.usable_id() != Some(a.as_str()));
                     }
-                    let Some(last) = ids.last().map(|x| x.id.clone()) else { break };
+                    // The last usable ID, rejected records' included (a rejected one may end the page).
+                    let last = page.last_id.filter(|_| !ids.is_empty() || !rejected.is_empty());
+                    let Some(last) = last else {
+                        if n_raw >= p as usize {
+                            Err(SourceError::Pagination { url: e.collection.to_string(), message: "a full page held no usable ID to continue after".into() })?;
+                        }
+                        break;
+                    };
                     if after.as_ref() == Some(&last) {
                         Err(SourceError::Pagination { url: e.collection.to_string(), message: "the ID filter does not move the listing on".into() })?;
                     }
                     let resume = serde_json::to_string(&IdResume { after: Some(last.clone()), ..IdResume::default() }).ok();
-                    yield IdPage { ids, total_count: page.total_count, resume };
+                    yield IdPage { ids, rejected, total_count: page.total_count, resume };
                     if n_raw < p as usize {
                         break;
                     }
@@ -544,8 +559,9 @@ impl SourceApi for SourceClient {
                     let mut params = first.clone();
                     params.push((offset_param.clone(), offset.to_string()));
                     let page = fetch(self.url(e, &params)).await?.value;
+                    let n_raw = page.elements();
+                    let rejected = page.rejected;
                     let raw = page.ids;
-                    let n_raw = raw.len();
                     let mut start = 0;
                     if !anchors.is_empty() && n_raw > 0 {
                         match raw.iter().rposition(|x| anchors.contains(&x.id)) {
@@ -571,8 +587,8 @@ impl SourceApi for SourceClient {
                         anchors: new_anchors.clone(),
                         ..IdResume::default()
                     }).ok()).flatten();
-                    if !ids.is_empty() {
-                        yield IdPage { ids, total_count: page.total_count, resume };
+                    if !ids.is_empty() || !rejected.is_empty() {
+                        yield IdPage { ids, rejected, total_count: page.total_count, resume };
                     }
                     if !more {
                         break;
@@ -599,7 +615,7 @@ impl SourceApi for SourceClient {
             loop {
                 let ans = fetch(url.clone()).await?;
                 let page = ans.value;
-                let n = page.ids.len();
+                let n = page.elements();
                 let next = if positional {
                     None
                 } else {
@@ -612,7 +628,7 @@ impl SourceApi for SourceClient {
                 }
                 .and_then(|t| serde_json::to_string(&t).ok());
                 if n > 0 {
-                    yield IdPage { ids: page.ids, total_count: page.total_count, resume };
+                    yield IdPage { ids: page.ids, rejected: page.rejected, total_count: page.total_count, resume };
                 }
                 if positional {
                     if n < p as usize {
@@ -648,18 +664,31 @@ impl SourceApi for SourceClient {
                 Body::Json(t) => parse::parse_single(entity, t, &e.shape, at).map(Some),
             })
             .await?;
-        if let Some(r) = &ans.value
-            && r.id != id
+        let got = match &ans.value {
+            None => None,
+            Some(Ok(r)) => Some(r.id.as_str()),
+            Some(Err(x)) => x.usable_id(),
+        };
+        if let Some(got) = got
+            && got != id
         {
             return Err(SourceError::Decode {
                 url: http::redact_url(&url),
                 source: ParseError::WrongRecord {
                     asked: id.to_owned(),
-                    got: r.id.clone(),
+                    got: got.to_owned(),
                 },
             });
         }
-        Ok(ans.value)
+        match ans.value {
+            None => Ok(None),
+            Some(Ok(r)) => Ok(Some(r)),
+            Some(Err(x)) => Err(SourceError::Rejected {
+                url: http::redact_url(&url),
+                id: id.to_owned(),
+                reason: x.reason,
+            }),
+        }
     }
 }
 
@@ -671,8 +700,18 @@ mod tests {
     fn ids_are_validated_and_encoded() {
         assert!(validate_id("").is_err());
         assert!(validate_id("..").is_err());
-        assert!(validate_id("a\nb").is_err());
-        assert!(validate_id(&"x".repeat(600)).is_err());
+        // One ID limit: the store's.
+        validate_id(&"x".repeat(MAX_ID_BYTES)).unwrap();
+        assert!(validate_id(&"x".repeat(MAX_ID_BYTES + 1)).is_err());
+        validate_id(&"é".repeat(MAX_ID_BYTES / 2)).unwrap();
+        assert!(validate_id(&"é".repeat(MAX_ID_BYTES / 2 + 1)).is_err());
+        // Every ID a store takes and a queue envelope carries (control characters, U+FFFE,
+        // astral characters) is encoded into one path segment.
+        validate_id("a\nb\u{1}\u{fffe}😀").unwrap();
+        assert_eq!(
+            utf8_percent_encode("a\u{1}\u{fffe}😀", PATH_SEGMENT).to_string(),
+            "a%01%EF%BF%BE%F0%9F%98%80"
+        );
         validate_id("a/b?c#d").unwrap();
         assert_eq!(
             utf8_percent_encode("a/b?c#d %", PATH_SEGMENT).to_string(),

@@ -1,15 +1,18 @@
 //! Delta sync (the seed's "fast lane", made safe): one run for one entity under a lease, the
 //! cursor rule of `core::cursor`, a checkpoint after every written page, a clean stop before
-//! the deadline.
+//! the deadline. A record that cannot be synced (the page's `rejected`, or one the store
+//! refuses as too large) is counted and skipped, and the rest of its page written: one bad
+//! record never holds the cursor back (`sync::rejected`).
 
 use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
 use crate::error::{ConfigError, StoreError, SyncError};
-use crate::model::{Micros, Record, Strategy, WriteOutcome};
+use crate::model::{Micros, Record, RejectReason, Rejected, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
 };
+use crate::sync::rejected::{RejectedRecord, Tally};
 use futures::StreamExt;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -38,6 +41,10 @@ pub struct DeltaOptions {
     /// Negative controls for tests only: the naive rules this engine exists to avoid.
     #[cfg(any(test, feature = "testing"))]
     pub naive_cursor: Option<NaiveCursor>,
+    /// Negative control for tests only: `false` fails a page holding a rejected record, as the
+    /// engine did before per-record rejection (the run fails there on every run: a stall).
+    #[cfg(any(test, feature = "testing"))]
+    pub per_record_rejection: bool,
 }
 
 /// A progress callback.
@@ -72,6 +79,8 @@ impl Default for DeltaOptions {
             on_page: None,
             #[cfg(any(test, feature = "testing"))]
             naive_cursor: None,
+            #[cfg(any(test, feature = "testing"))]
+            per_record_rejection: true,
         }
     }
 }
@@ -146,6 +155,17 @@ impl DeltaOptions {
     fn wall_clock_at_end(&self) -> bool {
         false
     }
+
+    /// The negative control of per-record rejection: a rejected record fails its page.
+    #[cfg(any(test, feature = "testing"))]
+    fn fails_on_rejected(&self) -> bool {
+        !self.per_record_rejection
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn fails_on_rejected(&self) -> bool {
+        false
+    }
 }
 
 /// How a run ended.
@@ -185,12 +205,14 @@ pub struct DeltaSummary {
     pub restored: u64,
     pub unchanged: u64,
     pub stale: u64,
-    /// Records the store refused as too large (`StoreError::TooLarge`): skipped, so that one
-    /// oversized record does not stop the entity's sync; reconciliation keeps reporting them.
+    /// Records that cannot be synced, each counted once per run: taken out of their page by
+    /// the source client (no usable ID, no readable delta value, an unpaired surrogate escape)
+    /// or refused by the store as too large. Skipped, so that one bad record does not stop the
+    /// entity's sync; every later run and reconciliation keep reporting them. Not in `seen`.
     pub rejected: u64,
-    /// The first `REJECTED_IDS_KEPT` of them.
+    /// The first `sync::rejected::REJECTED_IDS_KEPT` of them, with their reasons.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rejected_ids: Vec<String>,
+    pub rejected_ids: Vec<RejectedRecord>,
     pub duration_ms: u64,
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
@@ -306,9 +328,28 @@ async fn sync_pages(
     let since = opts.query_start(cursor.as_ref());
     let mut ceiling: Option<Micros> = None; // set from the first answer
     let mut max_written: Option<Micros> = None;
+    let mut tally = Tally::default();
     let mut pages = source.list_changed_since(entity, since);
     while let Some(page) = pages.next().await {
         let page = page?;
+        if opts.fails_on_rejected()
+            && let Some(r) = page.rejected.first()
+        {
+            return Err(SyncError::Source(crate::SourceError::Rejected {
+                url: entity.to_owned(),
+                id: r.id.clone().unwrap_or_default(),
+                reason: r.reason,
+            }));
+        }
+        for r in &page.rejected {
+            tally.note(
+                entity,
+                "delta",
+                r,
+                &mut summary.rejected,
+                &mut summary.rejected_ids,
+            );
+        }
         if ceiling.is_none() {
             ceiling = Some(
                 page.source_date_us
@@ -331,7 +372,16 @@ async fn sync_pages(
             ttl_us: opts.lease_ttl_us,
             cursor: c,
         });
-        let outcomes = write_page(records, control, entity, &page.records, save, summary).await?;
+        let outcomes = write_page(
+            records,
+            control,
+            entity,
+            &page.records,
+            save,
+            summary,
+            &mut tally,
+        )
+        .await?;
         max_written = max_written.max(page_max);
         summary.pages += 1;
         summary.seen += page.records.len() as u64;
@@ -369,7 +419,7 @@ async fn sync_pages(
 }
 
 /// IDs of refused records kept in a run's summary.
-pub const REJECTED_IDS_KEPT: usize = 20;
+pub use crate::sync::rejected::REJECTED_IDS_KEPT;
 
 /// A page's writes and checkpoint. A record the store refuses as too large (both stores check
 /// every record before writing any) is taken out of the page, counted and logged, and the rest
@@ -381,6 +431,7 @@ async fn write_page(
     page: &[Record],
     save: Option<CursorSave<'_>>,
     summary: &mut DeltaSummary,
+    tally: &mut Tally,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut rows = std::borrow::Cow::Borrowed(page);
     loop {
@@ -397,16 +448,17 @@ async fn write_page(
                     return Err(StoreError::TooLarge { key, bytes });
                 };
                 let r = rows.to_mut().remove(i);
-                tracing::warn!(
+                tracing::debug!(entity, id = %r.id, bytes, "record too large for the store");
+                tally.note(
                     entity,
-                    id = %r.id,
-                    bytes,
-                    "record too large for the store: skipped and counted"
+                    "delta",
+                    &Rejected {
+                        id: Some(r.id),
+                        reason: RejectReason::TooLarge,
+                    },
+                    &mut summary.rejected,
+                    &mut summary.rejected_ids,
                 );
-                summary.rejected += 1;
-                if summary.rejected_ids.len() < REJECTED_IDS_KEPT {
-                    summary.rejected_ids.push(r.id);
-                }
             }
             other => return other,
         }
@@ -502,8 +554,16 @@ mod tests {
     fn page(recs: Vec<Record>, date: Micros) -> Result<RecordPage, crate::SourceError> {
         Ok(RecordPage {
             records: recs,
+            rejected: Vec::new(),
             source_date_us: Some(date),
         })
+    }
+
+    fn rejected(id: Option<&str>, reason: RejectReason) -> Rejected {
+        Rejected {
+            id: id.map(str::to_owned),
+            reason,
+        }
     }
 
     #[test]
@@ -636,7 +696,13 @@ mod tests {
             (s.status, s.seen, s.inserted, s.rejected),
             (RunStatus::Succeeded, 3, 2, 1)
         );
-        assert_eq!(s.rejected_ids, ["2"]);
+        assert_eq!(
+            s.rejected_ids,
+            [RejectedRecord {
+                id: Some("2".into()),
+                reason: "too_large".into()
+            }]
+        );
         assert!(store.get("people", "2").await.unwrap().is_none());
         assert!(store.get("people", "3").await.unwrap().is_some());
         let state = store.job_state("people", JobKind::Delta).await.unwrap();
@@ -646,10 +712,79 @@ mod tests {
         );
         let runs = store.list_runs("people", JobKind::Delta, 1).await.unwrap();
         assert!(
-            runs[0].summary.contains("\"rejected_ids\":[\"2\"]"),
+            runs[0]
+                .summary
+                .contains(r#""rejected_ids":[{"id":"2","reason":"too_large"}]"#),
             "{}",
             runs[0].summary
         );
+    }
+
+    /// Two pages, the first holding two rejected records (one of them again on the second
+    /// page, re-read at the boundary); the run's summary and cursor.
+    async fn run_with_rejected(per_record_rejection: bool) -> (Result<DeltaSummary, SyncError>, Option<Micros>, usize) {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        let mut first = page(vec![rec("1", 100, "a"), rec("3", 300, "a")], 1_000).unwrap();
+        first.rejected = vec![
+            rejected(Some("2"), RejectReason::NullDelta),
+            rejected(None, RejectReason::MissingId),
+        ];
+        let mut second = page(vec![rec("4", 400, "a")], 1_000).unwrap();
+        second.rejected = vec![rejected(Some("2"), RejectReason::NullDelta)];
+        src.listings
+            .lock()
+            .unwrap()
+            .push_back(vec![Ok(first), Ok(second)]);
+        let opts = DeltaOptions {
+            overlap_us: 0,
+            per_record_rejection,
+            ..Default::default()
+        };
+        let s = run_delta(&src, &rs, &cs, "people", &opts).await;
+        let cursor = cs
+            .job_state("people", JobKind::Delta)
+            .await
+            .unwrap()
+            .cursor
+            .map(|c| DeltaCursor::decode(&c).unwrap().watermark_us);
+        let stored = rs.items.lock().unwrap().len();
+        (s, cursor, stored)
+    }
+
+    #[tokio::test]
+    async fn rejected_records_are_counted_once_with_their_reason_and_the_rest_written() {
+        let (s, cursor, stored) = run_with_rejected(true).await;
+        let s = s.unwrap();
+        assert_eq!(
+            (s.status, s.seen, s.inserted, s.rejected),
+            (RunStatus::Succeeded, 3, 3, 2)
+        );
+        assert_eq!(
+            s.rejected_ids,
+            [
+                RejectedRecord {
+                    id: Some("2".into()),
+                    reason: "null_delta".into()
+                },
+                RejectedRecord {
+                    id: None,
+                    reason: "missing_id".into()
+                }
+            ]
+        );
+        assert_eq!((cursor, stored), (Some(400), 3), "the cursor moved past them");
+        let line: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
+        assert_eq!(line["RecordsRejected"], 2.0);
+    }
+
+    #[tokio::test]
+    async fn negative_control_a_rejected_record_failing_its_page_stalls_the_entity() {
+        let (s, cursor, stored) = run_with_rejected(false).await;
+        let e = s.unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("null_delta"), "{e}");
+        assert_eq!((cursor, stored), (None, 0), "nothing written, the cursor never moves");
     }
 
     #[tokio::test]

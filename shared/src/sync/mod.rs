@@ -4,4 +4,5 @@
 
 pub mod delta;
 pub mod reconcile;
+pub mod rejected;
 pub mod worker;

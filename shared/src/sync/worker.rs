@@ -12,15 +12,21 @@
 //!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
 //! - One span per message (`message`: message ID, event ID, entity, record ID; never its
 //!   body), in which its claim calls run and its failure is logged.
+//! - A record the source has but that cannot be synced (`SourceError::Rejected`: a null or
+//!   unreadable delta value, an unpaired surrogate escape, ...) or that the store refuses as too
+//!   large: its messages are done (deleted from the queue, not retried: retrying cannot help
+//!   until the source changes the record, and that change sends a new event), counted in
+//!   `RecordsRejected` (per entity, `Strategy` = `worker`) and logged with the ID and reason.
+//!   Never a delete, announced or not: the source has the record.
 
 use crate::config::Env;
 use crate::core::timefmt::now_us;
 use crate::error::{ConfigError, SourceError, StoreError};
-use crate::model::{DeleteOutcome, Micros, Record, Strategy, WriteOutcome};
+use crate::model::{DeleteOutcome, Micros, Record, RejectReason, Strategy, WriteOutcome};
 use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tracing::Instrument;
 
 /// When the dedup marker is written (a negative-control switch, compiled for tests only).
@@ -56,6 +62,10 @@ pub struct WorkerOptions {
     /// Negative control for tests: `false` deletes on a delete event without asking the source.
     #[cfg(any(test, feature = "testing"))]
     pub confirm_deletes: bool,
+    /// Negative control for tests: `false` fails the messages of a record that cannot be
+    /// synced (redelivered until the DLQ takes them), as before per-record rejection.
+    #[cfg(any(test, feature = "testing"))]
+    pub per_record_rejection: bool,
 }
 
 impl Default for WorkerOptions {
@@ -70,6 +80,8 @@ impl Default for WorkerOptions {
             dedup: DedupMode::InProgressThenCompleted,
             #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
+            #[cfg(any(test, feature = "testing"))]
+            per_record_rejection: true,
         }
     }
 }
@@ -126,6 +138,17 @@ impl WorkerOptions {
     fn completes_first(&self) -> bool {
         false
     }
+
+    /// Negative control: a record that cannot be synced fails its messages.
+    #[cfg(any(test, feature = "testing"))]
+    fn fails_on_rejected(&self) -> bool {
+        !self.per_record_rejection
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn fails_on_rejected(&self) -> bool {
+        false
+    }
 }
 
 /// One received message.
@@ -162,6 +185,9 @@ pub struct BatchReport {
     pub delete_skipped: usize,
     pub not_found: usize,
     pub ceiling_tripped: bool,
+    /// Records the source has that cannot be synced (`SourceError::Rejected`) or that the
+    /// store refused as too large, per entity: their messages are done, not retried.
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl BatchReport {
@@ -398,6 +424,8 @@ impl Group {
 
 enum Fetched {
     Found(Record),
+    /// The source has it, but it cannot be synced.
+    Rejected(RejectReason),
     /// A JSON 404; the time the request started is the evidence time of the delete.
     NotFound(Micros),
     /// Not fetched: a delete event taken at its word (negative control only).
@@ -447,10 +475,14 @@ async fn fetch_all(
             let (entity, id) = (groups[i].entity.clone(), groups[i].id.clone());
             async move {
                 let started = now_us();
-                let r = deps.source.get_by_id(&entity, &id).await.map(|r| match r {
-                    Some(rec) => Fetched::Found(rec),
-                    None => Fetched::NotFound(started),
-                });
+                let r = match deps.source.get_by_id(&entity, &id).await {
+                    Ok(Some(rec)) => Ok(Fetched::Found(rec)),
+                    Ok(None) => Ok(Fetched::NotFound(started)),
+                    Err(SourceError::Rejected { reason, .. }) if !opts.fails_on_rejected() => {
+                        Ok(Fetched::Rejected(reason))
+                    }
+                    Err(e) => Err(e),
+                };
                 (i, r)
             }
         })
@@ -476,7 +508,12 @@ async fn apply(
     // The 404 ceiling: unexpected 404s among the records fetched.
     let fetched_count = fetched
         .iter()
-        .filter(|f| matches!(f, Some(Fetched::Found(_) | Fetched::NotFound(_))))
+        .filter(|f| {
+            matches!(
+                f,
+                Some(Fetched::Found(_) | Fetched::NotFound(_) | Fetched::Rejected(_))
+            )
+        })
         .count();
     let unexpected = fetched
         .iter()
@@ -511,6 +548,9 @@ async fn apply(
                 e.1.push(rec);
             }
             Some(Fetched::NotFound(ev)) => deletes.push((i, ev)),
+            Some(Fetched::Rejected(reason)) => {
+                reject(&mut groups[i], reason, report);
+            }
             #[cfg(any(test, feature = "testing"))]
             Some(Fetched::Unconfirmed(ev)) => deletes.push((i, ev)),
             None => {}
@@ -524,24 +564,26 @@ async fn apply(
             }));
         }
     }
-    for (strategy, (idx, recs)) in found {
-        match deps.records.upsert_many(&recs, strategy).await {
-            Ok(outcomes) => {
-                for (&i, o) in idx.iter().zip(outcomes) {
-                    match o {
-                        WriteOutcome::Inserted | WriteOutcome::Updated | WriteOutcome::Restored => {
-                            report.written += 1
-                        }
-                        WriteOutcome::Unchanged => report.unchanged += 1,
-                        WriteOutcome::Stale => report.stale += 1,
+    for (strategy, (mut idx, mut recs)) in found {
+        loop {
+            match deps.records.upsert_many(&recs, strategy).await {
+                // One record too large for the store: done and counted, the others written.
+                Err(StoreError::TooLarge { key, bytes })
+                    if !opts.fails_on_rejected()
+                        && let Some(k) = recs
+                            .iter()
+                            .position(|r| key == crate::core::size::record_key(&r.entity, &r.id)) =>
+                {
+                    tracing::debug!(key = %key, bytes, "record too large for the store");
+                    recs.remove(k);
+                    reject(&mut groups[idx.remove(k)], RejectReason::TooLarge, report);
+                    if recs.is_empty() {
+                        break;
                     }
-                    groups[i].result = Some(Ok(()));
                 }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                for &i in &idx {
-                    groups[i].result = Some(Err(Failure::Group(text.clone())));
+                other => {
+                    settle_upserts(groups, &idx, other, report);
+                    break;
                 }
             }
         }
@@ -566,6 +608,48 @@ async fn apply(
     }
 }
 
+/// The upserts of one strategy done (each group's outcome counted) or failed (each group
+/// failed, to be redelivered).
+fn settle_upserts(
+    groups: &mut [Group],
+    idx: &[usize],
+    result: Result<Vec<WriteOutcome>, StoreError>,
+    report: &mut BatchReport,
+) {
+    match result {
+        Ok(outcomes) => {
+            for (&i, o) in idx.iter().zip(outcomes) {
+                match o {
+                    WriteOutcome::Inserted | WriteOutcome::Updated | WriteOutcome::Restored => {
+                        report.written += 1
+                    }
+                    WriteOutcome::Unchanged => report.unchanged += 1,
+                    WriteOutcome::Stale => report.stale += 1,
+                }
+                groups[i].result = Some(Ok(()));
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for &i in idx {
+                groups[i].result = Some(Err(Failure::Group(text.clone())));
+            }
+        }
+    }
+}
+
+/// A record that cannot be synced: its messages are done, counted and logged.
+fn reject(g: &mut Group, reason: RejectReason, report: &mut BatchReport) {
+    tracing::warn!(
+        entity = %g.entity,
+        id = %g.id,
+        reason = %reason,
+        "record cannot be synced: its messages are done, not retried (RecordsRejected)"
+    );
+    *report.rejected.entry(g.entity.clone()).or_default() += 1;
+    g.result = Some(Ok(()));
+}
+
 /// What a worker batch tells the operator: its log line and its metrics (the handler publishes
 /// them with `telemetry::publish`).
 impl BatchReport {
@@ -584,13 +668,27 @@ impl BatchReport {
             delete_skipped = self.delete_skipped,
             not_found = self.not_found,
             ceiling_tripped = self.ceiling_tripped,
+            rejected = self.rejected.values().sum::<u64>(),
             "worker batch finished"
         );
     }
 
-    /// The batch's metrics as one EMF line. `NotFoundCeilingTripped` has no dimensions, so that
-    /// one alarm watches every entity.
+    /// The batch's metrics as EMF lines: one for the batch (`NotFoundCeilingTripped` has no
+    /// dimensions, so that one alarm watches every entity), then one per entity with rejected
+    /// records (`RecordsRejected` under `Entity` and `Strategy` = `worker`, the dimensions the
+    /// rejected-records alarm sums over). Lines are separated by `\n`.
     pub fn metrics(&self) -> String {
+        let mut lines = vec![self.batch_metrics()];
+        for (entity, n) in &self.rejected {
+            lines.push(crate::telemetry::emf(
+                &[("Entity", entity), ("Strategy", "worker")],
+                &[("RecordsRejected", *n as f64, "Count")],
+            ));
+        }
+        lines.join("\n")
+    }
+
+    fn batch_metrics(&self) -> String {
         crate::telemetry::emf(
             &[],
             &[

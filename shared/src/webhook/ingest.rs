@@ -195,7 +195,7 @@ impl Ingest {
                     reason: Some(e.name.clone()),
                     received_at: now_us,
                 };
-                serde_json::to_string(&env).expect("an envelope serialises")
+                env.to_body()
             })
             .collect();
         if !bodies.is_empty() {

@@ -155,6 +155,7 @@ fn parse_bench(records: usize) -> serde_json::Value {
         next_link_pointer: Some(pointer_segments("/links/next")),
         next_cursor_pointer: None,
         timestamp_format: TimestampFormat::Rfc3339,
+        timestamp_offset: None,
     };
     let rounds = records.div_ceil(per_page);
     let (c0, t0) = (cpu_time(), Instant::now());

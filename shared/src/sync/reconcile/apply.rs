@@ -54,7 +54,7 @@ pub async fn apply(
     }
     let repairs = input.diff.to_fetch.pairs + input.diff.stale.pairs;
     if repairs > opts.targeted_limit {
-        out.rewound_to_us = Some(rewind_delta(deps, run, input).await?);
+        out.rewound_to_us = rewind_delta(deps, run, input).await?;
     } else if repairs > 0 {
         for (list, reason) in [
             (
@@ -113,20 +113,27 @@ async fn delete_batch(
 }
 
 /// Move the delta cursor back to just before the oldest missed or stale version, so that delta
-/// sync re-reads them (cheaper than one message each when there are many).
+/// sync re-reads them (cheaper than one message each when there are many). Rejected records'
+/// unknown versions (`listing::UNKNOWN_VERSION`) move nothing: with no other version, the
+/// cursor stays.
 async fn rewind_delta(
     deps: &ReconcileDeps<'_>,
     run: &RunRef,
     input: &ApplyInput,
-) -> Result<Micros, StepError> {
+) -> Result<Option<Micros>, StepError> {
     let mut oldest = Micros::MAX;
     for list in [&input.diff.to_fetch, &input.diff.stale] {
         for key in list.keys() {
             let mut r = RunReader::open(deps.spill, &key).await?;
             while let Some((_, v)) = r.next().await? {
-                oldest = oldest.min(v);
+                if v != super::listing::UNKNOWN_VERSION {
+                    oldest = oldest.min(v);
+                }
             }
         }
+    }
+    if oldest == Micros::MAX {
+        return Ok(None);
     }
     let target = oldest.saturating_sub(1_000_000);
     let holder = format!("{}-rewind", run.run_id);
@@ -163,7 +170,7 @@ async fn rewind_delta(
     deps.control
         .release_lease(&run.entity, JobKind::Delta, &holder)
         .await?;
-    Ok(result?)
+    Ok(Some(result?))
 }
 
 /// Queue one targeted sync per ID (500 a batch), `reason` in each message.
@@ -179,7 +186,7 @@ pub(super) async fn queue_targeted(
         let bodies: Vec<String> = chunk
             .iter()
             .map(|id| {
-                serde_json::to_string(&QueueEnvelope {
+                QueueEnvelope {
                     v: ENVELOPE_VERSION,
                     kind: MessageKind::Targeted,
                     entity: run.entity.clone(),
@@ -188,8 +195,8 @@ pub(super) async fn queue_targeted(
                     action: None,
                     reason: Some(reason.to_owned()),
                     received_at: now,
-                })
-                .expect("an envelope serialises")
+                }
+                .to_body()
             })
             .collect();
         let failed = deps.queue.send_batch(&bodies).await?;

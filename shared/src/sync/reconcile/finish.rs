@@ -44,6 +44,12 @@ pub async fn finish(
         queued: apply.queued,
         guard: input.guard.as_ref().map(|g| g.decision.clone()),
         duration_ms: ((now - run.started_us).max(0) / 1000) as u64,
+        rejected: input.source.as_ref().map_or(0, |s| s.rejected),
+        rejected_ids: input
+            .source
+            .as_ref()
+            .map(|s| s.rejected_ids.clone())
+            .unwrap_or_default(),
     };
     let mut detail = serde_json::to_value(&summary).unwrap_or_default();
     if let Some(e) = &input.error {

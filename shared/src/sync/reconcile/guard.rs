@@ -37,9 +37,16 @@ pub async fn guard(
             "the source listing is empty while the destination holds {} records",
             d.destination.ids
         ))
-    } else if let Some(total) = src.total_count.filter(|t| d.source.ids < *t) {
+    } else if let Some(total) = src
+        .total_count
+        .filter(|t| d.source.ids + src.rejected_unidentified < *t)
+    {
+        let unidentified = match src.rejected_unidentified {
+            0 => String::new(),
+            n => format!(" (and {n} records without a usable ID)"),
+        };
         blocked(format!(
-            "the listing returned {} IDs but the source reports {total}",
+            "the listing returned {} IDs{unidentified} but the source reports {total}",
             d.source.ids
         ))
     } else if candidates == 0 {
@@ -168,8 +175,9 @@ pub(super) async fn read_ids(
     Ok(out)
 }
 
-/// The IDs the source still has: those `get_by_id` answers with the record. A JSON 404 means
-/// gone; any error fails the step.
+/// The IDs the source still has: those `get_by_id` answers with the record, or with one it
+/// cannot sync (`SourceError::Rejected`: the source has it, so it is not gone). A JSON 404
+/// means gone; any other error fails the step.
 pub(super) async fn count_alive(
     source: &dyn SourceApi,
     entity: &str,
@@ -177,7 +185,13 @@ pub(super) async fn count_alive(
     concurrency: usize,
 ) -> Result<Vec<String>, SourceError> {
     let results: Vec<Result<Option<String>, SourceError>> = futures::stream::iter(ids)
-        .map(|id| async move { Ok(source.get_by_id(entity, id).await?.map(|_| id.clone())) })
+        .map(|id| async move {
+            match source.get_by_id(entity, id).await {
+                Ok(found) => Ok(found.map(|_| id.clone())),
+                Err(SourceError::Rejected { .. }) => Ok(Some(id.clone())),
+                Err(e) => Err(e),
+            }
+        })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;

@@ -5,8 +5,9 @@
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::timefmt::now_us;
-use crate::model::ID_SHARDS;
+use crate::model::{ID_SHARDS, IdVersion, Micros};
 use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
+use crate::sync::rejected::Tally;
 use crate::setdiff::{
     DiffOutputs, DiffSummary, MergeOptions, RunWriter, SortedRunWriter, diff_with, list_runs,
 };
@@ -76,9 +77,17 @@ pub async fn plan(
     Ok(out)
 }
 
+/// The version under which a rejected record with a usable ID goes into the source runs:
+/// present at the source, version unknown. Older than any stored version, so never "stale";
+/// missing at the destination, it is queued for a targeted sync (which the worker counts as
+/// rejected again); never a deletion candidate, since the source lists it.
+pub const UNKNOWN_VERSION: Micros = Micros::MIN;
+
 /// Stream the source's `(id, version)` pairs into sorted runs, until the listing ends or
 /// `stop_at` (then resumable from `progress`). A failing listing ends the step with
-/// `ended_normally = false`: the guard then deletes nothing, repairs still apply.
+/// `ended_normally = false`: the guard then deletes nothing, repairs still apply. Records the
+/// listing rejects are counted and reported (`SourceProgress::rejected`); those with a usable
+/// ID are written as present ([`UNKNOWN_VERSION`]).
 pub async fn source(
     deps: &ReconcileDeps<'_>,
     input: &SourceInput,
@@ -100,6 +109,7 @@ pub async fn source(
     let mut resume = p.resume.clone();
     let mut stopped = false;
     let pages_before = p.pages;
+    let mut tally = Tally::default();
     loop {
         // Every invocation reads at least one page, so that a run always progresses.
         if p.pages > pages_before && opts.stop_at.is_some_and(|t| Instant::now() >= t) {
@@ -120,8 +130,39 @@ pub async fn source(
                 break;
             }
             Some(Ok(page)) => {
+                if !opts.rejects_per_record()
+                    && let Some(r) = page.rejected.first()
+                {
+                    // The negative control: a bad record fails the listing, as it used to.
+                    p.done = true;
+                    p.ended_normally = false;
+                    p.error = Some(format!("record {:?}: {}", r.id, r.reason));
+                    break;
+                }
+                let present: Vec<IdVersion> = page
+                    .rejected
+                    .iter()
+                    .filter_map(|r| r.usable_id())
+                    .map(|id| IdVersion {
+                        id: id.to_owned(),
+                        delta_us: UNKNOWN_VERSION,
+                    })
+                    .collect();
+                for r in &page.rejected {
+                    if r.usable_id().is_none() {
+                        p.rejected_unidentified += 1;
+                    }
+                    tally.note(
+                        &run.entity,
+                        "reconcile",
+                        r,
+                        &mut p.rejected,
+                        &mut p.rejected_ids,
+                    );
+                }
                 writer.push_all(&page.ids).await?;
-                p.pairs += page.ids.len() as u64;
+                writer.push_all(&present).await?;
+                p.pairs += (page.ids.len() + present.len()) as u64;
                 p.pages += 1;
                 if page.total_count.is_some() {
                     p.total_count = page.total_count;

@@ -40,6 +40,10 @@ pub struct ReconcileOptions {
     /// with the `testing` feature: a shipped function always confirms.
     #[cfg(any(test, feature = "testing"))]
     pub confirm_deletes: bool,
+    /// Negative control for tests: `false` fails the source listing at a page holding a
+    /// rejected record, as before per-record rejection (the guard then blocks every run).
+    #[cfg(any(test, feature = "testing"))]
+    pub per_record_rejection: bool,
 }
 
 /// What the approval lease outlives the approval's timeout by.
@@ -63,6 +67,8 @@ impl Default for ReconcileOptions {
             stop_at: None,
             #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
+            #[cfg(any(test, feature = "testing"))]
+            per_record_rejection: true,
         }
     }
 }
@@ -118,6 +124,15 @@ impl ReconcileOptions {
     pub(super) fn confirms_deletes(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.confirm_deletes;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a rejected record is taken out of the listing and counted (always, without
+    /// `testing`), rather than failing it.
+    pub(super) fn rejects_per_record(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.per_record_rejection;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

@@ -7,7 +7,7 @@ use super::*;
 use crate::adapters::local::LocalSpill;
 use crate::error::{SourceError, StoreError};
 use crate::memory::{MemoryControl, MemoryRecords};
-use crate::model::{ID_SHARDS, IdVersion, Micros, RawJson, Record, Strategy};
+use crate::model::{ID_SHARDS, IdVersion, Micros, RawJson, Record, RejectReason, Rejected, Strategy};
 use crate::ports::{IdPage, LeaseOutcome, ReceivedMessage, RecordPage};
 use crate::setdiff::{DiffSummary, RunReader, list_runs};
 use crate::wire::{MessageKind, QueueEnvelope};
@@ -47,6 +47,10 @@ fn record(id: &str, delta_us: Micros, fetched_at_us: Micros) -> Record {
 #[derive(Default)]
 struct Listing {
     pages: Vec<Vec<IdVersion>>,
+    /// The records page `i` takes out (none when shorter).
+    rejected: Vec<Vec<Rejected>>,
+    /// IDs `get_by_id` finds but cannot sync (`SourceError::Rejected`).
+    unsyncable: HashSet<String>,
     total_count: Option<u64>,
     fail_at: Option<usize>,
     alive: HashSet<String>,
@@ -100,6 +104,7 @@ impl SourceApi for Listing {
             }
             out.push(Ok(IdPage {
                 ids: self.pages[i].clone(),
+                rejected: self.rejected.get(i).cloned().unwrap_or_default(),
                 total_count: self.total_count,
                 resume: (i + 1 < self.pages.len()).then(|| format!("t{}", i + 1)),
             }));
@@ -109,6 +114,13 @@ impl SourceApi for Listing {
 
     async fn get_by_id(&self, _entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
         self.confirmed.lock().unwrap().push(id.to_owned());
+        if self.unsyncable.contains(id) {
+            return Err(SourceError::Rejected {
+                url: "u".into(),
+                id: id.to_owned(),
+                reason: RejectReason::NullDelta,
+            });
+        }
         Ok(self
             .alive
             .contains(id)
@@ -899,6 +911,178 @@ async fn apply_rewinds_the_delta_cursor_instead_over_the_targeted_limit() {
     let input = apply_input(&fx, Decision::Nothing, &opts).await;
     let out = apply(&fx.deps(), &input, &opts).await.unwrap();
     assert_eq!(out.rewound_to_us, Some(1_000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// rejected records: reported, never deleted
+// ---------------------------------------------------------------------------------------------
+
+fn rejected(id: Option<&str>, reason: RejectReason) -> Rejected {
+    Rejected {
+        id: id.map(str::to_owned),
+        reason,
+    }
+}
+
+/// The destination holds p000..p009; the source lists p000..p007 and, on the same page, takes
+/// out p008 (null delta: a usable ID) and a record without a usable ID; p009 is gone. The
+/// source reports 10 records; `get_by_id` of p008 answers `Rejected`.
+async fn run_with_rejected(opts: &ReconcileOptions) -> (RunSummary, Fx) {
+    let source = Listing {
+        rejected: vec![vec![
+            rejected(Some(&id(8)), RejectReason::NullDelta),
+            rejected(Some(""), RejectReason::EmptyId),
+        ]],
+        unsyncable: [id(8)].into_iter().collect(),
+        total_count: Some(10),
+        ..Listing::of(vec![ids(0..8)])
+    };
+    let fx = Fx::new(source);
+    fx.store(&ids(0..10), 1).await;
+    let input = PlanInput {
+        entity: Some(ENTITY.into()),
+        ..PlanInput::default()
+    };
+    let mut summaries = run_all(&fx.deps(), &input, opts).await.unwrap();
+    (summaries.remove(0), fx)
+}
+
+#[tokio::test]
+async fn a_rejected_record_is_reported_counted_present_and_never_deleted() {
+    let opts = ReconcileOptions {
+        max_delete_share: 1.0,
+        ..ReconcileOptions::default()
+    };
+    let (s, fx) = run_with_rejected(&opts).await;
+    assert_eq!(s.status, "succeeded", "{s:?}");
+    assert!(fx.live(&id(8)).await, "listed as present: not a candidate");
+    assert!(!fx.live(&id(9)).await, "the record really gone is deleted");
+    assert_eq!(s.deleted, 1);
+    assert_eq!(s.rejected, 2);
+    let reasons: Vec<(Option<&str>, &str)> = s
+        .rejected_ids
+        .iter()
+        .map(|r| (r.id.as_deref(), r.reason.as_str()))
+        .collect();
+    assert_eq!(reasons, [(Some("p008"), "null_delta"), (Some(""), "empty_id")]);
+    assert_eq!(s.source_count, Some(9), "p008 counts as present (unknown version)");
+    assert_eq!((s.missed, s.stale), (0, 0), "an unknown version is never stale");
+    let line: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
+    assert_eq!(line["RecordsRejected"], 2.0);
+    let run = fx.control.list_runs(ENTITY, JobKind::Reconcile, 1).await.unwrap();
+    assert!(
+        run[0].summary.contains(r#"{"id":"p008","reason":"null_delta"}"#),
+        "{}",
+        run[0].summary
+    );
+}
+
+#[tokio::test]
+async fn negative_control_a_rejected_record_failing_the_listing_blocks_every_deletion() {
+    let opts = ReconcileOptions {
+        max_delete_share: 1.0,
+        per_record_rejection: false,
+        ..ReconcileOptions::default()
+    };
+    let (s, fx) = run_with_rejected(&opts).await;
+    assert_eq!(s.status, "guard_blocked", "{s:?}");
+    assert!(
+        fx.live(&id(9)).await,
+        "the record really gone stays: the listing never ends normally (a stall)"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_candidate_is_alive_at_the_source_never_gone() {
+    // Not listed at all, but get_by_id finds it (unsyncable): confirmed alive, not deleted.
+    let opts = ReconcileOptions {
+        max_delete_share: 1.0,
+        ..ReconcileOptions::default()
+    };
+    let (out, fx) = guard_of(
+        0..5,
+        0..4,
+        opts,
+        |s| {
+            s.unsyncable.insert(id(4));
+        },
+        |_| {},
+    )
+    .await;
+    assert!(matches!(out.decision, Decision::Blocked { .. }), "{out:?}");
+    assert_eq!(out.alive, 1);
+    assert!(fx.live(&id(4)).await);
+}
+
+#[tokio::test]
+async fn records_without_a_usable_id_count_towards_the_sources_total() {
+    let opts = ReconcileOptions {
+        max_delete_share: 1.0,
+        ..ReconcileOptions::default()
+    };
+    // 8 listed, 2 rejected without an ID, the source says 10: not a short listing.
+    let (out, _fx) = guard_of(
+        0..9,
+        0..8,
+        opts.clone(),
+        |s| {
+            s.total_count = Some(10);
+            s.rejected = vec![vec![
+                rejected(None, RejectReason::MissingId),
+                rejected(Some(&"9".repeat(1025)), RejectReason::LongId),
+            ]];
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(out.decision, Decision::Delete, "{out:?}");
+    // One short of the total is still a short listing.
+    let (out, _fx) = guard_of(
+        0..9,
+        0..8,
+        opts,
+        |s| {
+            s.total_count = Some(11);
+            s.rejected = vec![vec![rejected(None, RejectReason::MissingId)]];
+        },
+        |_| {},
+    )
+    .await;
+    assert!(
+        reason(&out.decision).contains("returned 8 IDs (and 1 records without a usable ID)"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_record_missing_at_the_destination_is_queued_but_never_rewinds_delta() {
+    // p005 rejected (usable ID) and missing at the destination: a targeted sync is queued.
+    let source = Listing {
+        rejected: vec![vec![rejected(Some(&id(5)), RejectReason::BadDelta)]],
+        ..Listing::of(vec![ids(0..5)])
+    };
+    let fx = Fx::new(source);
+    fx.store(&ids(0..5), 1).await;
+    let opts = ReconcileOptions::default();
+    let input = apply_input(&fx, Decision::Nothing, &opts).await;
+    let out = apply(&fx.deps(), &input, &opts).await.unwrap();
+    assert_eq!(out.queued, 1);
+    assert_eq!(fx.queue.envelopes()[0].id, id(5));
+    // Over the targeted limit, its unknown version moves no cursor.
+    delta_cursor_at(&fx, 9_000_000).await;
+    fx.control
+        .release_lease(ENTITY, JobKind::Delta, "delta")
+        .await
+        .unwrap();
+    let opts = ReconcileOptions {
+        targeted_limit: 0,
+        ..ReconcileOptions::default()
+    };
+    let out = apply(&fx.deps(), &input, &opts).await.unwrap();
+    assert_eq!(out.rewound_to_us, None);
+    let state = fx.control.job_state(ENTITY, JobKind::Delta).await.unwrap();
+    let cursor = crate::core::cursor::DeltaCursor::decode(state.cursor.as_deref().unwrap());
+    assert_eq!(cursor.unwrap().watermark_us, 9_000_000);
 }
 
 // ---------------------------------------------------------------------------------------------

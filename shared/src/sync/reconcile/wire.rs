@@ -6,6 +6,7 @@
 use super::ReconcileOptions;
 use crate::model::Micros;
 use crate::setdiff::DiffSummary;
+use crate::sync::rejected::RejectedRecord;
 use crate::telemetry::emf;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,16 @@ pub struct SourceProgress {
     /// Why the listing did not end normally.
     #[serde(default)]
     pub error: Option<String>,
+    /// Records the listing took out (`IdPage::rejected`): those with a usable ID are in the
+    /// source runs as present (version unknown), the others only counted here.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Of them, those without a usable ID: the guard counts them towards the source's total.
+    #[serde(default)]
+    pub rejected_unidentified: u64,
+    /// The first `sync::rejected::REJECTED_IDS_KEPT` of them, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_ids: Vec<RejectedRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +256,11 @@ pub struct RunSummary {
     pub queued: u64,
     pub guard: Option<Decision>,
     pub duration_ms: u64,
+    /// Records the source listing held that cannot be synced (never deleted because of it).
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_ids: Vec<RejectedRecord>,
 }
 
 /// What `dispatch` answers: one step's output. It serialises as that output alone (each step's
@@ -309,6 +325,7 @@ impl RunSummary {
             missed = self.missed,
             stale = self.stale,
             queued = self.queued,
+            rejected = self.rejected,
             duration_ms = self.duration_ms,
             "reconciliation finished"
         );
@@ -323,6 +340,7 @@ impl RunSummary {
                 ("ReconcileMissed", self.missed as f64, "Count"),
                 ("ReconcileStale", self.stale as f64, "Count"),
                 ("ReconcileDeleted", self.deleted as f64, "Count"),
+                ("RecordsRejected", self.rejected as f64, "Count"),
                 ("RunFailed", failed, "Count"),
             ],
         )

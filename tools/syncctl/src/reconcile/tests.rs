@@ -458,6 +458,8 @@ fn the_json_report_has_a_stable_shape() {
                     reason: "10 deletions".into(),
                 }),
                 duration_ms: 12,
+                rejected: 0,
+                rejected_ids: Vec::new(),
             }),
             RunRow::empty("donations", "skipped"),
         ],
