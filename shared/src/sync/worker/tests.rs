@@ -19,6 +19,8 @@ enum Answer {
     Found(Record),
     /// A 503 after the retry policy gave up.
     Fails,
+    /// Found, but it cannot be synced.
+    Rejected(crate::model::RejectReason),
 }
 
 /// A source whose `get_by_id` answers from a table and notes every call (ID, start time).
@@ -95,6 +97,11 @@ impl SourceApi for Source {
                 status: 503,
                 url: format!("https://source.test/{entity}/{id}"),
                 attempts: 3,
+            }),
+            Some(Answer::Rejected(reason)) => Err(SourceError::Rejected {
+                url: format!("https://source.test/{entity}/{id}"),
+                id: id.to_owned(),
+                reason: *reason,
             }),
             None => Ok(None),
         }
@@ -747,4 +754,91 @@ mod spans {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// records that cannot be synced
+// ---------------------------------------------------------------------------------------------
+
+/// Record 1 found, record 2 found but unsyncable (null delta), record 3 deleted at the source
+/// and announced, with record 2 also announced deleted; record 2 is stored.
+async fn batch_with_an_unsyncable_record(opts: &WorkerOptions) -> (World, BatchReport) {
+    let w = World::new(Source::with([fresh("1", 10, "a")]));
+    w.source.answers.lock().unwrap().insert(
+        "2".into(),
+        Answer::Rejected(crate::model::RejectReason::NullDelta),
+    );
+    w.seed("2", 5, 1).await;
+    let delete = |m: &str, id: &str, ev: &str| {
+        msg(
+            m,
+            envelope(
+                MessageKind::Webhook,
+                id,
+                Some(ev),
+                Some(EnvelopeAction::Delete),
+            ),
+        )
+    };
+    let msgs = [
+        webhook("m1", "1", "e1"),
+        webhook("m2", "2", "e2"),
+        delete("m3", "2", "e3"),
+        msg("m4", envelope(MessageKind::Targeted, "2", None, None)),
+    ];
+    let r = w.run(&msgs, opts).await;
+    (w, r)
+}
+
+#[tokio::test]
+async fn an_unsyncable_record_is_counted_its_messages_done_and_never_deleted() {
+    let (w, r) = batch_with_an_unsyncable_record(&WorkerOptions::default()).await;
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(r.rejected.get(ENTITY), Some(&1), "one record, counted once");
+    assert_eq!((r.written, r.deleted), (1, 0));
+    let kept = w.stored("2").await.expect("kept");
+    assert!(!kept.is_deleted(), "an announced delete of a record the source has");
+    // Its events are done: a redelivery is a duplicate, not a retry for ever.
+    assert!(w.event("e2").is_some_and(|(done, _)| done));
+    let lines: Vec<serde_json::Value> = r
+        .metrics()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (&lines[1]["Entity"], &lines[1]["Strategy"], &lines[1]["RecordsRejected"]),
+        (&serde_json::json!("people"), &serde_json::json!("worker"), &serde_json::json!(1.0))
+    );
+}
+
+#[tokio::test]
+async fn negative_control_an_unsyncable_record_failing_its_messages_retries_them_for_ever() {
+    let opts = WorkerOptions {
+        per_record_rejection: false,
+        ..WorkerOptions::default()
+    };
+    let (w, r) = batch_with_an_unsyncable_record(&opts).await;
+    assert_eq!(r.failed, ["m2", "m3", "m4"], "{r:?}");
+    assert!(r.rejected.is_empty());
+    assert!(w.event("e2").is_none(), "released: redelivered, and failing again");
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_the_store_is_counted_and_the_others_written() {
+    let store = crate::adapters::local::LocalStore::in_memory().unwrap();
+    let big = format!(r#"{{"id":"2","n":"{}"}}"#, crate::core::size::noise(600 * 1024));
+    let huge = Record::new(ENTITY, "2", 10, now_us(), RawJson::parse(big).unwrap());
+    let source = Source::with([fresh("1", 10, "a"), huge, fresh("3", 10, "c")]);
+    let deps = WorkerDeps {
+        source: &source,
+        records: &store,
+        control: &store,
+    };
+    let msgs = [webhook("m1", "1", "e1"), webhook("m2", "2", "e2"), webhook("m3", "3", "e3")];
+    let r = process_batch(&deps, &msgs, &WorkerOptions::default()).await;
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!((r.written, r.rejected.get(ENTITY)), (2, Some(&1)));
+    assert!(store.get(ENTITY, "3").await.unwrap().is_some());
+    assert!(store.get(ENTITY, "2").await.unwrap().is_none());
 }
