@@ -92,9 +92,9 @@ impl SourceApi for Listing {
         let mut out = Vec::new();
         for i in start..self.pages.len() {
             if self.fail_at == Some(i) {
-                out.push(Err(SourceError::Pagination {
+                out.push(Err(SourceError::Walk {
                     url: format!("page {i}"),
-                    message: "the listing broke off".into(),
+                    source: crate::error::WalkError::Shifted,
                 }));
                 break;
             }
@@ -411,7 +411,7 @@ async fn a_broken_listing_ends_the_source_step_not_normally() {
         .unwrap();
     assert!(p.done && !p.ended_normally, "{p:?}");
     assert_eq!(p.pairs, 3);
-    assert!(p.error.as_deref().unwrap().contains("broke off"), "{p:?}");
+    assert!(p.error.as_deref().unwrap().contains("shifted"), "{p:?}");
 }
 
 #[tokio::test]
