@@ -24,7 +24,7 @@
 //! | `DELETE /__admin/{entity}/records/{id}` | | 204, or 404 |
 //! | `PUT /__admin/{entity}/records/{id}/corrupt` | `{"kind":"null_delta"\|"missing_delta"\|"bad_delta"\|"naive_timestamp"\|"empty_id"\|"long_id"\|"lone_surrogate"}`, plus `"bytes":n` for `long_id` | `{"id":..,"kind":..}` (and `"bytes"`); the record is served broken in listings and `GET <path>/<id>` until cleared (see [`crate::Corruption`]); 400 on an unknown kind |
 //! | `DELETE /__admin/{entity}/records/{id}/corrupt` | | 204: served intact again |
-//! | `GET /__admin/misbehave` | | `{"ignore_filter":false,"ignore_id_filter":false,"ignore_order":false,"ignore_offset":false,` `"ignore_page":false,"ignore_cursor":false,"clamp_last_page":false,"ignore_per_page":false}` (see [`crate::Misbehave`]) |
+//! | `GET /__admin/misbehave` | | `{"ignore_filter":false,"ignore_id_filter":false,"ignore_order":false,"ignore_offset":false,` `"ignore_page":false,"ignore_cursor":false,"clamp_last_page":false,"ignore_per_page":false,"reverse_order":false}` (see [`crate::Misbehave`]) |
 //! | `PUT /__admin/misbehave` | any subset of those fields | as GET (400 on an unknown field) |
 //! | `GET /__admin/webhooks` | | the target without its secret (`{"url":..,"scheme":"standard",` `"retry_ms":[..],"max_events_per_delivery":..,"batch_window_ms":..,"max_in_flight":..,` `"timeout_ms":..,"faults":{..}}`) or `null` |
 //! | `PUT /__admin/webhooks` | `{"url":..,"secret":..,"scheme":"pco-hex"\|"pco-base64"\|"standard"}` plus optional `"retry":"pco"\|"fast"\|"none"\|"50,100"`, the other fields of GET, or `null` to stop | as GET (400 when invalid) |

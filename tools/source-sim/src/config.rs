@@ -193,11 +193,14 @@ pub struct Misbehave {
     pub clamp_last_page: bool,
     /// `per_page` is ignored: [`SimConfig::default_per_page`] every time.
     pub ignore_per_page: bool,
+    /// Listings come back in the reverse of the order asked (descending for ascending, by the
+    /// same key), filters still honoured: a server whose sort disagrees with its filter.
+    pub reverse_order: bool,
 }
 
 impl Misbehave {
     /// The flag names, as in the admin JSON and `--misbehave`.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "ignore_filter",
         "ignore_id_filter",
         "ignore_order",
@@ -206,6 +209,7 @@ impl Misbehave {
         "ignore_cursor",
         "clamp_last_page",
         "ignore_per_page",
+        "reverse_order",
     ];
 
     /// The flag called `name`, if there is one.
@@ -219,6 +223,7 @@ impl Misbehave {
             "ignore_cursor" => &mut self.ignore_cursor,
             "clamp_last_page" => &mut self.clamp_last_page,
             "ignore_per_page" => &mut self.ignore_per_page,
+            "reverse_order" => &mut self.reverse_order,
             _ => return None,
         })
     }

@@ -70,8 +70,8 @@ struct Args {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
     /// Misbehaviour flags to switch on, comma-separated: ignore_filter, ignore_id_filter,
-    /// ignore_order, ignore_offset, ignore_page, ignore_cursor, clamp_last_page, ignore_per_page
-    /// (hostile-source tests; `PUT /__admin/misbehave` changes them at run time).
+    /// ignore_order, ignore_offset, ignore_page, ignore_cursor, clamp_last_page, ignore_per_page,
+    /// reverse_order (hostile-source tests; `PUT /__admin/misbehave` changes them at run time).
     #[arg(long, default_value = "", value_parser = str::parse::<Misbehave>)]
     misbehave: Misbehave,
     /// Deliver every change as a signed webhook (a POST) to this URL.

@@ -292,6 +292,9 @@ pub(crate) fn parse_list(
             _ => {}
         }
     }
+    if m.reverse_order {
+        order.desc = !order.desc;
+    }
     let paging = match (offset, page, cursor) {
         (None, None, None) => Paging::Offset(0),
         (Some(o), None, None) => Paging::Offset(o),

@@ -54,7 +54,7 @@ async fn flags_are_off_by_default_and_set_over_http() {
     let all_off = json!({
         "ignore_filter": false, "ignore_id_filter": false, "ignore_order": false,
         "ignore_offset": false, "ignore_page": false, "ignore_cursor": false,
-        "clamp_last_page": false, "ignore_per_page": false,
+        "clamp_last_page": false, "ignore_per_page": false, "reverse_order": false,
     });
     let r = admin(Method::GET, url.clone(), None).await;
     assert_eq!((r.status, r.json()), (200, all_off.clone()));
@@ -447,4 +447,23 @@ async fn ignore_per_page_serves_the_default_size() {
     assert_eq!(ids(&page), range(26, N), "page 2 of 25 per page");
     let r = list(&sim, Entity::People, &[("per_page", "0")]).await;
     assert_eq!(r.status, 200, "not validated: {}", r.body);
+}
+
+#[tokio::test]
+async fn reverse_order_serves_the_opposite_order_and_keeps_the_filter() {
+    let sim = sim().await;
+    let asked = [("order", "id"), ("where[id][gt]", "20")];
+    let page = list(&sim, Entity::People, &asked).await.json();
+    assert_eq!(ids(&page), range(21, N), "the control: obeyed");
+    set(
+        &sim,
+        Misbehave {
+            reverse_order: true,
+            ..Misbehave::default()
+        },
+    );
+    let page = list(&sim, Entity::People, &asked).await.json();
+    let mut want = range(21, N);
+    want.reverse();
+    assert_eq!(ids(&page), want);
 }
