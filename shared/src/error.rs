@@ -217,6 +217,21 @@ pub enum WalkError {
 }
 
 impl WalkError {
+    /// Whether a later run may succeed: the source's data moved under the walk, or it served a
+    /// page again. The order, the filters and the links are the configuration's or the
+    /// source's to fix: running again changes nothing.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            WalkError::NoProgress { .. }
+                | WalkError::RepeatedPage { .. }
+                | WalkError::LinkRepeats
+                | WalkError::EmptyFullPage
+                | WalkError::TieUnstable { .. }
+                | WalkError::Shifted
+        )
+    }
+
     /// An ID or value as shown in an error: at most 64 characters.
     pub fn shown(s: &str) -> String {
         s.chars().take(64).collect()
@@ -294,9 +309,8 @@ impl SourceError {
                 | SourceError::Timeout { .. }
                 | SourceError::Connect { .. }
                 | SourceError::Decode { .. }
-                | SourceError::Walk { .. }
                 | SourceError::Deadline { .. }
-        )
+        ) || matches!(self, SourceError::Walk { source, .. } if source.is_retryable())
     }
 }
 
