@@ -5,6 +5,7 @@ mod conformance_dynamodb;
 mod conformance_local;
 mod delta;
 mod harness;
+mod hostile;
 mod lambda_features;
 mod reconcile;
 mod reconcile_sfn;
