@@ -1448,6 +1448,7 @@ async fn a_record_too_large_for_the_store_is_skipped(rs: Records, cs: Control) {
     let page = |records| {
         Ok(RecordPage {
             records,
+            rejected: Vec::new(),
             source_date_us: Some(date),
         })
     };
@@ -1465,7 +1466,12 @@ async fn a_record_too_large_for_the_store_is_skipped(rs: Records, cs: Control) {
         (RunStatus::Succeeded, 4, 3, 1),
         "{s:?}"
     );
-    assert_eq!(s.rejected_ids, ["2"]);
+    let ids: Vec<(Option<&str>, &str)> = s
+        .rejected_ids
+        .iter()
+        .map(|r| (r.id.as_deref(), r.reason.as_str()))
+        .collect();
+    assert_eq!(ids, [(Some("2"), "too_large")]);
     assert!(rs.get(E, "2").await.expect("get").is_none());
     for id in ["1", "3", "4"] {
         assert!(rs.get(E, id).await.expect("get").is_some(), "{id}");

@@ -114,14 +114,16 @@ pub fn describe(s: &DeltaSummary) -> String {
     ) + &rejected(s)
 }
 
-/// What the store refused, when it refused anything.
+/// The records that cannot be synced, when there were any: counted, skipped, with their IDs
+/// and reasons (the first `REJECTED_IDS_KEPT`).
 fn rejected(s: &DeltaSummary) -> String {
     if s.rejected == 0 {
         return String::new();
     }
+    let shown: Vec<String> = s.rejected_ids.iter().map(ToString::to_string).collect();
     format!(
-        "; {} too large for the store, skipped (IDs {})",
+        "; {} rejected (cannot be synced), skipped: {}",
         s.rejected,
-        s.rejected_ids.join(", ")
+        shown.join(", ")
     )
 }

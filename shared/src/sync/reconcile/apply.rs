@@ -2,7 +2,7 @@
 //! conditional on the listing's start), and targeted syncs for the missed and stale records, or
 //! a rewind of the delta cursor when they are too many.
 
-use super::guard::{count_alive, read_ids};
+use super::guard::{Alive, count_alive, read_ids};
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::cursor::DeltaCursor;
@@ -82,14 +82,14 @@ async fn delete_batch(
     let alive = if opts.confirms_deletes() {
         count_alive(deps.source, &run.entity, ids, opts.concurrency).await?
     } else {
-        Vec::new()
+        Alive::default()
     };
-    if !alive.is_empty() {
-        out.alive += alive.len() as u64;
+    out.alive += alive.len() as u64;
+    if !alive.found.is_empty() {
         queue_targeted(
             deps,
             run,
-            &alive,
+            &alive.found,
             "reconcile: listed as gone, source has it",
         )
         .await?;

@@ -60,18 +60,24 @@ pub async fn guard(
         out.checked = sample.len() as u64;
         let alive = count_alive(deps.source, &run.entity, &sample, opts.concurrency).await?;
         out.alive = alive.len() as u64;
+        // Candidates the source has but cannot sync: the listing's records without a usable
+        // ID explain as many (the same records, under an ID that does not read there). Never
+        // deleted (`apply` confirms each again); more of them than that, the listing missed some.
+        let explained = alive.unsyncable.len() as u64 <= src.rejected_unidentified;
+        let missed = alive.found.len() + if explained { 0 } else { alive.unsyncable.len() };
         let share = candidates as f64 / d.destination.ids.max(1) as f64;
-        if !alive.is_empty() {
+        if !alive.found.is_empty() {
             queue_targeted(
                 deps,
                 run,
-                &alive,
+                &alive.found,
                 "reconcile: listed as gone, source has it",
             )
             .await?;
+        }
+        if missed > 0 {
             blocked(format!(
-                "{} of {} checked candidates still exist at the source: the listing missed them",
-                alive.len(),
+                "{missed} of {} checked candidates still exist at the source: the listing missed them",
                 sample.len()
             ))
         } else if candidates > opts.max_confirmations {
@@ -175,30 +181,54 @@ pub(super) async fn read_ids(
     Ok(out)
 }
 
-/// The IDs the source still has: those `get_by_id` answers with the record, or with one it
-/// cannot sync (`SourceError::Rejected`: the source has it, so it is not gone). A JSON 404
-/// means gone; any other error fails the step.
+/// The candidates the source still has, by how it answered `get_by_id`.
+#[derive(Debug, Default)]
+pub(super) struct Alive {
+    /// With the record.
+    pub found: Vec<String>,
+    /// With one it cannot sync (`SourceError::Rejected`): the source has it, so it is not gone.
+    pub unsyncable: Vec<String>,
+}
+
+impl Alive {
+    pub fn len(&self) -> usize {
+        self.found.len() + self.unsyncable.len()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.found.iter().chain(&self.unsyncable).any(|a| a == id)
+    }
+}
+
+/// Which of `ids` the source still has. A JSON 404 means gone; any error other than
+/// `SourceError::Rejected` fails the step.
 pub(super) async fn count_alive(
     source: &dyn SourceApi,
     entity: &str,
     ids: &[String],
     concurrency: usize,
-) -> Result<Vec<String>, SourceError> {
-    let results: Vec<Result<Option<String>, SourceError>> = futures::stream::iter(ids)
+) -> Result<Alive, SourceError> {
+    /// How the source answered for one ID: `Some(true)` found, `Some(false)` unsyncable,
+    /// `None` gone.
+    type Answer = Option<bool>;
+    let results: Vec<(&String, Result<Answer, SourceError>)> = futures::stream::iter(ids)
         .map(|id| async move {
-            match source.get_by_id(entity, id).await {
-                Ok(found) => Ok(found.map(|_| id.clone())),
-                Err(SourceError::Rejected { .. }) => Ok(Some(id.clone())),
+            let answer = match source.get_by_id(entity, id).await {
+                Ok(found) => Ok(found.map(|_| true)),
+                Err(SourceError::Rejected { .. }) => Ok(Some(false)),
                 Err(e) => Err(e),
-            }
+            };
+            (id, answer)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let mut alive = Vec::new();
-    for r in results {
-        if let Some(id) = r? {
-            alive.push(id);
+    let mut alive = Alive::default();
+    for (id, r) in results {
+        match r? {
+            Some(true) => alive.found.push(id.clone()),
+            Some(false) => alive.unsyncable.push(id.clone()),
+            None => {}
         }
     }
     Ok(alive)

@@ -1078,6 +1078,33 @@ async fn a_rejected_candidate_is_alive_at_the_source_never_gone() {
     assert!(matches!(out.decision, Decision::Blocked { .. }), "{out:?}");
     assert_eq!(out.alive, 1);
     assert!(fx.live(&id(4)).await);
+    assert!(fx.queue.envelopes().is_empty(), "nothing to sync: it would be rejected");
+}
+
+#[tokio::test]
+async fn an_unsyncable_candidate_explained_by_an_unreadable_id_in_the_listing_is_kept_not_blocking() {
+    // p004's ID does not read in the listing (empty there); get_by_id(p004) finds it
+    // unsyncable. p005 is really gone: deleted; p004 stays.
+    let source = Listing {
+        rejected: vec![vec![rejected(Some(""), RejectReason::EmptyId)]],
+        unsyncable: [id(4)].into_iter().collect(),
+        total_count: Some(5),
+        ..Listing::of(vec![ids(0..4)])
+    };
+    let fx = Fx::new(source);
+    fx.store(&ids(0..6), 1).await;
+    let opts = ReconcileOptions {
+        max_delete_share: 1.0,
+        ..ReconcileOptions::default()
+    };
+    let input = PlanInput {
+        entity: Some(ENTITY.into()),
+        ..PlanInput::default()
+    };
+    let s = run_all(&fx.deps(), &input, &opts).await.unwrap().remove(0);
+    assert_eq!((s.status.as_str(), s.deleted, s.rejected), ("succeeded", 1, 1), "{s:?}");
+    assert!(fx.live(&id(4)).await);
+    assert!(!fx.live(&id(5)).await);
 }
 
 #[tokio::test]
