@@ -570,8 +570,7 @@ impl Config {
             return Err(err(
                 "-",
                 "source.timestamp_offset",
-                "applies to timestamp_format = \"rfc3339\" only (epoch values have no zone)"
-                    .into(),
+                "applies to timestamp_format = \"rfc3339\" only (epoch values have no zone)".into(),
             ));
         }
         if self.entities.is_empty() {

@@ -134,7 +134,9 @@ mod tests {
         assert!(targeted("😀").to_body().contains(r#""id":"\ud83d\ude00""#));
         assert_eq!(
             targeted("42").to_body(),
-            serde_json::to_string(&targeted("42")).unwrap().replace('é', "\\u00e9")
+            serde_json::to_string(&targeted("42"))
+                .unwrap()
+                .replace('é', "\\u00e9")
         );
     }
 

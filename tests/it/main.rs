@@ -1,5 +1,6 @@
 //! Integration tests: DynamoDB Local, moto and the simulator.
 
+mod bad_records;
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;

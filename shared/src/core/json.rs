@@ -1019,8 +1019,8 @@ mod tests {
         // Each string alone: the scan accepts it (as serde_json skipping it does); it finds an
         // unpaired surrogate exactly when serde_json cannot decode the string.
         let units = [
-            "\\ud83d", "\\ude00", "\\uD800", "\\uDFFF", "\\udbff", "\\udc00", "\\u0041",
-            "\\ud7ff", "\\ue000", "a", "\\n", "é", "\\\\u", "u",
+            "\\ud83d", "\\ude00", "\\uD800", "\\uDFFF", "\\udbff", "\\udc00", "\\u0041", "\\ud7ff",
+            "\\ue000", "a", "\\n", "é", "\\\\u", "u",
         ];
         let mut g = Gen(0x51_7CC1_B727_220A);
         for _ in 0..20_000 {
@@ -1036,14 +1036,18 @@ mod tests {
             assert_eq!(RawJson::parse(doc.as_str()).is_ok(), decodes, "{doc}");
         }
         // Where: the offset of the escape; in keys too; per element of a records array.
-        let doc = r#"{"data":[{"id":"1","n":"ok \ud83d\ude00"},{"id":"2","n":"x\ud800"},{"\udc00":3}]}"#;
+        let doc =
+            r#"{"data":[{"id":"1","n":"ok \ud83d\ude00"},{"id":"2","n":"x\ud800"},{"\udc00":3}]}"#;
         let (data, id) = (pointer_segments("/data"), pointer_segments("/id"));
         let f = Paths::with_elements(&[], &data, &[&id])
             .unwrap()
             .scan(doc)
             .unwrap();
         assert_eq!(f.lone_surrogates.len(), 2);
-        assert_eq!(&doc[f.lone_surrogates[0]..f.lone_surrogates[0] + 6], "\\ud800");
+        assert_eq!(
+            &doc[f.lone_surrogates[0]..f.lone_surrogates[0] + 6],
+            "\\ud800"
+        );
         let flagged: Vec<bool> = f.elements.iter().map(|e| f.lone_surrogate_in(e)).collect();
         assert_eq!(flagged, [false, true, true]);
         let e = RawJson::parse(r#"{"n":"x\ud800"}"#).unwrap_err();

@@ -277,7 +277,8 @@ mod tests {
             Err(ParseError::NoOffset)
         ));
         assert!(matches!(
-            TimestampFormat::EpochSeconds.parse_json_with("\"2024-05-01T13:00:00\"", Some(plus_one)),
+            TimestampFormat::EpochSeconds
+                .parse_json_with("\"2024-05-01T13:00:00\"", Some(plus_one)),
             Err(ParseError::NotEpoch { .. })
         ));
     }
@@ -287,10 +288,23 @@ mod tests {
         assert_eq!(parse_offset("+00:00").unwrap(), UtcOffset::UTC);
         assert_eq!(parse_offset("+14:00").unwrap().whole_seconds(), 14 * 3600);
         assert_eq!(parse_offset("-12:00").unwrap().whole_seconds(), -12 * 3600);
-        assert_eq!(parse_offset("+05:45").unwrap().whole_seconds(), 5 * 3600 + 45 * 60);
+        assert_eq!(
+            parse_offset("+05:45").unwrap().whole_seconds(),
+            5 * 3600 + 45 * 60
+        );
         for bad in [
-            "", "Z", "01:00", "+1:00", "+0100", "+01:00:00", "+01:60", "+14:01", "-12:30",
-            "+15:00", "+ab:cd", " +01:00",
+            "",
+            "Z",
+            "01:00",
+            "+1:00",
+            "+0100",
+            "+01:00:00",
+            "+01:60",
+            "+14:01",
+            "-12:30",
+            "+15:00",
+            "+ab:cd",
+            " +01:00",
         ] {
             assert!(parse_offset(bad).is_err(), "{bad:?}");
         }

@@ -600,7 +600,14 @@ mod tests {
             let p = parse_record_page("people", &body, &shape(), 0).unwrap();
             let kept: Vec<&str> = p.records.iter().map(|r| r.id.as_str()).collect();
             assert_eq!(kept, ["1", "3"], "{bad}");
-            assert_eq!(p.rejected, [Rejected { id: id.clone(), reason }], "{bad}");
+            assert_eq!(
+                p.rejected,
+                [Rejected {
+                    id: id.clone(),
+                    reason
+                }],
+                "{bad}"
+            );
             assert_eq!(p.elements(), 3);
             assert_eq!(p.total_count, Some(3));
             // The ID listing takes the same record out, for the same reason.
@@ -610,7 +617,10 @@ mod tests {
             assert_eq!(ids.elements(), 3);
             // Reasons name what is wrong, never the value.
             let shown = format!("{}", p.rejected[0].reason);
-            assert!(!shown.contains("private") && !shown.contains("Ann"), "{shown}");
+            assert!(
+                !shown.contains("private") && !shown.contains("Ann"),
+                "{shown}"
+            );
         }
         // At the store's limit, an ID is kept.
         let body = page_with(&format!(
@@ -679,7 +689,10 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(one(r#"{"data":{"id":"1""#), Err(ParseError::Json(_))));
+        assert!(matches!(
+            one(r#"{"data":{"id":"1""#),
+            Err(ParseError::Json(_))
+        ));
     }
 
     #[test]

@@ -750,7 +750,9 @@ mod tests {
 
     /// Two pages, the first holding two rejected records (one of them again on the second
     /// page, re-read at the boundary); the run's summary and cursor.
-    async fn run_with_rejected(per_record_rejection: bool) -> (Result<DeltaSummary, SyncError>, Option<Micros>, usize) {
+    async fn run_with_rejected(
+        per_record_rejection: bool,
+    ) -> (Result<DeltaSummary, SyncError>, Option<Micros>, usize) {
         let src = ScriptedSource::default();
         let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
         let mut first = page(vec![rec("1", 100, "a"), rec("3", 300, "a")], 1_000).unwrap();
@@ -801,7 +803,11 @@ mod tests {
                 }
             ]
         );
-        assert_eq!((cursor, stored), (Some(400), 3), "the cursor moved past them");
+        assert_eq!(
+            (cursor, stored),
+            (Some(400), 3),
+            "the cursor moved past them"
+        );
         let line: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
         assert_eq!(line["RecordsRejected"], 2.0);
     }
@@ -812,7 +818,11 @@ mod tests {
         let e = s.unwrap_err();
         assert!(!e.is_retryable(), "{e}");
         assert!(e.to_string().contains("null_delta"), "{e}");
-        assert_eq!((cursor, stored), (None, 0), "nothing written, the cursor never moves");
+        assert_eq!(
+            (cursor, stored),
+            (None, 0),
+            "nothing written, the cursor never moves"
+        );
     }
 
     #[tokio::test]

@@ -83,12 +83,42 @@ mod tests {
             id: id.map(str::to_owned),
             reason,
         };
-        assert!(t.note("people", "delta", &r(Some("7"), RejectReason::NullDelta), &mut n, &mut kept));
-        assert!(!t.note("people", "delta", &r(Some("7"), RejectReason::NullDelta), &mut n, &mut kept));
-        assert!(t.note("people", "delta", &r(None, RejectReason::MissingId), &mut n, &mut kept));
-        assert!(t.note("people", "delta", &r(None, RejectReason::MissingId), &mut n, &mut kept));
+        assert!(t.note(
+            "people",
+            "delta",
+            &r(Some("7"), RejectReason::NullDelta),
+            &mut n,
+            &mut kept
+        ));
+        assert!(!t.note(
+            "people",
+            "delta",
+            &r(Some("7"), RejectReason::NullDelta),
+            &mut n,
+            &mut kept
+        ));
+        assert!(t.note(
+            "people",
+            "delta",
+            &r(None, RejectReason::MissingId),
+            &mut n,
+            &mut kept
+        ));
+        assert!(t.note(
+            "people",
+            "delta",
+            &r(None, RejectReason::MissingId),
+            &mut n,
+            &mut kept
+        ));
         for i in 0..30 {
-            t.note("people", "delta", &r(Some(&i.to_string()), RejectReason::TooLarge), &mut n, &mut kept);
+            t.note(
+                "people",
+                "delta",
+                &r(Some(&i.to_string()), RejectReason::TooLarge),
+                &mut n,
+                &mut kept,
+            );
         }
         assert_eq!(n, 32);
         assert_eq!(kept.len(), REJECTED_IDS_KEPT);

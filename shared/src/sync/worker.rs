@@ -570,9 +570,9 @@ async fn apply(
                 // One record too large for the store: done and counted, the others written.
                 Err(StoreError::TooLarge { key, bytes })
                     if !opts.fails_on_rejected()
-                        && let Some(k) = recs
-                            .iter()
-                            .position(|r| key == crate::core::size::record_key(&r.entity, &r.id)) =>
+                        && let Some(k) = recs.iter().position(|r| {
+                            key == crate::core::size::record_key(&r.entity, &r.id)
+                        }) =>
                 {
                     tracing::debug!(key = %key, bytes, "record too large for the store");
                     recs.remove(k);

@@ -8,10 +8,10 @@ use crate::core::timefmt::now_us;
 use crate::error::SourceError;
 use crate::model::{ID_SHARDS, IdVersion, Micros};
 use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
-use crate::sync::rejected::Tally;
 use crate::setdiff::{
     DiffOutputs, DiffSummary, MergeOptions, RunWriter, SortedRunWriter, diff_with, list_runs,
 };
+use crate::sync::rejected::Tally;
 use futures::StreamExt;
 use std::time::Instant;
 

@@ -7,7 +7,9 @@ use super::*;
 use crate::adapters::local::LocalSpill;
 use crate::error::{SourceError, StoreError};
 use crate::memory::{MemoryControl, MemoryRecords};
-use crate::model::{ID_SHARDS, IdVersion, Micros, RawJson, Record, RejectReason, Rejected, Strategy};
+use crate::model::{
+    ID_SHARDS, IdVersion, Micros, RawJson, Record, RejectReason, Rejected, Strategy,
+};
 use crate::ports::{IdPage, LeaseOutcome, ReceivedMessage, RecordPage};
 use crate::setdiff::{DiffSummary, RunReader, list_runs};
 use crate::wire::{MessageKind, QueueEnvelope};
@@ -1030,14 +1032,31 @@ async fn a_rejected_record_is_reported_counted_present_and_never_deleted() {
         .iter()
         .map(|r| (r.id.as_deref(), r.reason.as_str()))
         .collect();
-    assert_eq!(reasons, [(Some("p008"), "null_delta"), (Some(""), "empty_id")]);
-    assert_eq!(s.source_count, Some(9), "p008 counts as present (unknown version)");
-    assert_eq!((s.missed, s.stale), (0, 0), "an unknown version is never stale");
+    assert_eq!(
+        reasons,
+        [(Some("p008"), "null_delta"), (Some(""), "empty_id")]
+    );
+    assert_eq!(
+        s.source_count,
+        Some(9),
+        "p008 counts as present (unknown version)"
+    );
+    assert_eq!(
+        (s.missed, s.stale),
+        (0, 0),
+        "an unknown version is never stale"
+    );
     let line: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
     assert_eq!(line["RecordsRejected"], 2.0);
-    let run = fx.control.list_runs(ENTITY, JobKind::Reconcile, 1).await.unwrap();
+    let run = fx
+        .control
+        .list_runs(ENTITY, JobKind::Reconcile, 1)
+        .await
+        .unwrap();
     assert!(
-        run[0].summary.contains(r#"{"id":"p008","reason":"null_delta"}"#),
+        run[0]
+            .summary
+            .contains(r#"{"id":"p008","reason":"null_delta"}"#),
         "{}",
         run[0].summary
     );
@@ -1078,11 +1097,15 @@ async fn a_rejected_candidate_is_alive_at_the_source_never_gone() {
     assert!(matches!(out.decision, Decision::Blocked { .. }), "{out:?}");
     assert_eq!(out.alive, 1);
     assert!(fx.live(&id(4)).await);
-    assert!(fx.queue.envelopes().is_empty(), "nothing to sync: it would be rejected");
+    assert!(
+        fx.queue.envelopes().is_empty(),
+        "nothing to sync: it would be rejected"
+    );
 }
 
 #[tokio::test]
-async fn an_unsyncable_candidate_explained_by_an_unreadable_id_in_the_listing_is_kept_not_blocking() {
+async fn an_unsyncable_candidate_explained_by_an_unreadable_id_in_the_listing_is_kept_not_blocking()
+{
     // p004's ID does not read in the listing (empty there); get_by_id(p004) finds it
     // unsyncable. p005 is really gone: deleted; p004 stays.
     let source = Listing {
@@ -1102,7 +1125,11 @@ async fn an_unsyncable_candidate_explained_by_an_unreadable_id_in_the_listing_is
         ..PlanInput::default()
     };
     let s = run_all(&fx.deps(), &input, &opts).await.unwrap().remove(0);
-    assert_eq!((s.status.as_str(), s.deleted, s.rejected), ("succeeded", 1, 1), "{s:?}");
+    assert_eq!(
+        (s.status.as_str(), s.deleted, s.rejected),
+        ("succeeded", 1, 1),
+        "{s:?}"
+    );
     assert!(fx.live(&id(4)).await);
     assert!(!fx.live(&id(5)).await);
 }

@@ -797,7 +797,10 @@ async fn an_unsyncable_record_is_counted_its_messages_done_and_never_deleted() {
     assert_eq!(r.rejected.get(ENTITY), Some(&1), "one record, counted once");
     assert_eq!((r.written, r.deleted), (1, 0));
     let kept = w.stored("2").await.expect("kept");
-    assert!(!kept.is_deleted(), "an announced delete of a record the source has");
+    assert!(
+        !kept.is_deleted(),
+        "an announced delete of a record the source has"
+    );
     // Its events are done: a redelivery is a duplicate, not a retry for ever.
     assert!(w.event("e2").is_some_and(|(done, _)| done));
     let lines: Vec<serde_json::Value> = r
@@ -807,8 +810,16 @@ async fn an_unsyncable_record_is_counted_its_messages_done_and_never_deleted() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(
-        (&lines[1]["Entity"], &lines[1]["Strategy"], &lines[1]["RecordsRejected"]),
-        (&serde_json::json!("people"), &serde_json::json!("worker"), &serde_json::json!(1.0))
+        (
+            &lines[1]["Entity"],
+            &lines[1]["Strategy"],
+            &lines[1]["RecordsRejected"]
+        ),
+        (
+            &serde_json::json!("people"),
+            &serde_json::json!("worker"),
+            &serde_json::json!(1.0)
+        )
     );
 }
 
@@ -821,13 +832,19 @@ async fn negative_control_an_unsyncable_record_failing_its_messages_retries_them
     let (w, r) = batch_with_an_unsyncable_record(&opts).await;
     assert_eq!(r.failed, ["m2", "m3", "m4"], "{r:?}");
     assert!(r.rejected.is_empty());
-    assert!(w.event("e2").is_none(), "released: redelivered, and failing again");
+    assert!(
+        w.event("e2").is_none(),
+        "released: redelivered, and failing again"
+    );
 }
 
 #[tokio::test]
 async fn a_record_too_large_for_the_store_is_counted_and_the_others_written() {
     let store = crate::adapters::local::LocalStore::in_memory().unwrap();
-    let big = format!(r#"{{"id":"2","n":"{}"}}"#, crate::core::size::noise(600 * 1024));
+    let big = format!(
+        r#"{{"id":"2","n":"{}"}}"#,
+        crate::core::size::noise(600 * 1024)
+    );
     let huge = Record::new(ENTITY, "2", 10, now_us(), RawJson::parse(big).unwrap());
     let source = Source::with([fresh("1", 10, "a"), huge, fresh("3", 10, "c")]);
     let deps = WorkerDeps {
@@ -835,7 +852,11 @@ async fn a_record_too_large_for_the_store_is_counted_and_the_others_written() {
         records: &store,
         control: &store,
     };
-    let msgs = [webhook("m1", "1", "e1"), webhook("m2", "2", "e2"), webhook("m3", "3", "e3")];
+    let msgs = [
+        webhook("m1", "1", "e1"),
+        webhook("m2", "2", "e2"),
+        webhook("m3", "3", "e3"),
+    ];
     let r = process_batch(&deps, &msgs, &WorkerOptions::default()).await;
     assert!(r.failed.is_empty(), "{r:?}");
     assert_eq!((r.written, r.rejected.get(ENTITY)), (2, Some(&1)));
