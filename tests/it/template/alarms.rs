@@ -248,10 +248,11 @@ fn template_alarms_watch_reconciliation() {
 }
 
 #[test]
-fn template_alarms_on_records_too_large_for_the_store() {
+fn template_alarms_on_records_that_cannot_be_synced() {
     let t = template();
     let code = production_code_under(&[root().join("shared/src")]);
-    // Records too large for the store: skipped by delta sync, summed over every entity.
+    // Records that cannot be synced: skipped by every strategy, summed over every entity and
+    // strategy (delta, reconcile, worker all emit it under Entity and Strategy).
     let a = &t["Resources"]["RecordsRejectedAlarm"]["Properties"];
     let q = a["Metrics"][0]["Expression"].as_str().expect("a query");
     assert!(
@@ -260,11 +261,16 @@ fn template_alarms_on_records_too_large_for_the_store() {
                 "SCHEMA(\"{}\", Entity, Strategy)",
                 telemetry::NAMESPACE
             ))
-            && q.contains("Strategy = 'delta'")
+            && !q.contains("WHERE")
             && !q.contains('*'),
         "{q}"
     );
-    assert!(code.contains("(\"Strategy\", \"delta\")"));
+    for strategy in ["delta", "reconcile", "worker"] {
+        assert!(
+            code.contains(&format!("(\"Strategy\", \"{strategy}\")")),
+            "{strategy}"
+        );
+    }
     assert!(code.contains("(\"RecordsRejected\", "), "the code emits it");
     assert_eq!(a["Threshold"].as_i64(), Some(0));
 }
