@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod parse;
+pub mod probe;
 pub mod ratelimit;
 
 use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
