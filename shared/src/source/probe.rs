@@ -176,6 +176,32 @@ pub enum ProbeError {
     Source(#[from] SourceError),
 }
 
+/// The delta listing from a later lower bound (the filter check; its order is checked too).
+enum FilterProbe {
+    /// No bound splits the first page (too few records, or one delta value).
+    Unsplittable,
+    Asked {
+        /// `param=value`, as sent.
+        asked: String,
+        /// The delta value the bound was taken from.
+        t: Micros,
+        /// The lowest delta value the filter lets through.
+        bound: Micros,
+        page: Result<Probed, SourceError>,
+    },
+}
+
+impl FilterProbe {
+    fn page(&self) -> Option<(&str, &Probed)> {
+        match self {
+            FilterProbe::Asked {
+                asked, page: Ok(p), ..
+            } => Some((asked, p)),
+            _ => None,
+        }
+    }
+}
+
 /// One probed page: `(id, delta)` pairs, the total and where the next page is.
 struct Probed {
     url: Url,
@@ -262,11 +288,12 @@ impl SourceClient {
         let c = self
             .probe_page(e, self.id_params(e), self.source.max_page_size)
             .await;
-        let order = self.check_order(e, &a, c.as_ref().ok());
+        let filtered = self.filter_probe(e, &a).await;
+        let order = self.check_order(e, &a, filtered.page(), c.as_ref().ok());
         let order_ok = order.verdict == Verdict::Pass;
         checks.push(order);
         checks.push(self.check_id_order(e, &c));
-        checks.push(self.check_filter(e, &a).await);
+        checks.push(self.check_filter(e, &a, filtered));
 
         let m = p.min(PROBE_PAGE);
         let p1 = self.probe_page(e, self.delta_params(e, m, None), m).await;
@@ -369,54 +396,80 @@ impl SourceClient {
         format!("{k}={v}")
     }
 
-    fn check_order(&self, e: &EntityRt, a: &Probed, by_id: Option<&Probed>) -> Check {
+    /// The delta order: both delta-ordered pages (the first, and the one from a later bound)
+    /// non-decreasing, and at least one of them not merely in ID order (a source that ignores
+    /// `order` and lists by ID looks right whenever the two orders agree).
+    fn check_order(
+        &self,
+        e: &EntityRt,
+        a: &Probed,
+        b: Option<(&str, &Probed)>,
+        by_id: Option<&Probed>,
+    ) -> Check {
         const NAME: &str = "order";
         let field = &e.cfg.delta_sync_field;
         if a.len() < 2 {
             return Check::cannot(NAME, format!("only {} record(s) to compare", a.len()));
         }
-        if let Some(w) = a.ids.windows(2).find(|w| w[1].delta_us < w[0].delta_us) {
-            return Check::fail(
-                NAME,
-                "source.order_param",
-                format!(
-                    "asked {}, but ID {} ({field} {}) comes after ID {} ({field} {}): the source \
-                     does not order by {field}; check `source.order_param` (the parameter's \
-                     name) and `delta_sync_field`",
-                    self.order_words(e),
-                    w[1].id,
-                    ts(w[1].delta_us),
-                    w[0].id,
-                    ts(w[0].delta_us),
-                ),
-            );
-        }
-        if let Some(c) = by_id {
-            let k = a.len().min(c.len());
-            if k == a.len()
-                && a.ids[..k]
-                    .iter()
-                    .map(|x| &x.id)
-                    .eq(c.ids[..k].iter().map(|x| &x.id))
-            {
-                return Check::cannot(
+        for (asked, page) in std::iter::once(("", a)).chain(b) {
+            if let Some(w) = page.ids.windows(2).find(|w| w[1].delta_us < w[0].delta_us) {
+                let with = if asked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {asked}")
+                };
+                return Check::fail(
                     NAME,
+                    "source.order_param",
                     format!(
-                        "the first {k} records are in the same order by {field} and by {}, so \
-                         whether the source honours {} cannot be told; run again once some \
-                         records have changed",
-                        e.cfg.id_order_field,
-                        self.order_words(e)
+                        "asked {}{with}, but ID {} ({field} {}) comes after ID {} ({field} {}): \
+                         the source does not order by {field}; check `source.order_param` (the \
+                         parameter's name) and `delta_sync_field`",
+                        self.order_words(e),
+                        w[1].id,
+                        ts(w[1].delta_us),
+                        w[0].id,
+                        ts(w[0].delta_us),
                     ),
                 );
             }
         }
+        let order = IdOrder::of(&e.cfg);
+        let a_not_by_id = match by_id {
+            Some(c) => {
+                let k = a.len().min(c.len());
+                k < a.len()
+                    || !a.ids[..k]
+                        .iter()
+                        .map(|x| &x.id)
+                        .eq(c.ids[..k].iter().map(|x| &x.id))
+            }
+            None => sorted_in(order, &a.ids) == Some(false),
+        };
+        let b_not_by_id = b.is_some_and(|(_, b)| sorted_in(order, &b.ids) == Some(false));
+        if !a_not_by_id && !b_not_by_id {
+            return Check::cannot(
+                NAME,
+                format!(
+                    "the records read are in the same order by {field} and by {}, so whether \
+                     the source honours {} cannot be told; run again once some records have \
+                     changed",
+                    e.cfg.id_order_field,
+                    self.order_words(e)
+                ),
+            );
+        }
         Check::pass(
             NAME,
             format!(
-                "{} record(s) asked with {} come back in {field} order",
-                a.len(),
-                self.order_words(e)
+                "{} record(s) asked with {} come back in {field} order{}",
+                a.len() + b.map_or(0, |(_, b)| b.len()),
+                self.order_words(e),
+                if b.is_some() {
+                    " (with and without a lower bound)"
+                } else {
+                    ""
+                }
             ),
         )
     }
@@ -516,18 +569,17 @@ impl SourceClient {
         )
     }
 
-    async fn check_filter(&self, e: &EntityRt, a: &Probed) -> Check {
-        const NAME: &str = "filter";
-        let field = &e.cfg.delta_sync_field;
+    /// Asks the delta listing from the lowest bound that leaves some record of the first page
+    /// below it, so that a filter honoured and one ignored answer differently.
+    async fn filter_probe(&self, e: &EntityRt, a: &Probed) -> FilterProbe {
         let gte = self.source.filter.supports(FilterOp::Gte);
         let fmt = self.source.timestamp_format;
-        // The lowest bound that leaves some record of the first page below it, so that a
-        // filter honoured and one ignored answer differently.
         let mut deltas: Vec<Micros> = a.ids.iter().map(|x| x.delta_us).collect();
         deltas.sort_unstable();
         deltas.dedup();
-        let min = deltas.first().copied();
-        let mut chosen = None;
+        let Some(&min) = deltas.first() else {
+            return FilterProbe::Unsplittable;
+        };
         for &t in deltas.iter().skip(deltas.len() / 2) {
             let (param, value) = self.delta_filter(e, t, false);
             // The instant the sent value stands for (the format may drop precision).
@@ -535,12 +587,32 @@ impl SourceClient {
                 continue;
             };
             let bound = if gte { sent } else { sent.saturating_add(1) };
-            if min.is_some_and(|m| m < bound) && bound <= t {
-                chosen = Some((t, param, value, bound));
-                break;
+            if min < bound && bound <= t {
+                let p = e.cfg.page_size;
+                let page = self
+                    .probe_page(e, self.delta_params(e, p, Some(t)), p)
+                    .await;
+                return FilterProbe::Asked {
+                    asked: format!("{param}={value}"),
+                    t,
+                    bound,
+                    page,
+                };
             }
         }
-        let Some((t, param, value, bound)) = chosen else {
+        FilterProbe::Unsplittable
+    }
+
+    fn check_filter(&self, e: &EntityRt, a: &Probed, probe: FilterProbe) -> Check {
+        const NAME: &str = "filter";
+        let field = &e.cfg.delta_sync_field;
+        let FilterProbe::Asked {
+            asked,
+            t,
+            bound,
+            page,
+        } = probe
+        else {
             return Check::cannot(
                 NAME,
                 format!(
@@ -550,15 +622,7 @@ impl SourceClient {
                 ),
             );
         };
-        let asked = format!("{param}={value}");
-        let b = match self
-            .probe_page(
-                e,
-                self.delta_params(e, e.cfg.page_size, Some(t)),
-                e.cfg.page_size,
-            )
-            .await
-        {
+        let b = match page {
             Ok(b) => b,
             Err(err) => return Check::error(NAME, "source.filter", &err),
         };

@@ -233,7 +233,11 @@ async fn an_ignored_offset_fails_the_pagination_check() {
     .await;
     let p = probe_people(&config(&sim, |_| {})).await;
     only_failure(&p, "pagination", "source.pagination");
-    assert!(by_name(&p, "pagination").detail.contains("offset=10"));
+    let d = &by_name(&p, "pagination").detail;
+    assert!(
+        d.contains("page 2 (offset=10) repeats 10 of page 1's 10 IDs"),
+        "{d}"
+    );
 }
 
 fn page_style() -> Pagination {
@@ -268,7 +272,8 @@ async fn an_ignored_page_number_fails_the_pagination_check() {
     .await;
     let p = probe_people(&config(&sim, |c| c.source.pagination = page_style())).await;
     only_failure(&p, "pagination", "source.pagination");
-    assert!(by_name(&p, "pagination").detail.contains("page=2"));
+    let d = &by_name(&p, "pagination").detail;
+    assert!(d.contains("page 2 (page=2) repeats"), "{d}");
 }
 
 #[tokio::test]
@@ -280,7 +285,11 @@ async fn an_ignored_cursor_fails_the_pagination_check() {
     .await;
     let p = probe_people(&config(&sim, |c| c.source.pagination = cursor_style())).await;
     only_failure(&p, "pagination", "source.pagination");
-    assert!(by_name(&p, "pagination").detail.contains("cursor="));
+    let d = &by_name(&p, "pagination").detail;
+    assert!(
+        d.contains("page 2 (cursor=") && d.contains("repeats"),
+        "{d}"
+    );
 }
 
 #[tokio::test]
@@ -442,4 +451,63 @@ async fn an_unknown_entity_is_refused() {
     let (code, out) = check(&cfg, &client, Some("nope"), false).await;
     assert_eq!(code, FAILED);
     assert!(out.contains("\"nope\" is not configured"), "{out}");
+}
+
+#[tokio::test]
+async fn the_order_cannot_be_told_while_delta_and_id_order_agree() {
+    // Fresh data: record i has the i-th timestamp, so a source that ignored `order` and listed
+    // by ID would answer the same.
+    let sim = testkit::sim::start(SimConfig {
+        people: N,
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = config(&sim, |_| {});
+    let p = probe_people(&cfg).await;
+    let order = by_name(&p, "order");
+    assert_eq!(order.verdict, Verdict::CannotCheck, "{}", show(&p));
+    assert!(order.detail.contains("cannot be told"), "{}", show(&p));
+    for c in p.checks.iter().filter(|c| c.name != "order") {
+        assert_eq!(c.verdict, Verdict::Pass, "{}", show(&p));
+    }
+    assert_eq!(exit_code(std::slice::from_ref(&p)), UNDECIDED);
+}
+
+#[tokio::test]
+async fn the_page_from_a_later_bound_decides_the_order() {
+    // Record 120 moved last: the first page is 1..=100 in both orders, the filtered page is not.
+    for (flags, verdict) in [
+        (Misbehave::default(), Verdict::Pass),
+        (
+            Misbehave {
+                ignore_order: true,
+                ..Misbehave::default()
+            },
+            Verdict::Fail,
+        ),
+    ] {
+        let sim = testkit::sim::start(SimConfig {
+            people: N,
+            ..SimConfig::default()
+        })
+        .await;
+        sim.update(Entity::People, 120, None);
+        sim.set_misbehave(flags);
+        let p = probe_people(&config(&sim, |_| {})).await;
+        assert_eq!(
+            by_name(&p, "order").verdict,
+            verdict,
+            "{flags:?}\n{}",
+            show(&p)
+        );
+        if verdict == Verdict::Fail {
+            assert!(
+                by_name(&p, "order")
+                    .detail
+                    .contains("with where[updated_at][gte]="),
+                "{}",
+                show(&p)
+            );
+        }
+    }
 }
