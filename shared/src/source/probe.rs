@@ -177,26 +177,22 @@ pub enum ProbeError {
 }
 
 /// The delta listing from a later lower bound (the filter check; its order is checked too).
-enum FilterProbe {
-    /// No bound splits the first page (too few records, or one delta value).
-    Unsplittable,
-    Asked {
-        /// `param=value`, as sent.
-        asked: String,
-        /// The delta value the bound was taken from.
-        t: Micros,
-        /// The lowest delta value the filter lets through.
-        bound: Micros,
-        page: Result<Probed, SourceError>,
-    },
+struct FilterProbe {
+    /// `param=value`, as sent.
+    asked: String,
+    /// The delta value the bound was taken from.
+    t: Micros,
+    /// The lowest delta value the filter lets through.
+    bound: Micros,
+    page: Result<Probed, SourceError>,
 }
 
 impl FilterProbe {
-    fn page(&self) -> Option<(&str, &Probed)> {
-        match self {
-            FilterProbe::Asked {
+    fn page(this: &Option<FilterProbe>) -> Option<(&str, &Probed)> {
+        match this {
+            Some(FilterProbe {
                 asked, page: Ok(p), ..
-            } => Some((asked, p)),
+            }) => Some((asked, p)),
             _ => None,
         }
     }
@@ -289,7 +285,7 @@ impl SourceClient {
             .probe_page(e, self.id_params(e), self.source.max_page_size)
             .await;
         let filtered = self.filter_probe(e, &a).await;
-        let order = self.check_order(e, &a, filtered.page(), c.as_ref().ok());
+        let order = self.check_order(e, &a, FilterProbe::page(&filtered), c.as_ref().ok());
         let order_ok = order.verdict == Verdict::Pass;
         checks.push(order);
         checks.push(self.check_id_order(e, &c));
@@ -571,15 +567,13 @@ impl SourceClient {
 
     /// Asks the delta listing from the lowest bound that leaves some record of the first page
     /// below it, so that a filter honoured and one ignored answer differently.
-    async fn filter_probe(&self, e: &EntityRt, a: &Probed) -> FilterProbe {
+    async fn filter_probe(&self, e: &EntityRt, a: &Probed) -> Option<FilterProbe> {
         let gte = self.source.filter.supports(FilterOp::Gte);
         let fmt = self.source.timestamp_format;
         let mut deltas: Vec<Micros> = a.ids.iter().map(|x| x.delta_us).collect();
         deltas.sort_unstable();
         deltas.dedup();
-        let Some(&min) = deltas.first() else {
-            return FilterProbe::Unsplittable;
-        };
+        let &min = deltas.first()?;
         for &t in deltas.iter().skip(deltas.len() / 2) {
             let (param, value) = self.delta_filter(e, t, false);
             // The instant the sent value stands for (the format may drop precision).
@@ -592,26 +586,26 @@ impl SourceClient {
                 let page = self
                     .probe_page(e, self.delta_params(e, p, Some(t)), p)
                     .await;
-                return FilterProbe::Asked {
+                return Some(FilterProbe {
                     asked: format!("{param}={value}"),
                     t,
                     bound,
                     page,
-                };
+                });
             }
         }
-        FilterProbe::Unsplittable
+        None
     }
 
-    fn check_filter(&self, e: &EntityRt, a: &Probed, probe: FilterProbe) -> Check {
+    fn check_filter(&self, e: &EntityRt, a: &Probed, probe: Option<FilterProbe>) -> Check {
         const NAME: &str = "filter";
         let field = &e.cfg.delta_sync_field;
-        let FilterProbe::Asked {
+        let Some(FilterProbe {
             asked,
             t,
             bound,
             page,
-        } = probe
+        }) = probe
         else {
             return Check::cannot(
                 NAME,
