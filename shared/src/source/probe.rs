@@ -1071,3 +1071,63 @@ impl SourceClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<IdVersion> {
+        list.iter()
+            .map(|id| IdVersion {
+                id: (*id).to_owned(),
+                delta_us: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn id_pages_are_judged_in_the_configured_order() {
+        let numeric = ids(&["9", "10", "11"]);
+        assert_eq!(sorted_in(IdOrder::Numeric, &numeric), Some(true));
+        assert_eq!(sorted_in(IdOrder::Bytewise, &numeric), Some(false));
+        let text = ids(&["a", "b"]);
+        assert_eq!(sorted_in(IdOrder::Numeric, &text), None);
+        assert_eq!(sorted_in(IdOrder::Bytewise, &text), Some(true));
+        assert_eq!(sorted_in(IdOrder::Bytewise, &ids(&["a", "a"])), Some(false));
+    }
+
+    #[test]
+    fn request_errors_name_the_likely_field() {
+        let client = |status| SourceError::Client {
+            status,
+            url: "u".into(),
+        };
+        let field = |e: &SourceError| Check::error("x", "fallback", e).field;
+        assert_eq!(field(&client(401)).as_deref(), Some("source.auth"));
+        assert_eq!(field(&client(404)).as_deref(), Some("path"));
+        assert_eq!(field(&client(400)).as_deref(), Some("fallback"));
+        let decode = |source| SourceError::Decode {
+            url: "u".into(),
+            source,
+        };
+        let missing = |field| ParseError::Missing {
+            field,
+            pointer: "/p".into(),
+        };
+        assert_eq!(
+            field(&decode(missing(Field::Delta))).as_deref(),
+            Some("delta_pointer")
+        );
+        let nested = ParseError::Record {
+            index: 3,
+            id: None,
+            source: Box::new(missing(Field::Id)),
+        };
+        assert_eq!(field(&decode(nested)).as_deref(), Some("id_pointer"));
+        assert_eq!(
+            field(&decode(ParseError::ListingNotFound)).as_deref(),
+            Some("path")
+        );
+        assert_eq!(Check::error("x", "f", &client(404)).verdict, Verdict::Fail);
+    }
+}
