@@ -551,3 +551,58 @@ async fn an_id_sqs_refuses_raw_goes_through_ingest_worker_and_reconciliation_que
     let r = process_batch(&deps, &m, &WorkerOptions::default()).await;
     assert!(r.failed.is_empty(), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// check-source
+// ---------------------------------------------------------------------------------------------
+
+async fn listing_check(cfg: &Config) -> shared::source::probe::Check {
+    let p = SourceClient::new(cfg, None)
+        .expect("client")
+        .probe(E)
+        .await
+        .expect("probed");
+    p.check("listing").expect("a listing check").clone()
+}
+
+#[tokio::test]
+async fn check_source_names_the_field_when_no_record_of_a_page_reads() {
+    use shared::source::probe::Verdict;
+    // A wrong delta pointer: every record is rejected (`missing_delta`).
+    let h = sim::people(30).await;
+    let c = listing_check(&config(&h, |c| {
+        c.entities[0].delta_pointer = "/attributes/changed_at".into()
+    }))
+    .await;
+    assert_eq!(
+        (c.verdict, c.field.as_deref()),
+        (Verdict::Fail, Some("delta_pointer")),
+        "{c:?}"
+    );
+    // Zone-less timestamps everywhere: the offset to set; set, the listing reads.
+    for id in 1..=30 {
+        h.sim()
+            .corrupt(Entity::People, id, Some(Corruption::NaiveTimestamp));
+    }
+    let c = listing_check(&config(&h, |_| {})).await;
+    assert_eq!(
+        (c.verdict, c.field.as_deref()),
+        (Verdict::Fail, Some("source.timestamp_offset")),
+        "{c:?}"
+    );
+    let c = listing_check(&config(&h, |c| {
+        c.source.timestamp_offset = Some(parse_offset("+00:00").expect("offset"))
+    }))
+    .await;
+    assert_eq!(c.verdict, Verdict::Pass, "{c:?}");
+    // One bad record among readable ones is the source's data: a pass that names it.
+    for id in 2..=30 {
+        h.sim().corrupt(Entity::People, id, None);
+    }
+    let c = listing_check(&config(&h, |_| {})).await;
+    assert_eq!(c.verdict, Verdict::Pass, "{c:?}");
+    assert!(
+        c.detail.contains("1 of its 30 record(s) cannot be synced"),
+        "{c:?}"
+    );
+}

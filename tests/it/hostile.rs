@@ -398,6 +398,60 @@ async fn negative_control_a_clamped_last_page_never_ends() {
     assert_eq!(pages, 20, "the unchecked listing goes on past its 3 pages");
 }
 
+/// Every other way of ignoring the position ends the listing with a walk error naming
+/// `source.pagination` (or the ID filter), never a spin: delta and ID listings, each style.
+#[tokio::test]
+async fn every_ignored_position_ends_the_listing_with_a_walk_error() {
+    let cases: [(&str, &str, bool); 6] = [
+        ("ignore_cursor", "cursor", false),
+        ("ignore_cursor", "cursor", true),
+        ("ignore_page", "page", false),
+        ("ignore_page", "page", true),
+        ("ignore_offset", "offset", true),
+        ("ignore_id_filter", "keyset", true),
+    ];
+    for (flag, style, id_listing) in cases {
+        let h = sim::start(SimConfig {
+            tie_group: 250,
+            ..sim::people_only(300)
+        })
+        .await;
+        h.sim().set_misbehave(only(flag));
+        let c = client(&h, |c| {
+            c.entities[0].id_filter = style == "keyset";
+            c.source.pagination = match style {
+                "cursor" => Pagination::Cursor {
+                    limit_param: "per_page".into(),
+                    cursor_param: "cursor".into(),
+                    next_cursor_pointer: "/meta/next_cursor".into(),
+                },
+                s => pagination(s),
+            };
+        });
+        let read = async {
+            if id_listing {
+                ids(&c, None, 1_000).await.2
+            } else {
+                let mut s = c.list_changed_since(E, None);
+                while let Some(p) = s.next().await {
+                    p?;
+                }
+                Ok(())
+            }
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap_or_else(|_| panic!("{flag} ({style}, ids: {id_listing}) spins"));
+        let e = walk_error(r);
+        let shown = e.to_string();
+        assert!(
+            shown.contains("`source.pagination`") || shown.contains("`id_filter`"),
+            "{flag} ({style}, ids: {id_listing}): {shown}"
+        );
+        h.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the deadline and the page cap
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod parse;
+pub mod probe;
 pub mod ratelimit;
 mod walk;
 

@@ -165,6 +165,13 @@ impl DeltaWalk {
     ) -> Result<(), WalkError> {
         self.pages += 1;
         let page = self.pages;
+        // A page served again first: it would otherwise read as values going backwards.
+        let fp = items
+            .clone()
+            .next()
+            .is_some()
+            .then(|| fingerprint(items.clone()));
+        self.fingerprints.page(fp, page)?;
         check_delta_order(
             items.clone().map(|x| x.1),
             self.bound,
@@ -186,8 +193,6 @@ impl DeltaWalk {
                 progressed = true;
             }
         }
-        self.fingerprints
-            .page(any.then(|| fingerprint(items)), page)?;
         if more && any && !progressed {
             return Err(WalkError::NoProgress { page });
         }

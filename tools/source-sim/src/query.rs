@@ -415,6 +415,7 @@ mod tests {
             ignore_cursor: false,
             clamp_last_page: false,
             ignore_per_page: false,
+            reverse_order: false,
         },
     };
 
