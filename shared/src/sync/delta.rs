@@ -5,7 +5,7 @@
 use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
-use crate::error::{ConfigError, StoreError, SyncError};
+use crate::error::{ConfigError, SourceError, StoreError, SyncError};
 use crate::model::{Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
@@ -196,6 +196,7 @@ pub struct DeltaSummary {
     pub cursor_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
+    /// Why a failed run failed, or why a partial run stopped early (`SourceError::Deadline`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -259,7 +260,12 @@ pub async fn run_delta(
             return Ok(summary);
         }
     }
-    let result = sync_pages(source, records, control, entity, opts, &mut summary).await;
+    // Every wait of the source client inside the page loop is capped at `stop_at`.
+    let result = crate::core::deadline::within(
+        opts.stop_at,
+        sync_pages(source, records, control, entity, opts, &mut summary),
+    )
+    .await;
     summary.duration_ms = clock.elapsed().as_millis() as u64;
     if let Err(e) = &result {
         summary.status = RunStatus::Failed;
@@ -308,7 +314,17 @@ async fn sync_pages(
     let mut max_written: Option<Micros> = None;
     let mut pages = source.list_changed_since(entity, since);
     while let Some(page) = pages.next().await {
-        let page = page?;
+        let page = match page {
+            // The source would make us wait past the deadline: stop at the last checkpoint,
+            // as at the deadline below; the run record says why.
+            Err(e @ SourceError::Deadline { .. }) => {
+                tracing::info!(entity, error = %e, "stopping before the deadline; the next run continues from the checkpoint");
+                summary.status = RunStatus::Partial;
+                summary.error = Some(e.to_string());
+                return Ok(());
+            }
+            page => page?,
+        };
         if ceiling.is_none() {
             ceiling = Some(
                 page.source_date_us
