@@ -3,6 +3,7 @@
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;
+mod deliveries;
 mod delta;
 mod harness;
 mod lambda_features;
@@ -14,4 +15,5 @@ mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
 mod template;
+mod waits;
 mod webhooks;
