@@ -1,7 +1,9 @@
 //! Big deliveries (issue 11, requirement 7): events per delivery capped by
 //! `[webhooks] max_events` (413 after the signature, nothing queued), SendMessageBatch calls
 //! concurrent (bounded), and a 503 at the stop instant when the queue is slower than the
-//! invocation: on moto's SQS, and on an SQS endpoint that never answers.
+//! invocation: on moto's SQS, on the local queue (a full 1,000-event delivery: moto's SQS
+//! spends time in proportion to the queue's depth on every message, about 20 s for 1,000 on
+//! this machine, so on moto the cap is set to 200), and on an SQS endpoint that never answers.
 //!
 //! The pairs (protection -> its negative control):
 //! - the cap: `over_max_events_is_413_and_queues_nothing_at_the_cap_all_are_queued_concurrently`
@@ -13,6 +15,7 @@
 //!   `negative_control_ignoring_the_deadline_waits_for_the_queue_past_the_stop`.
 
 use crate::harness::{QueueSpec, create_queue, queue_depth, sdk_config, sqs_client};
+use shared::adapters::local::{LocalStore, QueueOptions};
 use shared::adapters::sqs::{SEND_CONCURRENCY, SqsQueue};
 use shared::config::Config;
 use shared::core::deadline;
@@ -88,26 +91,50 @@ async fn over_max_events_is_413_and_queues_nothing_at_the_cap_all_are_queued_con
     assert!(a.body.contains("too many events"), "{}", a.body);
     assert_eq!(queue_depth(&sqs, &url).await, 0);
     assert_eq!(queue.max_sends_in_flight(), 0, "no call at all");
-    // 1,000 events: every one queued, in 100 SendMessageBatch calls, eight at a time.
-    let a = deliver(&ingest, &delivery(1_000)).await;
+    // 1,000 events, at the cap: accepted and every one queued (on the local queue; on moto,
+    // the same below with a cap of 200).
+    let local = Arc::new(
+        LocalStore::in_memory()
+            .unwrap()
+            .queue("work", QueueOptions::default()),
+    );
+    let on_local = Ingest::new(&config(None), &[SECRET], local.clone()).unwrap();
+    let a = deliver(&on_local, &delivery(1_000)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(local.counts().await.unwrap().visible, 1_000);
+    // On moto's SQS: 201 events over a cap of 200 refused, 200 queued in 20
+    // SendMessageBatch calls, eight of them in flight at once.
+    let (sqs, url, queue, ingest) = on_moto(Some(200), |q| q).await;
+    assert_eq!(deliver(&ingest, &delivery(201)).await.status, 413);
+    assert_eq!(queue_depth(&sqs, &url).await, 0);
+    let a = deliver(&ingest, &delivery(200)).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         a.outcome,
         Outcome::Queued {
-            queued: 1_000,
+            queued: 200,
             ignored: 0
         }
     );
-    assert_eq!(queue_depth(&sqs, &url).await, 1_000);
+    assert_eq!(queue_depth(&sqs, &url).await, 200);
     assert_eq!(queue.max_sends_in_flight(), SEND_CONCURRENCY);
 }
 
 #[tokio::test]
 async fn negative_control_with_the_cap_lifted_the_big_delivery_is_queued() {
-    let (sqs, url, _queue, ingest) = on_moto(Some(10_000), |q| q).await;
+    let local = Arc::new(
+        LocalStore::in_memory()
+            .unwrap()
+            .queue("work", QueueOptions::default()),
+    );
+    let ingest = Ingest::new(&config(Some(10_000)), &[SECRET], local.clone()).unwrap();
     let a = deliver(&ingest, &delivery(1_001)).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(queue_depth(&sqs, &url).await, 1_001);
+    assert_eq!(local.counts().await.unwrap().visible, 1_001);
+    let (sqs, url, _queue, ingest) = on_moto(Some(10_000), |q| q).await;
+    let a = deliver(&ingest, &delivery(201)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(queue_depth(&sqs, &url).await, 201);
 }
 
 #[tokio::test]
