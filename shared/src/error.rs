@@ -133,6 +133,111 @@ pub enum ParseError {
     CursorVersion(u32),
 }
 
+/// A listing broke an assumption the walk rests on. Each says what to check (a configuration
+/// field where one is likely wrong); the run fails and its cursor stays at its last checkpoint.
+/// Values shown are delta values and IDs (at most 64 characters), never payloads.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(
+        "delta values go backwards on page {page} ({later} after {earlier}): the source does not \
+         sort by the delta field; check `source.order_param` and the entity's `delta_sync_field`"
+    )]
+    DeltaOrder {
+        page: u64,
+        earlier: String,
+        later: String,
+    },
+    #[error(
+        "page {page} holds delta value {found}, below the lower bound {bound} the query asked \
+         for: the source ignores the filter; check `source.filter` and the entity's \
+         `delta_sync_field`"
+    )]
+    BelowBound {
+        page: u64,
+        bound: String,
+        found: String,
+    },
+    #[error(
+        "IDs out of {order} order on page {page} ({later:?} after {earlier:?}): check the \
+         entity's `id_order` and `source.order_param`"
+    )]
+    IdOrder {
+        page: u64,
+        order: &'static str,
+        earlier: String,
+        later: String,
+    },
+    #[error(
+        "ID {id:?} on page {page} is not a decimal integer, so the listing cannot be in numeric \
+         order: set the entity's `id_order = \"bytewise\"` if the source sorts IDs as text"
+    )]
+    NotNumeric { page: u64, id: String },
+    #[error(
+        "page {page} starts at ID {first:?}, not after {after:?}: the source ignores the ID \
+         filter; check the entity's `id_filter` and `source.filter`"
+    )]
+    IdFilterIgnored {
+        page: u64,
+        after: String,
+        first: String,
+    },
+    #[error(
+        "page {page} is full but adds no record the walk had not read: the source ignores the \
+         pagination parameter or serves a page past the end again; check `source.pagination`"
+    )]
+    NoProgress { page: u64 },
+    #[error(
+        "page {page} repeats page {first} exactly: the source serves the same page again (an \
+         ignored pagination parameter, or the last page for every page past the end); check \
+         `source.pagination`"
+    )]
+    RepeatedPage { page: u64, first: u64 },
+    #[error("the next link repeats a link already followed; check `source.pagination`")]
+    LinkRepeats,
+    #[error("the next link is not a URL: {0}")]
+    NextNotUrl(#[source] url::ParseError),
+    #[error("the next link leaves the source's origin for {origin}")]
+    ForeignOrigin { origin: String },
+    #[error("a full page held no record inside the filter")]
+    EmptyFullPage,
+    #[error(
+        "records kept leaving the tie group at {at} while it was read ({passes} passes); the \
+         next run retries"
+    )]
+    TieUnstable { at: String, passes: usize },
+    #[error(
+        "the listing shifted by more than a page while it was read (many deletions); the next \
+         run retries"
+    )]
+    Shifted,
+    #[error("the resume token cannot be read: {0}")]
+    BadResume(String),
+    #[error("this source cannot resume an ID listing")]
+    CannotResume,
+}
+
+impl WalkError {
+    /// Whether a later run may succeed: the source's data moved under the walk, or it served a
+    /// page again. The order, the filters and the links are the configuration's or the
+    /// source's to fix: running again changes nothing.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            WalkError::NoProgress { .. }
+                | WalkError::RepeatedPage { .. }
+                | WalkError::LinkRepeats
+                | WalkError::EmptyFullPage
+                | WalkError::TieUnstable { .. }
+                | WalkError::Shifted
+        )
+    }
+
+    /// An ID or value as shown in an error: at most 64 characters.
+    pub fn shown(s: &str) -> String {
+        s.chars().take(64).collect()
+    }
+}
+
 /// The source API failed, after the retry policy gave up (or at once, when retrying cannot help).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -178,8 +283,13 @@ pub enum SourceError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("pagination of {url} did not make progress: {message}")]
-    Pagination { url: String, message: String },
+    /// The listing broke an assumption the walk rests on (order, progress, continuity).
+    #[error("listing {url}: {source}")]
+    Walk {
+        url: String,
+        #[source]
+        source: WalkError,
+    },
     /// The invocation's stop instant (`core::deadline::within`) comes before the next request
     /// could be answered: a wait the source asked for (`Retry-After`), a backoff, or the next
     /// page. Not a failure of the source: delta stops `partial` at its checkpoint, the worker
@@ -199,9 +309,8 @@ impl SourceError {
                 | SourceError::Timeout { .. }
                 | SourceError::Connect { .. }
                 | SourceError::Decode { .. }
-                | SourceError::Pagination { .. }
                 | SourceError::Deadline { .. }
-        )
+        ) || matches!(self, SourceError::Walk { source, .. } if source.is_retryable())
     }
 }
 

@@ -325,9 +325,9 @@ pub trait SourceApi: Send + Sync {
         match resume {
             None => self.stream_ids(entity),
             Some(_) => Box::pin(futures::stream::once(async move {
-                Err(SourceError::Pagination {
+                Err(SourceError::Walk {
                     url: entity.to_owned(),
-                    message: "this source cannot resume an ID listing".into(),
+                    source: crate::error::WalkError::CannotResume,
                 })
             })),
         }

@@ -6,6 +6,7 @@ mod conformance_local;
 mod deliveries;
 mod delta;
 mod harness;
+mod hostile;
 mod lambda_features;
 mod reconcile;
 mod reconcile_sfn;

@@ -582,7 +582,13 @@ async fn negative_control_a_growing_offset_id_listing_skips_live_records() {
 async fn a_shift_larger_than_a_page_fails_the_listing_instead_of_skipping() {
     let (read, _) = ids_while_earlier_records_go(false, false, 150).await;
     assert!(
-        matches!(read, Err(SourceError::Pagination { .. })),
+        matches!(
+            read,
+            Err(SourceError::Walk {
+                source: shared::error::WalkError::Shifted,
+                ..
+            })
+        ),
         "{read:?}"
     );
 }

@@ -84,6 +84,7 @@ async fn a_minute_retry_after_ends_a_delta_run_partial_at_its_checkpoint() {
         (RunStatus::Partial, 1, 10, 10),
         "{s:?}"
     );
+    assert_eq!(s.stopped_by.as_deref(), Some("deadline"));
     assert!(
         s.error
             .as_deref()

@@ -9,10 +9,15 @@
 
 pub mod http;
 pub mod parse;
+pub mod probe;
 pub mod ratelimit;
+mod walk;
 
-use crate::config::{AuthConfig, Config, EntityConfig, FilterOp, Pagination, Secret, SourceConfig};
-use crate::error::{ConfigError, ParseError, SourceError};
+use crate::config::{
+    AuthConfig, Config, EntityConfig, FilterOp, IdOrder, Pagination, Secret, SourceConfig,
+};
+use crate::core::timefmt::format_rfc3339;
+use crate::error::{ConfigError, ParseError, SourceError, WalkError};
 use crate::model::{Micros, Record};
 use crate::ports::{IdPage, RecordPage, SourceApi};
 use async_trait::async_trait;
@@ -49,6 +54,10 @@ struct IdResume {
     /// Links and cursors: the next page's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<String>,
+    /// The fingerprint of the page read last, so that the next invocation recognises it served
+    /// again (a source serving its last page for every page past the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fp: Option<u64>,
 }
 
 /// Longest ID we accept in a path.
@@ -74,6 +83,9 @@ pub struct SourceClient {
     http: Http,
     /// Set only by `with_naive_offset_paging` (the `testing` feature).
     naive_offset: bool,
+    /// The walk's order and progress checks (`walk`); off only by `without_walk_checks` (the
+    /// `testing` feature).
+    checks: bool,
 }
 
 impl std::fmt::Debug for SourceClient {
@@ -158,6 +170,7 @@ impl SourceClient {
             entities,
             http,
             naive_offset: false,
+            checks: true,
         })
     }
 
@@ -167,6 +180,50 @@ impl SourceClient {
     pub fn with_naive_offset_paging(mut self) -> Self {
         self.naive_offset = true;
         self
+    }
+
+    /// Negative control for tests only: trust the source's order and progress as the engine
+    /// did before (no order checks, no progress guards).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn without_walk_checks(mut self) -> Self {
+        self.checks = false;
+        self
+    }
+
+    /// A walk check's verdict, as the listing's error (every check passes with the checks off).
+    fn check<T: Default>(
+        &self,
+        url: &Url,
+        verdict: Result<T, WalkError>,
+    ) -> Result<T, SourceError> {
+        match verdict {
+            Ok(v) => Ok(v),
+            Err(_) if !self.checks => Ok(T::default()),
+            Err(source) => Err(self.walk_error(url, source)),
+        }
+    }
+
+    fn walk_error(&self, url: &Url, source: WalkError) -> SourceError {
+        SourceError::Walk {
+            url: http::redact_url(url),
+            source,
+        }
+    }
+
+    /// Before each request of a listing but its first (so that every invocation progresses):
+    /// stop once the invocation's stop instant (`core::deadline::within`) has passed, instead
+    /// of reading pages the caller has no time to use.
+    fn before_request(&self, url: &Url, requests: &mut u64) -> Result<(), SourceError> {
+        *requests += 1;
+        if *requests > 1
+            && crate::core::deadline::current().is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            return Err(SourceError::Deadline {
+                url: http::redact_url(url),
+                wait: std::time::Duration::ZERO,
+            });
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -244,19 +301,15 @@ impl SourceClient {
         let next = self
             .base
             .join(&link)
-            .map_err(|err| SourceError::Pagination {
-                url: e.collection.to_string(),
-                message: format!("next link is not a URL: {err}"),
-            })?;
+            .map_err(|err| self.walk_error(&e.collection, WalkError::NextNotUrl(err)))?;
         // Never send our credentials to another origin.
         if next.origin() != self.base.origin() {
-            return Err(SourceError::Pagination {
-                url: e.collection.to_string(),
-                message: format!(
-                    "next link leaves the source's origin: {}",
-                    next.origin().ascii_serialization()
-                ),
-            });
+            return Err(self.walk_error(
+                &e.collection,
+                WalkError::ForeignOrigin {
+                    origin: next.origin().ascii_serialization(),
+                },
+            ));
         }
         Ok(Some(next))
     }
@@ -310,7 +363,15 @@ impl SourceApi for SourceClient {
         Box::pin(async_stream::try_stream! {
             let e = self.entity(entity)?;
             let p = e.cfg.page_size;
+            let res = self.source.resolution_us();
             let per_page = (self.source.pagination.limit_param().to_owned(), p.to_string());
+            let mut requests = 0u64;
+            let fetch = |url: Url| async move {
+                self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                    Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
+                    Body::NotFound => Err(ParseError::ListingNotFound),
+                }).await
+            };
             if !self.source.pagination.is_positional() {
                 let mut first = vec![self.order_by_delta(e), per_page];
                 if let Some(t) = since_us {
@@ -318,19 +379,20 @@ impl SourceApi for SourceClient {
                 }
                 let mut url = self.url(e, &first);
                 let mut followed = HashSet::new();
+                let mut walk = walk::DeltaWalk::new(since_us, res);
                 loop {
-                    let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
-                        Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                        Body::NotFound => Err(ParseError::ListingNotFound),
-                    }).await?;
+                    self.before_request(&url, &mut requests)?;
+                    let ans = fetch(url.clone()).await?;
                     let page = ans.value;
                     let next = self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?;
+                    let items = page.records.iter().map(|r| (r.id.as_str(), r.version.delta_us));
+                    self.check(&e.collection, walk.page(items, next.is_some()))?;
                     if !page.records.is_empty() {
                         yield RecordPage { records: page.records, source_date_us: ans.date_us };
                     }
                     match next {
                         Some(n) if !followed.insert(n.to_string()) => {
-                            Err(SourceError::Pagination { url: http::redact_url(&n), message: "the next link repeats".into() })?;
+                            Err(self.walk_error(&n, WalkError::LinkRepeats))?;
                         }
                         Some(n) => url = n,
                         None => break,
@@ -346,11 +408,7 @@ impl SourceApi for SourceClient {
                         params.push(self.delta_filter(e, t, false));
                     }
                     params.extend(self.position_param(k, p));
-                    let url = self.url(e, &params);
-                    let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
-                        Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                        Body::NotFound => Err(ParseError::ListingNotFound),
-                    }).await?;
+                    let ans = fetch(self.url(e, &params)).await?;
                     let n = ans.value.records.len();
                     if n > 0 {
                         yield RecordPage { records: ans.value.records, source_date_us: ans.date_us };
@@ -366,6 +424,7 @@ impl SourceApi for SourceClient {
             let mut lower: Option<(Micros, bool)> = since_us.map(|t| (t, false));
             let mut cur_t: Option<Micros> = None;
             let mut seen: HashSet<String> = HashSet::new();
+            let mut pages = 0u64;
             loop {
                 let mut params = vec![self.order_by_delta(e), per_page.clone()];
                 if let Some((t, strict)) = lower {
@@ -373,17 +432,18 @@ impl SourceApi for SourceClient {
                 }
                 params.extend(self.position_param(0, p));
                 let url = self.url(e, &params);
-                let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
-                    Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                    Body::NotFound => Err(ParseError::ListingNotFound),
-                }).await?;
+                self.before_request(&url, &mut requests)?;
+                let ans = fetch(url.clone()).await?;
+                pages += 1;
+                let deltas = ans.value.records.iter().map(|r| r.version.delta_us);
+                self.check(&url, walk::check_delta_order(deltas, lower.map(|l| l.0), res, None, pages))?;
                 let full = ans.value.records.len() >= p as usize;
                 let mut fresh = Vec::with_capacity(ans.value.records.len());
                 for r in ans.value.records {
                     if let Some((t, strict)) = lower
                         && (r.version.delta_us < t || (strict && r.version.delta_us == t))
                     {
-                        continue; // outside the filter: the source ignored part of it
+                        continue; // within one resolution of the bound (checked above)
                     }
                     let d = r.version.delta_us;
                     if cur_t.is_none_or(|c| d > c) {
@@ -403,7 +463,7 @@ impl SourceApi for SourceClient {
                     break;
                 }
                 let Some(t) = cur_t else {
-                    Err(SourceError::Pagination { url: http::redact_url(&url), message: "a full page held no record inside the filter".into() })?;
+                    Err(self.walk_error(&url, WalkError::EmptyFullPage))?;
                     break;
                 };
                 if progressed {
@@ -411,21 +471,26 @@ impl SourceApi for SourceClient {
                     continue;
                 }
                 // Tie overflow: a full page of records sharing `t`, all seen. Read the group by
-                // position until two consecutive passes agree on its members.
+                // position until two consecutive passes agree on its members. Each pass re-reads
+                // the group's pages by design: progress is checked within a pass.
                 let mut previous: Option<HashSet<String>> = None;
                 let mut converged = false;
                 for _pass in 0..MAX_TIE_PASSES {
                     let mut members = HashSet::new();
+                    let mut prints = walk::Fingerprints::default();
                     let mut k = 0u64;
                     loop {
                         let mut params = vec![self.order_by_delta(e), per_page.clone(), self.delta_filter(e, t, false)];
                         params.extend(self.position_param(k, p));
                         let url = self.url(e, &params);
-                        let ans = self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
-                            Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
-                            Body::NotFound => Err(ParseError::ListingNotFound),
-                        }).await?;
+                        self.before_request(&url, &mut requests)?;
+                        let ans = fetch(url.clone()).await?;
                         let n = ans.value.records.len();
+                        let deltas = ans.value.records.iter().map(|r| r.version.delta_us);
+                        self.check(&url, walk::check_delta_order(deltas, Some(t), res, None, k + 1))?;
+                        let fp = (n > 0).then(|| walk::fingerprint(ans.value.records.iter().map(|r| (r.id.as_str(), r.version.delta_us))));
+                        self.check(&url, prints.page(fp, k + 1))?;
+                        let known = members.len();
                         let mut beyond = false;
                         let mut fresh = Vec::new();
                         for r in ans.value.records {
@@ -447,6 +512,10 @@ impl SourceApi for SourceClient {
                         if beyond || n < p as usize {
                             break;
                         }
+                        // A full page of the group adding no member: the position is ignored or
+                        // clamped, and the pass would never end.
+                        let stuck = members.len() == known;
+                        self.check(&url, if stuck { Err(WalkError::NoProgress { page: k + 1 }) } else { Ok(()) })?;
                         k += 1;
                     }
                     if previous.as_ref() == Some(&members) {
@@ -456,10 +525,7 @@ impl SourceApi for SourceClient {
                     previous = Some(members);
                 }
                 if !converged {
-                    Err(SourceError::Pagination {
-                        url: http::redact_url(&e.collection),
-                        message: format!("records kept leaving the tie group at {t} while it was read"),
-                    })?;
+                    Err(self.walk_error(&e.collection, WalkError::TieUnstable { at: format_rfc3339(t), passes: MAX_TIE_PASSES }))?;
                 }
                 lower = Some((t, true));
             }
@@ -479,9 +545,8 @@ impl SourceApi for SourceClient {
             let e = self.entity(entity)?;
             let token = match resume {
                 None => IdResume::default(),
-                Some(t) => serde_json::from_str::<IdResume>(t).map_err(|err| SourceError::Pagination {
-                    url: e.collection.to_string(),
-                    message: format!("bad resume token: {err}"),
+                Some(t) => serde_json::from_str::<IdResume>(t).map_err(|err| {
+                    self.walk_error(&e.collection, WalkError::BadResume(err.to_string()))
                 })?,
             };
             let p = self.source.max_page_size;
@@ -493,6 +558,7 @@ impl SourceApi for SourceClient {
                 let attr = e.cfg.sparse_delta_attribute.clone().unwrap_or_else(|| e.cfg.delta_sync_field.clone());
                 first.push((param.replace("{type}", ty), attr));
             }
+            let mut requests = 0u64;
             let fetch = |url: Url| async move {
                 self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
                     Body::Json(t) => parse::parse_id_page(t, &e.shape),
@@ -501,26 +567,34 @@ impl SourceApi for SourceClient {
             };
             let positional = self.source.pagination.is_positional();
             if e.cfg.id_filter && !self.naive_offset {
-                // Keyset on the ID: `where[id][gt]=<last>`, first page of each query.
+                // Keyset on the ID: `where[id][gt]=<last>`, first page of each query; every page
+                // checked to be in the entity's ID order and after the ID asked for.
                 let f = &self.source.filter;
                 let op = if f.supports(FilterOp::Gt) { FilterOp::Gt } else { FilterOp::Gte };
                 let param = f.param(&e.cfg.id_order_field, op);
+                let order = IdOrder::of(&e.cfg);
                 let mut after = token.after;
+                let mut pages = 0u64;
                 loop {
                     let mut params = first.clone();
                     if let Some(a) = &after {
                         params.push((param.clone(), a.clone()));
                     }
                     params.extend(self.position_param(0, p));
-                    let page = fetch(self.url(e, &params)).await?.value;
+                    let url = self.url(e, &params);
+                    self.before_request(&url, &mut requests)?;
+                    let page = fetch(url.clone()).await?.value;
+                    pages += 1;
                     let n_raw = page.ids.len();
                     let mut ids = page.ids;
                     if op == FilterOp::Gte && let Some(a) = &after {
                         ids.retain(|x| &x.id != a);
                     }
+                    self.check(&url, walk::check_id_order(&ids, order, after.as_deref(), pages))?;
                     let Some(last) = ids.last().map(|x| x.id.clone()) else { break };
                     if after.as_ref() == Some(&last) {
-                        Err(SourceError::Pagination { url: e.collection.to_string(), message: "the ID filter does not move the listing on".into() })?;
+                        // Only reachable with the checks off (the order check refuses it).
+                        Err(self.walk_error(&url, WalkError::IdFilterIgnored { page: pages, after: WalkError::shown(&last), first: WalkError::shown(&last) }))?;
                     }
                     let resume = serde_json::to_string(&IdResume { after: Some(last.clone()), ..IdResume::default() }).ok();
                     yield IdPage { ids, total_count: page.total_count, resume };
@@ -531,6 +605,7 @@ impl SourceApi for SourceClient {
                 }
                 return;
             }
+            let mut pass = walk::IdPass::resumed(token.fp);
             if positional && !self.naive_offset
                 && let Pagination::Offset { offset_param, .. } = &self.source.pagination
             {
@@ -543,7 +618,9 @@ impl SourceApi for SourceClient {
                 loop {
                     let mut params = first.clone();
                     params.push((offset_param.clone(), offset.to_string()));
-                    let page = fetch(self.url(e, &params)).await?.value;
+                    let url = self.url(e, &params);
+                    self.before_request(&url, &mut requests)?;
+                    let page = fetch(url.clone()).await?.value;
                     let raw = page.ids;
                     let n_raw = raw.len();
                     let mut start = 0;
@@ -555,20 +632,19 @@ impl SourceApi for SourceClient {
                                 stepped_back = true;
                                 continue;
                             }
-                            None => Err(SourceError::Pagination {
-                                url: e.collection.to_string(),
-                                message: "the listing shifted by more than a page while it was read (many deletions); retry".into(),
-                            })?,
+                            None => Err(self.walk_error(&url, WalkError::Shifted))?,
                         }
                     }
+                    let more = n_raw >= p as usize;
+                    let fp = self.check(&url, pass.page(&raw, more))?;
                     stepped_back = false;
                     let next_offset = offset + (n_raw as u64).saturating_sub(1);
                     let new_anchors: Vec<String> = raw.iter().rev().take(ANCHORS).map(|x| x.id.clone()).collect();
                     let ids: Vec<_> = raw.into_iter().skip(start).collect();
-                    let more = n_raw >= p as usize;
                     let resume = more.then(|| serde_json::to_string(&IdResume {
                         offset: Some(next_offset),
                         anchors: new_anchors.clone(),
+                        fp,
                         ..IdResume::default()
                     }).ok()).flatten();
                     if !ids.is_empty() {
@@ -585,9 +661,8 @@ impl SourceApi for SourceClient {
             // Page numbers (no overlap possible), links and cursors; the naive control.
             let mut k = token.page.unwrap_or(0);
             let mut url = match (&token.next, positional) {
-                (Some(n), false) => Url::parse(n).map_err(|err| SourceError::Pagination {
-                    url: e.collection.to_string(),
-                    message: format!("bad resume token: {err}"),
+                (Some(n), false) => Url::parse(n).map_err(|err| {
+                    self.walk_error(&e.collection, WalkError::BadResume(err.to_string()))
                 })?,
                 _ => {
                     let mut params = first.clone();
@@ -597,6 +672,7 @@ impl SourceApi for SourceClient {
             };
             let mut followed = HashSet::new();
             loop {
+                self.before_request(&url, &mut requests)?;
                 let ans = fetch(url.clone()).await?;
                 let page = ans.value;
                 let n = page.ids.len();
@@ -605,17 +681,19 @@ impl SourceApi for SourceClient {
                 } else {
                     self.next_url(e, &first, ans.link_next, page.next_link, page.next_cursor)?
                 };
+                let more = if positional { n >= p as usize } else { next.is_some() };
+                let fp = if self.naive_offset { None } else { self.check(&url, pass.page(&page.ids, more))? };
                 let resume = if positional {
-                    (n >= p as usize).then(|| IdResume { page: Some(k + 1), ..IdResume::default() })
+                    more.then(|| IdResume { page: Some(k + 1), fp, ..IdResume::default() })
                 } else {
-                    next.as_ref().map(|u| IdResume { next: Some(u.to_string()), ..IdResume::default() })
+                    next.as_ref().map(|u| IdResume { next: Some(u.to_string()), fp, ..IdResume::default() })
                 }
                 .and_then(|t| serde_json::to_string(&t).ok());
                 if n > 0 {
                     yield IdPage { ids: page.ids, total_count: page.total_count, resume };
                 }
                 if positional {
-                    if n < p as usize {
+                    if !more {
                         break;
                     }
                     k += 1;
@@ -625,7 +703,7 @@ impl SourceApi for SourceClient {
                 } else {
                     match next {
                         Some(n) if !followed.insert(n.to_string()) => {
-                            Err(SourceError::Pagination { url: http::redact_url(&n), message: "the next link repeats".into() })?;
+                            Err(self.walk_error(&n, WalkError::LinkRepeats))?;
                         }
                         Some(n) => url = n,
                         None => break,

@@ -33,6 +33,10 @@ pub struct DeltaOptions {
     pub safety_margin: Duration,
     /// Stop cleanly (checkpoint saved) once this instant has passed.
     pub stop_at: Option<Instant>,
+    /// Stop cleanly (checkpoint saved, status `partial`) after this many written pages: one
+    /// invocation's work is bounded whatever the source serves, and a backlog still
+    /// progresses run after run.
+    pub max_pages: u64,
     /// Called after every written page with the summary so far (progress bars).
     pub on_page: Option<PageHook>,
     /// Negative controls for tests only: the naive rules this engine exists to avoid.
@@ -69,6 +73,7 @@ impl Default for DeltaOptions {
             lease_ttl_us: 16 * 60_000_000,
             safety_margin: Duration::from_secs(20),
             stop_at: None,
+            max_pages: 10_000,
             on_page: None,
             #[cfg(any(test, feature = "testing"))]
             naive_cursor: None,
@@ -79,6 +84,7 @@ impl Default for DeltaOptions {
 /// The environment variables [`DeltaOptions::from_env`] reads.
 pub const OVERLAP_VAR: &str = "DELTA_OVERLAP_SECONDS";
 pub const SAFETY_MARGIN_VAR: &str = "DELTA_SAFETY_MARGIN_SECONDS";
+pub const MAX_PAGES_VAR: &str = "DELTA_MAX_PAGES";
 
 impl DeltaOptions {
     /// The deployed settings: `DELTA_OVERLAP_SECONDS` and `DELTA_SAFETY_MARGIN_SECONDS`, whole
@@ -97,7 +103,9 @@ impl DeltaOptions {
         // Margin: at least a second to save the checkpoint and answer; below Lambda's longest
         // timeout (900 s), or a run would stop before its first page.
         let safety_margin = env.seconds(SAFETY_MARGIN_VAR, d.safety_margin, 1..=899)?;
+        let max_pages = env.num(MAX_PAGES_VAR, d.max_pages, 1..=1_000_000)?;
         Ok(DeltaOptions {
+            max_pages,
             overlap_us: Micros::try_from(overlap.as_micros()).unwrap_or(Micros::MAX),
             safety_margin,
             ..d
@@ -191,12 +199,16 @@ pub struct DeltaSummary {
     /// The first `REJECTED_IDS_KEPT` of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected_ids: Vec<String>,
+    /// Why a `partial` run stopped: `deadline` or `page_cap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     pub duration_ms: u64,
     pub cursor_before: Option<String>,
     pub cursor_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
-    /// Why a failed run failed, or why a partial run stopped early (`SourceError::Deadline`).
+    /// Why a failed run failed; for a run `stopped_by` the deadline inside the source client
+    /// (`SourceError::Deadline`: a wait that would pass it), what it would have waited for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -236,6 +248,7 @@ pub async fn run_delta(
         stale: 0,
         rejected: 0,
         rejected_ids: Vec::new(),
+        stopped_by: None,
         duration_ms: 0,
         cursor_before: None,
         cursor_after: None,
@@ -320,6 +333,7 @@ async fn sync_pages(
             Err(e @ SourceError::Deadline { .. }) => {
                 tracing::info!(entity, error = %e, "stopping before the deadline; the next run continues from the checkpoint");
                 summary.status = RunStatus::Partial;
+                summary.stopped_by = Some("deadline".to_owned());
                 summary.error = Some(e.to_string());
                 return Ok(());
             }
@@ -367,12 +381,21 @@ async fn sync_pages(
         if let Some(hook) = &opts.on_page {
             (hook.0)(summary);
         }
-        if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+        let stop = if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+            Some("deadline")
+        } else if summary.pages >= opts.max_pages {
+            Some("page_cap")
+        } else {
+            None
+        };
+        if let Some(reason) = stop {
             tracing::info!(
                 entity,
-                "stopping before the deadline; the next run continues from the checkpoint"
+                reason,
+                "stopping (deadline or page cap); the next run continues from the checkpoint"
             );
             summary.status = RunStatus::Partial;
+            summary.stopped_by = Some(reason.to_owned());
             return Ok(());
         }
     }
@@ -538,13 +561,18 @@ mod tests {
             (0, Duration::from_secs(45))
         );
         let o = with(
-            &[(OVERLAP_VAR, "3600"), (SAFETY_MARGIN_VAR, "899")],
+            &[
+                (OVERLAP_VAR, "3600"),
+                (SAFETY_MARGIN_VAR, "899"),
+                (MAX_PAGES_VAR, "1"),
+            ],
             |env| DeltaOptions::from_env(env).unwrap(),
         );
         assert_eq!(
-            (o.overlap_us, o.safety_margin),
-            (3_600_000_000, Duration::from_secs(899))
+            (o.overlap_us, o.safety_margin, o.max_pages),
+            (3_600_000_000, Duration::from_secs(899), 1)
         );
+        assert_eq!(d.max_pages, 10_000);
         for (name, bad) in [
             (OVERLAP_VAR, "3601"),
             (OVERLAP_VAR, "-1"),
@@ -552,6 +580,8 @@ mod tests {
             (SAFETY_MARGIN_VAR, "0"),
             (SAFETY_MARGIN_VAR, "900"),
             (SAFETY_MARGIN_VAR, "twenty"),
+            (MAX_PAGES_VAR, "0"),
+            (MAX_PAGES_VAR, "1000001"),
         ] {
             let e = with(&[(name, bad)], |env| {
                 DeltaOptions::from_env(env).unwrap_err()
@@ -741,6 +771,47 @@ mod tests {
                 .watermark_us,
             100
         );
+    }
+
+    #[tokio::test]
+    async fn the_page_cap_ends_a_run_partial_at_its_checkpoint_and_the_next_run_goes_on() {
+        let src = ScriptedSource::default();
+        let (rs, cs) = (MemoryRecords::default(), MemoryControl::default());
+        let pages = || {
+            (1..=3)
+                .map(|i| page(vec![rec(&i.to_string(), i * 100, "a")], 10_000))
+                .collect::<Vec<_>>()
+        };
+        src.listings.lock().unwrap().push_back(pages());
+        let opts = DeltaOptions {
+            max_pages: 2,
+            overlap_us: 50,
+            ..Default::default()
+        };
+        let s = run_delta(&src, &rs, &cs, "people", &opts).await.unwrap();
+        assert_eq!(
+            (s.status, s.pages, s.stopped_by.as_deref()),
+            (RunStatus::Partial, 2, Some("page_cap"))
+        );
+        assert!(rs.get("people", "3").await.unwrap().is_none());
+        async fn cursor(cs: &MemoryControl) -> Micros {
+            let state = cs.job_state("people", JobKind::Delta).await.unwrap();
+            DeltaCursor::decode(state.cursor.as_deref().unwrap())
+                .unwrap()
+                .watermark_us
+        }
+        assert_eq!(cursor(&cs).await, 200);
+        // The next run reads on from the checkpoint and ends the backlog.
+        src.listings
+            .lock()
+            .unwrap()
+            .push_back(vec![page(vec![rec("3", 300, "a")], 10_000)]);
+        let s = run_delta(&src, &rs, &cs, "people", &opts.next_run())
+            .await
+            .unwrap();
+        assert_eq!((s.status, s.stopped_by), (RunStatus::Succeeded, None));
+        assert!(rs.get("people", "3").await.unwrap().is_some());
+        assert_eq!(cursor(&cs).await, 300);
     }
 
     #[tokio::test]

@@ -22,6 +22,10 @@
 //! | `GET /__admin/{entity}/records/{id}` | | the document `GET <path>/<id>` serves, or a JSON 404 |
 //! | `PATCH /__admin/{entity}/records/{id}` | optional `{"updated_at_us":..}` or `{"updated_at":".."}` | `{"id":..,"updated_at_us":..,"mutation":..}`, or 404 |
 //! | `DELETE /__admin/{entity}/records/{id}` | | 204, or 404 |
+//! | `PUT /__admin/{entity}/records/{id}/corrupt` | `{"kind":"null_delta"\|"missing_delta"\|"bad_delta"\|"naive_timestamp"\|"empty_id"\|"long_id"\|"lone_surrogate"}`, plus `"bytes":n` for `long_id` | `{"id":..,"kind":..}` (and `"bytes"`); the record is served broken in listings and `GET <path>/<id>` until cleared (see [`crate::Corruption`]); 400 on an unknown kind |
+//! | `DELETE /__admin/{entity}/records/{id}/corrupt` | | 204: served intact again |
+//! | `GET /__admin/misbehave` | | `{"ignore_filter":false,"ignore_id_filter":false,"ignore_order":false,"ignore_offset":false,` `"ignore_page":false,"ignore_cursor":false,"clamp_last_page":false,"ignore_per_page":false,"reverse_order":false}` (see [`crate::Misbehave`]) |
+//! | `PUT /__admin/misbehave` | any subset of those fields | as GET (400 on an unknown field) |
 //! | `GET /__admin/webhooks` | | the target without its secret (`{"url":..,"scheme":"standard",` `"retry_ms":[..],"max_events_per_delivery":..,"batch_window_ms":..,"max_in_flight":..,` `"timeout_ms":..,"faults":{..}}`) or `null` |
 //! | `PUT /__admin/webhooks` | `{"url":..,"secret":..,"scheme":"pco-hex"\|"pco-base64"\|"standard"}` plus optional `"retry":"pco"\|"fast"\|"none"\|"50,100"`, the other fields of GET, or `null` to stop | as GET (400 when invalid) |
 //! | `PUT /__admin/webhooks/faults` | any subset of `{"drop_rate":..,"duplicate_rate":..,"reorder_rate":..,"delay_ms":..,"jitter_ms":..}` | as GET (409 without a target) |
@@ -42,7 +46,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::config::{Chaos, Entity, RateLimit};
+use crate::config::{Chaos, Corruption, Entity, Misbehave, RateLimit};
 use crate::faults::{Fault, FaultWire, json_error};
 use crate::server::{Reply, add_date, api};
 use crate::sim::Sim;
@@ -63,6 +67,7 @@ pub(crate) fn router(sim: Sim) -> Router {
         .route("/__admin/chaos", get(chaos_get).put(chaos_put))
         .route("/__admin/rate-limit", get(rate_get).put(rate_put))
         .route("/__admin/rate-limit/reset", post(rate_reset))
+        .route("/__admin/misbehave", get(misbehave_get).put(misbehave_put))
         .route("/__admin/webhooks", get(webhooks_get).put(webhooks_put))
         .route(
             "/__admin/webhooks/faults",
@@ -77,6 +82,10 @@ pub(crate) fn router(sim: Sim) -> Router {
         .route(
             "/__admin/{entity}/records/{id}",
             get(record_get).patch(record_update).delete(record_delete),
+        )
+        .route(
+            "/__admin/{entity}/records/{id}/corrupt",
+            axum::routing::put(corrupt_put).delete(corrupt_delete),
         )
         .fallback(api)
         .with_state(sim.clone())
@@ -257,6 +266,45 @@ async fn rate_put(State(sim): State<Sim>, bytes: Bytes) -> Response {
 async fn rate_reset(State(sim): State<Sim>) -> Response {
     sim.reset_rate_limit();
     no_content()
+}
+
+fn misbehave_json(m: &Misbehave) -> Value {
+    let mut m = *m;
+    let mut out = serde_json::Map::new();
+    for name in Misbehave::NAMES {
+        let on = m.flag_mut(name).is_some_and(|f| *f);
+        out.insert(name.to_owned(), Value::Bool(on));
+    }
+    Value::Object(out)
+}
+
+async fn misbehave_get(State(sim): State<Sim>) -> Response {
+    json_resp(200, &misbehave_json(&sim.misbehave()))
+}
+
+async fn misbehave_put(State(sim): State<Sim>, bytes: Bytes) -> Response {
+    let b = match body::<serde_json::Map<String, Value>>(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut m = sim.misbehave();
+    for (name, v) in &b {
+        let Some(flag) = m.flag_mut(name) else {
+            return error(
+                400,
+                &format!(
+                    "unknown misbehaviour {name:?} (expected any of {})",
+                    Misbehave::NAMES.join(", ")
+                ),
+            );
+        };
+        let Some(on) = v.as_bool() else {
+            return error(400, &format!("{name} must be true or false"));
+        };
+        *flag = on;
+    }
+    sim.set_misbehave(m);
+    json_resp(200, &misbehave_json(&m))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -517,4 +565,48 @@ async fn record_delete(
     } else {
         Reply::json(404, json_error(404, None, None)).into_response()
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorruptBody {
+    kind: String,
+    bytes: Option<usize>,
+}
+
+async fn corrupt_put(
+    State(sim): State<Sim>,
+    Path((name, id)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let (e, id) = match target(&name, &id) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let b: CorruptBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => return error(400, &format!("invalid corruption: {e}")),
+    };
+    let c = match Corruption::from_name(&b.kind, b.bytes) {
+        Ok(c) => c,
+        Err(msg) => return error(400, &msg),
+    };
+    sim.corrupt(e, id, Some(c));
+    let mut out = json!({"id": id, "kind": c.name()});
+    if let Corruption::LongId(n) = c {
+        out["bytes"] = json!(n);
+    }
+    json_resp(200, &out)
+}
+
+async fn corrupt_delete(
+    State(sim): State<Sim>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    let (e, id) = match target(&name, &id) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    sim.corrupt(e, id, None);
+    no_content()
 }

@@ -165,6 +165,153 @@ impl FromStr for Envelope {
     }
 }
 
+/// Ways the simulator disobeys its own API, for hostile-source tests. All off by default; set
+/// with [`crate::Sim::set_misbehave`] or `PUT /__admin/misbehave`.
+///
+/// An ignored parameter is not validated either, as on a server that does not know it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Misbehave {
+    /// The delta filter is ignored: every filter on `updated_at`, in every style the simulator
+    /// accepts (`where[updated_at][gt|gte|lt|lte]`, `where[updated_at]`, `updated_at_gt`, ...,
+    /// `updated_since`).
+    pub ignore_filter: bool,
+    /// Every filter on the ID (`where[id][..]`, `id_gt`, ...) is ignored.
+    pub ignore_id_filter: bool,
+    /// `order` is ignored: ascending ID order, as when a client names a parameter the server
+    /// does not know.
+    pub ignore_order: bool,
+    /// `offset` is ignored: every page starts at 0 (links, `meta.next` and whether there is a
+    /// next page are still computed from the asked offset).
+    pub ignore_offset: bool,
+    /// `page` is ignored: page 1 every time (links and whether there is a next page are still
+    /// computed from the asked page number).
+    pub ignore_page: bool,
+    /// `cursor` is ignored: the first page every time (with the same next cursor).
+    pub ignore_cursor: bool,
+    /// An offset or page number at or past the end serves the last non-empty page instead of an
+    /// empty one (with links and `has_next` as for that last page: no next link).
+    pub clamp_last_page: bool,
+    /// `per_page` is ignored: [`SimConfig::default_per_page`] every time.
+    pub ignore_per_page: bool,
+    /// Listings come back in the reverse of the order asked (descending for ascending, by the
+    /// same key), filters still honoured: a server whose sort disagrees with its filter.
+    pub reverse_order: bool,
+}
+
+impl Misbehave {
+    /// The flag names, as in the admin JSON and `--misbehave`.
+    pub const NAMES: [&'static str; 9] = [
+        "ignore_filter",
+        "ignore_id_filter",
+        "ignore_order",
+        "ignore_offset",
+        "ignore_page",
+        "ignore_cursor",
+        "clamp_last_page",
+        "ignore_per_page",
+        "reverse_order",
+    ];
+
+    /// The flag called `name`, if there is one.
+    pub fn flag_mut(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "ignore_filter" => &mut self.ignore_filter,
+            "ignore_id_filter" => &mut self.ignore_id_filter,
+            "ignore_order" => &mut self.ignore_order,
+            "ignore_offset" => &mut self.ignore_offset,
+            "ignore_page" => &mut self.ignore_page,
+            "ignore_cursor" => &mut self.ignore_cursor,
+            "clamp_last_page" => &mut self.clamp_last_page,
+            "ignore_per_page" => &mut self.ignore_per_page,
+            "reverse_order" => &mut self.reverse_order,
+            _ => return None,
+        })
+    }
+}
+
+impl FromStr for Misbehave {
+    type Err = String;
+    /// Parses a comma-separated list of the flags to switch on, e.g. `ignore_order,ignore_page`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut m = Misbehave::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            *m.flag_mut(name).ok_or_else(|| {
+                format!(
+                    "unknown misbehaviour {name:?} (expected any of {})",
+                    Misbehave::NAMES.join(", ")
+                )
+            })? = true;
+        }
+        Ok(m)
+    }
+}
+
+/// A record served broken (in listings and in `GET <path>/<id>`; webhook payloads stay intact),
+/// for bad-record tests. The record keeps its real position in every ordering and filter (it is
+/// ordered and filtered by its stored values); only the served JSON is broken. Set with
+/// [`crate::Sim::corrupt`] or `PUT /__admin/{entity}/records/{id}/corrupt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corruption {
+    /// `"updated_at": null`.
+    NullDelta,
+    /// No `updated_at` member at all.
+    MissingDelta,
+    /// `"updated_at": "not a date"`.
+    BadDelta,
+    /// RFC 3339 without an offset, the record's real time with no `Z` (whatever the run's
+    /// timestamp format): `"2024-01-01T00:00:00.123456"` (fraction digits per granularity).
+    NaiveTimestamp,
+    /// `"id": ""`.
+    EmptyId,
+    /// `"id"`: a string of that many bytes (`"9"` repeated).
+    LongId(usize),
+    /// A string attribute (people: `first_name`, donations: `amount_currency`) ending in the
+    /// escape `\ud800`, a high surrogate not followed by a low one (invalid JSON text for
+    /// strict parsers such as serde_json).
+    LoneSurrogate,
+}
+
+impl Corruption {
+    /// The admin name: `null_delta`, `missing_delta`, `bad_delta`, `naive_timestamp`,
+    /// `empty_id`, `long_id`, `lone_surrogate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Corruption::NullDelta => "null_delta",
+            Corruption::MissingDelta => "missing_delta",
+            Corruption::BadDelta => "bad_delta",
+            Corruption::NaiveTimestamp => "naive_timestamp",
+            Corruption::EmptyId => "empty_id",
+            Corruption::LongId(_) => "long_id",
+            Corruption::LoneSurrogate => "lone_surrogate",
+        }
+    }
+
+    /// Parses an admin name; `long_id` takes `bytes` (required).
+    pub fn from_name(kind: &str, bytes: Option<usize>) -> Result<Corruption, String> {
+        let c = match kind {
+            "null_delta" => Corruption::NullDelta,
+            "missing_delta" => Corruption::MissingDelta,
+            "bad_delta" => Corruption::BadDelta,
+            "naive_timestamp" => Corruption::NaiveTimestamp,
+            "empty_id" => Corruption::EmptyId,
+            "long_id" => Corruption::LongId(
+                bytes.ok_or_else(|| "long_id needs \"bytes\": the length of the ID".to_owned())?,
+            ),
+            "lone_surrogate" => Corruption::LoneSurrogate,
+            other => {
+                return Err(format!(
+                    "unknown corruption {other:?} (expected null_delta, missing_delta, bad_delta, \
+                     naive_timestamp, empty_id, long_id or lone_surrogate)"
+                ));
+            }
+        };
+        if bytes.is_some() && !matches!(c, Corruption::LongId(_)) {
+            return Err(format!("\"bytes\" applies to long_id only, not {kind}"));
+        }
+        Ok(c)
+    }
+}
+
 /// A fixed-window rate limit: `requests` per `period` (Planning Center: 100 per 20 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
@@ -405,6 +552,47 @@ mod tests {
         assert!("0/20".parse::<RateLimit>().is_err());
         assert!("100".parse::<RateLimit>().is_err());
         assert!("x/20".parse::<RateLimit>().is_err());
+    }
+
+    #[test]
+    fn misbehave_parses_flag_lists() {
+        assert_eq!("".parse::<Misbehave>(), Ok(Misbehave::default()));
+        assert_eq!(
+            "ignore_order, clamp_last_page".parse::<Misbehave>(),
+            Ok(Misbehave {
+                ignore_order: true,
+                clamp_last_page: true,
+                ..Misbehave::default()
+            })
+        );
+        let mut all = Misbehave::default();
+        for name in Misbehave::NAMES {
+            *all.flag_mut(name).unwrap() = true;
+        }
+        assert_eq!(Misbehave::NAMES.join(",").parse::<Misbehave>(), Ok(all));
+        assert!("ignore_everything".parse::<Misbehave>().is_err());
+    }
+
+    #[test]
+    fn corruption_names_round_trip() {
+        for c in [
+            Corruption::NullDelta,
+            Corruption::MissingDelta,
+            Corruption::BadDelta,
+            Corruption::NaiveTimestamp,
+            Corruption::EmptyId,
+            Corruption::LongId(7),
+            Corruption::LoneSurrogate,
+        ] {
+            let bytes = match c {
+                Corruption::LongId(n) => Some(n),
+                _ => None,
+            };
+            assert_eq!(Corruption::from_name(c.name(), bytes), Ok(c));
+        }
+        assert!(Corruption::from_name("long_id", None).is_err());
+        assert!(Corruption::from_name("null_delta", Some(3)).is_err());
+        assert!(Corruption::from_name("nope", None).is_err());
     }
 
     #[test]

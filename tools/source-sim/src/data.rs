@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Entity, Envelope, Granularity, TimestampFormat};
+use crate::config::{Corruption, Entity, Envelope, Granularity, TimestampFormat};
 use crate::json::{FieldSet, ObjWriter, push_str};
 use crate::store::Rec;
-use crate::timefmt::write_timestamp_json;
+use crate::timefmt::{write_rfc3339_local, write_timestamp_json};
 
 /// SplitMix64 finaliser.
 fn mix(mut z: u64) -> u64 {
@@ -149,14 +149,26 @@ impl RenderCtx<'_> {
     }
 }
 
+/// Writes `id` as served: the real ID, or the broken one a [`Corruption`] asks for.
+fn write_id(out: &mut String, id: u64, bad: Option<Corruption>) {
+    match bad {
+        Some(Corruption::EmptyId) => {}
+        Some(Corruption::LongId(n)) => out.extend(std::iter::repeat_n('9', n)),
+        _ => {
+            let _ = write!(out, "{id}");
+        }
+    }
+}
+
 /// Writes one resource object (`{"type":..,"id":..,"attributes":{..},...}`, or the flat object
-/// in the bare envelope).
+/// in the bare envelope), broken as `bad` says.
 pub(crate) fn write_record(
     out: &mut String,
     ctx: &RenderCtx<'_>,
     entity: Entity,
     id: u64,
     rec: &Rec,
+    bad: Option<Corruption>,
 ) {
     let person = match entity {
         Entity::Donations => Some(donation_person(ctx, id)),
@@ -166,9 +178,11 @@ pub(crate) fn write_record(
         Envelope::JsonApi => {
             out.push_str("{\"type\":\"");
             out.push_str(entity.json_type());
-            let _ = write!(out, "\",\"id\":\"{id}\",\"attributes\":{{");
+            out.push_str("\",\"id\":\"");
+            write_id(out, id, bad);
+            out.push_str("\",\"attributes\":{");
             let mut w = ObjWriter::new(out, ctx.fields, true);
-            write_attributes(&mut w, ctx, entity, id, rec);
+            write_attributes(&mut w, ctx, entity, id, rec, bad);
             out.push('}');
             if let Some(pid) = person
                 && ctx.fields.wants("person")
@@ -186,9 +200,11 @@ pub(crate) fn write_record(
             );
         }
         Envelope::Bare => {
-            let _ = write!(out, "{{\"id\":\"{id}\"");
+            out.push_str("{\"id\":\"");
+            write_id(out, id, bad);
+            out.push('"');
             let mut w = ObjWriter::new(out, ctx.fields, false);
-            write_attributes(&mut w, ctx, entity, id, rec);
+            write_attributes(&mut w, ctx, entity, id, rec, bad);
             if let Some(pid) = person
                 && w.key("person_id")
             {
@@ -210,18 +226,44 @@ fn write_attributes(
     entity: Entity,
     id: u64,
     rec: &Rec,
+    bad: Option<Corruption>,
 ) {
     ctx.ts(w, "created_at", rec.created_us);
-    ctx.ts(w, "updated_at", rec.updated_us);
+    match bad {
+        Some(Corruption::NullDelta) => w.opt_str("updated_at", None),
+        Some(Corruption::MissingDelta) => {}
+        Some(Corruption::BadDelta) => w.str("updated_at", "not a date"),
+        Some(Corruption::NaiveTimestamp) => {
+            if w.key("updated_at") {
+                w.out.push('"');
+                write_rfc3339_local(w.out, rec.updated_us, ctx.granularity);
+                w.out.push('"');
+            }
+        }
+        _ => ctx.ts(w, "updated_at", rec.updated_us),
+    }
     let stable = Gen::new(ctx.seed, entity, id, 0);
     let var = Gen::new(ctx.seed, entity, id, u64::from(rec.mutation) + 1);
+    let lone = bad == Some(Corruption::LoneSurrogate);
     match entity {
-        Entity::People => person(w, id, rec, stable, var),
-        Entity::Donations => donation(w, ctx, rec, stable, var),
+        Entity::People => person(w, id, rec, stable, var, lone),
+        Entity::Donations => donation(w, ctx, rec, stable, var, lone),
     }
 }
 
-fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen) {
+/// Writes a string attribute; with `lone`, its value ends in the escape `\ud800` (a high
+/// surrogate with no low one after it).
+fn str_maybe_lone(w: &mut ObjWriter<'_>, name: &str, v: &str, lone: bool) {
+    if !lone {
+        w.str(name, v);
+    } else if w.key(name) {
+        push_str(w.out, v);
+        w.out.pop();
+        w.out.push_str("\\ud800\"");
+    }
+}
+
+fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lone: bool) {
     let first = s.pick(FIRST);
     let last = s.pick(LAST);
     let middle = s.chance(3).then(|| s.pick(FIRST));
@@ -243,7 +285,7 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen) {
     });
     let child = birth_year > 2008;
 
-    w.str("first_name", first);
+    str_maybe_lone(w, "first_name", first, lone);
     w.opt_str("middle_name", middle);
     w.str("last_name", last);
     w.opt_str("nickname", nickname);
@@ -314,13 +356,20 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen) {
     }
 }
 
-fn donation(w: &mut ObjWriter<'_>, ctx: &RenderCtx<'_>, rec: &Rec, mut s: Gen, mut v: Gen) {
+fn donation(
+    w: &mut ObjWriter<'_>,
+    ctx: &RenderCtx<'_>,
+    rec: &Rec,
+    mut s: Gen,
+    mut v: Gen,
+    lone: bool,
+) {
     let amount = 500 + s.below(49_500) as i64;
     let method = s.pick(&["card", "ach", "cash", "check"]);
     let card = method == "card";
     let refunded = rec.mutation > 0 && v.chance(3);
     w.int("amount_cents", amount);
-    w.str("amount_currency", "USD");
+    str_maybe_lone(w, "amount_currency", "USD", lone);
     w.int(
         "fee_cents",
         if card || method == "ach" {
@@ -392,7 +441,7 @@ mod tests {
 
     fn render(entity: Entity, id: u64, r: &Rec, fields: &FieldSet, env: Envelope) -> String {
         let mut out = String::new();
-        write_record(&mut out, &ctx(fields, env), entity, id, r);
+        write_record(&mut out, &ctx(fields, env), entity, id, r, None);
         out
     }
 

@@ -55,6 +55,30 @@
 //! `Retry-After`. The admin interface is described in [`Sim`] (in process) and in the `admin`
 //! module docs (HTTP, under `/__admin/`).
 //!
+//! # Misbehaviour and broken records
+//!
+//! For hostile-source tests the simulator can disobey its own API ([`Misbehave`], set with
+//! [`Sim::set_misbehave`] or `PUT /__admin/misbehave`): ignore the delta filter, the ID filter,
+//! `order` (ascending ID), `offset` or `page` (the first page, with links computed from the asked
+//! position), `cursor` (the first page and the same next cursor every time) or `per_page` (the
+//! default size), and serve the last page for any offset or page number past the end. An
+//! ignored parameter is not validated either, like one a server does not know.
+//!
+//! It can also serve one record broken ([`Corruption`], set with [`Sim::corrupt`] or
+//! `PUT /__admin/{entity}/records/{id}/corrupt`): a null, missing or unparseable `updated_at`, a
+//! timestamp without an offset, an empty or overlong ID, or a lone surrogate escape in a string
+//! attribute. The record keeps its place in every ordering and filter; only its JSON in listings
+//! and `GET <path>/<id>` is broken (webhook payloads stay intact).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use source_sim::{Corruption, Entity, Misbehave, SimConfig};
+//! let sim = source_sim::start(SimConfig::default()).await?;
+//! sim.set_misbehave(Misbehave { ignore_order: true, ..Misbehave::default() });
+//! sim.corrupt(Entity::People, 7, Some(Corruption::NullDelta)); // None clears
+//! # Ok(()) }
+//! ```
+//!
 //! # Webhooks
 //!
 //! With [`SimConfig::webhook`] set (or [`Sim::set_webhook_target`], `PUT /__admin/webhooks`, or
@@ -95,7 +119,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{Chaos, Entity, Envelope, Granularity, RateLimit, SimConfig, TimestampFormat};
+pub use config::{
+    Chaos, Corruption, Entity, Envelope, Granularity, Misbehave, RateLimit, SimConfig,
+    TimestampFormat,
+};
 pub use faults::Fault;
 pub use sim::{ConfigError, RecordVersion, Sim, Stats};
 pub use timefmt::{format_timestamp, parse_timestamp};

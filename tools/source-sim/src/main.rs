@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use source_sim::{
-    Envelope, Granularity, RateLimit, RetrySchedule, SimConfig, TimestampFormat, WebhookFaults,
-    WebhookScheme, WebhookTarget, parse_timestamp,
+    Envelope, Granularity, Misbehave, RateLimit, RetrySchedule, SimConfig, TimestampFormat,
+    WebhookFaults, WebhookScheme, WebhookTarget, parse_timestamp,
 };
 
 /// A Planning Center-like JSON:API simulator (people, donations) with faults and an admin API
@@ -69,6 +69,11 @@ struct Args {
     /// Signed clock skew of the simulator, in milliseconds.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
+    /// Misbehaviour flags to switch on, comma-separated: ignore_filter, ignore_id_filter,
+    /// ignore_order, ignore_offset, ignore_page, ignore_cursor, clamp_last_page, ignore_per_page,
+    /// reverse_order (hostile-source tests; `PUT /__admin/misbehave` changes them at run time).
+    #[arg(long, default_value = "", value_parser = str::parse::<Misbehave>)]
+    misbehave: Misbehave,
     /// Deliver every change as a signed webhook (a POST) to this URL.
     #[arg(long, requires = "webhook_secret", env = "SOURCE_SIM_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -156,6 +161,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    sim.set_misbehave(args.misbehave);
     println!("listening on {}", sim.base_url());
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("source-sim: cannot wait for Ctrl-C: {e}");

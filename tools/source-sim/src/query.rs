@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Entity, TimestampFormat};
+use crate::config::{Entity, Misbehave, TimestampFormat};
 use crate::json::FieldSet;
 use crate::store::{Bounds, Key, Order, SortKey};
 use crate::timefmt::parse_instant;
@@ -58,6 +58,8 @@ pub(crate) struct ParseCfg {
     pub hint: TimestampFormat,
     pub default_per_page: usize,
     pub max_per_page: usize,
+    /// Parameters to ignore (filters, order, per_page) or not to check (cursor).
+    pub misbehave: Misbehave,
 }
 
 pub(crate) fn decode_pairs(raw: Option<&str>) -> Vec<(String, String)> {
@@ -238,15 +240,20 @@ pub(crate) fn parse_list(
     let mut offset = None;
     let mut page = None;
     let mut cursor = None;
+    let m = cfg.misbehave;
     for (k, v) in &pairs {
         if let Some((attr, op)) = filter_param(k)? {
             match attr {
+                Attr::UpdatedAt if m.ignore_filter => {}
+                Attr::Id if m.ignore_id_filter => {}
                 Attr::UpdatedAt => apply_ts(&mut bounds, op, k, v, cfg.hint)?,
                 Attr::Id => apply_id(&mut bounds, op, k, v)?,
             }
             continue;
         }
         match k.as_str() {
+            "order" if m.ignore_order => {}
+            "per_page" if m.ignore_per_page => {}
             "order" => {
                 let (desc, name) = match v.strip_prefix('-') {
                     Some(n) => (true, n),
@@ -285,10 +292,17 @@ pub(crate) fn parse_list(
             _ => {}
         }
     }
+    if m.reverse_order {
+        order.desc = !order.desc;
+    }
     let paging = match (offset, page, cursor) {
         (None, None, None) => Paging::Offset(0),
         (Some(o), None, None) => Paging::Offset(o),
         (None, Some(p), None) => Paging::Page(p),
+        // An ignored cursor is not checked either; the page starts at the beginning anyway.
+        (None, None, Some(c)) if m.ignore_cursor => {
+            Paging::Cursor(decode_cursor(&c, order).unwrap_or(Key::Id(0)))
+        }
         (None, None, Some(c)) => Paging::Cursor(decode_cursor(&c, order)?),
         (_, _, Some(_)) => {
             return Err(bad(
@@ -392,6 +406,17 @@ mod tests {
         hint: TimestampFormat::Rfc3339,
         default_per_page: 25,
         max_per_page: 100,
+        misbehave: Misbehave {
+            ignore_filter: false,
+            ignore_id_filter: false,
+            ignore_order: false,
+            ignore_offset: false,
+            ignore_page: false,
+            ignore_cursor: false,
+            clamp_last_page: false,
+            ignore_per_page: false,
+            reverse_order: false,
+        },
     };
 
     fn parse(q: &str) -> Result<ListQuery, QueryError> {

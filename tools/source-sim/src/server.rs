@@ -271,10 +271,12 @@ impl Sim {
 
     fn list(&self, entity: Entity, path: &str, query: Option<&str>) -> Reply {
         let cfg = &self.inner.cfg;
+        let m = self.misbehave();
         let parse_cfg = ParseCfg {
             hint: cfg.timestamp_format,
             default_per_page: cfg.default_per_page,
             max_per_page: cfg.max_per_page,
+            misbehave: m,
         };
         let q = match parse_list(decode_pairs(query), entity, parse_cfg) {
             Ok(q) => q,
@@ -283,19 +285,38 @@ impl Sim {
                 return Reply::bad_request(&e);
             }
         };
-        let start = match q.paging {
-            Paging::Cursor(k) => Start::After(k),
-            Paging::Offset(_) | Paging::Page(_) => Start::Offset(q.offset().unwrap_or(0)),
+        // The asked position; an ignored one serves from the start.
+        let asked = q.offset();
+        let ignored = match q.paging {
+            Paging::Cursor(_) => m.ignore_cursor,
+            Paging::Offset(_) => m.ignore_offset,
+            Paging::Page(_) => m.ignore_page,
         };
-        let out = self.page(
-            entity,
-            &PageReq {
-                order: q.order,
-                bounds: q.bounds,
-                start,
-                limit: q.per_page,
-            },
-        );
+        let start = match q.paging {
+            _ if ignored => Start::Offset(0),
+            Paging::Cursor(k) => Start::After(k),
+            Paging::Offset(_) | Paging::Page(_) => Start::Offset(asked.unwrap_or(0)),
+        };
+        let req = |start| PageReq {
+            order: q.order,
+            bounds: q.bounds,
+            start,
+            limit: q.per_page,
+        };
+        let mut out = self.page(entity, &req(start));
+        if m.clamp_last_page
+            && out.rows.is_empty()
+            && out.total > 0
+            && matches!(start, Start::Offset(_))
+        {
+            // Past the end: the last non-empty page, as if asked for (no next page).
+            let last = (out.total - 1) / q.per_page * q.per_page;
+            out = self.page(entity, &req(Start::Offset(last)));
+        }
+        if ignored && let Some(o) = asked {
+            // Links and meta as if the asked offset had been served.
+            out.has_next = o.saturating_add(out.rows.len()) < out.total;
+        }
         let count = out.rows.len();
         let next_cursor = if out.has_next {
             out.last_key(q.order.key).map(|k| encode_cursor(q.order, k))
@@ -309,6 +330,8 @@ impl Sim {
             None
         };
         let ctx = self.render_ctx(&q.fields);
+        let bad = self.corruptions(entity);
+        let bad = |id: &u64| bad.get(id).copied();
         let mut body = String::with_capacity(512 + count * 1_100);
         match cfg.envelope {
             Envelope::Bare => {
@@ -317,7 +340,7 @@ impl Sim {
                     if i > 0 {
                         body.push(',');
                     }
-                    write_record(&mut body, &ctx, entity, *id, rec);
+                    write_record(&mut body, &ctx, entity, *id, rec, bad(id));
                 }
                 body.push(']');
             }
@@ -327,7 +350,7 @@ impl Sim {
                     if i > 0 {
                         body.push(',');
                     }
-                    write_record(&mut body, &ctx, entity, *id, rec);
+                    write_record(&mut body, &ctx, entity, *id, rec, bad(id));
                 }
                 body.push_str("],\"included\":[],\"links\":{\"self\":");
                 let self_url = match query {

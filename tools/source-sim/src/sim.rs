@@ -1,6 +1,6 @@
 //! The simulator's shared state and its in-process admin interface.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::config::{Chaos, Entity, RateLimit, SimConfig};
+use crate::config::{Chaos, Corruption, Entity, Misbehave, RateLimit, SimConfig};
 use crate::data::{RenderCtx, write_record};
 use crate::faults::{ChaosState, Fault, RateState};
 use crate::json::FieldSet;
@@ -138,6 +138,9 @@ pub(crate) struct Inner {
     pub stats: Counters,
     changes: broadcast::Sender<Change>,
     pub webhooks: WebhookState,
+    misbehave: Mutex<Misbehave>,
+    /// Records served broken, per entity (by [`Entity::index`]).
+    corrupt: RwLock<[HashMap<u64, Corruption>; 2]>,
 }
 
 /// The simulator's state and admin interface. Cheap to clone (an `Arc`); every clone controls
@@ -180,6 +183,8 @@ impl Sim {
                 stats: Counters::default(),
                 changes,
                 webhooks: WebhookState::new(cfg.webhook.clone()),
+                misbehave: Mutex::new(Misbehave::default()),
+                corrupt: RwLock::new([HashMap::new(), HashMap::new()]),
                 base_url,
                 cfg,
             }),
@@ -445,6 +450,48 @@ impl Sim {
         self.inner.stats.reset();
     }
 
+    /// Replaces the misbehaviour flags (see [`Misbehave`]); they apply from the next request.
+    pub fn set_misbehave(&self, m: Misbehave) {
+        *lock(&self.inner.misbehave) = m;
+    }
+
+    /// The current misbehaviour flags.
+    pub fn misbehave(&self) -> Misbehave {
+        *lock(&self.inner.misbehave)
+    }
+
+    /// Serves record `id` broken from now on (listings and `GET <path>/<id>`), or as it is with
+    /// `None`. The record need not exist yet; the setting survives updates (see [`Corruption`]).
+    pub fn corrupt(&self, entity: Entity, id: u64, c: Option<Corruption>) {
+        let mut all = self
+            .inner
+            .corrupt
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let map = &mut all[entity.index()];
+        match c {
+            Some(c) => {
+                map.insert(id, c);
+            }
+            None => {
+                map.remove(&id);
+            }
+        }
+    }
+
+    /// The corruption of record `id`, if any.
+    pub fn corruption(&self, entity: Entity, id: u64) -> Option<Corruption> {
+        self.corruptions(entity).get(&id).copied()
+    }
+
+    /// The corruption table of one entity, read-locked (one lock per rendered page).
+    pub(crate) fn corruptions(&self, entity: Entity) -> Corruptions<'_> {
+        Corruptions {
+            guard: self.inner.corrupt.read().unwrap_or_else(|p| p.into_inner()),
+            index: entity.index(),
+        }
+    }
+
     /// Receives every later mutation (see [`crate::webhooks`]). A slow receiver may lag and miss
     /// changes (`RecvError::Lagged`), as with any `broadcast` channel.
     pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
@@ -476,19 +523,32 @@ impl Sim {
         fields: &FieldSet,
     ) -> String {
         let ctx = self.render_ctx(fields);
+        let bad = self.corruption(entity, id);
         let mut out = String::with_capacity(1_400);
         match ctx.envelope {
             crate::config::Envelope::JsonApi => {
                 out.push_str("{\"data\":");
-                write_record(&mut out, &ctx, entity, id, rec);
+                write_record(&mut out, &ctx, entity, id, rec, bad);
                 out.push_str(",\"included\":[],\"meta\":{}}");
             }
-            crate::config::Envelope::Bare => write_record(&mut out, &ctx, entity, id, rec),
+            crate::config::Envelope::Bare => write_record(&mut out, &ctx, entity, id, rec, bad),
         }
         out
     }
 
     pub(crate) fn get_rec(&self, entity: Entity, id: u64) -> Option<Rec> {
         self.read(entity).get(id)
+    }
+}
+
+/// The corrupted records of one entity, read-locked.
+pub(crate) struct Corruptions<'a> {
+    guard: RwLockReadGuard<'a, [HashMap<u64, Corruption>; 2]>,
+    index: usize,
+}
+
+impl Corruptions<'_> {
+    pub(crate) fn get(&self, id: &u64) -> Option<&Corruption> {
+        self.guard[self.index].get(id)
     }
 }

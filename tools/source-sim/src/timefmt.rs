@@ -73,10 +73,18 @@ fn write_decimal(out: &mut String, value: i64, unit: u64, digits: usize) {
 }
 
 fn write_rfc3339(out: &mut String, us: i64, granularity: Granularity) {
+    write_rfc3339_local(out, us, granularity);
+    out.push('Z');
+}
+
+/// RFC 3339 without an offset (`2024-01-01T00:00:00.123456`, fraction digits per granularity):
+/// the naive timestamp of [`crate::Corruption::NaiveTimestamp`].
+pub(crate) fn write_rfc3339_local(out: &mut String, us: i64, granularity: Granularity) {
+    let us = granularity.truncate(us);
     let us = us.clamp(MIN_RFC3339_US, MAX_RFC3339_US);
     let Ok(dt) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000) else {
         // Unreachable after the clamp; write the epoch rather than panic.
-        out.push_str("1970-01-01T00:00:00Z");
+        out.push_str("1970-01-01T00:00:00");
         return;
     };
     let _ = write!(
@@ -98,7 +106,6 @@ fn write_rfc3339(out: &mut String, us: i64, granularity: Granularity) {
         }
         Granularity::Seconds => {}
     }
-    out.push('Z');
 }
 
 /// A parsed instant: the floor in microseconds, and whether a sub-microsecond remainder was cut.

@@ -1,6 +1,7 @@
 //! `syncctl`: the operator CLI of the Sync Engine. Each subcommand lives in its own module;
 //! this file only parses the command line and reports errors.
 
+mod check_source;
 mod delta;
 mod demo;
 mod dlq;
@@ -40,6 +41,10 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Print the signature headers (and a curl command) for a webhook body.
     Sign(sign::SignArgs),
+    /// Probe the configured source: does it honour the filter, order, page size, pagination,
+    /// ID filter, get_by_id and JSON 404s? Run after every edit of infra/endpoints.toml.
+    /// Exit 0: all passed; 1: a check failed; 3: unreachable; 4: some undecided.
+    CheckSource(check_source::CheckSourceArgs),
 }
 
 #[tokio::main]
@@ -54,6 +59,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
         Command::Sign(args) => sign::run(args),
+        Command::CheckSource(args) => return check_source::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +164,17 @@ mod tests {
         };
         assert_eq!(r.id, ["a", "b"]);
         assert!(!r.all);
+    }
+
+    #[test]
+    fn check_source_takes_an_entity_and_json() {
+        let cli = Cli::try_parse_from(["syncctl", "check-source", "--entity", "people", "--json"])
+            .expect("parse");
+        let Command::CheckSource(a) = cli.command else {
+            panic!("expected check-source")
+        };
+        assert_eq!(a.entity.as_deref(), Some("people"));
+        assert!(a.json);
     }
 
     #[test]

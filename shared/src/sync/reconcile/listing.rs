@@ -5,6 +5,7 @@
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::timefmt::now_us;
+use crate::error::SourceError;
 use crate::model::ID_SHARDS;
 use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
 use crate::setdiff::{
@@ -76,9 +77,12 @@ pub async fn plan(
     Ok(out)
 }
 
-/// Stream the source's `(id, version)` pairs into sorted runs, until the listing ends or
-/// `stop_at` (then resumable from `progress`). A failing listing ends the step with
-/// `ended_normally = false`: the guard then deletes nothing, repairs still apply.
+/// Stream the source's `(id, version)` pairs into sorted runs, until the listing ends, or
+/// `stop_at` or `max_source_pages` (then resumable from `progress`). The stream runs under
+/// `stop_at` (`core::deadline::within`): the client's waits and requests stop at it too, and a
+/// listing that stops there after at least one page resumes like one stopped between pages. A
+/// failing listing ends the step with `ended_normally = false`: the guard then deletes nothing,
+/// repairs still apply.
 pub async fn source(
     deps: &ReconcileDeps<'_>,
     input: &SourceInput,
@@ -100,9 +104,13 @@ pub async fn source(
     let mut resume = p.resume.clone();
     let mut stopped = false;
     let pages_before = p.pages;
+    crate::core::deadline::within(opts.stop_at, async {
     loop {
         // Every invocation reads at least one page, so that a run always progresses.
-        if p.pages > pages_before && opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+        let read = p.pages - pages_before;
+        if read > 0
+            && (opts.stop_at.is_some_and(|t| Instant::now() >= t) || read >= opts.max_source_pages)
+        {
             stopped = true;
             break;
         }
@@ -110,6 +118,10 @@ pub async fn source(
             None => {
                 p.done = true;
                 p.ended_normally = true;
+                break;
+            }
+            Some(Err(SourceError::Deadline { .. })) if read > 0 => {
+                stopped = true;
                 break;
             }
             Some(Err(e)) => {
@@ -130,6 +142,9 @@ pub async fn source(
             }
         }
     }
+    Ok::<_, StepError>(())
+    })
+    .await?;
     drop(stream);
     let written = writer.finish().await?;
     p.next_run = written.next_index;

@@ -36,6 +36,10 @@ pub struct ReconcileOptions {
     /// The Source step stops (resumable) at this instant: the invocation's deadline less
     /// `safety_margin`.
     pub stop_at: Option<Instant>,
+    /// The Source step reads at most this many pages per invocation, then hands the listing to
+    /// the next invocation (as at `stop_at`): a bound on one invocation's work whatever the
+    /// source serves.
+    pub max_source_pages: u64,
     /// Negative control for tests: delete on absence, without confirming by `get_by_id`. Only
     /// with the `testing` feature: a shipped function always confirms.
     #[cfg(any(test, feature = "testing"))]
@@ -61,6 +65,7 @@ impl Default for ReconcileOptions {
             concurrency: 8,
             safety_margin: Duration::from_secs(30),
             stop_at: None,
+            max_source_pages: 10_000,
             #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
         }
@@ -71,7 +76,8 @@ impl ReconcileOptions {
     /// The Lambda's settings: `RECONCILE_MAX_DELETE_PERCENT` (0-100), `RECONCILE_MAX_DELETE_COUNT`
     /// (0-100,000,000), `RECONCILE_MAX_CONFIRMATIONS` (0-100,000), `RECONCILE_TARGETED_LIMIT`
     /// (0-100,000,000), `RECONCILE_RUN_SIZE` (1,000-4,000,000 pairs; 1,000,000 is about 40 MB),
-    /// `RECONCILE_SAFETY_MARGIN_SECONDS` (5-300), `RECONCILE_APPROVAL_TIMEOUT_SECONDS` (1 s to a
+    /// `RECONCILE_SAFETY_MARGIN_SECONDS` (5-300), `RECONCILE_SOURCE_MAX_PAGES` (1-1,000,000
+    /// pages per invocation of the Source step), `RECONCILE_APPROVAL_TIMEOUT_SECONDS` (1 s to a
     /// year, a Standard execution's longest: the state machine's `ApprovalTimeoutSeconds`; the
     /// approval lease is that and an hour). Unset means the default; a bad value names its
     /// variable.
@@ -108,6 +114,11 @@ impl ReconcileOptions {
                 "RECONCILE_SAFETY_MARGIN_SECONDS",
                 d.safety_margin,
                 5..=300,
+            )?,
+            max_source_pages: env.num(
+                "RECONCILE_SOURCE_MAX_PAGES",
+                d.max_source_pages,
+                1..=1_000_000,
             )?,
             approval_lease_ttl_us: (approval + APPROVAL_LEASE_MARGIN).as_micros() as Micros,
             ..d

@@ -49,6 +49,8 @@ struct Listing {
     pages: Vec<Vec<IdVersion>>,
     total_count: Option<u64>,
     fail_at: Option<usize>,
+    /// Answers `SourceError::Deadline` instead of this page (the client's stop instant).
+    deadline_at: Option<usize>,
     alive: HashSet<String>,
     /// The `resume` of each `stream_ids_from` call.
     resumed_from: Mutex<Vec<Option<String>>>,
@@ -92,9 +94,16 @@ impl SourceApi for Listing {
         let mut out = Vec::new();
         for i in start..self.pages.len() {
             if self.fail_at == Some(i) {
-                out.push(Err(SourceError::Pagination {
+                out.push(Err(SourceError::Walk {
                     url: format!("page {i}"),
-                    message: "the listing broke off".into(),
+                    source: crate::error::WalkError::Shifted,
+                }));
+                break;
+            }
+            if self.deadline_at == Some(i) {
+                out.push(Err(SourceError::Deadline {
+                    url: format!("page {i}"),
+                    wait: std::time::Duration::ZERO,
                 }));
                 break;
             }
@@ -396,6 +405,63 @@ async fn source_resumes_from_its_token_and_stops_at_stop_at_after_one_page() {
 }
 
 #[tokio::test]
+async fn the_page_cap_and_the_clients_deadline_hand_the_listing_to_the_next_invocation() {
+    let fx = Fx::new(Listing::of(vec![ids(0..3), ids(3..6), ids(6..8)]));
+    let run = fx.run().await;
+    let capped = ReconcileOptions {
+        max_source_pages: 2,
+        ..ReconcileOptions::default()
+    };
+    let input = SourceInput {
+        run: run.clone(),
+        progress: None,
+    };
+    let p = source(&fx.deps(), &input, &capped).await.unwrap();
+    assert_eq!(
+        (p.pages, p.done, p.resume.as_deref()),
+        (2, false, Some("t2"))
+    );
+    let input = SourceInput {
+        run: run.clone(),
+        progress: Some(p),
+    };
+    let p = source(&fx.deps(), &input, &capped).await.unwrap();
+    assert_eq!((p.pages, p.done, p.ended_normally), (3, true, true));
+
+    // The client stops at the deadline after a page: resumable, not a failed listing.
+    let fx = Fx::new(Listing {
+        deadline_at: Some(1),
+        ..Listing::of(vec![ids(0..3), ids(3..6), ids(6..8)])
+    });
+    let input = SourceInput {
+        run: fx.run().await,
+        progress: None,
+    };
+    let p = source(&fx.deps(), &input, &ReconcileOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.pages, p.done, p.resume.as_deref()),
+        (1, false, Some("t1"))
+    );
+    assert!(p.error.is_none(), "{p:?}");
+
+    // Before any page, it is a listing that did not progress: failed, no deletions.
+    let fx = Fx::new(Listing {
+        deadline_at: Some(0),
+        ..Listing::of(vec![ids(0..3)])
+    });
+    let input = SourceInput {
+        run: fx.run().await,
+        progress: None,
+    };
+    let p = source(&fx.deps(), &input, &ReconcileOptions::default())
+        .await
+        .unwrap();
+    assert!(p.done && !p.ended_normally, "{p:?}");
+}
+
+#[tokio::test]
 async fn a_broken_listing_ends_the_source_step_not_normally() {
     let fx = Fx::new(Listing {
         fail_at: Some(1),
@@ -411,7 +477,7 @@ async fn a_broken_listing_ends_the_source_step_not_normally() {
         .unwrap();
     assert!(p.done && !p.ended_normally, "{p:?}");
     assert_eq!(p.pairs, 3);
-    assert!(p.error.as_deref().unwrap().contains("broke off"), "{p:?}");
+    assert!(p.error.as_deref().unwrap().contains("shifted"), "{p:?}");
 }
 
 #[tokio::test]

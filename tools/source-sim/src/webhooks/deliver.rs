@@ -220,7 +220,7 @@ fn payload(sim: &Sim, c: &Change) -> String {
             ctx.envelope = Envelope::JsonApi;
             let mut out = String::with_capacity(1_400);
             out.push_str("{\"data\":");
-            write_record(&mut out, &ctx, c.entity, c.id, &rec);
+            write_record(&mut out, &ctx, c.entity, c.id, &rec, None);
             out.push('}');
             out
         }

@@ -2,9 +2,11 @@
 
 mod admin;
 mod common;
+mod corrupt;
 mod determinism;
 mod faults;
 mod filters;
+mod misbehave;
 mod ordering;
 mod paging;
 mod scale;
