@@ -299,6 +299,11 @@ pub struct WebhookConfig {
     /// Largest body accepted (answered 413 above it).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Most events in one delivery (answered 413 above it, after the signature is checked): a
+    /// delivery must be queued well inside the ingest's timeout, or the sender retries it for
+    /// days.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
     /// Pointer to an array of events in the body (Planning Center: `/data`); empty when the
     /// body is one event.
     #[serde(default)]
@@ -319,6 +324,15 @@ pub struct WebhookConfig {
 
 fn default_max_body() -> usize {
     1024 * 1024
+}
+
+/// The default of `[webhooks] max_events`.
+pub const DEFAULT_MAX_EVENTS: usize = 1_000;
+/// The largest `[webhooks] max_events` accepted.
+pub const MAX_EVENTS_LIMIT: usize = 10_000;
+
+fn default_max_events() -> usize {
+    DEFAULT_MAX_EVENTS
 }
 
 /// How a delivery is signed.
@@ -519,7 +533,24 @@ impl Config {
         };
         let s = &self.source;
         match url::Url::parse(&s.base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) if u.scheme() == "https" => {}
+            Ok(u) if u.scheme() == "http" => {
+                // Plain HTTP sends the secret (and every record) in clear: only to this machine,
+                // or to a source that needs no secret.
+                if !is_loopback(&u) && s.auth.secret_ref().is_some() {
+                    return Err(err(
+                        "-",
+                        "source.base_url",
+                        format!(
+                            "http:// to {} would send the source's credentials in clear: use \
+                             https://, or auth = {{ kind = \"none\" }} (plain HTTP is allowed \
+                             with credentials only to a loopback host: 127.0.0.0/8, [::1], \
+                             localhost)",
+                            u.host_str().unwrap_or("no host")
+                        ),
+                    ));
+                }
+            }
             Ok(u) => {
                 return Err(err(
                     "-",
@@ -726,7 +757,26 @@ impl Config {
                 "must be between 1 KiB and 6 MiB (Lambda's synchronous payload limit)".into(),
             ));
         }
+        // At least one event; at most what the ingest queues well inside its timeout (1,000
+        // SendMessageBatch calls at 8 in flight).
+        if w.max_events == 0 || w.max_events > MAX_EVENTS_LIMIT {
+            return Err(err(
+                "max_events",
+                format!("must be between 1 and {MAX_EVENTS_LIMIT}"),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Whether `u`'s host is this machine: an IPv4 address in 127.0.0.0/8, `[::1]`, or exactly
+/// `localhost` (not `localhost.example.com`, which anyone's DNS may answer).
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -917,6 +967,96 @@ mod tests {
         );
         // not TOML at all
         expect_invalid("[source", "-", "-");
+    }
+
+    /// The embedded configuration at `url`, with `auth` (a TOML inline table).
+    fn at(url: &str, auth: &str) -> Result<Config, ConfigError> {
+        load(
+            &with(
+                "base_url = \"http://127.0.0.1:3001\"",
+                &format!("base_url = \"{url}\""),
+            )
+            .replacen(
+                "auth = { kind = \"basic\", secret = { env = \"SOURCE_SECRET\" } }",
+                &format!("auth = {auth}"),
+                1,
+            ),
+        )
+    }
+
+    #[test]
+    fn plain_http_with_credentials_is_refused_unless_the_host_is_this_machine() {
+        const BASIC: &str = r#"{ kind = "basic", secret = { env = "SOURCE_SECRET" } }"#;
+        const BEARER: &str = r#"{ kind = "bearer", secret = { env = "T" } }"#;
+        const KEY: &str = r#"{ kind = "api_key", header = "X-Key", secret = { env = "T" } }"#;
+        const NONE: &str = r#"{ kind = "none" }"#;
+        let ok = [
+            ("https://api.example.com", BASIC),
+            ("https://10.0.0.1:8443/v2", BEARER),
+            ("http://127.0.0.1:3001", BASIC),
+            ("http://127.1.2.3", BEARER),
+            ("http://[::1]:8080", KEY),
+            ("http://localhost:3001", BASIC),
+            ("http://LOCALHOST", BASIC),
+            // No secret to leak: plain HTTP anywhere.
+            ("http://10.0.0.1", NONE),
+            ("http://api.example.com", NONE),
+        ];
+        for (url, auth) in ok {
+            let c = at(url, auth).unwrap_or_else(|e| panic!("{url} with {auth}: {e}"));
+            assert_eq!(c.source.base_url, url);
+        }
+        let refused = [
+            ("http://10.0.0.1", BASIC),
+            ("http://api.example.com", BEARER),
+            ("http://localhost.evil.com", BASIC),
+            ("http://127.0.0.1.nip.io", KEY),
+            ("http://[::2]", BASIC),
+            ("http://[::ffff:127.0.0.1]", BASIC),
+            ("http://128.0.0.1", BASIC),
+        ];
+        for (url, auth) in refused {
+            match at(url, auth) {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let ConfigError::Invalid { field, message, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(field, "source.base_url", "{url}: {e}");
+                    assert!(
+                        message.contains("in clear") && message.contains("https://"),
+                        "{url}: {message}"
+                    );
+                }
+                other => panic!("{url} with {auth}: {other:?}"),
+            }
+        }
+        // The check runs again when SOURCE_BASE_URL replaces the file's URL (`Config::load`
+        // calls `validate` after the override).
+        let mut c = load(EMBEDDED).unwrap();
+        c.source.base_url = "http://api.example.com".into();
+        assert!(c.validate().is_err());
+        c.source.base_url = "https://api.example.com".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn max_events_defaults_to_1000_and_is_range_checked() {
+        let c = load(EMBEDDED).unwrap();
+        assert_eq!(c.webhooks().unwrap().max_events, DEFAULT_MAX_EVENTS);
+        let set = |n: &str| {
+            with(
+                "max_body_bytes = 1048576",
+                &format!("max_body_bytes = 1048576\nmax_events = {n}"),
+            )
+        };
+        assert_eq!(load(&set("1")).unwrap().webhooks().unwrap().max_events, 1);
+        assert_eq!(
+            load(&set("10000")).unwrap().webhooks().unwrap().max_events,
+            MAX_EVENTS_LIMIT
+        );
+        expect_invalid(&set("0"), "-", "webhooks.max_events");
+        expect_invalid(&set("10001"), "-", "webhooks.max_events");
+        expect_invalid(&set("-1"), "-", "webhooks.max_events");
     }
 
     #[test]

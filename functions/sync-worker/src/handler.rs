@@ -18,6 +18,10 @@ pub struct Deps {
 
 /// A claim outlives the invocation by this much (then another delivery may take it over).
 const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// The fetches stop this long before the invocation's deadline (a request already sent, the
+/// writes and the claims' settling fit in it; the source's request timeout is 10 s by default):
+/// a `Retry-After` or a backoff that would pass the stop fails its message for SQS to retry.
+const STOP_MARGIN: Duration = Duration::from_secs(15);
 
 pub async fn handle(
     deps: &Deps,
@@ -34,8 +38,10 @@ pub async fn handle(
         })
         .collect();
     let mut options = deps.options.clone();
-    let left = shared::core::deadline::time_left(event.context.deadline()).unwrap_or_default();
+    let deadline = event.context.deadline();
+    let left = shared::core::deadline::time_left(deadline).unwrap_or_default();
     options.in_progress_ttl_us = (left + CLAIM_MARGIN).as_micros() as i64;
+    options.stop_at = shared::core::deadline::stop_instant(deadline, STOP_MARGIN);
     let report = process_batch(
         &WorkerDeps {
             source: deps.source.as_ref(),

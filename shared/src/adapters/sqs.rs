@@ -1,6 +1,8 @@
 //! [`Queue`] on Amazon SQS (standard queue; the worker's queue, with a DLQ redrive policy).
 //!
-//! Sending: groups of at most 10 entries and [`MAX_BATCH_BYTES`] (SendMessageBatch's limits).
+//! Sending: groups of at most 10 entries and [`MAX_BATCH_BYTES`] (SendMessageBatch's limits),
+//! up to [`SEND_CONCURRENCY`] calls in flight (a delivery of 1,000 events is 100 calls: one
+//! after another they outlast the ingest's timeout).
 //! - An entry SQS rejects as the sender's fault (too large for the queue, invalid characters)
 //!   is reported at once as a failed index; an entry that failed on SQS's side is retried, a
 //!   bounded number of rounds with backoff, then reported.
@@ -8,8 +10,9 @@
 //!   SQS validates every entry before sending any) is split in halves until the culprit stands
 //!   alone, so that one bad body never holds back the good ones.
 //! - Any other failure of a call (missing queue, access denied, throttled beyond the SDK's
-//!   retries) is an `Err` while nothing has been sent yet; after that, the unsent indices are
-//!   reported as failed, so that the caller never resends what already went.
+//!   retries) starts no further call; once the calls in flight have answered, it is an `Err`
+//!   when nothing was sent, else the unsent indices are reported as failed, so that the caller
+//!   never resends what already went.
 //!
 //! Receiving: at most 10 messages a call, long polling for `wait_ms` rounded up to whole
 //! seconds (at most 20), each with its `ApproximateReceiveCount`.
@@ -23,6 +26,8 @@ use crate::ports::{Queue, ReceivedMessage};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -36,6 +41,8 @@ pub const ENTRY_ATTEMPTS: u32 = 4;
 pub const MAX_RECEIVE: usize = 10;
 /// Longest long poll SQS allows.
 pub const MAX_WAIT_SECONDS: u64 = 20;
+/// SendMessageBatch calls in flight by default (see [`SqsQueue::with_send_concurrency`]).
+pub const SEND_CONCURRENCY: usize = 8;
 
 /// Error codes by which SQS refuses a whole batch because of some of its entries.
 const ENTRY_SCOPED_CODES: &[&str] = &[
@@ -52,6 +59,39 @@ pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     entry_backoff: Duration,
+    send_concurrency: usize,
+    /// SendMessageBatch calls in flight, now and at most (tests read it).
+    #[cfg(any(test, feature = "testing"))]
+    sends: std::sync::Arc<InFlight>,
+}
+
+/// A gauge of calls in flight and its high-water mark.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+/// One call counted in an [`InFlight`] while it lives.
+#[cfg(any(test, feature = "testing"))]
+struct Counted<'a>(&'a InFlight);
+
+#[cfg(any(test, feature = "testing"))]
+impl<'a> Counted<'a> {
+    fn new(g: &'a InFlight) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = g.now.fetch_add(1, SeqCst) + 1;
+        g.max.fetch_max(now, SeqCst);
+        Counted(g)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl SqsQueue {
@@ -60,7 +100,24 @@ impl SqsQueue {
             client,
             queue_url: queue_url.into(),
             entry_backoff: Duration::from_millis(200),
+            send_concurrency: SEND_CONCURRENCY,
+            #[cfg(any(test, feature = "testing"))]
+            sends: Default::default(),
         }
+    }
+
+    /// SendMessageBatch calls in flight at most (at least 1); [`SEND_CONCURRENCY`] unless
+    /// changed.
+    pub fn with_send_concurrency(mut self, calls: usize) -> Self {
+        self.send_concurrency = calls.max(1);
+        self
+    }
+
+    /// The most SendMessageBatch calls this queue (and its clones) had in flight at once (for
+    /// tests only).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn max_sends_in_flight(&self) -> usize {
+        self.sends.max.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A client built from a shared SDK configuration (one per cold start).
@@ -132,6 +189,8 @@ impl SqsQueue {
         bodies: &[String],
         group: &[usize],
     ) -> Result<GroupResult, CallError> {
+        #[cfg(any(test, feature = "testing"))]
+        let _counted = Counted::new(&self.sends);
         let mut entries = Vec::with_capacity(group.len());
         for &i in group {
             let entry = SendMessageBatchRequestEntry::builder()
@@ -251,8 +310,24 @@ impl Queue for SqsQueue {
         let mut pending = groups(bodies, 0..bodies.len());
         for round in 0..ENTRY_ATTEMPTS {
             let mut retry: Vec<usize> = Vec::new();
-            while let Some(group) = pending.pop_front() {
-                match self.send_group(bodies, &group).await {
+            // The first failure of a whole call that is not about its entries: no new call
+            // starts, the ones in flight are awaited (they may have sent).
+            let mut broken: Option<StoreError> = None;
+            let mut in_flight = FuturesUnordered::new();
+            loop {
+                while broken.is_none() && in_flight.len() < self.send_concurrency {
+                    let Some(group) = pending.pop_front() else {
+                        break;
+                    };
+                    in_flight.push(async move {
+                        let r = self.send_group(bodies, &group).await;
+                        (group, r)
+                    });
+                }
+                let Some((group, r)) = in_flight.next().await else {
+                    break;
+                };
+                match r {
                     Ok(r) => {
                         sent += r.sent;
                         failed.extend(r.rejected);
@@ -268,17 +343,20 @@ impl Queue for SqsQueue {
                         pending.push_front(a.to_vec());
                     }
                     Err(CallError::Other(e)) => {
-                        if sent == 0 {
-                            return Err(e);
-                        }
-                        tracing::warn!(error = %e, sent, "SQS send failed part-way; reporting the rest as failed");
                         failed.extend(group);
-                        failed.extend(pending.drain(..).flatten());
-                        failed.extend(retry);
-                        failed.sort_unstable();
-                        return Ok(failed);
+                        broken.get_or_insert(e);
                     }
                 }
+            }
+            if let Some(e) = broken {
+                if sent == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, sent, "SQS send failed part-way; reporting the rest as failed");
+                failed.extend(pending.drain(..).flatten());
+                failed.extend(retry);
+                failed.sort_unstable();
+                return Ok(failed);
             }
             if retry.is_empty() {
                 break;

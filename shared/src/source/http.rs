@@ -3,6 +3,12 @@
 //! and full jitter, a bounded number of times, then surface as typed errors. Other 4xx are not
 //! retried. A body the caller's parser cannot read surfaces as `SourceError::Decode` with the
 //! [`ParseError`] as its source.
+//!
+//! Every wait is capped at the invocation's stop instant (`core::deadline::within`): a
+//! `Retry-After`, a backoff or the rate limiter's wait that would pass it ends the call at once
+//! with `SourceError::Deadline` instead of sleeping (a 120 s `Retry-After` would otherwise
+//! outlive a 60 s worker). A request itself is not cut: the callers' margins before the
+//! deadline cover the source's timeout.
 
 use crate::config::{Secret, SourceConfig};
 use crate::core::timefmt::{now_us, parse_http_date};
@@ -11,7 +17,7 @@ use crate::model::Micros;
 use crate::source::ratelimit::SlidingWindow;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest body we read from the source (a page of 100 large records is a few MB).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -84,6 +90,32 @@ pub enum SetupError {
     SecretNotHeaderSafe(#[source] header::InvalidHeaderValue),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+}
+
+#[cfg(any(test, feature = "testing"))]
+tokio::task_local! {
+    static UNCAPPED: ();
+}
+
+/// Negative control for tests only: run `work` with waits that ignore the stop instant (a
+/// `Retry-After` is slept in full, however little time is left), as this client did before.
+#[cfg(any(test, feature = "testing"))]
+pub async fn uncapped_waits<F: std::future::Future>(work: F) -> F::Output {
+    UNCAPPED.scope((), work).await
+}
+
+/// The stop instant every wait of a call must respect (`core::deadline::current`).
+fn stop_instant() -> Option<Instant> {
+    #[cfg(any(test, feature = "testing"))]
+    if UNCAPPED.try_with(|_| ()).is_ok() {
+        return None;
+    }
+    crate::core::deadline::current()
+}
+
+/// Whether waiting `wait` from now passes `stop`.
+fn passes(stop: Option<Instant>, wait: Duration) -> bool {
+    stop.is_some_and(|t| Instant::now() + wait > t)
 }
 
 pub struct Http {
@@ -167,13 +199,21 @@ impl Http {
         parse: impl Fn(Body<'_>, Micros) -> Result<T, ParseError>,
     ) -> Result<Answer<T>, SourceError> {
         let shown = redact_url(url);
+        let stop = stop_instant();
+        let deadline = |wait: Duration| {
+            tracing::info!(url = %shown, ?wait, "stopping: waiting would pass the invocation's deadline");
+            SourceError::Deadline {
+                url: shown.clone(),
+                wait,
+            }
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let last = attempt >= self.policy.max_attempts;
-            self.limiter.acquire().await;
+            self.limiter.acquire_by(stop).await.map_err(deadline)?;
             if let Some(l) = extra {
-                l.acquire().await;
+                l.acquire_by(stop).await.map_err(deadline)?;
             }
             self.stats.requests.fetch_add(1, Relaxed);
             let mut req = self
@@ -202,6 +242,9 @@ impl Http {
                         let retry_after = retry_after(&headers);
                         if !last && retry_after.is_some_and(|d| d <= MAX_RETRY_AFTER) {
                             let wait = retry_after.unwrap_or_default();
+                            if passes(stop, wait) {
+                                return Err(deadline(wait));
+                            }
                             tracing::warn!(url = %shown, ?wait, "rate limited by the source; waiting");
                             self.stats.retries.fetch_add(1, Relaxed);
                             tokio::time::sleep(wait).await;
@@ -303,6 +346,10 @@ impl Http {
                 return Err(failure);
             }
             let wait = self.policy.backoff(attempt);
+            if passes(stop, wait) {
+                tracing::warn!(url = %shown, attempt, error = %failure, "source call failed; no time left to retry");
+                return Err(deadline(wait));
+            }
             tracing::warn!(url = %shown, attempt, ?wait, error = %failure, "source call failed; retrying");
             self.stats.retries.fetch_add(1, Relaxed);
             tokio::time::sleep(wait).await;

@@ -26,6 +26,13 @@ impl SlidingWindow {
 
     /// Wait until one more request fits in the window, and count it.
     pub async fn acquire(&self) {
+        // Without a stop instant no wait is refused.
+        let _ = self.acquire_by(None).await;
+    }
+
+    /// [`acquire`](Self::acquire), unless the wait would pass `stop`: then `Err` with the wait,
+    /// at once, nothing counted (the caller stops rather than sleeps past its deadline).
+    pub async fn acquire_by(&self, stop: Option<std::time::Instant>) -> Result<(), Duration> {
         loop {
             let wait = {
                 let mut sent = self.sent.lock().await;
@@ -38,13 +45,17 @@ impl SlidingWindow {
                 }
                 if sent.len() < self.requests {
                     sent.push_back(now);
-                    return;
+                    return Ok(());
                 }
                 // Full: the oldest request leaves the window at front + per.
                 sent.front()
                     .map(|t| (*t + self.per).saturating_duration_since(now))
+                    .unwrap_or(Duration::from_millis(1))
             };
-            tokio::time::sleep(wait.unwrap_or(Duration::from_millis(1))).await;
+            if stop.is_some_and(|t| std::time::Instant::now() + wait > t) {
+                return Err(wait);
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -52,6 +63,38 @@ impl SlidingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wait_past_the_stop_instant_is_refused_at_once_and_not_counted() {
+        let w = SlidingWindow::new(&RateLimit {
+            requests: 2,
+            per_seconds: 60.0,
+        });
+        let soon = Some(std::time::Instant::now() + Duration::from_secs(5));
+        assert_eq!(w.acquire_by(soon).await, Ok(()));
+        assert_eq!(w.acquire_by(soon).await, Ok(()));
+        // The window is full for about a minute: refused at once, with the wait it would take.
+        let wait = w.acquire_by(soon).await.unwrap_err();
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+        assert_eq!(
+            w.sent.lock().await.len(),
+            2,
+            "a refused request is not counted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_before_the_stop_instant_is_waited() {
+        let w = SlidingWindow::new(&RateLimit {
+            requests: 1,
+            per_seconds: 2.0,
+        });
+        let later = Some(std::time::Instant::now() + Duration::from_secs(3600));
+        w.acquire_by(later).await.unwrap();
+        let start = Instant::now();
+        w.acquire_by(later).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(2));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn never_more_than_n_per_window() {

@@ -7,7 +7,7 @@
 use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
-use crate::error::{ConfigError, StoreError, SyncError};
+use crate::error::{ConfigError, SourceError, StoreError, SyncError};
 use crate::model::{Micros, Record, RejectReason, Rejected, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
@@ -229,6 +229,8 @@ pub struct DeltaSummary {
     pub cursor_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
+    /// Why a failed run failed; for a run `stopped_by` the deadline inside the source client
+    /// (`SourceError::Deadline`: a wait that would pass it), what it would have waited for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -293,7 +295,12 @@ pub async fn run_delta(
             return Ok(summary);
         }
     }
-    let result = sync_pages(source, records, control, entity, opts, &mut summary).await;
+    // Every wait of the source client inside the page loop is capped at `stop_at`.
+    let result = crate::core::deadline::within(
+        opts.stop_at,
+        sync_pages(source, records, control, entity, opts, &mut summary),
+    )
+    .await;
     summary.duration_ms = clock.elapsed().as_millis() as u64;
     if let Err(e) = &result {
         summary.status = RunStatus::Failed;
@@ -343,11 +350,22 @@ async fn sync_pages(
     let mut tally = Tally::default();
     let mut pages = source.list_changed_since(entity, since);
     while let Some(page) = pages.next().await {
-        let page = page?;
+        let page = match page {
+            // The source would make us wait past the deadline: stop at the last checkpoint,
+            // as at the deadline below; the run record says why.
+            Err(e @ SourceError::Deadline { .. }) => {
+                tracing::info!(entity, error = %e, "stopping before the deadline; the next run continues from the checkpoint");
+                summary.status = RunStatus::Partial;
+                summary.stopped_by = Some("deadline".to_owned());
+                summary.error = Some(e.to_string());
+                return Ok(());
+            }
+            page => page?,
+        };
         if opts.fails_on_rejected()
             && let Some(r) = page.rejected.first()
         {
-            return Err(SyncError::Source(crate::SourceError::Rejected {
+            return Err(SyncError::Source(SourceError::Rejected {
                 url: entity.to_owned(),
                 id: r.id.clone().unwrap_or_default(),
                 reason: r.reason,

@@ -18,6 +18,9 @@
 //!   until the source changes the record, and that change sends a new event), counted in
 //!   `RecordsRejected` (per entity, `Strategy` = `worker`) and logged with the ID and reason.
 //!   Never a delete, announced or not: the source has the record.
+//! - The fetches respect the invocation's stop instant (`WorkerOptions::stop_at`): a fetch
+//!   that would wait past it fails its messages at once (redelivered by SQS); nothing of it is
+//!   written or deleted.
 
 use crate::config::Env;
 use crate::core::timefmt::now_us;
@@ -57,6 +60,11 @@ pub struct WorkerOptions {
     pub retain_us: Micros,
     /// `get_by_id` calls in flight (the client's rate limiter still applies).
     pub concurrency: usize,
+    /// The fetches run inside `core::deadline::within(stop_at)`: a fetch whose wait (a
+    /// `Retry-After`, a backoff) would pass it fails at once with `SourceError::Deadline`, and
+    /// its message is reported failed for SQS to redeliver. The handler sets it, a margin
+    /// before the invocation's deadline; `None`: no deadline.
+    pub stop_at: Option<std::time::Instant>,
     #[cfg(any(test, feature = "testing"))]
     pub dedup: DedupMode,
     /// Negative control for tests: `false` deletes on a delete event without asking the source.
@@ -76,6 +84,7 @@ impl Default for WorkerOptions {
             in_progress_ttl_us: 15 * 60 * 1_000_000,
             retain_us: 8 * 24 * 3600 * 1_000_000,
             concurrency: 8,
+            stop_at: None,
             #[cfg(any(test, feature = "testing"))]
             dedup: DedupMode::InProgressThenCompleted,
             #[cfg(any(test, feature = "testing"))]
@@ -337,7 +346,11 @@ pub async fn process_batch(
         grp.webhook |= it.env.kind == MessageKind::Webhook;
     }
 
-    let outcomes = fetch_all(deps, &mut groups, opts, &mut report).await;
+    let outcomes = crate::core::deadline::within(
+        opts.stop_at,
+        fetch_all(deps, &mut groups, opts, &mut report),
+    )
+    .await;
     apply(deps, &mut groups, outcomes, opts, &mut report).await;
 
     // Settle every item: complete or release its claim.

@@ -3,8 +3,11 @@
 //!
 //! Answers: 200 once queued (also for ignored events); 401 bad or missing signature or a stale
 //! timestamp; 400 malformed after a valid signature (the well-formed events of the delivery are
-//! still queued); 413 too large; 503 only when we could not queue. Never 410. Nothing of the
-//! payload is logged.
+//! still queued); 413 too large (bytes, before the signature is checked; or more events than
+//! `[webhooks] max_events`, after it: nothing queued); 503 only when we could not queue, or not
+//! before the invocation's stop instant (`core::deadline::within`, set by the handler a margin
+//! before the Lambda's deadline: an answer the sender retries beats a timeout it also retries,
+//! later). Never 410. Nothing of the payload is logged.
 
 use crate::config::{Config, SignatureScheme, WebhookAction, WebhookConfig};
 use crate::error::ConfigError;
@@ -28,6 +31,11 @@ pub enum Outcome {
         bytes: usize,
         limit: usize,
     },
+    /// Signed, but more events than `[webhooks] max_events`: nothing queued.
+    TooManyEvents {
+        events: usize,
+        limit: usize,
+    },
     Unauthorized(SignatureError),
     /// Signed, but the body (or some events) malformed; `queued` well-formed events were queued.
     Malformed {
@@ -37,6 +45,11 @@ pub enum Outcome {
     /// Some events could not be queued: the sender must retry (dedup absorbs the repeats).
     QueueFailed {
         failed: usize,
+        of: usize,
+    },
+    /// The queue had not taken the events by the stop instant: the sender must retry (some may
+    /// have been queued; dedup absorbs the repeats).
+    QueueTimedOut {
         of: usize,
     },
 }
@@ -63,10 +76,10 @@ impl Answer {
     fn counts(&self) -> (usize, usize, &'static str) {
         match &self.outcome {
             Outcome::Queued { queued, ignored } => (*queued, *ignored, "queued"),
-            Outcome::TooLarge { .. } => (0, 0, "too_large"),
+            Outcome::TooLarge { .. } | Outcome::TooManyEvents { .. } => (0, 0, "too_large"),
             Outcome::Unauthorized(_) => (0, 0, "unauthorized"),
             Outcome::Malformed { queued, .. } => (*queued, 0, "malformed"),
-            Outcome::QueueFailed { .. } => (0, 0, "queue_failed"),
+            Outcome::QueueFailed { .. } | Outcome::QueueTimedOut { .. } => (0, 0, "queue_failed"),
         }
     }
 
@@ -95,6 +108,9 @@ pub struct Ingest {
     map: EventMap,
     verifier: Verifier,
     queue: Arc<dyn Queue>,
+    /// Negative control: wait for the queue past the stop instant.
+    #[cfg(any(test, feature = "testing"))]
+    ignore_deadline: bool,
 }
 
 impl Ingest {
@@ -118,7 +134,26 @@ impl Ingest {
             cfg,
             verifier,
             queue,
+            #[cfg(any(test, feature = "testing"))]
+            ignore_deadline: false,
         })
+    }
+
+    /// Negative control for tests only: wait for the queue however long it takes, past the
+    /// stop instant (a Lambda would time out, and the sender retry later).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn ignoring_deadline(mut self) -> Self {
+        self.ignore_deadline = true;
+        self
+    }
+
+    /// The instant by which the events must be queued, or the answer is 503.
+    fn stop_at(&self) -> Option<std::time::Instant> {
+        #[cfg(any(test, feature = "testing"))]
+        if self.ignore_deadline {
+            return None;
+        }
+        crate::core::deadline::current()
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -179,6 +214,21 @@ impl Ingest {
             ignored,
             malformed,
         } = extracted;
+        let count = events.len() + ignored.len() + malformed.len();
+        if count > self.cfg.max_events {
+            return Answer::new(
+                413,
+                serde_json::json!({
+                    "error": "too many events in one delivery; send fewer per delivery",
+                    "events": count,
+                    "limit_events": self.cfg.max_events,
+                }),
+                Outcome::TooManyEvents {
+                    events: count,
+                    limit: self.cfg.max_events,
+                },
+            );
+        }
         let bodies: Vec<String> = events
             .iter()
             .map(|e| {
@@ -199,7 +249,19 @@ impl Ingest {
             })
             .collect();
         if !bodies.is_empty() {
-            let failed = match self.queue.send_batch(&bodies).await {
+            let send = self.queue.send_batch(&bodies);
+            let sent = match self.stop_at() {
+                Some(t) => tokio::time::timeout_at(t.into(), send).await,
+                None => Ok(send.await),
+            };
+            let Ok(sent) = sent else {
+                return Answer::new(
+                    503,
+                    serde_json::json!({"error": "could not queue in time; retry"}),
+                    Outcome::QueueTimedOut { of: bodies.len() },
+                );
+            };
+            let failed = match sent {
                 Ok(failed) => failed.len(),
                 Err(e) => {
                     tracing::error!(error = %e, "webhook: cannot queue");
@@ -268,6 +330,23 @@ fn log(a: &Answer, bytes: usize) {
         }
         Outcome::TooLarge { limit, .. } => {
             tracing::warn!(status = a.status, bytes, limit, "webhook too large")
+        }
+        Outcome::TooManyEvents { events, limit } => {
+            tracing::warn!(
+                status = a.status,
+                events,
+                limit,
+                bytes,
+                "webhook with too many events"
+            )
+        }
+        Outcome::QueueTimedOut { of } => {
+            tracing::error!(
+                status = a.status,
+                of,
+                bytes,
+                "webhook not queued before the deadline"
+            )
         }
         Outcome::Queued { .. } => {
             tracing::info!(

@@ -196,13 +196,15 @@ impl Counters {
                 add(&self.accepted, 1);
                 add(&self.events_queued, *queued);
             }
-            Outcome::TooLarge { .. } => add(&self.too_large, 1),
+            Outcome::TooLarge { .. } | Outcome::TooManyEvents { .. } => add(&self.too_large, 1),
             Outcome::Unauthorized(_) => add(&self.unauthorized, 1),
             Outcome::Malformed { queued, .. } => {
                 add(&self.malformed, 1);
                 add(&self.events_queued, *queued);
             }
-            Outcome::QueueFailed { .. } => add(&self.queue_failed, 1),
+            Outcome::QueueFailed { .. } | Outcome::QueueTimedOut { .. } => {
+                add(&self.queue_failed, 1)
+            }
         }
     }
 

@@ -311,3 +311,93 @@ fn body_bytes(req: Request) -> Vec<u8> {
         _ => Vec::new(),
     }
 }
+
+#[tokio::test]
+async fn more_events_than_max_events_is_413_after_the_signature_and_queues_nothing() {
+    let text = shared::config::EMBEDDED.replace(
+        "max_body_bytes = 1048576",
+        "max_body_bytes = 4096\nmax_events = 3",
+    );
+    let config = Config::from_toml_str(&text, std::path::Path::new("test.toml")).unwrap();
+    let q = local_queue();
+    let ingest = Ingest::new(&config, &[PCO_SECRET], q.clone()).unwrap();
+    // pco-batch holds four events (one of them ignored): over the cap of three.
+    let r = handle(&ingest, sample("pco-batch"), NOW).await;
+    assert_eq!(r.status(), 413);
+    let b = body_json(&r);
+    assert_eq!(
+        (b["events"].as_u64(), b["limit_events"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert!(
+        b["error"].as_str().unwrap().contains("too many events"),
+        "{b}"
+    );
+    // The signature is checked first: a stranger learns nothing about the cap.
+    let mut unsigned = sample("pco-batch");
+    unsigned.headers_mut().remove("x-pco-webhooks-authenticity");
+    assert_eq!(handle(&ingest, unsigned, NOW).await.status(), 401);
+    assert!(drain(&q).await.is_empty(), "nothing queued");
+    // At the cap: queued.
+    let config = Config::from_toml_str(
+        &text.replace("max_events = 3", "max_events = 4"),
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let ingest = Ingest::new(&config, &[PCO_SECRET], q.clone()).unwrap();
+    assert_eq!(
+        handle(&ingest, sample("pco-batch"), NOW).await.status(),
+        200
+    );
+    assert_eq!(drain(&q).await.len(), 3);
+}
+
+/// A queue that never answers (an SQS endpoint that hangs).
+struct HangingQueue;
+
+#[async_trait]
+impl Queue for HangingQueue {
+    async fn send_batch(&self, _: &[String]) -> Result<Vec<usize>, StoreError> {
+        std::future::pending().await
+    }
+    async fn receive(&self, _: usize, _: u64) -> Result<Vec<ReceivedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A Lambda context whose deadline is `left` from now.
+fn context(left: Duration) -> lambda_http::Context {
+    let mut ctx = lambda_http::Context::default();
+    ctx.deadline = (std::time::SystemTime::now() + left)
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    ctx
+}
+
+#[tokio::test]
+async fn a_queue_slower_than_the_deadline_is_503_before_it() {
+    let ingest = pco_ingest(Arc::new(HangingQueue));
+    // The Lambda's deadline is the margin and 300 ms away: the answer comes at the stop,
+    // well before the deadline.
+    let req =
+        sample("pco-batch").with_lambda_context(context(STOP_MARGIN + Duration::from_millis(300)));
+    let r = tokio::time::timeout(STOP_MARGIN, handle(&ingest, req, NOW))
+        .await
+        .expect("answered before the deadline");
+    assert_eq!(r.status(), 503);
+    assert!(body_json(&r)["error"].as_str().unwrap().contains("retry"));
+}
+
+#[tokio::test]
+async fn negative_control_without_a_deadline_a_slow_queue_holds_the_answer_past_the_stop() {
+    // The same queue; a local invocation's context (no deadline): the handler waits for the
+    // queue however long it takes, so deployed it would time out (and the sender retry later).
+    let ingest = pco_ingest(Arc::new(HangingQueue));
+    let req = sample("pco-batch").with_lambda_context(lambda_http::Context::default());
+    let waited = tokio::time::timeout(Duration::from_millis(500), handle(&ingest, req, NOW)).await;
+    assert!(waited.is_err(), "still waiting for the queue: aborted");
+}
