@@ -606,3 +606,23 @@ async fn check_source_names_the_field_when_no_record_of_a_page_reads() {
         "{c:?}"
     );
 }
+
+/// A bad record on a probed page still counts as served: the page-size and pagination checks
+/// of a correct configuration pass (counting only readable records made the first page look
+/// short: a false "the source caps pages").
+#[tokio::test]
+async fn check_source_counts_a_bad_record_as_served() {
+    use shared::source::probe::Verdict;
+    let h = sim::people(250).await;
+    h.sim()
+        .corrupt(Entity::People, 3, Some(Corruption::BadDelta));
+    let p = SourceClient::new(&config(&h, |_| {}), None)
+        .expect("client")
+        .probe(E)
+        .await
+        .expect("probed");
+    for name in ["page_size", "pagination"] {
+        let c = p.check(name).expect("the check ran");
+        assert_eq!(c.verdict, Verdict::Pass, "{name}: {c:?}");
+    }
+}

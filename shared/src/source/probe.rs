@@ -214,10 +214,16 @@ impl Probed {
         self.ids.len()
     }
 
+    /// Records the page served, those that do not read included: what page sizes and
+    /// positions count.
+    fn served(&self) -> usize {
+        self.ids.len() + self.rejected.len()
+    }
+
     /// Whether more records exist than this (first) page holds, when the source says so.
     fn more(&self, positional: bool) -> Option<bool> {
         match self.total {
-            Some(t) => Some(t > self.len() as u64),
+            Some(t) => Some(t > self.served() as u64),
             None if !positional => Some(self.next.is_some()),
             None => None,
         }
@@ -742,7 +748,7 @@ impl SourceClient {
         let mut undecided = Vec::new();
         let mut fine = Vec::new();
         let mut look = |what: &str, field: &'static str, asked: u32, page: &Probed| {
-            let got = page.len();
+            let got = page.served();
             if got > asked as usize {
                 problems.push((
                     "source.pagination",
@@ -807,7 +813,7 @@ impl SourceClient {
         first: &[(String, String)],
         p1: &Probed,
     ) -> Option<(String, Url)> {
-        let served = u32::try_from(p1.len()).unwrap_or(u32::MAX);
+        let served = u32::try_from(p1.served()).unwrap_or(u32::MAX);
         match &self.source.pagination {
             Pagination::Offset { .. } | Pagination::Page { .. } => {
                 let pos = self.position_param(1, served)?;
@@ -923,7 +929,7 @@ impl SourceClient {
         let mut detail = format!("page 2 ({where_}) continues page 1: no repeated ID{continues}");
         if positional {
             // A position at (or past) the end must give an empty page.
-            let served = u32::try_from(p1.len()).unwrap_or(u32::MAX).max(1);
+            let served = u32::try_from(p1.served()).unwrap_or(u32::MAX).max(1);
             let k = match p1.total {
                 Some(t) => t.div_ceil(u64::from(served)),
                 None => 100_000,
