@@ -25,6 +25,7 @@
 //!   (`negative_control_serde_json_bodies_hold_characters_sqs_refuses`).
 
 use crate::conformance_dynamodb::dynamodb_stores;
+use crate::delta::{store_versions, watermark};
 use crate::harness::{QueueSpec, create_queue, scratch, sqs_client};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -32,9 +33,8 @@ use shared::SourceError;
 use shared::adapters::local::{LocalSpill, LocalStore};
 use shared::adapters::sqs::SqsQueue;
 use shared::config::Config;
-use shared::core::cursor::DeltaCursor;
 use shared::core::timefmt::{now_us, parse_offset};
-use shared::model::{IdVersion, Micros, RawJson, Record, Strategy};
+use shared::model::{IdVersion, RawJson, Record, Strategy};
 use shared::ports::{ControlStore, IdPage, JobKind, Queue, RecordStore, SourceApi};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, RunStatus, run_delta};
@@ -106,29 +106,8 @@ async fn with_first_broken(c: Corruption) -> (SimHandle, u64) {
     (h, bad)
 }
 
-async fn watermark(cs: &dyn ControlStore) -> Option<Micros> {
-    let st = cs.job_state(E, JobKind::Delta).await.expect("job state");
-    st.cursor
-        .map(|c| DeltaCursor::decode(&c).expect("cursor").watermark_us)
-}
-
 async fn live_count(rs: &dyn RecordStore) -> usize {
-    let mut n = 0;
-    for shard in 0..shared::model::ID_SHARDS {
-        let mut after: Option<String> = None;
-        loop {
-            let p = rs
-                .list_live_ids(E, shard, after.as_deref(), 1_000)
-                .await
-                .expect("live ids");
-            n += p.items.len();
-            match p.next_after {
-                Some(a) => after = Some(a),
-                None => break,
-            }
-        }
-    }
-    n
+    store_versions(rs).await.len()
 }
 
 async fn live(rs: &dyn RecordStore, id: &str) -> bool {

@@ -104,14 +104,15 @@ async fn run(src: &dyn SourceApi, rs: &Records, cs: &Control, o: &DeltaOptions) 
         .expect("delta run")
 }
 
-async fn watermark(cs: &Control) -> Option<Micros> {
+/// The delta cursor's watermark of the people entity, if it has one.
+pub(crate) async fn watermark(cs: &dyn ControlStore) -> Option<Micros> {
     let st = cs.job_state(E, JobKind::Delta).await.expect("job state");
     st.cursor
         .map(|c| DeltaCursor::decode(&c).expect("cursor").watermark_us)
 }
 
 /// Every live `(id, delta)` of the store, over all shards.
-async fn store_versions(rs: &dyn RecordStore) -> BTreeMap<String, Micros> {
+pub(crate) async fn store_versions(rs: &dyn RecordStore) -> BTreeMap<String, Micros> {
     let mut out = BTreeMap::new();
     for shard in 0..ID_SHARDS {
         let mut after: Option<String> = None;
@@ -505,7 +506,7 @@ async fn backfill_equals_the_source(n: usize, rs: Records, cs: Control, content:
         s.pages
     );
     assert_eq!(
-        watermark(&cs).await,
+        watermark(cs.as_ref()).await,
         Some(BASE + (n as i64 - 1) * SEC),
         "the cursor is the highest delta written (the source's clock is far ahead of it)"
     );
@@ -811,7 +812,7 @@ async fn tie_stopped_by_the_deadline(rule: Option<NaiveCursor>) -> TieOutcome {
         },
     )
     .await;
-    let first_watermark = watermark(&cs).await;
+    let first_watermark = watermark(cs.as_ref()).await;
     let second = run(
         &c,
         &rs,
@@ -1004,7 +1005,9 @@ async fn crash_at_the_third_write(rule: Option<NaiveCursor>, write_first: bool) 
             .await
             .expect_err("the injected crash fails the run");
         let st = cs.job_state(E, JobKind::Delta).await.expect("job state");
-        let w = watermark(&cs).await.expect("a checkpoint before the crash");
+        let w = watermark(cs.as_ref())
+            .await
+            .expect("a checkpoint before the crash");
         let max_stored = *store_versions(crashing.as_ref())
             .await
             .values()
@@ -1127,7 +1130,9 @@ async fn a_failed_checkpoint_keeps_the_cursor_and_a_rerun_converges() {
         .await
         .expect_err("the checkpoint fails");
     assert!(err.is_retryable(), "{err:?}");
-    let w = watermark(&inner).await.expect("the first checkpoint");
+    let w = watermark(inner.as_ref())
+        .await
+        .expect("the first checkpoint");
     assert_eq!(w, BASE + 99 * SEC, "the cursor stays at page 1");
     let stored = store_versions(rs.as_ref()).await;
     assert!(
@@ -1416,7 +1421,7 @@ async fn a_backlog_inside_the_overlap_larger_than_a_run_still_progresses() {
         h.sim().set_clock_skew_ms(k * 300_000);
         let s = run(&c, &rs, &cs, &partial).await;
         assert_eq!(s.status, RunStatus::Partial, "{s:?}");
-        marks.push(watermark(&cs).await.expect("cursor saved"));
+        marks.push(watermark(cs.as_ref()).await.expect("cursor saved"));
     }
     assert!(
         marks.windows(2).all(|w| w[1] > w[0]),
@@ -1477,7 +1482,7 @@ async fn a_record_too_large_for_the_store_is_skipped(rs: Records, cs: Control) {
         assert!(rs.get(E, id).await.expect("get").is_some(), "{id}");
     }
     assert_eq!(
-        watermark(&cs).await,
+        watermark(cs.as_ref()).await,
         Some(300),
         "the cursor moved past the refused record"
     );

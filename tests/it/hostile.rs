@@ -22,13 +22,13 @@
 //! The page cap has no failure to control: `the_page_cap_ends_a_backlog_run_partial_and_later_runs_finish_it`
 //! shows that a capped run is `partial`, not an error, and that the backlog still completes.
 
+use crate::delta::{store_versions, watermark};
 use crate::source_client::client;
 use futures::StreamExt;
 use shared::SourceError;
 use shared::SyncError;
 use shared::adapters::local::LocalStore;
 use shared::config::{Config, IdOrder, Pagination};
-use shared::core::cursor::DeltaCursor;
 use shared::error::WalkError;
 use shared::model::Micros;
 use shared::ports::{ControlStore, JobKind, RecordStore, SourceApi};
@@ -85,29 +85,8 @@ fn walk_error<T: std::fmt::Debug>(r: Result<T, SourceError>) -> WalkError {
     }
 }
 
-async fn watermark(cs: &dyn ControlStore) -> Option<Micros> {
-    let st = cs.job_state(E, JobKind::Delta).await.expect("job state");
-    st.cursor
-        .map(|c| DeltaCursor::decode(&c).expect("cursor").watermark_us)
-}
-
 async fn count(rs: &dyn RecordStore) -> usize {
-    let mut n = 0;
-    for shard in 0..shared::model::ID_SHARDS {
-        let mut after: Option<String> = None;
-        loop {
-            let p = rs
-                .list_live_ids(E, shard, after.as_deref(), 1_000)
-                .await
-                .expect("live ids");
-            n += p.items.len();
-            match p.next_after {
-                Some(a) => after = Some(a),
-                None => break,
-            }
-        }
-    }
-    n
+    store_versions(rs).await.len()
 }
 
 /// Every ID of a listing (or its error), reading at most `max_pages` pages.
