@@ -92,6 +92,27 @@ impl RecordStore for MemoryRecords {
             .cloned())
     }
 
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        let items = self.items.lock().expect("poisoned");
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let item = items.get(&(entity.to_owned(), id.clone()))?;
+                Some((
+                    id.clone(),
+                    SyncTimes {
+                        first_seen_us: item.first_seen_us,
+                        last_synced_us: item.last_synced_us,
+                    },
+                ))
+            })
+            .collect())
+    }
+
     async fn list_live_ids(
         &self,
         entity: &str,

@@ -162,6 +162,22 @@ pub struct StoredVersion {
     pub deleted_at_us: Option<Micros>,
 }
 
+/// When a stored item was first written and last written (live or soft-deleted): what
+/// reconciliation reads, strongly consistent, to tell a record synced during its run from one
+/// the source no longer has (`RecordStore::sync_times`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTimes {
+    pub first_seen_us: Micros,
+    pub last_synced_us: Micros,
+}
+
+impl SyncTimes {
+    /// Written at or after `t` (first stored, or synced since).
+    pub fn touched_since(&self, t: Micros) -> bool {
+        self.first_seen_us >= t || self.last_synced_us >= t
+    }
+}
+
 /// An item as a store returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {

@@ -5,7 +5,7 @@
 use crate::error::{SourceError, StoreError};
 use crate::model::{
     DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, Rejected, StoredRecord, Strategy,
-    WriteOutcome,
+    SyncTimes, WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -42,6 +42,15 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<DeleteOutcome, StoreError>;
 
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// The sync times of these IDs (live or soft-deleted), strongly consistent, in as few
+    /// requests as the store allows (DynamoDB: BatchGetItem of 100 keys, projected to the two
+    /// attributes). IDs not stored are absent from the map.
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError>;
 
     /// One page of live IDs of one shard (`model::shard_of`), sorted bytewise, after `after`.
     async fn list_live_ids(

@@ -882,7 +882,8 @@ fn template_sync_worker_grants_cover_a_batch() {
 }
 
 /// What the steps call (`shared::sync::reconcile` through the adapters), exactly: records
-/// Query on the live_ids index (destination) and UpdateItem (soft_delete); control GetItem
+/// Query on the live_ids index (destination), BatchGetItem (the guard's and apply's
+/// `sync_times`, traced below to the adapter's call) and UpdateItem (soft_delete); control GetItem
 /// (the delta job's state for a cursor rewind), UpdateItem (acquire/renew/release the lease),
 /// PutItem (put_run); S3 Put/Get/DeleteObject under the spill prefix and ListBucket limited to
 /// it; SendMessage on the work queue; the source secret; StartExecution (continue, through
@@ -895,7 +896,10 @@ fn template_reconcile_function_grants_cover_the_steps() {
     assert_eq!(
         dynamodb_grants(f),
         BTreeMap::from([
-            (("RecordsTable".to_owned(), None), set(&["UpdateItem"])),
+            (
+                ("RecordsTable".to_owned(), None),
+                set(&["BatchGetItem", "UpdateItem"])
+            ),
             (
                 ("RecordsTable".to_owned(), Some("live_ids".to_owned())),
                 set(&["Query"])
@@ -912,6 +916,29 @@ fn template_reconcile_function_grants_cover_the_steps() {
         .map(|g| g.name)
         .collect::<Vec<_>>();
     assert!(index.contains(&"live_ids"), "the schema's index: {index:?}");
+    // The BatchGetItem grant, traced to its call: the guard and apply read the candidates' sync
+    // times through the port, whose DynamoDB adapter reads them with a strongly consistent
+    // BatchGetItem.
+    let steps = production_code_under(&[root().join("shared/src/sync/reconcile")]);
+    assert!(steps.contains(".sync_times("), "the steps read sync times");
+    let records = production_code(&root().join("shared/src/adapters/dynamodb/records.rs"));
+    let body = |name: &str| {
+        let start = records
+            .find(&format!("async fn {name}("))
+            .unwrap_or_else(|| panic!("records adapter: no fn {name}"));
+        let rest = &records[start..];
+        let end = rest[1..].find("async fn ").map_or(rest.len(), |e| e + 1);
+        rest[..end].to_owned()
+    };
+    assert!(
+        body("sync_times").contains(".batch_get("),
+        "sync_times reads by batch_get"
+    );
+    let batch_get = body("batch_get");
+    assert!(
+        calls(&batch_get, "BatchGetItem") && batch_get.contains(".consistent_read(true)"),
+        "batch_get: a strongly consistent BatchGetItem"
+    );
 
     let prefix = format!(
         "{}/",

@@ -25,13 +25,14 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use shared::model::{
-    DeleteOutcome, LiveIdPage, Micros, Record, StoredRecord, Strategy, WriteOutcome,
+    DeleteOutcome, LiveIdPage, Micros, Record, StoredRecord, Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
     ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
     RunRecord, SourceApi,
 };
 use shared::{SourceError, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// `inner`, with every call passed through `hook` (see the module doc).
@@ -84,6 +85,15 @@ pub trait RecordHooks<S: RecordStore + ?Sized>: Send + Sync {
         inner.get(entity, id).await
     }
 
+    async fn sync_times(
+        &self,
+        inner: &S,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        inner.sync_times(entity, ids).await
+    }
+
     async fn list_live_ids(
         &self,
         inner: &S,
@@ -120,6 +130,14 @@ impl<S: RecordStore + ?Sized, H: RecordHooks<S>> RecordStore for Forward<S, H> {
 
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         self.hook.get(&self.inner, entity, id).await
+    }
+
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        self.hook.sync_times(&self.inner, entity, ids).await
     }
 
     async fn list_live_ids(

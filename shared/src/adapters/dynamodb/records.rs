@@ -11,7 +11,7 @@ use crate::core::{decide_delete, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
     ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
-    StoredVersion, Strategy, Version, WriteOutcome, shard_of,
+    StoredVersion, Strategy, SyncTimes, Version, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
@@ -109,15 +109,11 @@ impl DynamoRecords {
         }
     }
 
-    /// The stored versions of these keys (absent keys are new), strongly consistent, by
-    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried.
+    /// The stored versions of these keys (absent keys are new), strongly consistent.
     async fn stored_versions(
         &self,
         pks: &[&str],
     ) -> Result<HashMap<String, StoredVersion>, StoreError> {
-        let mut unique: Vec<&str> = pks.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
         let projection = [
             attr::PK,
             attr::DELTA_US,
@@ -125,7 +121,31 @@ impl DynamoRecords {
             attr::HASH,
             attr::DELETED_AT_US,
         ];
-        let mut found = HashMap::with_capacity(unique.len());
+        let mut found = HashMap::with_capacity(pks.len());
+        for item in self
+            .batch_get(pks, &projection, "read stored versions")
+            .await?
+        {
+            let pk = ItemReader::new("records", &item).s(attr::PK)?.to_owned();
+            let v = decode_version(&pk, &item)?;
+            found.insert(pk, v);
+        }
+        Ok(found)
+    }
+
+    /// The items of these keys that exist, projected to `projection`, strongly consistent, by
+    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried with
+    /// backoff (a throttling error after 8 rounds).
+    async fn batch_get(
+        &self,
+        pks: &[&str],
+        projection: &[&str],
+        op: &'static str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut unique: Vec<&str> = pks.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut found = Vec::with_capacity(unique.len());
         for chunk in unique.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
@@ -151,32 +171,25 @@ impl DynamoRecords {
                             .collect(),
                     ))
                     .build()
-                    .map_err(|e| StoreError::backend("read stored versions", e))?,
+                    .map_err(|e| StoreError::backend(op, e))?,
             );
             let mut round = 0u32;
             while let Some(request) = pending.take() {
-                let out = self
+                let mut out = self
                     .client
                     .batch_get_item()
                     .request_items(&self.table, request)
                     .send()
                     .await
-                    .map_err(|e| store_error("read stored versions", e))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let pk = ItemReader::new("records", item).s(attr::PK)?.to_owned();
-                    let v = decode_version(&pk, item)?;
-                    found.insert(pk, v);
-                }
+                    .map_err(|e| store_error(op, e))?;
                 pending = out
                     .unprocessed_keys()
                     .and_then(|u| u.get(&self.table))
                     .filter(|k| !k.keys().is_empty())
                     .cloned();
+                if let Some(items) = out.responses.as_mut().and_then(|r| r.remove(&self.table)) {
+                    found.extend(items);
+                }
                 if pending.is_some() {
                     round += 1;
                     if round > 8 {
@@ -614,6 +627,37 @@ impl RecordStore for DynamoRecords {
             .await
             .map_err(|e| store_error("get record", e))?;
         out.item().map(|item| decode_record(&pk, item)).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, count = ids.len()))]
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        // A key over the limits cannot be stored: absent, like any ID never stored.
+        let pks: Vec<String> = ids
+            .iter()
+            .filter(|id| size::key_fits(entity, id))
+            .map(|id| record_key(entity, id))
+            .collect();
+        let refs: Vec<&str> = pks.iter().map(String::as_str).collect();
+        let projection = [attr::ID, attr::FIRST_SEEN_US, attr::LAST_SYNCED_US];
+        let mut out = HashMap::with_capacity(ids.len());
+        for item in self
+            .batch_get(&refs, &projection, "read sync times")
+            .await?
+        {
+            let r = ItemReader::new("records", &item);
+            out.insert(
+                r.s(attr::ID)?.to_owned(),
+                SyncTimes {
+                    first_seen_us: r.i64(attr::FIRST_SEEN_US)?,
+                    last_synced_us: r.i64(attr::LAST_SYNCED_US)?,
+                },
+            );
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, shard = shard, limit = limit))]

@@ -7,7 +7,7 @@ use crate::core::{decide_delete, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
     ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
-    StoredVersion, Strategy, WriteOutcome, shard_of,
+    StoredVersion, Strategy, SyncTimes, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
@@ -30,6 +30,8 @@ const UPDATE: &str = "UPDATE records SET entity = ?2, id = ?3, shard = ?4, delta
 
 const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = ?3, \
      written_by = ?4, last_synced_us = ?5 WHERE pk = ?1";
+
+const SELECT_SYNC_TIMES: &str = "SELECT first_seen_us, last_synced_us FROM records WHERE pk = ?1";
 
 const SELECT_ITEM: &str = "SELECT entity, id, delta_us, fetched_at_us, hash, deleted_at_us, \
      payload, first_seen_us, last_synced_us, last_action, written_by FROM records WHERE pk = ?1";
@@ -319,6 +321,41 @@ fn get_one(conn: &Connection, pk: &str) -> Result<Option<StoredRecord>, StoreErr
     raw.map(|raw| raw.decode(pk)).transpose()
 }
 
+/// The sync times of the stored ones of `ids`, in one read transaction.
+fn sync_times_of(
+    conn: &mut Connection,
+    entity: &str,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError> {
+    let op = "read sync times";
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(|e| sql_error(op, e))?;
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    {
+        let mut st = tx
+            .prepare_cached(SELECT_SYNC_TIMES)
+            .map_err(|e| sql_error(op, e))?;
+        for id in ids {
+            let pk = record_key(entity, id);
+            let times = st
+                .query_row([&pk], |r| {
+                    Ok(SyncTimes {
+                        first_seen_us: r.get(0)?,
+                        last_synced_us: r.get(1)?,
+                    })
+                })
+                .optional()
+                .map_err(|e| row_error(op, &pk, e))?;
+            if let Some(times) = times {
+                out.insert(id.clone(), times);
+            }
+        }
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(out)
+}
+
 fn list_live(
     conn: &Connection,
     entity: &str,
@@ -402,6 +439,18 @@ impl RecordStore for LocalStore {
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let pk = record_key(entity, id);
         self.db().call("get record", move |c| get_one(c, &pk)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, count = ids.len()))]
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError> {
+        let (entity, ids) = (entity.to_owned(), ids.to_vec());
+        self.db()
+            .call("read sync times", move |c| sync_times_of(c, &entity, &ids))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, shard = shard, limit = limit))]

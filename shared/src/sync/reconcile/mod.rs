@@ -160,17 +160,21 @@ async fn run_one(
         opts,
     )
     .await?;
-    let a = apply(
-        deps,
-        &ApplyInput {
-            run: run.clone(),
-            diff: d.clone(),
-            guard: g.clone(),
-            approved: false,
-        },
-        opts,
-    )
-    .await?;
+    let mut a = ApplyOutput::default();
+    while !a.done {
+        a = apply(
+            deps,
+            &ApplyInput {
+                run: run.clone(),
+                diff: d.clone(),
+                guard: g.clone(),
+                approved: false,
+                progress: Some(a),
+            },
+            opts,
+        )
+        .await?;
+    }
     finish(
         deps,
         &FinishInput {

@@ -48,6 +48,11 @@ pub struct ReconcileOptions {
     /// rejected record, as before per-record rejection (the guard then blocks every run).
     #[cfg(any(test, feature = "testing"))]
     pub per_record_rejection: bool,
+    /// Negative control for tests: `false` treats a candidate written since the listing
+    /// started (created or synced by another strategy meanwhile) as a candidate, as before: the
+    /// guard then finds it alive and blocks the run.
+    #[cfg(any(test, feature = "testing"))]
+    pub skip_recent_candidates: bool,
 }
 
 /// What the approval lease outlives the approval's timeout by.
@@ -74,6 +79,8 @@ impl Default for ReconcileOptions {
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
             per_record_rejection: true,
+            #[cfg(any(test, feature = "testing"))]
+            skip_recent_candidates: true,
         }
     }
 }
@@ -135,6 +142,15 @@ impl ReconcileOptions {
     pub(super) fn confirms_deletes(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.confirm_deletes;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a candidate written since the listing started is dropped before it is confirmed
+    /// (always, without `testing`).
+    pub(super) fn skips_recent_candidates(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.skip_recent_candidates;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

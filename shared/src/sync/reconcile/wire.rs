@@ -186,6 +186,10 @@ pub struct GuardInput {
 pub struct GuardOutput {
     pub decision: Decision,
     pub candidates: u64,
+    /// Sampled candidates written since the listing started (created or synced by another
+    /// strategy meanwhile): not candidates, neither checked nor deleted.
+    #[serde(default)]
+    pub recent: u64,
     /// Candidates checked with `get_by_id` (a sample of at most `max_confirmations`).
     pub checked: u64,
     /// Checked candidates the source still has: the listing missed them.
@@ -208,6 +212,29 @@ pub struct ApplyInput {
     /// Set by the approval path: a person approved this run's deletions.
     #[serde(default)]
     pub approved: bool,
+    /// The previous invocation's output, until `done` (the state machine loops on Apply).
+    #[serde(default)]
+    pub progress: Option<ApplyOutput>,
+}
+
+/// Which part of Apply a position is in: the repairs come first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyPhase {
+    /// Targeted syncs of the fetch list, then the stale list (or the cursor rewind).
+    #[default]
+    Repair,
+    /// The deletions.
+    Delete,
+}
+
+/// Where a stopped Apply resumes: the phase, the object of its lists taken in order, and how
+/// many pairs of that object are done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPosition {
+    pub phase: ApplyPhase,
+    pub object: u32,
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +249,20 @@ pub struct ApplyOutput {
     /// Instead of queueing (over `targeted_limit`): the delta cursor rewound to here.
     #[serde(default)]
     pub rewound_to_us: Option<Micros>,
+    /// Candidates written since the listing started (created or synced by another strategy
+    /// meanwhile): neither confirmed nor deleted.
+    #[serde(default)]
+    pub recent: u64,
+    /// Every repair and deletion is done; until then the state machine invokes Apply again
+    /// with this output as its `progress`.
+    #[serde(default)]
+    pub done: bool,
+    /// Apply invocations so far.
+    #[serde(default)]
+    pub invocations: u32,
+    /// Where the next invocation resumes (set when one stopped before the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<ApplyPosition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +296,10 @@ pub struct RunSummary {
     pub stale: u64,
     pub queued: u64,
     pub guard: Option<Decision>,
+    /// Deletion candidates written since the listing started (created or synced by another
+    /// strategy meanwhile): not deleted, and no reason to block the run.
+    #[serde(default)]
+    pub recent: u64,
     pub duration_ms: u64,
     /// Records the source listing held that cannot be synced (never deleted because of it).
     #[serde(default)]
@@ -325,6 +370,7 @@ impl RunSummary {
             missed = self.missed,
             stale = self.stale,
             queued = self.queued,
+            recent = self.recent,
             rejected = self.rejected,
             duration_ms = self.duration_ms,
             "reconciliation finished"
