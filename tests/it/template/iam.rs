@@ -24,6 +24,8 @@ pub(super) const POLLER_ACTIONS: [&str; 3] =
 
 /// Inline statements only (no managed policy, no SAM policy template: both grant more than the
 /// code calls), no `*` in an action, no bare `*` resource, no `NotAction` / `NotResource`.
+/// A Deny may use wildcards (it only takes away: the TLS-only policies deny `s3:*` on a bucket
+/// and its objects); a resource policy (a statement with a Principal) may only deny.
 fn check_iam(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let roles = functions(t)
@@ -52,6 +54,17 @@ fn check_iam(t: &Value) -> Vec<String> {
                 bad.push(format!("{at}: {key}"));
             }
         }
+        let principal = s.get("Principal").is_some();
+        match s["Effect"].as_str() {
+            Some("Deny") => continue,
+            Some("Allow") if principal => {
+                bad.push(format!(
+                    "{at}: a resource policy that allows (grants go in roles)"
+                ));
+            }
+            Some("Allow") => {}
+            other => bad.push(format!("{at}: Effect {other:?}")),
+        }
         for a in s.get("Action").map(strings).unwrap_or_default() {
             match a.as_str() {
                 Some(a) if a.contains('*') => bad.push(format!("{at}: action {a}")),
@@ -76,7 +89,6 @@ fn check_iam(t: &Value) -> Vec<String> {
                 _ => {}
             }
         }
-        let principal = s.get("Principal").is_some();
         if !principal && s.get("Resource").is_none() {
             bad.push(format!("{at}: no Resource"));
         }
@@ -121,7 +133,11 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
                     };
                     let polled = POLLER_ACTIONS.contains(&op)
                         && mapped.contains(&(owner_of(&at).to_owned(), queue.clone()));
-                    if !polled && !uses(&all_code, service, op) {
+                    // Lambda sends a failed asynchronous invocation's record to the function's
+                    // on-failure destination with its role.
+                    let destination = op == "SendMessage"
+                        && on_failure_destination(t, owner_of(&at)).as_ref() == Some(&queue);
+                    if !polled && !destination && !uses(&all_code, service, op) {
                         bad.push(format!(
                             "{at}: sqs:{op} on {queue}, but no .{}() in shared/src or functions/, \
                              and no event source mapping on {queue} invokes {}",
@@ -249,6 +265,13 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
         }
     }
     bad
+}
+
+/// The queue of this template a function's `EventInvokeConfig` sends failed invocations to.
+pub(super) fn on_failure_destination(t: &Value, id: &str) -> Option<String> {
+    let f = &t["Resources"][id];
+    let dest = &f["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"];
+    queue_arn(t, &dest["Destination"])
 }
 
 /// The DynamoDB actions a function is granted: `(table, index?) → actions`.
@@ -438,6 +461,25 @@ fn template_iam_is_inline_statements_without_wildcards() {
     );
     let found = statement("{Effect: Allow, Action: ['sqs:SendMessage'], Resource: ['*']}");
     assert!(found.iter().any(|b| b.contains("resource *")), "{found:?}");
+    // A Deny may be broad (it only takes away); a resource policy may not allow.
+    let mut b = t.clone();
+    let policy = "{Type: 'AWS::SQS::QueuePolicy', Properties: {Queues: [!Ref WorkQueue], \
+                  PolicyDocument: {Statement: [{Effect: Deny, Principal: '*', Action: 'sqs:*', \
+                  Resource: '*'}]}}}";
+    b["Resources"]["P"] = yaml(policy);
+    assert_eq!(check_iam(&b), Vec::<String>::new(), "a broad Deny is fine");
+    b["Resources"]["P"] = yaml(&policy.replace("Deny", "Allow"));
+    let found = check_iam(&b);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("a resource policy that allows")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|b| b.contains("action sqs:*")),
+        "{found:?}"
+    );
     // Under an Fn::If too.
     let found = statement(
         "!If [HasAlarmTopic, {Effect: Allow, Action: 'sns:Publish', Resource: '*'}, !Ref AWS::NoValue]",
