@@ -48,6 +48,12 @@ pub struct ReconcileOptions {
     /// rejected record, as before per-record rejection (the guard then blocks every run).
     #[cfg(any(test, feature = "testing"))]
     pub per_record_rejection: bool,
+    /// Negative control for tests: `false` drops the regression rule's fetched-after condition
+    /// (`core::decide_regression`): a regressed record is written stamped with the write's
+    /// clock instead of its fetch's send time, so that a fetch sent before the stored copy's
+    /// can overwrite it.
+    #[cfg(any(test, feature = "testing"))]
+    pub regression_fetched_after: bool,
 }
 
 /// What the approval lease outlives the approval's timeout by.
@@ -74,6 +80,8 @@ impl Default for ReconcileOptions {
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
             per_record_rejection: true,
+            #[cfg(any(test, feature = "testing"))]
+            regression_fetched_after: true,
         }
     }
 }
@@ -135,6 +143,15 @@ impl ReconcileOptions {
     pub(super) fn confirms_deletes(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.confirm_deletes;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a regressed record keeps its fetch's send time as `fetched_at` (always, without
+    /// `testing`), so that the regression rule's fetched-after condition holds.
+    pub(super) fn regression_fetched_after(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.regression_fetched_after;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }
