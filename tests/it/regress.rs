@@ -236,7 +236,7 @@ async fn with_the_flag_a_source_that_went_back_is_written_as_regressed() {
         ),
         (1, 1, 1)
     );
-    assert_eq!(metric(&r.summary, "ReconcileVersionRegressions"), 1.0);
+    assert_eq!(metric(&r.summary, "ReconcileRegressions"), 1.0);
     assert_eq!(metric(&r.summary, "ReconcileRegressed"), 1.0);
     // The run history holds them (what `syncctl status` reads).
     use shared::ports::{ControlStore, JobKind};
@@ -309,7 +309,7 @@ async fn without_the_flag_a_regression_is_counted_and_surfaced_but_not_written()
         ),
         (2, 1, 0)
     );
-    assert_eq!(metric(&r.summary, "ReconcileVersionRegressions"), 1.0);
+    assert_eq!(metric(&r.summary, "ReconcileRegressions"), 1.0);
     assert_eq!(metric(&r.summary, "ReconcileRegressed"), 0.0);
     // And it stays surfaced run after run until someone looks.
     let again = reconcile(&cfg, &src, &l, &ReconcileOptions::default(), async || {}).await;

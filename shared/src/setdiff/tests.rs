@@ -469,6 +469,10 @@ async fn empty_sides() {
                 prefix: "out/stale".into(),
                 ..ListSummary::default()
             },
+            newer: ListSummary {
+                prefix: "out/newer".into(),
+                ..ListSummary::default()
+            },
             ..DiffSummary::default()
         }
     );

@@ -6,7 +6,7 @@
 //! [`repair_regressions`] reads the list in ID order and tells the two causes apart by the
 //! stored copy: one fetched before the listing started was seen newer *before* the source (asked
 //! later) answered older, so the source went backwards (`regressions`, always counted: the run
-//! summary, the `ReconcileVersionRegressions` metric and its alarm, `syncctl status`); one
+//! summary, the `ReconcileRegressions` metric and its alarm, `syncctl status`); one
 //! written since was only a listing older than a write. Where the entity opts in
 //! (`allow_version_regression = true`), each regression is fetched again and the source's copy
 //! written under `core::decide_regression` through `RecordStore::write_regressed`, the one write
