@@ -85,7 +85,7 @@ struct Reconciled {
 }
 
 /// One reconciliation of `people`, step by step as the state machine runs them, with the
-/// regression repair where apply calls it (`ApplyOutput::regress`); `during` runs after the
+/// regression repair as apply's (`ApplyOutput::regress`); `during` runs after the
 /// source listing and before the destination's (a write the listing is older than).
 async fn reconcile(
     cfg: &Config,
@@ -149,10 +149,18 @@ async fn reconcile(
     )
     .await
     .unwrap();
-    let regress = repair_regressions(&deps, &run, &diff, None, opts)
-        .await
-        .unwrap();
-    a.regress = Some(regress.clone());
+    // Apply runs the repair (`ApplyOutput::regress`); until it does, it is run here, where
+    // apply will call it.
+    let regress = match a.regress.clone() {
+        Some(r) => r,
+        None => {
+            let r = repair_regressions(&deps, &run, &diff, None, opts)
+                .await
+                .unwrap();
+            a.regress = Some(r.clone());
+            r
+        }
+    };
     let summary = finish(
         &deps,
         &FinishInput {
