@@ -451,3 +451,125 @@ async fn run_all_writes_a_regression_where_the_entity_opts_in() {
         (back, LastAction::Regressed)
     );
 }
+
+/// Fails `get_by_id` of one ID once with `SourceError::Deadline`, as the client does when the
+/// step's stop instant passes before that request.
+struct DeadlineAt {
+    id: String,
+    hit: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl SourceHooks<SourceClient> for DeadlineAt {
+    async fn get_by_id(
+        &self,
+        inner: &SourceClient,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, SourceError> {
+        if id == self.id && !self.hit.swap(true, Ordering::SeqCst) {
+            return Err(SourceError::Deadline {
+                url: format!("{entity}/{id}"),
+                wait: std::time::Duration::ZERO,
+            });
+        }
+        inner.get_by_id(entity, id).await
+    }
+}
+
+#[tokio::test]
+async fn the_repair_stops_at_its_stop_instant_and_resumes_after_last_id() {
+    let (h, l) = synced(30).await;
+    let cfg = config(&h, true);
+    let inner = Arc::new(SourceClient::new(&cfg, None).unwrap());
+    let back: Vec<Micros> = (11..=15).map(|id| goes_back(&h, id)).collect();
+    let src = Forward::new(
+        inner,
+        DeadlineAt {
+            id: "13".into(),
+            hit: AtomicBool::new(false),
+        },
+    );
+    let deps = ReconcileDeps {
+        config: &cfg,
+        source: &src,
+        records: l.store.as_ref(),
+        control: l.store.as_ref(),
+        spill: &l.spill,
+        queue: &l.queue,
+    };
+    let opts = ReconcileOptions::default();
+    let input = PlanInput {
+        entity: Some(E.into()),
+        ..PlanInput::default()
+    };
+    let run = plan(&deps, &input, &opts).await.unwrap().runs.remove(0);
+    let mut progress = SourceProgress::default();
+    while !progress.done {
+        let input = SourceInput {
+            run: run.clone(),
+            progress: Some(progress),
+        };
+        progress = source(&deps, &input, &opts).await.unwrap();
+    }
+    for &shard in &run.shards {
+        let input = DestinationInput {
+            run: run.clone(),
+            shard,
+        };
+        destination(&deps, &input, &opts).await.unwrap();
+    }
+    let diff = diff_step(&deps, &DiffInput { run: run.clone() }, &opts)
+        .await
+        .unwrap();
+    assert_eq!(diff.newer.pairs, 5);
+
+    // Past the stop instant before the first batch: nothing done, nothing lost.
+    let past = ReconcileOptions {
+        stop_at: Some(std::time::Instant::now()),
+        ..ReconcileOptions::default()
+    };
+    let none = repair_regressions(&deps, &run, &diff, None, &past)
+        .await
+        .unwrap();
+    assert_eq!((none.read, none.done, none.last_id), (0, false, None));
+
+    // The stop instant reached at 13: 11 and 12 done, nothing after written.
+    let mut first = repair_regressions(&deps, &run, &diff, None, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.regressed, first.done, first.last_id.as_deref()),
+        (2, false, Some("12"))
+    );
+    let delta = async |id: u64| {
+        l.store
+            .get(E, &id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+            .delta_us
+    };
+    assert_eq!((delta(11).await, delta(12).await), (back[0], back[1]));
+    for id in 13..=15 {
+        assert!(
+            delta(id).await > back[(id - 11) as usize],
+            "{id} not written yet"
+        );
+    }
+    // Resumed after last_id: the rest, each once.
+    let rest = repair_regressions(&deps, &run, &diff, first.last_id.as_deref(), &opts)
+        .await
+        .unwrap();
+    assert_eq!((rest.read, rest.regressed, rest.done), (3, 3, true));
+    first.absorb(rest);
+    assert_eq!(
+        (first.read, first.regressions, first.regressed, first.done),
+        (5, 5, 5, true)
+    );
+    assert_eq!(first.last_id.as_deref(), Some("15"));
+    for id in 11..=15 {
+        assert_eq!(delta(id).await, back[(id - 11) as usize], "{id}");
+    }
+}
