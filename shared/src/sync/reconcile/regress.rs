@@ -94,12 +94,15 @@ enum Look {
     Raced,
     /// A regression, not to be repaired here (the entity does not opt in, or report only).
     Counted,
-    /// A regression fetched again: the source's answer (`None`: gone, or a record that cannot
-    /// be synced), then the stored copy read after that fetch.
-    Fetched {
-        fetched: Option<Record>,
-        stored: Option<StoredRecord>,
-    },
+    /// A regression fetched again.
+    Fetched(Box<Refetched>),
+}
+
+/// A regression fetched again: the source's answer (`None`: gone, or a record that cannot be
+/// synced), then the stored copy read after that fetch.
+struct Refetched {
+    fetched: Option<Record>,
+    stored: Option<StoredRecord>,
 }
 
 /// Whether the stored copy counts as a regression: live, and fetched before the listing (sent
@@ -128,7 +131,7 @@ async fn look(
     };
     // Read again after the fetch: the copy to compare is the one the write will replace.
     let stored = deps.records.get(&run.entity, id).await?;
-    Ok(Look::Fetched { fetched, stored })
+    Ok(Look::Fetched(Box::new(Refetched { fetched, stored })))
 }
 
 /// One batch: the looks concurrently, then the writes in ID order. `false` when it stopped at
@@ -162,10 +165,10 @@ async fn run_batch(
         match l {
             Look::Raced => {}
             Look::Counted => out.regressions += 1,
-            Look::Fetched { fetched, stored } => {
+            Look::Fetched(f) => {
                 out.regressions += 1;
                 out.fetched += 1;
-                match write(deps, fetched, stored, opts).await? {
+                match write(deps, *f, opts).await? {
                     RegressOutcome::Regressed => {
                         tracing::info!(entity = %run.entity, id = %id, "wrote the source's older version (regressed)");
                         out.regressed += 1;
@@ -185,11 +188,10 @@ async fn run_batch(
 /// Write the fetched record over the stored copy when the regression rule allows it.
 async fn write(
     deps: &ReconcileDeps<'_>,
-    fetched: Option<Record>,
-    stored: Option<StoredRecord>,
+    f: Refetched,
     opts: &ReconcileOptions,
 ) -> Result<RegressOutcome, StepError> {
-    let (Some(mut record), Some(stored)) = (fetched, stored) else {
+    let (Some(mut record), Some(stored)) = (f.fetched, f.stored) else {
         // Gone at the source (the delete path's business) or at the destination.
         return Ok(RegressOutcome::Moved);
     };
