@@ -7,4 +7,4 @@ pub mod size;
 pub mod timefmt;
 pub mod version;
 
-pub use version::{decide_delete, decide_upsert};
+pub use version::{decide_delete, decide_regression, decide_upsert};

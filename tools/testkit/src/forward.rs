@@ -25,7 +25,8 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use shared::model::{
-    DeleteOutcome, LiveIdPage, Micros, Record, StoredRecord, Strategy, SyncTimes, WriteOutcome,
+    DeleteOutcome, LiveIdPage, Micros, Record, RegressOutcome, StoredRecord, StoredVersion,
+    Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
     ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
@@ -74,6 +75,15 @@ pub trait RecordHooks<S: RecordStore + ?Sized>: Send + Sync {
         by: Strategy,
     ) -> Result<DeleteOutcome, StoreError> {
         inner.soft_delete(entity, id, evidence_us, by).await
+    }
+
+    async fn write_regressed(
+        &self,
+        inner: &S,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        inner.write_regressed(record, compared).await
     }
 
     async fn get(
@@ -125,6 +135,16 @@ impl<S: RecordStore + ?Sized, H: RecordHooks<S>> RecordStore for Forward<S, H> {
     ) -> Result<DeleteOutcome, StoreError> {
         self.hook
             .soft_delete(&self.inner, entity, id, evidence_us, by)
+            .await
+    }
+
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        self.hook
+            .write_regressed(&self.inner, record, compared)
             .await
     }
 

@@ -3,11 +3,11 @@
 use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::core::size::{self, record_key};
 use crate::core::timefmt::now_us;
-use crate::core::{decide_delete, decide_upsert};
+use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
-    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
-    StoredVersion, Strategy, SyncTimes, WriteOutcome, shard_of,
+    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, RegressOutcome,
+    StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
@@ -216,6 +216,47 @@ pub(super) fn upsert_rows(
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// `RecordStore::write_regressed`: the stored version read and `core::decide_regression`
+/// applied inside one immediate transaction, so that no write comes in between.
+fn write_regressed_one(
+    conn: &mut Connection,
+    page: &Page,
+    compared: &StoredVersion,
+) -> Result<RegressOutcome, StoreError> {
+    let op = "write regressed record";
+    let Some(r) = page.rows.first() else {
+        return Ok(RegressOutcome::Moved);
+    };
+    let pk = page.pk(r);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    let outcome = decide_regression(stored_version(&tx, pk)?.as_ref(), compared, &r.version);
+    if outcome.wrote() {
+        let id = page.id(r);
+        let hex = hex32(r.version.hash);
+        tx.prepare_cached(UPDATE)
+            .and_then(|mut st| {
+                st.execute(params![
+                    pk,
+                    page.entity(r),
+                    id,
+                    shard_of(id),
+                    r.version.delta_us,
+                    r.version.fetched_at_us,
+                    std::str::from_utf8(&hex).unwrap_or_default(),
+                    page.payload(r),
+                    now_us(),
+                    LastAction::Regressed.as_str(),
+                    Strategy::Reconcile.as_str(),
+                ])
+            })
+            .map_err(|e| sql_error(op, e))?;
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(outcome)
 }
 
 fn soft_delete_one(
@@ -431,6 +472,21 @@ impl RecordStore for LocalStore {
         self.db()
             .call("soft delete record", move |c| {
                 soft_delete_one(c, &entity, &id, evidence_us, by)
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %record.entity, id = %record.id))]
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        let page = Page::new(std::slice::from_ref(record))?;
+        let compared = *compared;
+        self.db()
+            .call("write regressed record", move |c| {
+                write_regressed_one(c, &page, &compared)
             })
             .await
     }

@@ -6,6 +6,7 @@
 //! Repairs come first, so that a long deletion never keeps them from being queued.
 
 use super::guard::{Alive, count_alive, drop_recent};
+use super::regress::repair_regressions_from;
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::cursor::DeltaCursor;
@@ -42,10 +43,6 @@ pub async fn apply(
         return Ok(out);
     }
     out.invocations += 1;
-    if run.report_only {
-        out.done = true;
-        return Ok(out);
-    }
     let may_delete = match &input.guard.decision {
         Decision::Delete => true,
         Decision::NeedsApproval { .. } => input.approved,
@@ -58,7 +55,20 @@ pub async fn apply(
     };
     let stopped = 'phases: {
         if pos.phase == ApplyPhase::Repair {
-            if repair(deps, input, opts, &mut pos, &mut out, &mut clock).await? {
+            // A report-only run repairs nothing (it only counts the regressions, below).
+            if !run.report_only && repair(deps, input, opts, &mut pos, &mut out, &mut clock).await?
+            {
+                break 'phases true;
+            }
+            pos = ApplyPosition {
+                phase: ApplyPhase::Regress,
+                ..Default::default()
+            };
+        }
+        if pos.phase == ApplyPhase::Regress {
+            // Every entity's regressions are counted; written only where it opts in.
+            let done = regress(deps, input, opts, &mut pos, &mut out, &mut clock).await?;
+            if !done {
                 break 'phases true;
             }
             pos = ApplyPosition {
@@ -66,7 +76,7 @@ pub async fn apply(
                 ..Default::default()
             };
         }
-        if pos.phase == ApplyPhase::Delete && may_delete {
+        if pos.phase == ApplyPhase::Delete && may_delete && !run.report_only {
             let lists = [(&input.diff.to_delete, "")];
             while let Some((key, _)) = object_at(&lists, pos.object) {
                 if delete_object(deps, run, &key, opts, &mut pos, &mut out, &mut clock).await? {
@@ -181,6 +191,50 @@ async fn repair(
         pos.offset = 0;
     }
     Ok(false)
+}
+
+/// The regressions of the `newer` list after `pos.after` (`regress::repair_regressions`, which
+/// stops before `stop_at` by itself); its counts added to `out.regress`. `true` when the list is
+/// done.
+async fn regress(
+    deps: &ReconcileDeps<'_>,
+    input: &ApplyInput,
+    opts: &ReconcileOptions,
+    pos: &mut ApplyPosition,
+    out: &mut ApplyOutput,
+    clock: &mut Clock,
+) -> Result<bool, StepError> {
+    if input.diff.newer.pairs == 0 {
+        out.regress.get_or_insert_with(|| RegressOutput {
+            done: true,
+            ..Default::default()
+        });
+        return Ok(true);
+    }
+    if clock.must_stop() {
+        return Ok(false);
+    }
+    // The first work of an invocation must progress: its first batch runs whatever the
+    // deadline, as every phase's first batch.
+    let later = repair_regressions_from(
+        deps,
+        &input.run,
+        &input.diff,
+        pos.after.as_deref(),
+        opts,
+        clock.batches == 0,
+    )
+    .await?;
+    clock.batches += 1;
+    let done = later.done;
+    if let Some(id) = &later.last_id {
+        pos.after = Some(id.clone());
+    }
+    match &mut out.regress {
+        Some(r) => r.absorb(later),
+        None => out.regress = Some(later),
+    }
+    Ok(done)
 }
 
 /// The deletions of one object of the delete list, from `pos.offset`. `true` when it stopped

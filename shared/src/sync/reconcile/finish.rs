@@ -53,6 +53,9 @@ pub async fn finish(
             .as_ref()
             .map(|s| s.rejected_ids.clone())
             .unwrap_or_default(),
+        destination_newer: input.diff.as_ref().map_or(0, |d| d.destination_newer),
+        regressions: apply.regress.as_ref().map_or(0, |r| r.regressions),
+        regressed: apply.regress.as_ref().map_or(0, |r| r.regressed),
     };
     let mut detail = serde_json::to_value(&summary).unwrap_or_default();
     if let Some(e) = &input.error {

@@ -53,6 +53,12 @@ pub struct ReconcileOptions {
     /// guard then finds it alive and blocks the run.
     #[cfg(any(test, feature = "testing"))]
     pub skip_recent_candidates: bool,
+    /// Negative control for tests: `false` drops the regression rule's fetched-after condition
+    /// (`core::decide_regression`): a regressed record is written stamped with the write's
+    /// clock instead of its fetch's send time, so that a fetch sent before the stored copy's
+    /// can overwrite it.
+    #[cfg(any(test, feature = "testing"))]
+    pub regression_fetched_after: bool,
 }
 
 /// What the approval lease outlives the approval's timeout by.
@@ -81,6 +87,7 @@ impl Default for ReconcileOptions {
             per_record_rejection: true,
             #[cfg(any(test, feature = "testing"))]
             skip_recent_candidates: true,
+            regression_fetched_after: true,
         }
     }
 }
@@ -151,6 +158,15 @@ impl ReconcileOptions {
     pub(super) fn skips_recent_candidates(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.skip_recent_candidates;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a regressed record keeps its fetch's send time as `fetched_at` (always, without
+    /// `testing`), so that the regression rule's fetched-after condition holds.
+    pub(super) fn regression_fetched_after(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.regression_fetched_after;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

@@ -879,6 +879,10 @@ fn finished() -> ApplyOutput {
     ApplyOutput {
         done: true,
         invocations: 1,
+        regress: Some(RegressOutput {
+            done: true,
+            ..RegressOutput::default()
+        }),
         ..ApplyOutput::default()
     }
 }
