@@ -19,3 +19,4 @@ mod source_client;
 mod template;
 mod waits;
 mod webhooks;
+mod worker_evidence;
