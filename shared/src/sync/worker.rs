@@ -200,7 +200,8 @@ impl WorkerOptions {
         true
     }
 
-    /// Whether `counts` of unexpected 404s among fetches pass the ceiling.
+    /// Whether `counts` of unexpected 404s among fetches pass the ceiling (the one rule for
+    /// the batch and the rolling window).
     fn trips(&self, counts: NotFoundCounts) -> bool {
         counts.not_found >= self.not_found_min.max(1) as u64
             && counts.fetched > 0
@@ -609,9 +610,10 @@ async fn apply(
         .iter()
         .filter(|f| matches!(f, Some(Got::NotFound(_))))
         .count();
-    let tripped = unexpected >= opts.not_found_min.max(1)
-        && fetched_count > 0
-        && unexpected as f64 / fetched_count as f64 >= opts.not_found_ceiling;
+    let tripped = opts.trips(NotFoundCounts {
+        fetched: fetched_count as u64,
+        not_found: unexpected as u64,
+    });
     if tripped {
         report.ceiling_tripped = true;
         tracing::error!(
