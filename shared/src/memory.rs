@@ -180,6 +180,8 @@ pub struct MemoryControl {
     pub jobs: Mutex<HashMap<(String, JobKind), JobState>>,
     pub runs: Mutex<Vec<RunRecord>>,
     pub events: Mutex<HashMap<String, (bool, Micros)>>,
+    /// The 404 window's buckets: `(entity, window) -> counts`.
+    pub not_found: Mutex<BTreeMap<(String, i64), NotFoundCounts>>,
 }
 
 #[async_trait]
@@ -330,6 +332,27 @@ impl ControlStore for MemoryControl {
             ev.remove(event_id);
         }
         Ok(())
+    }
+
+    async fn count_not_found(
+        &self,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError> {
+        let w = not_found_window(now_us);
+        let mut buckets = self.not_found.lock().expect("poisoned");
+        let b = buckets.entry((entity.to_owned(), w)).or_default();
+        b.fetched += add.fetched;
+        b.not_found += add.not_found;
+        buckets.retain(|(e, win), _| e != entity || *win >= w - 1);
+        Ok(buckets
+            .iter()
+            .filter(|((e, win), _)| e == entity && (w - 1..=w).contains(win))
+            .fold(NotFoundCounts::default(), |acc, (_, b)| NotFoundCounts {
+                fetched: acc.fetched + b.fetched,
+                not_found: acc.not_found + b.not_found,
+            }))
     }
 }
 

@@ -46,7 +46,9 @@ impl fmt::Debug for ContentHash {
 pub struct Version {
     /// The source's delta field (`updated_at`), normalised to epoch microseconds.
     pub delta_us: Micros,
-    /// Our clock when the source answered with this content.
+    /// Our clock when the request that got this content was sent (the send time of the
+    /// attempt that produced the answer, after every limiter and backoff wait): one clock for
+    /// records and 404s alike (`Fetched::sent_us`).
     pub fetched_at_us: Micros,
     /// Hash of the content.
     pub hash: ContentHash,
@@ -82,6 +84,16 @@ impl Record {
             payload,
         }
     }
+}
+
+/// What `SourceApi::fetch_by_id` answered: the record (`None` on a JSON 404) and the send time
+/// of the attempt that produced the answer (after the rate limiter's and the backoff's waits,
+/// immediately before the request went out). A found record's `version.fetched_at_us` is that
+/// same instant, so a 404's evidence time and a record's fetch time are read off one clock.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub record: Option<Record>,
+    pub sent_us: Micros,
 }
 
 /// One `(id, version)` pair of an ID listing (reconciliation).

@@ -4,8 +4,8 @@
 
 use crate::error::{SourceError, StoreError};
 use crate::model::{
-    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected, StoredRecord,
-    StoredVersion, Strategy, SyncTimes, WriteOutcome,
+    DeleteOutcome, Fetched, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected,
+    StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -254,7 +254,40 @@ pub trait ControlStore: Send + Sync {
 
     /// Drop an in-progress marker after a failure so that a redelivery can process it.
     async fn release_event(&self, event_id: &str) -> Result<(), StoreError>;
+
+    /// Add one worker batch's fetches and unexpected 404s of `entity` to its rolling 404
+    /// window (the `notfound#<entity>` item) and answer the window's totals after the addition:
+    /// the bucket of `now_us`'s window ([`not_found_window`]) plus the one before it. Buckets
+    /// older than that are dropped in the same write. One write per call (one UpdateItem).
+    async fn count_not_found(
+        &self,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError>;
 }
+
+/// Fetches and unexpected 404s (a 404 no delete event announced) of an entity, counted by the
+/// worker into its rolling 404 window (`ControlStore::count_not_found`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotFoundCounts {
+    pub fetched: u64,
+    pub not_found: u64,
+}
+
+/// The length of one bucket of the rolling 404 window: 10 minutes. The window the worker
+/// trips on is the current bucket plus the previous one (10 to 20 minutes of history).
+pub const NOT_FOUND_WINDOW_US: Micros = 10 * 60 * 1_000_000;
+
+/// The index of the 10-minute bucket holding `now_us` (the same in every store).
+pub fn not_found_window(now_us: Micros) -> i64 {
+    now_us.div_euclid(NOT_FOUND_WINDOW_US)
+}
+
+/// Buckets older than the previous one that a store drops in each write (the DynamoDB item's
+/// `REMOVE` list: windows `w-2` to `w-7`, the last hour; an item idle longer than that has
+/// expired by its `ttl`, and a leftover bucket is never read).
+pub const NOT_FOUND_STALE_WINDOWS: i64 = 6;
 
 /// A message received from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,4 +398,17 @@ pub trait SourceApi: Send + Sync {
     /// One record; `None` only when the source answers a JSON 404. A record the source has but
     /// that cannot be synced is `SourceError::Rejected` (never `None`: it is not gone).
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError>;
+
+    /// `get_by_id` with the send time of the attempt that produced the answer (`Fetched`):
+    /// a 404's evidence time on the same clock as a found record's `fetched_at_us`. The
+    /// source client overrides it; this default, for sources that send nothing themselves
+    /// (test doubles), takes the time before the call, which is never later than any send.
+    async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {
+        let before = crate::core::timefmt::now_us();
+        let record = self.get_by_id(entity, id).await?;
+        Ok(Fetched {
+            record,
+            sent_us: before,
+        })
+    }
 }

@@ -27,7 +27,10 @@ use shared::model::{
     DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, RegressOutcome, Strategy,
     WriteOutcome, shard_of,
 };
-use shared::ports::{ControlStore, EventClaim, JobKind, LeaseOutcome, RecordStore, RunRecord};
+use shared::ports::{
+    ControlStore, EventClaim, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US, NotFoundCounts,
+    RecordStore, RunRecord, not_found_window,
+};
 use std::collections::BTreeSet;
 
 /// Expand to one `#[tokio::test]` per conformance body, in a module `$modname`, each on fresh
@@ -86,6 +89,7 @@ macro_rules! conformance_suite {
             control_test!(concurrent_acquires_have_one_winner);
             control_test!(runs_newest_first_with_limit);
             control_test!(event_claims);
+            control_test!(not_found_window_rolls_by_ten_minutes);
         }
     };
 }
@@ -1659,4 +1663,39 @@ pub async fn event_claims(c: &dyn ControlStore) {
         c.claim_event("msg#1/ü", t, ttl).await.expect("claim"),
         EventClaim::Completed
     );
+}
+
+/// The rolling 404 window (`count_not_found`): counts add up within a 10-minute bucket, the
+/// answer is the current bucket plus the previous one, older buckets drop out, entities are
+/// independent, and concurrent batches lose no count.
+pub async fn not_found_window_rolls_by_ten_minutes(c: &dyn ControlStore) {
+    let counts = |fetched, not_found| NotFoundCounts { fetched, not_found };
+    let w = not_found_window(now_us());
+    // The start of bucket `w + k`.
+    let at = |k: i64| (w + k) * NOT_FOUND_WINDOW_US;
+    let add = |entity: &'static str, t: Micros, f: u64, n: u64| async move {
+        c.count_not_found(entity, t, counts(f, n))
+            .await
+            .expect("count 404s")
+    };
+    assert_eq!(add(E, at(0), 1, 1).await, counts(1, 1));
+    assert_eq!(add(E, at(0) + 599 * SEC, 2, 0).await, counts(3, 1));
+    // Another entity is independent.
+    assert_eq!(add("donations", at(0), 4, 4).await, counts(4, 4));
+    // The next bucket: this one plus the previous.
+    assert_eq!(add(E, at(1), 1, 1).await, counts(4, 2));
+    // Two buckets on: the first has dropped out.
+    assert_eq!(add(E, at(2) + SEC, 1, 0).await, counts(2, 1));
+    // After a long gap, only what is new.
+    assert_eq!(add(E, at(12), 1, 1).await, counts(1, 1));
+    assert_eq!(
+        add(E, at(12), 0, 0).await,
+        counts(1, 1),
+        "adding nothing reads"
+    );
+    // Concurrent batches: every count lands.
+    let all = join_all((0..10).map(|_| c.count_not_found(E, at(12) + SEC, counts(2, 1)))).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(add(E, at(12) + 2 * SEC, 0, 0).await, counts(21, 11));
+    assert_eq!(add("donations", at(1), 0, 0).await, counts(4, 4));
 }

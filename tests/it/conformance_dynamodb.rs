@@ -407,3 +407,60 @@ async fn ids_beyond_the_index_key_limit_are_too_large() {
         shared::model::DeleteOutcome::NotFound
     );
 }
+
+/// The 404 window's item: `notfound#<entity>` / `window`, one pair of bucket attributes per
+/// 10-minute window (`f_<w>`, `n_<w>`), the ones two or more windows back removed by the same
+/// UpdateItem, and a `ttl` (epoch seconds) at the end of the next window, so that an idle
+/// entity's item expires.
+#[tokio::test]
+async fn the_not_found_window_is_one_item_with_a_ttl_and_two_live_buckets() {
+    use shared::core::timefmt::now_us;
+    use shared::ports::{NOT_FOUND_WINDOW_US, NotFoundCounts, not_found_window};
+    let (client, records, control) = fresh_tables().await;
+    let (_, c) = stores(client.clone(), &records, &control);
+    let w = not_found_window(now_us());
+    let add = |k: i64, n: u64| {
+        let c = &c;
+        async move {
+            c.count_not_found(
+                "people",
+                (w + k) * NOT_FOUND_WINDOW_US,
+                NotFoundCounts {
+                    fetched: 3,
+                    not_found: n,
+                },
+            )
+            .await
+            .expect("count")
+        }
+    };
+    add(0, 1).await;
+    add(1, 2).await;
+    add(2, 0).await;
+    let item = client
+        .get_item()
+        .table_name(&control)
+        .key("pk", AttributeValue::S("notfound#people".into()))
+        .key("sk", AttributeValue::S("window".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item()
+        .cloned()
+        .expect("the item exists");
+    let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+    names.sort();
+    let (f1, n1, f2, n2) = (
+        format!("f_{}", w + 1),
+        format!("n_{}", w + 1),
+        format!("f_{}", w + 2),
+        format!("n_{}", w + 2),
+    );
+    let mut want = vec!["entity", "pk", "sk", "ttl", &f1, &n1, &f2, &n2];
+    want.sort();
+    assert_eq!(names, want, "window {w} removed");
+    assert_eq!(n(&item[&n1]), 2);
+    assert_eq!(n(&item[&f2]), 3);
+    assert_eq!(n(&item["ttl"]), (w + 4) * NOT_FOUND_WINDOW_US / 1_000_000);
+}

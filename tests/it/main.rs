@@ -20,3 +20,4 @@ mod source_client;
 mod template;
 mod waits;
 mod webhooks;
+mod worker_evidence;

@@ -4,6 +4,13 @@
 //! retried. A body the caller's parser cannot read surfaces as `SourceError::Decode` with the
 //! [`ParseError`] as its source.
 //!
+//! One clock: an answer's time (`Answer::sent_us`, the `fetched_at_us` of every record parsed
+//! from it, and the evidence time of a JSON 404) is the send time of the attempt that produced
+//! it, taken after the rate limiter's and the backoff's waits, immediately before the request
+//! goes out. The source answered from a state at or after that instant, so a record read by a
+//! request sent before another request's 404 never outranks that 404, however long its
+//! response took to arrive.
+//!
 //! Every wait is capped at the invocation's stop instant (`core::deadline::within`): a
 //! `Retry-After`, a backoff or the rate limiter's wait that would pass it ends the call at once
 //! with `SourceError::Deadline` instead of sleeping (a 120 s `Retry-After` would otherwise
@@ -63,7 +70,8 @@ pub struct ClientStats {
 pub struct Answer<T> {
     pub value: T,
     pub date_us: Option<Micros>,
-    pub fetched_at_us: Micros,
+    /// The send time of the attempt that produced this answer (see the module doc).
+    pub sent_us: Micros,
     pub link_next: Option<String>,
 }
 
@@ -95,6 +103,24 @@ pub enum SetupError {
 #[cfg(any(test, feature = "testing"))]
 tokio::task_local! {
     static UNCAPPED: ();
+    static STAMP_AT_END: ();
+}
+
+/// Negative control for tests only: run `work` with answers stamped when their response has
+/// been read (records' `fetched_at_us` and a 404's time), as this client did before, instead
+/// of with the send time of their attempt.
+#[cfg(any(test, feature = "testing"))]
+pub async fn stamped_at_response_end<F: std::future::Future>(work: F) -> F::Output {
+    STAMP_AT_END.scope((), work).await
+}
+
+/// The time an answer is stamped with, given its attempt's send time.
+fn stamp(sent_us: Micros) -> Micros {
+    #[cfg(any(test, feature = "testing"))]
+    if STAMP_AT_END.try_with(|_| ()).is_ok() {
+        return now_us();
+    }
+    sent_us
 }
 
 /// Negative control for tests only: run `work` with waits that ignore the stop instant (a
@@ -223,6 +249,8 @@ impl Http {
             if let Some(a) = &self.auth {
                 req = req.header(self.auth_header.clone(), a.clone());
             }
+            // The answer's time: this attempt's send time, after every wait (see the module doc).
+            let sent = now_us();
             let failure = match req.send().await {
                 Err(e) if e.is_timeout() => SourceError::Timeout {
                     url: shown.clone(),
@@ -262,17 +290,16 @@ impl Http {
                         }
                         e
                     } else if status == 404 && json {
-                        let fetched = now_us();
-                        let value = parse(Body::NotFound, fetched).map_err(|source| {
-                            SourceError::Decode {
+                        let at = stamp(sent);
+                        let value =
+                            parse(Body::NotFound, at).map_err(|source| SourceError::Decode {
                                 url: shown.clone(),
                                 source,
-                            }
-                        })?;
+                            })?;
                         return Ok(Answer {
                             value,
                             date_us: date(&headers),
-                            fetched_at_us: fetched,
+                            sent_us: at,
                             link_next: None,
                         });
                     } else if (400..500).contains(&status) {
@@ -319,16 +346,16 @@ impl Http {
                             },
                             Ok(Some(bytes)) => {
                                 self.stats.bytes.fetch_add(bytes.len() as u64, Relaxed);
-                                let fetched = now_us();
+                                let at = stamp(sent);
                                 let decoded = std::str::from_utf8(&bytes)
                                     .map_err(ParseError::from)
-                                    .and_then(|text| parse(Body::Json(text), fetched));
+                                    .and_then(|text| parse(Body::Json(text), at));
                                 match decoded {
                                     Ok(value) => {
                                         return Ok(Answer {
                                             value,
                                             date_us: date(&headers),
-                                            fetched_at_us: fetched,
+                                            sent_us: at,
                                             link_next: link_next(&headers),
                                         });
                                     }

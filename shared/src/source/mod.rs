@@ -19,7 +19,7 @@ use crate::config::{
 use crate::core::size::MAX_ID_BYTES;
 use crate::core::timefmt::format_rfc3339;
 use crate::error::{ConfigError, ParseError, SourceError, WalkError};
-use crate::model::{Micros, Record};
+use crate::model::{Fetched, Micros, Record};
 use crate::ports::{IdPage, RecordPage, SourceApi};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -732,6 +732,12 @@ impl SourceApi for SourceClient {
     }
 
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+        Ok(self.fetch_by_id(entity, id).await?.record)
+    }
+
+    /// The record's `fetched_at_us` and the answer's `sent_us` are one instant: the send time
+    /// of the attempt that produced the answer (`http`'s module doc).
+    async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {
         let e = self.entity(entity)?;
         validate_id(id)?;
         let mut url = e.collection.clone();
@@ -760,9 +766,16 @@ impl SourceApi for SourceClient {
                 },
             });
         }
+        let sent_us = ans.sent_us;
         match ans.value {
-            None => Ok(None),
-            Some(Ok(r)) => Ok(Some(r)),
+            None => Ok(Fetched {
+                record: None,
+                sent_us,
+            }),
+            Some(Ok(r)) => Ok(Fetched {
+                record: Some(r),
+                sent_us,
+            }),
             // The source has it (never "gone"), but it cannot be synced.
             Some(Err(x)) => Err(SourceError::Rejected {
                 url: http::redact_url(&url),

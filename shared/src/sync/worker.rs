@@ -5,11 +5,18 @@
 //!   expires), do the work, then mark completed (kept for the sender's retry horizon). A failure
 //!   releases the claim, so a redelivery processes the message: nothing is lost.
 //! - Coalescing: messages for one `(entity, id)` share one fetch.
-//! - A JSON 404 soft-deletes, conditional on the record not having been fetched after the 404's
-//!   request started (`core::decide_delete`). A delete event is confirmed by the fetch: when the
-//!   source still has the record (a delete that raced a re-create), the live data is written.
+//! - A JSON 404 soft-deletes, conditional on the record not having been fetched at or after the
+//!   404's request was sent (`core::decide_delete`). One clock (`SourceApi::fetch_by_id`): the
+//!   404's evidence time and a found record's `fetched_at_us` are both the send time of the
+//!   attempt that produced the answer, after the rate limiter's and the backoff's waits, so a
+//!   fetch that read the record before its deletion never outranks the delete nor restores it.
+//!   A delete event is confirmed by the fetch: when the source still has the record (a delete
+//!   that raced a re-create), the live data is written.
 //! - A 404 storm (a wrong base path, an API change) looks like mass deletion: when the share of
-//!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail.
+//!   unexpected 404s passes the ceiling, nothing is deleted and those messages fail. The share
+//!   is checked twice: in the batch, and in the entity's rolling window in the control table
+//!   (`ControlStore::count_not_found`: this 10-minute bucket and the previous one, one write
+//!   per entity and batch), so that a trickle of one or two messages per batch trips too.
 //! - One span per message (`message`: message ID, event ID, entity, record ID; never its
 //!   body), in which its claim calls run and its failure is logged.
 //! - A record the source has but that cannot be synced (`SourceError::Rejected`: a null or
@@ -25,8 +32,8 @@
 use crate::config::Env;
 use crate::core::timefmt::now_us;
 use crate::error::{ConfigError, SourceError, StoreError};
-use crate::model::{DeleteOutcome, Micros, Record, RejectReason, Strategy, WriteOutcome};
-use crate::ports::{ControlStore, EventClaim, RecordStore, SourceApi};
+use crate::model::{DeleteOutcome, Fetched, Micros, Record, RejectReason, Strategy, WriteOutcome};
+use crate::ports::{ControlStore, EventClaim, NotFoundCounts, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -48,10 +55,10 @@ pub enum DedupMode {
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// Share of fetched records answering an unexpected 404 (no delete event for them) at or
-    /// above which nothing is deleted.
+    /// above which nothing is deleted: in the batch, and in the entity's rolling 404 window.
     pub not_found_ceiling: f64,
-    /// The ceiling applies from this many unexpected 404s in a batch (a lone late update of a
-    /// deleted record must still delete).
+    /// The ceiling applies from this many unexpected 404s in a batch, or in the window (a lone
+    /// late update of a deleted record must still delete).
     pub not_found_min: usize,
     /// How long a claim holds before another worker may take the event over (longer than the
     /// invocation can run).
@@ -74,6 +81,14 @@ pub struct WorkerOptions {
     /// synced (redelivered until the DLQ takes them), as before per-record rejection.
     #[cfg(any(test, feature = "testing"))]
     pub per_record_rejection: bool,
+    /// Negative control for tests: `true` takes a 404's evidence time before the fetch (before
+    /// the rate limiter's and the backoff's waits), as the worker did before one clock.
+    #[cfg(any(test, feature = "testing"))]
+    pub evidence_before_waits: bool,
+    /// Negative control for tests: `false` checks the 404 ceiling in the batch only (no
+    /// rolling window in the control table), as before.
+    #[cfg(any(test, feature = "testing"))]
+    pub not_found_window: bool,
 }
 
 impl Default for WorkerOptions {
@@ -91,6 +106,10 @@ impl Default for WorkerOptions {
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
             per_record_rejection: true,
+            #[cfg(any(test, feature = "testing"))]
+            evidence_before_waits: false,
+            #[cfg(any(test, feature = "testing"))]
+            not_found_window: true,
         }
     }
 }
@@ -158,6 +177,36 @@ impl WorkerOptions {
     fn fails_on_rejected(&self) -> bool {
         false
     }
+
+    /// Negative control: a 404's evidence time taken before the fetch's waits.
+    #[cfg(any(test, feature = "testing"))]
+    fn evidence_before_waits(&self) -> bool {
+        self.evidence_before_waits
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn evidence_before_waits(&self) -> bool {
+        false
+    }
+
+    /// Whether the rolling 404 window is kept and checked (always, without `testing`).
+    #[cfg(any(test, feature = "testing"))]
+    fn keeps_window(&self) -> bool {
+        self.not_found_window
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn keeps_window(&self) -> bool {
+        true
+    }
+
+    /// Whether `counts` of unexpected 404s among fetches pass the ceiling (the one rule for
+    /// the batch and the rolling window).
+    fn trips(&self, counts: NotFoundCounts) -> bool {
+        counts.not_found >= self.not_found_min.max(1) as u64
+            && counts.fetched > 0
+            && counts.not_found as f64 / counts.fetched as f64 >= self.not_found_ceiling
+    }
 }
 
 /// One received message.
@@ -193,7 +242,11 @@ pub struct BatchReport {
     /// 404s that deleted nothing (already deleted, never stored, or fetched after the 404).
     pub delete_skipped: usize,
     pub not_found: usize,
+    /// The batch's own 404 ceiling passed (see `window_tripped` for the rolling window).
     pub ceiling_tripped: bool,
+    /// Entities whose rolling 404 window (this 10-minute bucket and the previous one, in the
+    /// control table) passed the ceiling: none of their records was deleted in this batch.
+    pub window_tripped: Vec<String>,
     /// Records the source has that cannot be synced (`SourceError::Rejected`) or that the
     /// store refused as too large, per entity: their messages are done, not retried.
     pub rejected: BTreeMap<String, u64>,
@@ -228,6 +281,20 @@ enum Failure {
     Group(String),
     #[error("404 ceiling: {unexpected} of {fetched} records not found; nothing deleted")]
     Ceiling { unexpected: usize, fetched: usize },
+    #[error(
+        "404 window of {entity}: {} of {} records not found in the last 10 to 20 minutes; \
+         nothing of {entity} deleted", counts.not_found, counts.fetched
+    )]
+    Window {
+        entity: String,
+        counts: NotFoundCounts,
+    },
+    #[error("404 window of {entity} unknown ({source}); nothing of {entity} deleted")]
+    WindowUnknown {
+        entity: String,
+        #[source]
+        source: StoreError,
+    },
 }
 
 /// A decoded message's place in the batch.
@@ -435,11 +502,12 @@ impl Group {
     }
 }
 
-enum Fetched {
+enum Got {
     Found(Record),
     /// The source has it, but it cannot be synced.
     Rejected(RejectReason),
-    /// A JSON 404; the time the request started is the evidence time of the delete.
+    /// A JSON 404; the send time of the request that got it is the evidence time of the
+    /// delete (`Fetched::sent_us`).
     NotFound(Micros),
     /// Not fetched: a delete event taken at its word (negative control only).
     #[cfg(any(test, feature = "testing"))]
@@ -463,8 +531,8 @@ async fn fetch_all(
     groups: &mut [Group],
     opts: &WorkerOptions,
     report: &mut BatchReport,
-) -> Vec<Option<Fetched>> {
-    let mut out: Vec<Option<Fetched>> = (0..groups.len()).map(|_| None).collect();
+) -> Vec<Option<Got>> {
+    let mut out: Vec<Option<Got>> = (0..groups.len()).map(|_| None).collect();
     let to_fetch: Vec<usize> = (0..groups.len()).collect();
     // Negative control: a delete event taken at its word, not fetched.
     #[cfg(any(test, feature = "testing"))]
@@ -476,23 +544,33 @@ async fn fetch_all(
             .filter(|&i| {
                 let unconfirmed = groups[i].delete_announced;
                 if unconfirmed {
-                    out[i] = Some(Fetched::Unconfirmed(now_us()));
+                    out[i] = Some(Got::Unconfirmed(now_us()));
                 }
                 !unconfirmed
             })
             .collect()
     };
     report.get_by_id_calls += to_fetch.len();
-    let results: Vec<(usize, Result<Fetched, SourceError>)> = futures::stream::iter(to_fetch)
+    let results: Vec<(usize, Result<Got, SourceError>)> = futures::stream::iter(to_fetch)
         .map(|i| {
             let (entity, id) = (groups[i].entity.clone(), groups[i].id.clone());
             async move {
-                let started = now_us();
-                let r = match deps.source.get_by_id(&entity, &id).await {
-                    Ok(Some(rec)) => Ok(Fetched::Found(rec)),
-                    Ok(None) => Ok(Fetched::NotFound(started)),
+                // Only the negative control uses it: the old clock, before every wait.
+                let before = now_us();
+                let r = match deps.source.fetch_by_id(&entity, &id).await {
+                    Ok(Fetched {
+                        record: Some(rec), ..
+                    }) => Ok(Got::Found(rec)),
+                    Ok(Fetched {
+                        record: None,
+                        sent_us,
+                    }) => Ok(Got::NotFound(if opts.evidence_before_waits() {
+                        before
+                    } else {
+                        sent_us
+                    })),
                     Err(SourceError::Rejected { reason, .. }) if !opts.fails_on_rejected() => {
-                        Ok(Fetched::Rejected(reason))
+                        Ok(Got::Rejected(reason))
                     }
                     Err(e) => Err(e),
                 };
@@ -514,32 +592,28 @@ async fn fetch_all(
 async fn apply(
     deps: &WorkerDeps<'_>,
     groups: &mut [Group],
-    fetched: Vec<Option<Fetched>>,
+    fetched: Vec<Option<Got>>,
     opts: &WorkerOptions,
     report: &mut BatchReport,
 ) {
     // The 404 ceiling: unexpected 404s among the records fetched.
     let fetched_count = fetched
         .iter()
-        .filter(|f| {
-            matches!(
-                f,
-                Some(Fetched::Found(_) | Fetched::NotFound(_) | Fetched::Rejected(_))
-            )
-        })
+        .filter(|f| matches!(f, Some(Got::Found(_) | Got::NotFound(_) | Got::Rejected(_))))
         .count();
     let unexpected = fetched
         .iter()
         .zip(groups.iter())
-        .filter(|(f, g)| matches!(f, Some(Fetched::NotFound(_))) && !g.delete_announced)
+        .filter(|(f, g)| matches!(f, Some(Got::NotFound(_))) && !g.delete_announced)
         .count();
     report.not_found = fetched
         .iter()
-        .filter(|f| matches!(f, Some(Fetched::NotFound(_))))
+        .filter(|f| matches!(f, Some(Got::NotFound(_))))
         .count();
-    let tripped = unexpected >= opts.not_found_min.max(1)
-        && fetched_count > 0
-        && unexpected as f64 / fetched_count as f64 >= opts.not_found_ceiling;
+    let tripped = opts.trips(NotFoundCounts {
+        fetched: fetched_count as u64,
+        not_found: unexpected as u64,
+    });
     if tripped {
         report.ceiling_tripped = true;
         tracing::error!(
@@ -549,23 +623,36 @@ async fn apply(
             "404 ceiling passed: deleting nothing in this batch (wrong base path or API change?)"
         );
     }
+    // The rolling window: the batch's fetches and unexpected 404s per entity.
+    let mut counts: BTreeMap<String, NotFoundCounts> = BTreeMap::new();
+    for (f, g) in fetched.iter().zip(groups.iter()) {
+        if !matches!(f, Some(Got::Found(_) | Got::NotFound(_) | Got::Rejected(_))) {
+            continue;
+        }
+        let c = counts.entry(g.entity.clone()).or_default();
+        c.fetched += 1;
+        if matches!(f, Some(Got::NotFound(_))) && !g.delete_announced {
+            c.not_found += 1;
+        }
+    }
+    let blocked = check_windows(deps, counts, opts, report).await;
 
     // Upserts, at most one call per strategy.
     let mut found: HashMap<Strategy, (Vec<usize>, Vec<Record>)> = HashMap::new();
     let mut deletes: Vec<(usize, Micros)> = Vec::new();
     for (i, f) in fetched.into_iter().enumerate() {
         match f {
-            Some(Fetched::Found(rec)) => {
+            Some(Got::Found(rec)) => {
                 let e = found.entry(groups[i].strategy()).or_default();
                 e.0.push(i);
                 e.1.push(rec);
             }
-            Some(Fetched::NotFound(ev)) => deletes.push((i, ev)),
-            Some(Fetched::Rejected(reason)) => {
+            Some(Got::NotFound(ev)) => deletes.push((i, ev)),
+            Some(Got::Rejected(reason)) => {
                 reject(&mut groups[i], reason, report);
             }
             #[cfg(any(test, feature = "testing"))]
-            Some(Fetched::Unconfirmed(ev)) => deletes.push((i, ev)),
+            Some(Got::Unconfirmed(ev)) => deletes.push((i, ev)),
             None => {}
         }
     }
@@ -577,6 +664,13 @@ async fn apply(
             }));
         }
     }
+    deletes.retain(|&(i, _)| match blocked.get(&groups[i].entity) {
+        Some(why) => {
+            groups[i].result = Some(Err(Failure::Group(why.clone())));
+            false
+        }
+        None => true,
+    });
     for (strategy, (mut idx, mut recs)) in found {
         loop {
             match deps.records.upsert_many(&recs, strategy).await {
@@ -619,6 +713,53 @@ async fn apply(
             Err(e) => Err(e.into()),
         });
     }
+}
+
+/// Add the batch's counts to each entity's rolling 404 window (one write per entity) and
+/// answer the entities whose deletes must wait, with the reason: the window passed the
+/// ceiling, or it could not be counted (then nothing of the entity is deleted either: the
+/// messages are redelivered). Nothing when the window is off (negative control).
+async fn check_windows(
+    deps: &WorkerDeps<'_>,
+    counts: BTreeMap<String, NotFoundCounts>,
+    opts: &WorkerOptions,
+    report: &mut BatchReport,
+) -> HashMap<String, String> {
+    let mut blocked = HashMap::new();
+    if !opts.keeps_window() {
+        return blocked;
+    }
+    let now = now_us();
+    for (entity, add) in counts {
+        match deps.control.count_not_found(&entity, now, add).await {
+            Ok(total) if opts.trips(total) => {
+                tracing::error!(
+                    entity = %entity,
+                    not_found = total.not_found,
+                    fetched = total.fetched,
+                    ceiling = opts.not_found_ceiling,
+                    "404 window passed the ceiling: deleting nothing of this entity (wrong base \
+                     path or API change?)"
+                );
+                report.window_tripped.push(entity.clone());
+                let why = Failure::Window {
+                    entity: entity.clone(),
+                    counts: total,
+                };
+                blocked.insert(entity, why.to_string());
+            }
+            Ok(_) => {}
+            Err(source) => {
+                tracing::warn!(entity = %entity, error = %source, "cannot count 404s; deleting nothing of this entity");
+                let why = Failure::WindowUnknown {
+                    entity: entity.clone(),
+                    source,
+                };
+                blocked.insert(entity, why.to_string());
+            }
+        }
+    }
+    blocked
 }
 
 /// The upserts of one strategy done (each group's outcome counted) or failed (each group
@@ -681,13 +822,16 @@ impl BatchReport {
             delete_skipped = self.delete_skipped,
             not_found = self.not_found,
             ceiling_tripped = self.ceiling_tripped,
+            window_tripped = ?self.window_tripped,
             rejected = self.rejected.values().sum::<u64>(),
             "worker batch finished"
         );
     }
 
     /// The batch's metrics as EMF lines: one for the batch (`NotFoundCeilingTripped` has no
-    /// dimensions, so that one alarm watches every entity), then one per entity with rejected
+    /// dimensions, so that one alarm watches every entity: 1 when the batch's ceiling or an
+    /// entity's rolling window tripped; `NotFoundWindowTripped` counts the entities whose
+    /// window tripped, so that the two can be told apart), then one per entity with rejected
     /// records (`RecordsRejected` under `Entity` and `Strategy` = `worker`, the dimensions the
     /// rejected-records alarm sums over). Lines are separated by `\n`.
     pub fn metrics(&self) -> String {
@@ -717,7 +861,16 @@ impl BatchReport {
                 ("RecordsDeleted", self.deleted as f64, "Count"),
                 (
                     "NotFoundCeilingTripped",
-                    if self.ceiling_tripped { 1.0 } else { 0.0 },
+                    if self.ceiling_tripped || !self.window_tripped.is_empty() {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                    "Count",
+                ),
+                (
+                    "NotFoundWindowTripped",
+                    self.window_tripped.len() as f64,
                     "Count",
                 ),
             ],

@@ -883,8 +883,8 @@ fn template_delta_sync_grants_cover_a_run() {
 }
 
 /// What a batch calls (`sync-worker` through the DynamoDB adapter): records BatchGetItem and
-/// UpdateItem (upsert_many, soft_delete); control PutItem (claim_event, complete_event) and
-/// DeleteItem (release_event). Exactly these, the poller's SQS actions on the work queue, and the
+/// UpdateItem (upsert_many, soft_delete); control PutItem (claim_event, complete_event),
+/// DeleteItem (release_event) and UpdateItem (count_not_found, the rolling 404 window). Exactly these, the poller's SQS actions on the work queue, and the
 /// source secret as the delta function reads it.
 #[test]
 fn template_sync_worker_grants_cover_a_batch() {
@@ -900,7 +900,7 @@ fn template_sync_worker_grants_cover_a_batch() {
             ),
             (
                 ("ControlTable".to_owned(), None),
-                set(&["PutItem", "DeleteItem"])
+                set(&["PutItem", "DeleteItem", "UpdateItem"])
             ),
         ])
     );

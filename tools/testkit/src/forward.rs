@@ -15,7 +15,11 @@
 //! ```
 //!
 //! Which calls pass the hook: every required method of `RecordStore` and `ControlStore`,
-//! and all four of `SourceApi` (a source's resume token is the inner source's own). The stores'
+//! and all five of `SourceApi` (a source's resume token is the inner source's own).
+//! `SourceApi::fetch_by_id` passes the hook's `fetch_by_id`, whose default calls the hook's
+//! `get_by_id` (so that a hook overriding only `get_by_id` changes what the worker sees too)
+//! and answers the time before that call as `sent_us` (never later than the inner send):
+//! a hook that needs the inner source's send time overrides `fetch_by_id`. The stores'
 //! provided methods keep the port's defaults, built on the wrapper's own methods, so that every
 //! write passes the hook: `RecordStore::upsert` goes through the hook's `upsert_many`,
 //! `ControlStore::upsert_then_save_cursor` writes through the wrapper and then calls its
@@ -25,12 +29,12 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use shared::model::{
-    DeleteOutcome, LiveIdPage, Micros, Record, RegressOutcome, StoredRecord, StoredVersion,
-    Strategy, SyncTimes, WriteOutcome,
+    DeleteOutcome, Fetched, LiveIdPage, Micros, Record, RegressOutcome, StoredRecord,
+    StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
-    ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
-    RunRecord, SourceApi,
+    ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, NotFoundCounts, RecordPage,
+    RecordStore, RunRecord, SourceApi,
 };
 use shared::{SourceError, StoreError};
 use std::collections::HashMap;
@@ -263,6 +267,16 @@ pub trait ControlHooks<S: ControlStore + ?Sized>: Send + Sync {
     async fn release_event(&self, inner: &S, event_id: &str) -> Result<(), StoreError> {
         inner.release_event(event_id).await
     }
+
+    async fn count_not_found(
+        &self,
+        inner: &S,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError> {
+        inner.count_not_found(entity, now_us, add).await
+    }
 }
 
 #[async_trait]
@@ -346,6 +360,17 @@ impl<S: ControlStore + ?Sized, H: ControlHooks<S>> ControlStore for Forward<S, H
     async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
         self.hook.release_event(&self.inner, event_id).await
     }
+
+    async fn count_not_found(
+        &self,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError> {
+        self.hook
+            .count_not_found(&self.inner, entity, now_us, add)
+            .await
+    }
 }
 
 /// What a [`Forward`] source does on each call; each method forwards unless overridden.
@@ -385,6 +410,16 @@ pub trait SourceHooks<S: SourceApi + ?Sized>: Send + Sync {
     ) -> Result<Option<Record>, SourceError> {
         inner.get_by_id(entity, id).await
     }
+
+    /// See the module doc: through the hook's `get_by_id`, stamped with the time before it.
+    async fn fetch_by_id(&self, inner: &S, entity: &str, id: &str) -> Result<Fetched, SourceError> {
+        let before = shared::core::timefmt::now_us();
+        let record = self.get_by_id(inner, entity, id).await?;
+        Ok(Fetched {
+            record,
+            sent_us: before,
+        })
+    }
 }
 
 #[async_trait]
@@ -411,6 +446,10 @@ impl<S: SourceApi + ?Sized, H: SourceHooks<S>> SourceApi for Forward<S, H> {
 
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
         self.hook.get_by_id(&self.inner, entity, id).await
+    }
+
+    async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {
+        self.hook.fetch_by_id(&self.inner, entity, id).await
     }
 }
 

@@ -9,7 +9,10 @@ use crate::adapters::aws::store_error;
 use crate::core::timefmt::now_us;
 use crate::error::StoreError;
 use crate::model::Micros;
-use crate::ports::{ControlStore, EventClaim, JobKind, JobState, LeaseOutcome, RunRecord};
+use crate::ports::{
+    ControlStore, EventClaim, JobKind, JobState, LeaseOutcome, NOT_FOUND_STALE_WINDOWS,
+    NOT_FOUND_WINDOW_US, NotFoundCounts, RunRecord, not_found_window,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
@@ -23,6 +26,7 @@ pub const RUN_HISTORY_RETENTION_US: Micros = 90 * 24 * 3_600 * 1_000_000;
 
 const STATE_SK: &str = "state";
 const EVENT_SK: &str = "event";
+const NOT_FOUND_SK: &str = "window";
 const IN_PROGRESS: &str = "in_progress";
 const COMPLETED: &str = "completed";
 
@@ -42,6 +46,16 @@ pub fn run_sk(started_us: Micros, run_id: &str) -> String {
 
 pub fn event_pk(event_id: &str) -> String {
     format!("event#{event_id}")
+}
+
+/// The rolling 404 window's item of an entity (sort key `window`).
+pub fn not_found_pk(entity: &str) -> String {
+    format!("notfound#{entity}")
+}
+
+/// The attributes of one 10-minute bucket of the 404 window: fetches and unexpected 404s.
+fn bucket_names(window: i64) -> (String, String) {
+    (format!("f_{window}"), format!("n_{window}"))
 }
 
 /// How `LeaseLost` names a job (as the local store does).
@@ -64,6 +78,11 @@ fn scope(entity: &str, kind: JobKind) -> String {
 ///   completed, exactly like the local store and like TTL will eventually make it);
 ///   `complete_event` overwrites it with `completed`; `release_event` deletes only an
 ///   in-progress marker.
+/// - 404 window: `count_not_found` is one UpdateItem on `notfound#<entity>` / `window`:
+///   `ADD f_<w> :fetched, n_<w> :not_found` for the current 10-minute window `w`, `REMOVE` the
+///   buckets `w-2` to `w-7` in the same expression, `SET ttl` to the end of window `w+1` (an
+///   idle entity's item expires), `ReturnValues = ALL_NEW`; the answer sums buckets `w` and
+///   `w-1` of the new image.
 #[derive(Debug, Clone)]
 pub struct DynamoControl {
     client: Client,
@@ -481,6 +500,60 @@ impl ControlStore for DynamoControl {
             .await
             .map(drop)
             .map_err(|e| store_error("complete event", e))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity))]
+    async fn count_not_found(
+        &self,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError> {
+        let pk = not_found_pk(entity);
+        let w = not_found_window(now_us);
+        let (f_now, n_now) = bucket_names(w);
+        let (f_prev, n_prev) = bucket_names(w - 1);
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&pk))
+            .key(attr::SK, s(NOT_FOUND_SK))
+            .expression_attribute_names("#entity", attr::ENTITY)
+            .expression_attribute_names("#ttl", attr::TTL)
+            .expression_attribute_names("#f", &f_now)
+            .expression_attribute_names("#n", &n_now)
+            .expression_attribute_values(":entity", s(entity))
+            .expression_attribute_values(
+                ":ttl",
+                n(ttl_seconds((w + 2).saturating_mul(NOT_FOUND_WINDOW_US))),
+            )
+            .expression_attribute_values(":f", n(add.fetched))
+            .expression_attribute_values(":n", n(add.not_found));
+        let mut remove = Vec::new();
+        for k in 2..2 + NOT_FOUND_STALE_WINDOWS {
+            let (f_old, n_old) = bucket_names(w - k);
+            req = req
+                .expression_attribute_names(format!("#f{k}"), f_old)
+                .expression_attribute_names(format!("#n{k}"), n_old);
+            remove.push(format!("#f{k}, #n{k}"));
+        }
+        let out = req
+            .update_expression(format!(
+                "SET #entity = :entity, #ttl = :ttl REMOVE {} ADD #f :f, #n :n",
+                remove.join(", ")
+            ))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| store_error("count 404s", e))?;
+        let empty = Item::new();
+        let r = ItemReader::new(&pk, out.attributes().unwrap_or(&empty));
+        let count = |name: &str| r.opt_u64(name).map(Option::unwrap_or_default);
+        Ok(NotFoundCounts {
+            fetched: count(&f_now)? + count(&f_prev)?,
+            not_found: count(&n_now)? + count(&n_prev)?,
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `pk` | S | table key: `"<entity>#<id>"` (IDs are always strings; entity names never contain `#`) |
 //! | `entity`, `id` | S | the parts of the key, for the application |
-//! | `delta_us`, `fetched_at_us` | N | the version: the source's delta field and our fetch time, epoch µs |
+//! | `delta_us`, `fetched_at_us` | N | the version: the source's delta field and our fetch time (the send time of the request that got it), epoch µs |
 //! | `hash` | S | xxh3-128 of the raw JSON, 32 hex digits (`ContentHash::to_hex`) |
 //! | `payload` | M | the record as a native DynamoDB value (objects → M, arrays → L, strings → S, numbers → N, booleans → BOOL, null → NULL) |
 //! | `payload_z` + `payload_encoding` | B + S | instead of `payload` when it cannot be a native value (see `payload`): zlib-compressed JSON, `"zlib-json"` |
@@ -45,6 +45,10 @@
 //! - webhook dedup: `pk = "event#<event_id>"`, `sk = "event"`: `status` (`in_progress` |
 //!   `completed`), `until_us`, `ttl` (= `until_us` in seconds, rounded up). An expired marker is
 //!   treated as absent whether or not TTL has removed it yet (TTL deletion lags by up to days).
+//! - the worker's rolling 404 window: `pk = "notfound#<entity>"`, `sk = "window"`: `entity`,
+//!   `f_<w>` and `n_<w>` (N: fetches and unexpected 404s of the 10-minute bucket `w`,
+//!   `ports::not_found_window`), `ttl` at the end of bucket `w + 1`. Each write adds to the
+//!   current bucket and removes the six before the previous one; reads sum `w` and `w - 1`.
 
 /// A scalar attribute type, as key schemas and attribute definitions spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

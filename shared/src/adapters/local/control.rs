@@ -6,8 +6,8 @@ use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::error::StoreError;
 use crate::model::{Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{
-    ControlStore, CursorSave, EventClaim, JobKind, JobState, LeaseOutcome, RecordStore, RunRecord,
-    upsert_then_save_cursor_in_turn,
+    ControlStore, CursorSave, EventClaim, JobKind, JobState, LeaseOutcome, NotFoundCounts,
+    RecordStore, RunRecord, not_found_window, upsert_then_save_cursor_in_turn,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -487,6 +487,56 @@ impl ControlStore for LocalStore {
                 .and_then(|mut st| st.execute(params![event_id, COMPLETED, retain_until_us]))
                 .map(drop)
                 .map_err(|e| sql_error("complete event", e))
+            })
+            .await
+    }
+
+    /// One transaction: add to the current bucket's row, delete the entity's rows older than
+    /// the previous bucket, sum the current and the previous bucket.
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity))]
+    async fn count_not_found(
+        &self,
+        entity: &str,
+        now_us: Micros,
+        add: NotFoundCounts,
+    ) -> Result<NotFoundCounts, StoreError> {
+        let entity = entity.to_owned();
+        let w = not_found_window(now_us);
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (fetched, not_found) = (as_i64(add.fetched), as_i64(add.not_found));
+        self.db()
+            .call("count 404s", move |c| {
+                let op = "count 404s";
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error(op, e))?;
+                tx.prepare_cached(
+                    "INSERT INTO control_notfound (entity, window, fetched, not_found) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (entity, window) DO UPDATE SET \
+                     fetched = fetched + excluded.fetched, \
+                     not_found = not_found + excluded.not_found",
+                )
+                .and_then(|mut st| st.execute(params![entity, w, fetched, not_found]))
+                .map_err(|e| sql_error(op, e))?;
+                tx.prepare_cached("DELETE FROM control_notfound WHERE entity = ?1 AND window < ?2")
+                    .and_then(|mut st| st.execute(params![entity, w - 1]))
+                    .map_err(|e| sql_error(op, e))?;
+                let (f, n) = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(fetched), 0), COALESCE(SUM(not_found), 0) \
+                         FROM control_notfound WHERE entity = ?1 AND window BETWEEN ?2 AND ?3",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(params![entity, w - 1, w], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                        })
+                    })
+                    .map_err(|e| row_error(op, &format!("notfound#{entity}"), e))?;
+                tx.commit().map_err(|e| sql_error(op, e))?;
+                Ok(NotFoundCounts {
+                    fetched: u64::try_from(f).unwrap_or_default(),
+                    not_found: u64::try_from(n).unwrap_or_default(),
+                })
             })
             .await
     }

@@ -158,6 +158,17 @@ CREATE TABLE IF NOT EXISTS control_events (
     until_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- control: the worker's rolling 404 window (the `notfound#<entity>` item), one row per
+-- 10-minute bucket (ports::not_found_window); rows older than the previous bucket are deleted
+-- by each write.
+CREATE TABLE IF NOT EXISTS control_notfound (
+    entity    TEXT NOT NULL,
+    window    INTEGER NOT NULL,
+    fetched   INTEGER NOT NULL,
+    not_found INTEGER NOT NULL,
+    PRIMARY KEY (entity, window)
+) WITHOUT ROWID;
+
 -- The local work queue (SQS locally); several named queues may share the table.
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,6 +1,7 @@
 //! `process_batch` over the in-memory stores (`crate::memory`) and a scripted source whose
 //! answers and calls the tests can see: dedup, coalescing, poison, the version rule, 404s and
-//! their evidence, confirmed deletes, the 404 ceiling, the all-failed rule, the message spans.
+//! their evidence, confirmed deletes, the 404 ceiling and its rolling window, the all-failed
+//! rule, the message spans.
 
 use super::*;
 use crate::memory::{MemoryControl, MemoryRecords};
@@ -23,12 +24,14 @@ enum Answer {
     Rejected(crate::model::RejectReason),
 }
 
-/// A source whose `get_by_id` answers from a table and notes every call (ID, start time).
+/// A source whose `fetch_by_id` answers from a table and notes every call (ID, send time).
 #[derive(Default)]
 struct Source {
     answers: Mutex<HashMap<String, Answer>>,
     calls: Mutex<Vec<(String, Micros)>>,
-    /// How long each `get_by_id` takes.
+    /// How long each call waits before its request is sent (a rate limiter's wait).
+    wait: Duration,
+    /// How long each answer takes after its request was sent.
     delay: Duration,
 }
 
@@ -83,16 +86,25 @@ impl SourceApi for Source {
     }
 
     async fn get_by_id(&self, entity: &str, id: &str) -> Result<Option<Record>, SourceError> {
+        Ok(self.fetch_by_id(entity, id).await?.record)
+    }
+
+    async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {
         assert_eq!(entity, ENTITY);
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
+        let sent_us = now_us();
         self.calls
             .lock()
             .expect("poisoned")
-            .push((id.to_owned(), now_us()));
+            .push((id.to_owned(), sent_us));
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let record = |r: Option<Record>| Fetched { record: r, sent_us };
         match self.answers.lock().expect("poisoned").get(id) {
-            Some(Answer::Found(r)) => Ok(Some(r.clone())),
+            Some(Answer::Found(r)) => Ok(record(Some(r.clone()))),
             Some(Answer::Fails) => Err(SourceError::Server {
                 status: 503,
                 url: format!("https://source.test/{entity}/{id}"),
@@ -103,7 +115,7 @@ impl SourceApi for Source {
                 id: id.to_owned(),
                 reason: *reason,
             }),
-            None => Ok(None),
+            None => Ok(record(None)),
         }
     }
 }
@@ -421,26 +433,48 @@ async fn a_found_record_is_upserted_under_the_version_rule() {
     assert_eq!(new.last_action, crate::model::LastAction::Insert);
 }
 
-#[tokio::test]
-async fn a_json_404_soft_deletes_with_the_request_start_as_evidence() {
+/// One 404 after a 30 ms wait before its request is sent and a 30 ms answer: the batch's
+/// start, the request's send time and the stored evidence.
+async fn evidence_of_a_404(opts: &WorkerOptions) -> (Micros, Micros, Micros) {
     let w = World::new(Source {
+        wait: Duration::from_millis(30),
         delay: Duration::from_millis(30),
         ..Source::default()
     });
     w.seed("gone", 10, now_us() - HOUR_US).await;
     let before = now_us();
-    let r = w.run(&[webhook("m1", "gone", "e1")], &opts()).await;
+    let r = w.run(&[webhook("m1", "gone", "e1")], opts).await;
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!((r.not_found, r.deleted), (1, 1));
-    let started = w.source.calls.lock().expect("poisoned")[0].1;
+    let sent = w.source.calls.lock().expect("poisoned")[0].1;
     let stored = w.stored("gone").await.expect("kept, soft-deleted");
-    let evidence = stored.version.deleted_at_us.expect("soft-deleted");
-    // The evidence is when the request started, not when its answer came (30 ms later).
-    assert!(
-        (before..=started).contains(&evidence),
-        "evidence {evidence}, batch start {before}, request start {started}"
-    );
     assert_eq!(stored.written_by, Strategy::Webhook);
+    let evidence = stored.version.deleted_at_us.expect("soft-deleted");
+    (before, sent, evidence)
+}
+
+#[tokio::test]
+async fn a_json_404_soft_deletes_with_its_send_time_as_evidence() {
+    let (before, sent, evidence) = evidence_of_a_404(&opts()).await;
+    // The evidence is when the request was sent: after the wait, before the answer came.
+    assert_eq!(evidence, sent, "batch start {before}");
+    assert!(
+        evidence > before,
+        "evidence {evidence}, batch start {before}"
+    );
+}
+
+#[tokio::test]
+async fn negative_control_evidence_before_the_waits_predates_the_request() {
+    let o = WorkerOptions {
+        evidence_before_waits: true,
+        ..opts()
+    };
+    let (before, sent, evidence) = evidence_of_a_404(&o).await;
+    assert!(
+        (before..sent).contains(&evidence),
+        "the old clock: evidence {evidence} taken before the request was sent at {sent}"
+    );
 }
 
 #[tokio::test]
@@ -575,6 +609,124 @@ async fn the_404_ceiling_at_and_around_its_limits() {
             assert!(r.failed.is_empty(), "{label}: {:?}", r.failed);
         }
     }
+}
+
+// --- The rolling 404 window --------------------------------------------------------------
+
+/// A trickle of `batches` batches of one targeted message each, for records the store holds
+/// and the source answers 404 for (a wrong base path). The reports and how many records are
+/// still live.
+async fn trickle_of_404s(opts: &WorkerOptions, batches: usize) -> (Vec<BatchReport>, usize) {
+    let w = World::new(Source::default());
+    let long_ago = now_us() - HOUR_US;
+    let mut reports = Vec::new();
+    for i in 0..batches {
+        let id = format!("p{i}");
+        w.seed(&id, 10, long_ago).await;
+        reports.push(w.run(&[targeted(&format!("m{i}"), &id)], opts).await);
+    }
+    let mut live = 0;
+    for i in 0..batches {
+        live += usize::from(
+            !w.stored(&format!("p{i}"))
+                .await
+                .expect("seeded")
+                .is_deleted(),
+        );
+    }
+    (reports, live)
+}
+
+fn window_opts() -> WorkerOptions {
+    WorkerOptions {
+        not_found_min: 3,
+        not_found_ceiling: 0.5,
+        ..opts()
+    }
+}
+
+#[tokio::test]
+async fn a_trickle_of_404s_trips_the_window_and_stops_deleting() {
+    let (reports, live) = trickle_of_404s(&window_opts(), 8).await;
+    for (i, r) in reports.iter().enumerate() {
+        assert!(
+            !r.ceiling_tripped,
+            "batch {i}: one 404 never trips the batch"
+        );
+        if i < 2 {
+            // Under the minimum count: a lone 404 deletes.
+            assert!(r.window_tripped.is_empty(), "batch {i}");
+            assert_eq!((r.deleted, r.failed.len()), (1, 0), "batch {i}");
+        } else {
+            assert_eq!(r.window_tripped, [ENTITY], "batch {i}");
+            assert_eq!(r.deleted, 0, "batch {i}");
+            assert_eq!(
+                r.failed,
+                [format!("m{i}")],
+                "batch {i}: fails, to be retried"
+            );
+        }
+    }
+    assert_eq!(live, 6, "only the first two were deleted");
+    // The metrics tell the window from the batch's ceiling.
+    let m = reports[2].metrics();
+    assert!(m.contains(r#""NotFoundWindowTripped":1"#), "{m}");
+    assert!(m.contains(r#""NotFoundCeilingTripped":1"#), "{m}");
+    let m = reports[0].metrics();
+    assert!(m.contains(r#""NotFoundWindowTripped":0"#), "{m}");
+}
+
+#[tokio::test]
+async fn negative_control_without_the_window_a_trickle_of_404s_deletes_them_one_by_one() {
+    let o = WorkerOptions {
+        not_found_window: false,
+        ..window_opts()
+    };
+    let (reports, live) = trickle_of_404s(&o, 8).await;
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.deleted == 1 && !r.ceiling_tripped && r.window_tripped.is_empty())
+    );
+    assert_eq!(live, 0, "every record deleted, one batch at a time");
+}
+
+#[tokio::test]
+async fn found_records_keep_the_window_under_the_ceiling() {
+    // A real deletion now and then among healthy fetches: the share stays under the ceiling.
+    let w = World::new(Source::default());
+    let o = window_opts();
+    let long_ago = now_us() - HOUR_US;
+    for i in 0..6 {
+        let gone = format!("gone{i}");
+        w.seed(&gone, 10, long_ago).await;
+        let (here, twin) = (format!("here{i}"), format!("twin{i}"));
+        w.source.found(fresh(&here, 10, "x"));
+        w.source.found(fresh(&twin, 10, "y"));
+        let batch = [
+            targeted(&format!("m{i}"), &gone),
+            targeted(&format!("n{i}"), &here),
+            targeted(&format!("o{i}"), &twin),
+        ];
+        let r = w.run(&batch, &o).await;
+        assert!(
+            r.window_tripped.is_empty(),
+            "batch {i}: 1 in 3 is under 50%"
+        );
+        assert_eq!(r.deleted, 1, "batch {i}");
+    }
+    let total = w
+        .control
+        .not_found
+        .lock()
+        .expect("poisoned")
+        .values()
+        .fold((0, 0), |(f, n), c| (f + c.fetched, n + c.not_found));
+    assert_eq!(
+        total,
+        (18, 6),
+        "every fetch and every unexpected 404 counted"
+    );
 }
 
 // --- The batch's verdict -----------------------------------------------------------------
