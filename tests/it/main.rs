@@ -17,5 +17,6 @@ mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
 mod template;
+mod trust;
 mod waits;
 mod webhooks;

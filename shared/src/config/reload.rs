@@ -147,6 +147,12 @@ impl<T> Reloading<T> {
     }
 }
 
+/// A signing key (`core::token`) built from a secret's value (the generated
+/// `TokenSigningSecret`): its bytes, at least `core::token::MIN_KEY_BYTES` of them.
+pub fn token_key(secret: &Secret) -> Result<crate::core::token::TokenKey, String> {
+    crate::core::token::TokenKey::new(secret.expose().as_bytes()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,7 @@ mod code;
 mod crates;
 mod environment;
 mod iam;
+mod secrets;
 mod state_machine;
 mod tables;
 mod wiring;
