@@ -23,7 +23,7 @@ use shared::config::{AuthConfig, Config, Pagination, Secret, SecretProvider, Sec
 use shared::core::timefmt::now_us;
 use shared::core::token::{TokenError, TokenKey};
 use shared::error::{SyncError, WalkError};
-use shared::ports::{Queue, SpillStore};
+use shared::ports::{Queue, SourceApi, SpillStore};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, run_delta};
 use shared::sync::reconcile::{self as r, PlanInput, ReconcileDeps, ReconcileOptions, StepError};
@@ -210,14 +210,14 @@ async fn a_resumed_next_url_on_another_host_is_refused_before_any_request() {
         resume_sig: Some(sig),
         ..Default::default()
     };
-    let e = source_step(&d, &run, Some(progress), &opts)
-        .await
-        .unwrap_err();
+    // (Also what an in-flight run meets when `SOURCE_BASE_URL` changed under it.) The listing
+    // ends not normally: the guard deletes nothing, the error names the setting.
+    let p = source_step(&d, &run, Some(progress), &opts).await.unwrap();
+    assert!(p.done && !p.ended_normally, "{p:?}");
     assert!(
-        matches!(&e, StepError::Source(SourceError::Walk { source: WalkError::ForeignResume { .. }, .. })),
-        "{e}"
+        p.error.as_deref().is_some_and(|e| e.contains("source.base_url")),
+        "{p:?}"
     );
-    assert_eq!(e.error_type(), "Reconcile.Failed");
     assert_eq!(other.stats().requests, 0, "nothing reached the other host");
 }
 
@@ -230,13 +230,9 @@ async fn negative_control_without_the_origin_check_the_credential_reaches_the_ot
         .unwrap()
         .without_resume_origin_check();
     let token = token_at(&other);
-    let page = client
-        .stream_ids_from(E, Some(&token))
-        .next()
-        .await
-        .expect("a page")
-        .expect("the other host answers");
-    assert_eq!(page.ids.len(), 100);
+    // The first request goes to the other host with the credential (its page's own next link
+    // is then refused, too late).
+    let _ = client.stream_ids_from(E, Some(&token)).next().await;
     let s = other.stats();
     assert!(s.requests >= 1, "{s:?}");
     assert_eq!(
