@@ -639,3 +639,54 @@ async fn negative_control_without_the_reread_the_rotated_webhook_is_refused() {
     assert_eq!(deliver(&ingest, "new-secret").await.status, 401);
     assert_eq!(ingest.secret_rereads(), 0);
 }
+
+/// A function that read the signing key before a rotation meets a token signed under the new
+/// key by another (fresh) instance: it reads the key again once and continues the listing
+/// without a restart. Without the re-read (a key that is never read again), it restarts.
+#[tokio::test]
+async fn a_stale_key_is_read_again_before_a_token_under_another_key_restarts_the_listing() {
+    let sdk = moto_sdk().await;
+    let old_value = "o".repeat(64);
+    let (sm, arn, provider) = moto_secret(&sdk, &old_value).await;
+    let stale = shared::adapters::secrets::token_key_from(provider)
+        .await
+        .unwrap();
+    let new_value = "n".repeat(64);
+    rotate(&sm, &arn, &new_value).await;
+    let fresh = shared::adapters::secrets::token_key_from(Arc::new(StoreSecret::new(
+        SecretSource::SecretsManager(arn.clone()),
+        &sdk,
+    )))
+    .await
+    .unwrap();
+    assert_ne!(stale.current().1.id(), fresh.current().1.id());
+
+    let h = sim::people(450).await;
+    let cfg = config(&h, false);
+    let client = SourceClient::new(&cfg, None).unwrap();
+    let l = local();
+    let d = deps(&cfg, &client, &l);
+    let by_fresh = ReconcileOptions {
+        token_key: Arc::new(fresh),
+        ..one_page()
+    };
+    let run = planned(&d, &by_fresh).await;
+    let p1 = source_step(&d, &run, None, &by_fresh).await.unwrap();
+    let by_stale = ReconcileOptions {
+        token_key: Arc::new(stale),
+        ..one_page()
+    };
+    let p2 = source_step(&d, &run, Some(p1.clone()), &by_stale)
+        .await
+        .unwrap();
+    assert_eq!((p2.restarts, p2.pages, p2.pairs), (0, 2, 200), "{p2:?}");
+    assert_eq!(by_stale.token_key.rereads(), 1);
+
+    // A key never read again (no provider) restarts the listing instead.
+    let fixed = ReconcileOptions {
+        token_key: ReconcileOptions::default().token_key,
+        ..one_page()
+    };
+    let p = source_step(&d, &run, Some(p1), &fixed).await.unwrap();
+    assert_eq!((p.restarts, p.pages, p.pairs), (1, 1, 100), "{p:?}");
+}
