@@ -215,7 +215,9 @@ async fn a_resumed_next_url_on_another_host_is_refused_before_any_request() {
     let p = source_step(&d, &run, Some(progress), &opts).await.unwrap();
     assert!(p.done && !p.ended_normally, "{p:?}");
     assert!(
-        p.error.as_deref().is_some_and(|e| e.contains("source.base_url")),
+        p.error
+            .as_deref()
+            .is_some_and(|e| e.contains("source.base_url")),
         "{p:?}"
     );
     assert_eq!(other.stats().requests, 0, "nothing reached the other host");
@@ -252,9 +254,15 @@ async fn the_source_step_refuses_forged_and_altered_resume_tokens() {
     let run = planned(&d, &opts).await;
     let p1 = source_step(&d, &run, None, &opts).await.unwrap();
     let token = p1.resume.clone().expect("a resume token");
-    assert!(p1.resume_sig.as_deref().is_some_and(|s| s.starts_with("t1.")));
+    assert!(
+        p1.resume_sig
+            .as_deref()
+            .is_some_and(|s| s.starts_with("t1."))
+    );
     // The genuine token is followed.
-    let p2 = source_step(&d, &run, Some(p1.clone()), &opts).await.unwrap();
+    let p2 = source_step(&d, &run, Some(p1.clone()), &opts)
+        .await
+        .unwrap();
     assert_eq!(p2.pairs, 200);
 
     let requests = h.stats().requests;
@@ -301,7 +309,11 @@ async fn the_source_step_refuses_forged_and_altered_resume_tokens() {
         );
         assert_eq!(e.error_type(), "Reconcile.BadInput", "{name}: not retried");
     }
-    assert_eq!(h.stats().requests, requests, "no refused token was followed");
+    assert_eq!(
+        h.stats().requests,
+        requests,
+        "no refused token was followed"
+    );
 
     // The Lambda's path: the step fails with the name the state machine's Catch takes to its
     // failure path, which records the run as failed.
@@ -379,7 +391,12 @@ async fn rotated_key_run(clean_restart: bool) -> (r::SourceProgress, u64) {
     }
     let p = p.unwrap();
     assert_eq!((p.pages, p.next_run, p.done), (3, 3, false));
-    let ids: Vec<u64> = h.sim().versions(Entity::People).iter().map(|v| v.0).collect();
+    let ids: Vec<u64> = h
+        .sim()
+        .versions(Entity::People)
+        .iter()
+        .map(|v| v.0)
+        .collect();
     for id in [ids[150], ids[250]] {
         assert!(h.sim().delete(Entity::People, id));
     }
@@ -426,7 +443,10 @@ async fn a_token_signed_under_a_rotated_key_restarts_the_listing_and_the_diff_is
     let (p, to_delete) = rotated_key_run(true).await;
     assert!(p.ended_normally, "{p:?}");
     assert_eq!(p.pairs, 448, "the whole listing again, once: {p:?}");
-    assert_eq!(to_delete, 2, "exactly the two records deleted at the source");
+    assert_eq!(
+        to_delete, 2,
+        "exactly the two records deleted at the source"
+    );
 }
 
 #[tokio::test]
@@ -465,7 +485,11 @@ async fn moto_sdk() -> aws_config::SdkConfig {
 async fn moto_secret(
     sdk: &aws_config::SdkConfig,
     value: &str,
-) -> (aws_sdk_secretsmanager::Client, String, Arc<dyn SecretProvider>) {
+) -> (
+    aws_sdk_secretsmanager::Client,
+    String,
+    Arc<dyn SecretProvider>,
+) {
     let sm = aws_sdk_secretsmanager::Client::new(sdk);
     let out = sm
         .create_secret()
@@ -525,7 +549,10 @@ async fn a_rotated_source_secret_is_read_again_after_a_401() {
     );
     assert!(!e.is_retryable());
     let shown = e.to_string();
-    assert!(shown.contains("SOURCE_SECRET_ID") && !shown.contains("tok-"), "{shown}");
+    assert!(
+        shown.contains("SOURCE_SECRET_ID") && !shown.contains("tok-"),
+        "{shown}"
+    );
     assert_eq!(fresh.secret_rereads(), 1);
     assert_eq!(fresh.stats().unauthorized, 1);
     let metric: serde_json::Value =
@@ -600,7 +627,11 @@ async fn a_webhook_signed_with_a_rotated_secret_is_accepted_after_one_reread() {
     let ingest =
         ingest_on(&l, provider.read().await.unwrap().expose()).with_secret_provider(provider);
     assert_eq!(deliver(&ingest, "old-secret").await.status, 200);
-    assert_eq!(ingest.secret_rereads(), 0, "a matching signature reads nothing");
+    assert_eq!(
+        ingest.secret_rereads(),
+        0,
+        "a matching signature reads nothing"
+    );
     // The sender switches to a new secret, put in Secrets Manager (old and new, as the
     // README's rotation says).
     rotate(&sm, &arn, "old-secret new-secret").await;
@@ -621,7 +652,11 @@ async fn a_webhook_signed_with_a_rotated_secret_is_accepted_after_one_reread() {
     for _ in 0..2 {
         assert_eq!(deliver(&ingest, "an-attackers-guess").await.status, 401);
     }
-    assert_eq!(ingest.secret_rereads(), 1, "two bad signatures, one re-read");
+    assert_eq!(
+        ingest.secret_rereads(),
+        1,
+        "two bad signatures, one re-read"
+    );
     // A sender rotating within that minute waits for the next one (the sender retries).
     rotate(&sm, &arn, "newest-secret").await;
     assert_eq!(deliver(&ingest, "newest-secret").await.status, 401);

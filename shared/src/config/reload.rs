@@ -206,7 +206,8 @@ mod tests {
     #[tokio::test]
     async fn the_interval_gates_rereads_and_a_failed_read_keeps_the_value() {
         let p = Arc::new(Counting(Mutex::new(vec![]), AtomicU64::new(0)));
-        let r = Reloading::fixed("OLD".to_owned(), upper()).with_provider(p.clone(), Duration::ZERO);
+        let r =
+            Reloading::fixed("OLD".to_owned(), upper()).with_provider(p.clone(), Duration::ZERO);
         assert!(r.refresh(0).await.is_none(), "nothing to read");
         assert_eq!(r.current().1.as_str(), "OLD");
         p.0.lock().unwrap().push("b");

@@ -18,18 +18,22 @@ fn check_token_secret(t: &Value) -> Vec<String> {
         bad.push(format!("TokenSigningSecret is {:?}", s["Type"]));
     }
     let g = &s["Properties"]["GenerateSecretString"];
-    if !g["PasswordLength"]
+    let long_enough = g["PasswordLength"]
         .as_u64()
-        .is_some_and(|n| n as usize >= MIN_KEY_BYTES)
-    {
-        bad.push(format!("a generated value of at least {MIN_KEY_BYTES} characters: {g:?}"));
+        .is_some_and(|n| n as usize >= MIN_KEY_BYTES);
+    if !long_enough {
+        bad.push(format!(
+            "a generated value of at least {MIN_KEY_BYTES} characters: {g:?}"
+        ));
     }
     let f = function(t, "reconcile");
     if !environment(t, f)
         .get(TOKEN_SIGNING_SECRET_ID)
         .is_some_and(|v| is_ref_to(v, "TokenSigningSecret"))
     {
-        bad.push(format!("the reconcile function's {TOKEN_SIGNING_SECRET_ID}"));
+        bad.push(format!(
+            "the reconcile function's {TOKEN_SIGNING_SECRET_ID}"
+        ));
     }
     let reads = |f: &Value| -> Vec<(Option<String>, Value)> {
         function_statements(f)
@@ -40,7 +44,10 @@ fn check_token_secret(t: &Value) -> Vec<String> {
     };
     let want = vec![(None, yaml("secretsmanager:GetSecretValue"))];
     if reads(f) != want {
-        bad.push(format!("the reconcile function's grant on it: {:?}", reads(f)));
+        bad.push(format!(
+            "the reconcile function's grant on it: {:?}",
+            reads(f)
+        ));
     }
     for (id, other) in functions(t) {
         if id != function_id(t, "reconcile") && !reads(other).is_empty() {
