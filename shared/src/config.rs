@@ -407,6 +407,13 @@ pub struct EntityConfig {
     /// The attribute name to ask for in a sparse fieldset (defaults to `delta_sync_field`).
     #[serde(default)]
     pub sparse_delta_attribute: Option<String>,
+    /// A source version below the stored one (a restore, a clock fix) is repaired by
+    /// reconciliation: it re-fetches the record and writes the source's copy as `regressed`
+    /// when that fetch was sent after the stored copy's and the content differs
+    /// (`core::decide_regression`). Default false: such records are counted and reported only,
+    /// and every write path keeps calling the source's copy stale (I2).
+    #[serde(default)]
+    pub allow_version_regression: bool,
 }
 
 /// How a source orders the IDs of a listing (`[[entity]] id_order`).
@@ -881,6 +888,27 @@ mod tests {
         let c = load(EMBEDDED).unwrap();
         assert!(c.entity("people").is_some());
         assert!(c.entity("donations").is_some());
+    }
+
+    #[test]
+    fn version_regression_is_repaired_only_where_an_entity_opts_in() {
+        let c = load(EMBEDDED).unwrap();
+        assert!(c.entities.iter().all(|e| !e.allow_version_regression));
+        let c = load(&with(
+            "\npage_size = 100",
+            "\npage_size = 100\nallow_version_regression = true",
+        ))
+        .unwrap();
+        assert!(c.entity("people").unwrap().allow_version_regression);
+        assert!(!c.entity("donations").unwrap().allow_version_regression);
+        expect_invalid(
+            &with(
+                "\npage_size = 100",
+                "\npage_size = 100\nallow_version_regression = \"yes\"",
+            ),
+            "people",
+            "allow_version_regression",
+        );
     }
 
     fn expect_invalid(text: &str, entity: &str, field: &str) {

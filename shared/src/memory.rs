@@ -2,7 +2,7 @@
 //! asserted directly; they apply the same version rule as the real stores. Compiled only for
 //! `shared`'s own tests and with the `testing` feature, which test crates and the bench enable.
 
-use crate::core::{decide_delete, decide_upsert};
+use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::{SourceError, StoreError};
 use crate::model::*;
 use crate::ports::*;
@@ -83,6 +83,36 @@ impl RecordStore for MemoryRecords {
         Ok(out)
     }
 
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let key = (record.entity.clone(), record.id.clone());
+        let out = decide_regression(
+            items.get(&key).map(|o| &o.version),
+            compared,
+            &record.version,
+        );
+        if out.wrote()
+            && let Some(item) = items.get_mut(&key)
+        {
+            item.version = StoredVersion {
+                delta_us: record.version.delta_us,
+                fetched_at_us: record.version.fetched_at_us,
+                hash: record.version.hash,
+                deleted_at_us: None,
+            };
+            item.payload =
+                serde_json::from_str(record.payload.get()).unwrap_or(serde_json::Value::Null);
+            item.last_synced_us = crate::core::timefmt::now_us();
+            item.last_action = LastAction::Regressed;
+            item.written_by = Strategy::Reconcile;
+        }
+        Ok(out)
+    }
+
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         Ok(self
             .items
@@ -90,6 +120,27 @@ impl RecordStore for MemoryRecords {
             .expect("poisoned")
             .get(&(entity.to_owned(), id.to_owned()))
             .cloned())
+    }
+
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        let items = self.items.lock().expect("poisoned");
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let item = items.get(&(entity.to_owned(), id.clone()))?;
+                Some((
+                    id.clone(),
+                    SyncTimes {
+                        first_seen_us: item.first_seen_us,
+                        last_synced_us: item.last_synced_us,
+                    },
+                ))
+            })
+            .collect())
     }
 
     async fn list_live_ids(

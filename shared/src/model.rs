@@ -130,6 +130,9 @@ pub enum LastAction {
     Update,
     Restore,
     Delete,
+    /// Reconciliation wrote the source's copy over a newer stored one: the source's version
+    /// went backwards (an entity with `allow_version_regression`; `core::decide_regression`).
+    Regressed,
 }
 
 impl LastAction {
@@ -139,6 +142,7 @@ impl LastAction {
             LastAction::Update => "update",
             LastAction::Restore => "restore",
             LastAction::Delete => "delete",
+            LastAction::Regressed => "regressed",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -147,6 +151,7 @@ impl LastAction {
             "update" => LastAction::Update,
             "restore" => LastAction::Restore,
             "delete" => LastAction::Delete,
+            "regressed" => LastAction::Regressed,
             _ => return None,
         })
     }
@@ -160,6 +165,22 @@ pub struct StoredVersion {
     pub hash: ContentHash,
     /// Evidence time of the soft delete (when the source was seen not to have the record).
     pub deleted_at_us: Option<Micros>,
+}
+
+/// When a stored item was first written and last written (live or soft-deleted): what
+/// reconciliation reads, strongly consistent, to tell a record synced during its run from one
+/// the source no longer has (`RecordStore::sync_times`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTimes {
+    pub first_seen_us: Micros,
+    pub last_synced_us: Micros,
+}
+
+impl SyncTimes {
+    /// Written at or after `t` (first stored, or synced since).
+    pub fn touched_since(&self, t: Micros) -> bool {
+        self.first_seen_us >= t || self.last_synced_us >= t
+    }
 }
 
 /// An item as a store returns it.
@@ -200,6 +221,32 @@ impl WriteOutcome {
             self,
             WriteOutcome::Inserted | WriteOutcome::Updated | WriteOutcome::Restored
         )
+    }
+}
+
+/// Result of reconciliation's conditional write of a record whose source version went
+/// backwards (`RecordStore::write_regressed`, `core::decide_regression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegressOutcome {
+    /// Written: the stored copy was the one compared, newer than the fetched one, fetched
+    /// before it, with other content.
+    Regressed,
+    /// Same content as the stored copy: nothing written.
+    Unchanged,
+    /// The fetch was sent at or before the stored copy's: it may predate that copy, so it
+    /// proves nothing about the source now. Nothing written.
+    FetchedBefore,
+    /// The fetched version is not below the stored one: no regression (the ordinary version
+    /// rule applies). Nothing written.
+    NotNewer,
+    /// The stored copy is no longer the one compared (another write or a delete came in
+    /// between, or it is gone): that write wins. Nothing written.
+    Moved,
+}
+
+impl RegressOutcome {
+    pub fn wrote(self) -> bool {
+        self == RegressOutcome::Regressed
     }
 }
 

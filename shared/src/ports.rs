@@ -4,8 +4,8 @@
 
 use crate::error::{SourceError, StoreError};
 use crate::model::{
-    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, Rejected, StoredRecord, Strategy,
-    WriteOutcome,
+    DeleteOutcome, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected, StoredRecord,
+    StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -41,7 +41,29 @@ pub trait RecordStore: Send + Sync {
         by: Strategy,
     ) -> Result<DeleteOutcome, StoreError>;
 
+    /// Reconciliation's repair of a record whose source version went backwards (an entity with
+    /// `allow_version_regression`), and the only write that may lower `delta_us`: writes
+    /// `record` (`last_action` `regressed`, `written_by` `reconcile`) only when
+    /// `core::decide_regression` says `Regressed` for the stored copy at the time of the write,
+    /// which must still be exactly `compared` (a DynamoDB condition; a check inside the SQLite
+    /// transaction), so that a concurrent write or delete wins. Every other outcome writes
+    /// nothing.
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError>;
+
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// The sync times of these IDs (live or soft-deleted), strongly consistent, in as few
+    /// requests as the store allows (DynamoDB: BatchGetItem of 100 keys, projected to the two
+    /// attributes). IDs not stored are absent from the map.
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError>;
 
     /// One page of live IDs of one shard (`model::shard_of`), sorted bytewise, after `after`.
     async fn list_live_ids(

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use shared::StoreError;
 use shared::core::timefmt::now_us;
 use shared::model::{
-    DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, Strategy, WriteOutcome,
-    shard_of,
+    DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, RegressOutcome, Strategy,
+    WriteOutcome, shard_of,
 };
 use shared::ports::{ControlStore, EventClaim, JobKind, LeaseOutcome, RecordStore, RunRecord};
 use std::collections::BTreeSet;
@@ -77,6 +77,9 @@ macro_rules! conformance_suite {
             records_test!(too_large_payload_is_rejected);
             records_test!(concurrent_conflicting_upserts_keep_the_highest_version);
             records_test!(concurrent_identical_upserts_insert_once);
+            records_test!(write_regressed_lowers_the_version_over_the_copy_compared_only);
+            records_test!(write_regressed_writes_nothing_unless_the_rule_allows_it);
+            records_test!(a_concurrent_newer_write_wins_over_a_regression);
             control_test!(lease_acquire_hold_renew_and_take_over);
             control_test!(save_cursor_is_fenced_by_the_lease);
             control_test!(release_lets_another_acquire);
@@ -1013,6 +1016,212 @@ pub async fn concurrent_identical_upserts_insert_once(s: &dyn RecordStore) {
         19,
         "{outcomes:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// regressions (`write_regressed`, `core::decide_regression`)
+// ---------------------------------------------------------------------------------------------
+
+/// The live-ID index's version of `id`.
+async fn indexed_version(s: &dyn RecordStore, id: &str) -> Option<Micros> {
+    all_live(s, E, shard_of(id), 1_000)
+        .await
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.delta_us)
+}
+
+pub async fn write_regressed_lowers_the_version_over_the_copy_compared_only(s: &dyn RecordStore) {
+    let newer = rec(E, "r1", 2_000, 10_000, &person("r1", "Ann (edited)"));
+    assert_eq!(
+        upsert(s, &newer, Strategy::Webhook).await,
+        WriteOutcome::Inserted
+    );
+    let before = get(s, E, "r1").await;
+    let compared = before.version;
+    // The source went back to an older version with other content; fetched later.
+    let older = rec(E, "r1", 1_000, 10_001, &person("r1", "Ann"));
+    // Every ordinary write path calls it stale (I2)...
+    assert_eq!(
+        upsert(s, &older, Strategy::Targeted).await,
+        WriteOutcome::Stale
+    );
+    // ...the regression write does not.
+    let t0 = now_us();
+    assert_eq!(
+        s.write_regressed(&older, &compared)
+            .await
+            .expect("write_regressed"),
+        RegressOutcome::Regressed
+    );
+    let got = get(s, E, "r1").await;
+    assert_eq!(got.version.delta_us, 1_000);
+    assert_eq!(got.version.fetched_at_us, 10_001);
+    assert_eq!(got.version.hash, older.version.hash);
+    assert_eq!(got.version.deleted_at_us, None);
+    assert_eq!(got.payload, person("r1", "Ann"));
+    assert_eq!(got.last_action, LastAction::Regressed);
+    assert_eq!(got.written_by, Strategy::Reconcile);
+    assert_eq!(got.first_seen_us, before.first_seen_us, "first_seen kept");
+    assert!(got.last_synced_us >= t0, "last_synced is the write's");
+    assert_eq!(
+        indexed_version(s, "r1").await,
+        Some(1_000),
+        "the index follows"
+    );
+    // The compared copy is gone now: the same write again changes nothing.
+    let again = rec(E, "r1", 500, 10_002, &person("r1", "Ann (older)"));
+    assert_eq!(
+        s.write_regressed(&again, &compared)
+            .await
+            .expect("write_regressed"),
+        RegressOutcome::Moved
+    );
+    assert_eq!(get(s, E, "r1").await, got);
+    // And the ordinary rule holds from the regressed copy on: a newer version wins again.
+    let next = rec(E, "r1", 1_500, 10_003, &person("r1", "Ann (again)"));
+    assert_eq!(
+        upsert(s, &next, Strategy::Delta).await,
+        WriteOutcome::Updated
+    );
+    assert_eq!(get(s, E, "r1").await.last_action, LastAction::Update);
+}
+
+pub async fn write_regressed_writes_nothing_unless_the_rule_allows_it(s: &dyn RecordStore) {
+    let stored = rec(E, "r2", 2_000, 10_000, &person("r2", "Bo (edited)"));
+    assert_eq!(
+        upsert(s, &stored, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
+    let before = get(s, E, "r2").await;
+    let compared = before.version;
+    let other = person("r2", "Bo");
+    let same = person("r2", "Bo (edited)");
+    let mut moved = compared;
+    moved.fetched_at_us += 1;
+    let mut other_hash = compared;
+    other_hash.hash = rec(E, "r2", 2_000, 10_000, &other).version.hash;
+    let cases: &[(Record, shared::model::StoredVersion, RegressOutcome)] = &[
+        // Sent before, or when, the stored copy's fetch.
+        (
+            rec(E, "r2", 1_000, 10_000, &other),
+            compared,
+            RegressOutcome::FetchedBefore,
+        ),
+        (
+            rec(E, "r2", 1_000, 9_999, &other),
+            compared,
+            RegressOutcome::FetchedBefore,
+        ),
+        // Same content, only an older version.
+        (
+            rec(E, "r2", 1_000, 10_001, &same),
+            compared,
+            RegressOutcome::Unchanged,
+        ),
+        // Not below the stored version: the ordinary rule's.
+        (
+            rec(E, "r2", 2_000, 10_001, &other),
+            compared,
+            RegressOutcome::NotNewer,
+        ),
+        (
+            rec(E, "r2", 3_000, 10_001, &other),
+            compared,
+            RegressOutcome::NotNewer,
+        ),
+        // Compared against another copy than the stored one.
+        (
+            rec(E, "r2", 1_000, 10_001, &other),
+            moved,
+            RegressOutcome::Moved,
+        ),
+        (
+            rec(E, "r2", 1_000, 10_001, &other),
+            other_hash,
+            RegressOutcome::Moved,
+        ),
+    ];
+    for (r, cmp, want) in cases {
+        assert_eq!(
+            s.write_regressed(r, cmp).await.expect("write_regressed"),
+            *want,
+            "{:?} over {cmp:?}",
+            r.version
+        );
+        assert_eq!(
+            get(s, E, "r2").await,
+            before,
+            "nothing written for {want:?}"
+        );
+    }
+    // Never over a deleted copy, even the one compared; never where nothing is stored.
+    assert_eq!(
+        s.soft_delete(E, "r2", 20_000, Strategy::Reconcile)
+            .await
+            .expect("delete"),
+        DeleteOutcome::Deleted
+    );
+    let deleted = get(s, E, "r2").await;
+    let r = rec(E, "r2", 1_000, 30_000, &other);
+    for cmp in [compared, deleted.version] {
+        assert_eq!(
+            s.write_regressed(&r, &cmp).await.expect("write_regressed"),
+            RegressOutcome::Moved
+        );
+    }
+    assert_eq!(get(s, E, "r2").await, deleted);
+    let absent = rec(E, "absent", 1_000, 30_000, &other);
+    assert_eq!(
+        s.write_regressed(&absent, &compared)
+            .await
+            .expect("write_regressed"),
+        RegressOutcome::Moved
+    );
+    assert!(s.get(E, "absent").await.expect("get").is_none());
+}
+
+pub async fn a_concurrent_newer_write_wins_over_a_regression(s: &dyn RecordStore) {
+    // Each ID: a regression and a newer write race; whichever lands first, the newer write is
+    // what stays (the regression is conditional on the copy it compared).
+    let ids: Vec<String> = (0..12).map(|i| format!("race{i}")).collect();
+    for id in &ids {
+        let r = rec(E, id, 2_000, 10_000, &json!({"id": id, "v": "stored"}));
+        assert_eq!(upsert(s, &r, Strategy::Delta).await, WriteOutcome::Inserted);
+    }
+    let mut compared = Vec::new();
+    for id in &ids {
+        compared.push(get(s, E, id).await.version);
+    }
+    let older: Vec<Record> = ids
+        .iter()
+        .map(|id| rec(E, id, 1_000, 20_000, &json!({"id": id, "v": "older"})))
+        .collect();
+    let newest: Vec<Record> = ids
+        .iter()
+        .map(|id| rec(E, id, 3_000, 20_001, &json!({"id": id, "v": "newest"})))
+        .collect();
+    let (regressions, writes) = futures::future::join(
+        join_all(
+            older
+                .iter()
+                .zip(&compared)
+                .map(|(r, c)| s.write_regressed(r, c)),
+        ),
+        join_all(newest.iter().map(|r| s.upsert(r, Strategy::Webhook))),
+    )
+    .await;
+    for (id, (reg, w)) in ids.iter().zip(regressions.into_iter().zip(writes)) {
+        let (reg, w) = (reg.expect("write_regressed"), w.expect("upsert"));
+        assert!(
+            matches!(reg, RegressOutcome::Regressed | RegressOutcome::Moved),
+            "{id}: {reg:?}"
+        );
+        assert_eq!(w, WriteOutcome::Updated, "{id}");
+        let got = get(s, E, id).await;
+        assert_eq!(got.version.delta_us, 3_000, "{id}");
+        assert_eq!(got.payload, json!({"id": id, "v": "newest"}), "{id}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

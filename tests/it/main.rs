@@ -11,6 +11,7 @@ mod hostile;
 mod lambda_features;
 mod reconcile;
 mod reconcile_sfn;
+mod regress;
 mod sfn_proxy;
 mod sfn_smoke;
 mod smoke_s3;

@@ -19,7 +19,7 @@ use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::adapters::s3::S3Spill;
 use shared::config::Config;
 use shared::model::Micros;
-use shared::ports::{IdPage, Queue, RecordStore, SourceApi, SpillStore};
+use shared::ports::{ControlStore, IdPage, Queue, RecordStore, SourceApi, SpillStore};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, run_delta};
 use shared::sync::reconcile::{
@@ -29,7 +29,7 @@ use shared::sync::reconcile::{
 use shared::sync::worker::{InMessage, WorkerDeps, WorkerOptions, process_batch};
 use source_sim::{Entity, Fault, SimHandle};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use testkit::forward::{Forward, SourceHooks};
 use testkit::{TempDir, sim};
 
@@ -458,27 +458,39 @@ async fn over_the_threshold_deletions_wait_for_approval_then_apply() {
     assert_converged(&h, &l.store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
+/// Three deletions of 40 records (7.5%) need no approval.
+fn within_thresholds() -> ReconcileOptions {
+    ReconcileOptions {
+        max_delete_share: 0.1,
+        ..Default::default()
+    }
+}
+
+/// A busy source: three records deleted at the source before the run, and one created once
+/// the listing is done and synced by another strategy before the Destination step (a webhook).
+/// The destination has it, the listing does not. With `opts`, the run's summary and the
+/// created record's ID.
+async fn created_during_the_run(opts: &ReconcileOptions) -> (SimHandle, Local, RunSummary, u64) {
     let h = sim::people(40).await;
     let cfg = config(&h);
     let l = local();
     let plain = SourceClient::new(&cfg, None).unwrap();
     sync_all(&plain, &l.store).await;
-    // Once the listing is done, a record is created at the source and synced (a webhook):
-    // the destination has it, the listing does not.
-    let created = Arc::new(AtomicBool::new(false));
+    for id in [12, 22, 32] {
+        h.sim().delete(Entity::People, id);
+    }
+    let created = Arc::new(std::sync::Mutex::new(None));
     let store = l.store.clone();
     let sim_h = h.sim();
     let cfg2 = cfg.clone();
-    let flag = created.clone();
+    let slot = created.clone();
     let src = Forward::new(
         Arc::new(SourceClient::new(&cfg, None).unwrap()),
         HookedIds {
             after_page: 1,
             hook: move || {
                 let id = sim_h.create(Entity::People, None).id;
-                let (store, cfg2, flag) = (store.clone(), cfg2.clone(), flag.clone());
+                let (store, cfg2, slot) = (store.clone(), cfg2.clone(), slot.clone());
                 // Synced right away by another strategy (blocking here keeps the order exact).
                 std::thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread()
@@ -493,7 +505,7 @@ async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
                             .await
                             .unwrap();
                     });
-                    flag.store(true, Ordering::SeqCst);
+                    *slot.lock().unwrap() = Some(id);
                 })
                 .join()
                 .unwrap();
@@ -502,20 +514,71 @@ async fn a_record_created_and_synced_during_the_run_is_not_deleted() {
             hide: Vec::new(),
         },
     );
-    let s = reconcile_default(&cfg, &src, &l).await;
-    assert!(created.load(Ordering::SeqCst));
-    assert_eq!(s[0].deleted, 0);
+    let s = reconcile(&cfg, &src, &l, PlanInput::default(), opts)
+        .await
+        .unwrap();
+    let id = created
+        .lock()
+        .unwrap()
+        .expect("the record was created during the run");
+    (h, l, s.into_iter().next().unwrap(), id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_created_and_synced_during_the_run_is_not_deleted_and_does_not_block_the_run() {
+    let (h, l, s, created) = created_during_the_run(&within_thresholds()).await;
+    assert!(live(&l.store, created).await, "the created record stays");
+    // Not a candidate: the run is not blocked, and the real deletions are applied.
+    assert_eq!(s.guard, Some(Decision::Delete), "{s:?}");
+    assert_eq!(
+        (s.status.as_str(), s.deleted, s.recent),
+        ("succeeded", 3, 1),
+        "{s:?}"
+    );
+    for id in [12, 22, 32] {
+        assert!(!live(&l.store, id).await, "{id} is deleted");
+    }
     assert_converged(&h, &l.store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_a_record_synced_during_the_run_blocks_every_deletion_without_the_sync_times()
+ {
+    let opts = ReconcileOptions {
+        skip_recent_candidates: false,
+        ..within_thresholds()
+    };
+    let (_h, l, s, created) = created_during_the_run(&opts).await;
+    assert!(live(&l.store, created).await);
+    assert!(
+        matches!(&s.guard, Some(Decision::Blocked { reason }) if reason.contains("the listing missed them")),
+        "{s:?}"
+    );
+    assert_eq!(
+        (s.status.as_str(), s.deleted),
+        ("guard_blocked", 0),
+        "{s:?}"
+    );
+    for id in [12, 22, 32] {
+        assert!(
+            live(&l.store, id).await,
+            "{id}: the real deletion was never applied"
+        );
+    }
+}
+
 #[tokio::test]
-async fn a_listing_over_several_invocations_and_objects_and_a_re_run_apply() {
+async fn a_listing_and_an_apply_over_several_invocations_and_objects_and_a_re_run_apply() {
     let (h, cfg, src, l) = synced(700).await;
     for id in [101, 202, 303] {
         h.sim().delete(Entity::People, id);
     }
-    // Every Source invocation stops after one page (a deadline already passed); runs of 64
-    // pairs and lists of 2 make many objects.
+    // Two records the destination misses (a lost webhook): targeted repairs.
+    let missed: Vec<u64> = (0..2)
+        .map(|_| h.sim().create(Entity::People, None).id)
+        .collect();
+    // Every Source and Apply invocation stops after one page or batch (a deadline already
+    // passed); runs of 64 pairs and lists of 2 make many objects.
     let opts = ReconcileOptions {
         run_size: 64,
         chunk_size: 2,
@@ -557,7 +620,7 @@ async fn a_listing_over_several_invocations_and_objects_and_a_re_run_apply() {
     }
     assert!(p.ended_normally);
     assert!(p.invocations >= 3, "{} invocations", p.invocations);
-    assert_eq!(p.pairs, 697);
+    assert_eq!(p.pairs, 699);
     let objects = l
         .spill
         .list(&format!("reconcile/{E}/{}/source/", run.run_id))
@@ -593,17 +656,80 @@ async fn a_listing_over_several_invocations_and_objects_and_a_re_run_apply() {
     .await
     .unwrap();
     assert_eq!(g.decision, Decision::Delete);
-    let input = ApplyInput {
+    let mut input = ApplyInput {
         run: run.clone(),
         diff: d.clone(),
         guard: g.clone(),
         approved: false,
+        progress: None,
     };
-    let first = r::apply(&deps, &input, &opts).await.unwrap();
-    assert_eq!(first.deleted, 3);
-    // A crash after Apply: the state machine runs it again. No double effect.
-    let second = r::apply(&deps, &input, &opts).await.unwrap();
-    assert_eq!((second.deleted, second.delete_skipped), (0, 3));
+    // One batch per invocation, repairs first: the first invocation queues the targeted syncs
+    // and deletes nothing; each stop is recorded in the run's history.
+    let mut first = r::apply(&deps, &input, &opts).await.unwrap();
+    assert_eq!(
+        (first.queued, first.deleted, first.done),
+        (2, 0, false),
+        "{first:?}"
+    );
+    let sent = l.queue.receive(10, 0).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    for id in &missed {
+        assert!(
+            sent.iter()
+                .any(|m| m.body.contains(&format!("\"id\":\"{id}\""))),
+            "{sent:?}"
+        );
+    }
+    // The worker syncs them.
+    let m: Vec<InMessage> = sent.iter().map(InMessage::from).collect();
+    let worker = WorkerDeps {
+        source: &src,
+        records: l.store.as_ref(),
+        control: l.store.as_ref(),
+    };
+    let r = process_batch(&worker, &m, &WorkerOptions::default()).await;
+    assert!(r.failed.is_empty(), "{r:?}");
+    for g in &sent {
+        l.queue.delete(&g.receipt).await.unwrap();
+    }
+    let history = l
+        .store
+        .list_runs(E, shared::ports::JobKind::Reconcile, 1)
+        .await
+        .unwrap();
+    assert!(
+        history[0].summary.contains("\"step\":\"apply\""),
+        "{:?}",
+        history[0]
+    );
+    while !first.done {
+        input.progress = Some(first);
+        first = r::apply(&deps, &input, &opts).await.unwrap();
+    }
+    assert_eq!(
+        (first.queued, first.deleted, first.invocations),
+        (2, 3, 3),
+        "{first:?}"
+    );
+    let queued = l.queue.counts().await.unwrap();
+    assert_eq!(
+        queued.visible + queued.in_flight,
+        0,
+        "each repair queued once, by the first invocation"
+    );
+    // A crash after Apply: the state machine runs it again from the start. No double effect.
+    input.progress = None;
+    let mut second = r::apply(&deps, &input, &opts).await.unwrap();
+    while !second.done {
+        input.progress = Some(second);
+        second = r::apply(&deps, &input, &opts).await.unwrap();
+    }
+    // Their soft deletes are writes since the listing started: not candidates any more.
+    assert_eq!(
+        (second.deleted, second.recent, second.delete_skipped),
+        (0, 3, 0)
+    );
+    assert_eq!(drain(&src, &l).await, 2, "the repairs again: harmless");
     let s = r::finish(
         &deps,
         &r::FinishInput {

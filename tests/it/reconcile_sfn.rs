@@ -617,6 +617,8 @@ async fn reconcile_sfn_full_run_deletes_confirmed_and_queues_missed_and_stale() 
         "one page per Source invocation: {counts:?}"
     );
     assert_eq!(counts["destination"], 16, "one per shard");
+    // Apply loops (ApplyDone) one batch per invocation, the deadline 1 ms away: the fetch
+    // list's object, the stale list's, then the deletions: repairs first.
     assert_eq!(
         (
             counts["diff"],
@@ -624,7 +626,27 @@ async fn reconcile_sfn_full_run_deletes_confirmed_and_queues_missed_and_stale() 
             counts["apply"],
             counts["finish"]
         ),
-        (1, 1, 1, 1)
+        (1, 1, 3, 1)
+    );
+    assert!(entered.contains("ApplyDone"), "{entered:?}");
+    let applies: Vec<Value> = e
+        .steps_invoked()
+        .into_iter()
+        .filter(|(s, _, _)| s == "apply")
+        .map(|(_, o, _)| o.expect("apply succeeded"))
+        .collect();
+    let progress: Vec<(&Value, &Value, &Value, &Value)> = applies
+        .iter()
+        .map(|o| (&o["queued"], &o["deleted"], &o["invocations"], &o["done"]))
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (&json!(2), &json!(0), &json!(1), &json!(false)),
+            (&json!(4), &json!(0), &json!(2), &json!(false)),
+            (&json!(4), &json!(2), &json!(3), &json!(true)),
+        ],
+        "each invocation resumed the last one's output"
     );
     assert!(!counts.contains_key("request_approval"));
     let guard_failures: Vec<_> = e
@@ -754,8 +776,9 @@ async fn reconcile_sfn_over_the_threshold_waits_for_approval_then_applies() {
         .filter(|(s, _, _)| s == "apply")
         .map(|(_, _, i)| i)
         .collect();
-    assert_eq!(apply.len(), 1);
-    assert_eq!(apply[0]["approved"], true);
+    // Ten deletions in lists of two: five Apply invocations, one object each, all approved.
+    assert_eq!(apply.len(), 5);
+    assert!(apply.iter().all(|a| a["approved"] == true), "{apply:?}");
     assert_eq!(e.lease_holder().await, None);
 
     // A token answers once.
@@ -1100,9 +1123,10 @@ async fn reconcile_sfn_a_listing_past_the_loop_limit_continues_in_new_executions
         (1, 5, 2, 1),
         "{counts:?}"
     );
+    // Apply: the fetch list, the stale list, the deletions (one batch per invocation).
     assert_eq!(
         (counts["diff"], counts["guard"], counts["apply"]),
-        (1, 1, 1)
+        (1, 1, 3)
     );
     let invoked = e.steps_invoked();
     assert!(invoked.iter().all(|(_, o, _)| o.is_ok()), "{invoked:#?}");

@@ -8,4 +8,4 @@ pub mod timefmt;
 pub mod token;
 pub mod version;
 
-pub use version::{decide_delete, decide_upsert};
+pub use version::{decide_delete, decide_regression, decide_upsert};

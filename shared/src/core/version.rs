@@ -1,8 +1,12 @@
 //! The one version rule (I2, I3). Every write path uses it: the SQLite store calls it inside its
 //! transaction, the DynamoDB store encodes the same rule as a ConditionExpression and calls it to
 //! classify a failed condition. The conformance suite checks the two agree.
+//!
+//! Its one exception, [`decide_regression`], is reconciliation's repair of a source whose
+//! version went backwards, for entities that opt in (`allow_version_regression`): the only rule
+//! under which a write may lower `delta_us`, and only over the exact stored copy it compared.
 
-use crate::model::{DeleteOutcome, Micros, StoredVersion, Version, WriteOutcome};
+use crate::model::{DeleteOutcome, Micros, RegressOutcome, StoredVersion, Version, WriteOutcome};
 
 /// Decide what an upsert of `incoming` over `stored` does.
 ///
@@ -41,6 +45,40 @@ pub fn decide_delete(stored: Option<&StoredVersion>, evidence_us: Micros) -> Del
         Some(s) if s.deleted_at_us.is_some() => DeleteOutcome::AlreadyDeleted,
         Some(s) if s.fetched_at_us >= evidence_us => DeleteOutcome::NewerThanEvidence,
         Some(_) => DeleteOutcome::Deleted,
+    }
+}
+
+/// Decide whether reconciliation may write `fetched` (a fresh `get_by_id` of a record the
+/// destination holds at a newer version than the source lists) over the stored copy it compared,
+/// `compared`, now that the store holds `stored`. The exception to [`decide_upsert`]'s "never
+/// lower `delta_us`", for entities with `allow_version_regression` only:
+///
+/// - the store must still hold exactly the copy compared (live; its delta, `fetched_at` and
+///   hash unchanged), else `Moved`: a write or a delete in between wins;
+/// - `fetched` must be below it (else `NotNewer`: the ordinary rule applies);
+/// - `fetched` must have been requested after the stored copy was (`fetched_at_us` is the send
+///   time of the request), else `FetchedBefore`: an answer older than the stored copy proves
+///   nothing about the source now;
+/// - and its content must differ (else `Unchanged`: nothing to write).
+///
+/// Then `Regressed`: the source's copy is written.
+pub fn decide_regression(
+    stored: Option<&StoredVersion>,
+    compared: &StoredVersion,
+    fetched: &Version,
+) -> RegressOutcome {
+    match stored {
+        Some(s) if s.deleted_at_us.is_none() && s == compared => {}
+        _ => return RegressOutcome::Moved,
+    }
+    if fetched.delta_us >= compared.delta_us {
+        RegressOutcome::NotNewer
+    } else if fetched.fetched_at_us <= compared.fetched_at_us {
+        RegressOutcome::FetchedBefore
+    } else if fetched.hash == compared.hash {
+        RegressOutcome::Unchanged
+    } else {
+        RegressOutcome::Regressed
     }
 }
 
@@ -88,6 +126,43 @@ mod tests {
                 "{stored:?} <- {incoming:?}"
             );
         }
+    }
+
+    #[test]
+    fn regression_table() {
+        use RegressOutcome::*;
+        // Stored: delta 10, fetched at 100, hash 1.
+        let cmp = s(10, 100, 1, None);
+        let cases: &[(Option<StoredVersion>, Version, RegressOutcome)] = &[
+            (Some(cmp), v(5, 101, 2), Regressed),
+            (Some(cmp), v(9, 500, 2), Regressed),
+            // The fetch was sent before (or when) the stored copy's was.
+            (Some(cmp), v(5, 100, 2), FetchedBefore),
+            (Some(cmp), v(5, 99, 2), FetchedBefore),
+            (Some(cmp), v(5, 101, 1), Unchanged),
+            // Not below: the ordinary rule's business.
+            (Some(cmp), v(10, 101, 2), NotNewer),
+            (Some(cmp), v(11, 101, 2), NotNewer),
+            // The store moved since the comparison: a newer write, a re-fetch, a delete, gone.
+            (Some(s(12, 150, 3, None)), v(5, 200, 2), Moved),
+            (Some(s(10, 150, 1, None)), v(5, 200, 2), Moved),
+            (Some(s(10, 100, 3, None)), v(5, 200, 2), Moved),
+            (Some(s(10, 100, 1, Some(120))), v(5, 200, 2), Moved),
+            (None, v(5, 200, 2), Moved),
+        ];
+        for (stored, fetched, want) in cases {
+            assert_eq!(
+                decide_regression(stored.as_ref(), &cmp, fetched),
+                *want,
+                "{stored:?} <- {fetched:?}"
+            );
+        }
+        // A deleted copy is never the one to regress, even when it was compared.
+        let deleted = s(10, 100, 1, Some(120));
+        assert_eq!(
+            decide_regression(Some(&deleted), &deleted, &v(5, 200, 2)),
+            Moved
+        );
     }
 
     #[test]

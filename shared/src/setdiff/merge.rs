@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 /// buffers per side.
 pub const DEFAULT_MAX_FAN_IN: usize = 64;
 
+/// A source version that says "present, version unknown" (a record the listing could not read
+/// but whose ID it could): older than any stored version, so never stale, and never taken for a
+/// version that went backwards (left out of the `newer` list).
+pub const UNKNOWN_VERSION: Micros = Micros::MIN;
+
 /// One merge input: the runs of a sequence read one after another, one open at a time, the
 /// order checked across run boundaries too.
 struct Chain<'a, S: ?Sized> {
@@ -239,7 +244,7 @@ pub struct SideCounts {
     pub duplicates: u64,
 }
 
-/// Where the diff writes its three lists, and how many pairs go in one object.
+/// Where the diff writes its four lists, and how many pairs go in one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffOutputs {
     /// IDs at the destination only, with the destination's version.
@@ -248,6 +253,11 @@ pub struct DiffOutputs {
     pub to_fetch: String,
     /// IDs at both with a newer version at the source, with the source's version.
     pub stale: String,
+    /// IDs at both with a newer version at the destination, with the source's version: a
+    /// listing older than a write, or a source whose version went backwards (reconciliation's
+    /// `regress` tells them apart). Pairs whose source version is [`UNKNOWN_VERSION`] are left
+    /// out (they are counted in `destination_newer` all the same).
+    pub newer: String,
     /// Pairs per output object (a list of any length is several objects); also the run size of
     /// intermediate merges.
     pub chunk_size: usize,
@@ -313,12 +323,16 @@ pub struct DiffSummary {
     pub destination: SideCounts,
     /// IDs at both sides with equal versions.
     pub in_sync: u64,
-    /// IDs at both sides with the destination's version newer (a listing older than a write:
-    /// not drift, nothing to do).
+    /// IDs at both sides with the destination's version newer: a listing older than a write,
+    /// or a source whose version went backwards (the `newer` list holds those with a known
+    /// source version).
     pub destination_newer: u64,
     pub to_delete: ListSummary,
     pub to_fetch: ListSummary,
     pub stale: ListSummary,
+    /// Absent in a summary written before the list existed: empty.
+    #[serde(default)]
+    pub newer: ListSummary,
     /// The largest `source version − destination version` among stale IDs (0 when none).
     pub stale_max_lag_us: Micros,
 }
@@ -431,7 +445,7 @@ pub async fn diff<S: SpillStore + ?Sized>(
     .await
 }
 
-/// Diffs the source side against the destination side, streaming, and writes the three lists of
+/// Diffs the source side against the destination side, streaming, and writes the four lists of
 /// [`DiffOutputs`] as chained sorted runs of at most `chunk_size` pairs. Each side is a list of
 /// sequences ([`RunsWritten::sequences`]: every run of a [`RunWriter`](super::RunWriter) alone,
 /// the runs of one [`SortedRunWriter`], e.g. one index shard, together), duplicates allowed.
@@ -456,6 +470,7 @@ pub async fn diff_with<S: SpillStore + ?Sized>(
     let mut to_delete = SortedRunWriter::new(spill, &outputs.to_delete, chunk)?;
     let mut to_fetch = SortedRunWriter::new(spill, &outputs.to_fetch, chunk)?;
     let mut stale = SortedRunWriter::new(spill, &outputs.stale, chunk)?;
+    let mut newer = SortedRunWriter::new(spill, &outputs.newer, chunk)?;
     let scratch = merge.scratch.trim_end_matches('/');
     let (fan_in, src_scratch, dst_scratch) = (
         merge.max_fan_in,
@@ -484,7 +499,12 @@ pub async fn diff_with<S: SpillStore + ?Sized>(
                         stale_max_lag_us = stale_max_lag_us.max(lag);
                     }
                     std::cmp::Ordering::Equal => in_sync += 1,
-                    std::cmp::Ordering::Less => destination_newer += 1,
+                    std::cmp::Ordering::Less => {
+                        destination_newer += 1;
+                        if src.version != UNKNOWN_VERSION {
+                            newer.push_bytes(&src.id, src.version).await?;
+                        }
+                    }
                 }
                 src.next_id().await?;
                 dst.next_id().await?;
@@ -494,6 +514,7 @@ pub async fn diff_with<S: SpillStore + ?Sized>(
     let to_delete = to_delete.finish().await?;
     let to_fetch = to_fetch.finish().await?;
     let stale = stale.finish().await?;
+    let newer = newer.finish().await?;
     if src.counts.premerges + dst.counts.premerges > 0 {
         spill.delete_prefix(&format!("{scratch}/")).await?;
     }
@@ -505,6 +526,7 @@ pub async fn diff_with<S: SpillStore + ?Sized>(
         to_delete: ListSummary::of(&outputs.to_delete, &to_delete),
         to_fetch: ListSummary::of(&outputs.to_fetch, &to_fetch),
         stale: ListSummary::of(&outputs.stale, &stale),
+        newer: ListSummary::of(&outputs.newer, &newer),
         stale_max_lag_us,
     })
 }

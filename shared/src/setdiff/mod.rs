@@ -9,8 +9,9 @@
 //! - [`merge`]: [`RunMerge`], a k-way merge over sequences of runs (a sequence: runs whose
 //!   concatenation is sorted, read one after another), [`merge_runs`] to merge some into one
 //!   chained sequence, and [`diff`], which merges each side (at most `max_fan_in` inputs at
-//!   once), folds duplicate IDs (highest version wins) and writes three sorted lists (to delete,
-//!   to fetch, stale) back to the spill store in chunks, returning a small [`DiffSummary`].
+//!   once), folds duplicate IDs (highest version wins) and writes four sorted lists (to delete,
+//!   to fetch, stale, newer at the destination) back to the spill store in chunks, returning a
+//!   small [`DiffSummary`].
 //!
 //! Invariants:
 //! - IDs are compared **bytewise** (`&[u8]` order, as DynamoDB and SQLite's BINARY collation sort
@@ -30,7 +31,7 @@ mod tests;
 
 pub use merge::{
     DEFAULT_MAX_FAN_IN, DiffOutputs, DiffSummary, ListSummary, MergeOptions, RunMerge, SideCounts,
-    diff, diff_with, merge_runs,
+    UNKNOWN_VERSION, diff, diff_with, merge_runs,
 };
 pub use runs::{
     MAX_ID_BYTES, RUN_FORMAT_VERSION, RunInfo, RunReader, RunWriter, RunsWritten, SortedRunWriter,

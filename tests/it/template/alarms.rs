@@ -222,6 +222,7 @@ fn template_alarms_watch_reconciliation() {
     for (alarm, metric) in [
         ("ReconcileMissedAlarm", "ReconcileMissed"),
         ("ReconcileStaleAlarm", "ReconcileStale"),
+        ("ReconcileRegressionsAlarm", "ReconcileRegressions"),
     ] {
         let a = &t["Resources"][alarm]["Properties"];
         let q = a["Metrics"][0]["Expression"].as_str().expect("a query");

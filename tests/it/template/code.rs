@@ -105,3 +105,363 @@ pub(super) fn table_adapters() -> BTreeMap<&'static str, PathBuf> {
         })
         .collect()
 }
+
+/// The module paths a piece of code names under `root` (`shared` in a function crate, `crate`
+/// inside `shared`), each as its segments: `use shared::sync::worker::{WorkerDeps, process_batch}`
+/// and `shared::core::deadline::within(..)` alike, grouped imports expanded
+/// (`shared::adapters::{aws, sqs::SqsQueue}` gives `adapters::aws` and `adapters::sqs::SqsQueue`).
+pub(super) fn named_paths(code: &str, root: &str) -> Vec<Vec<String>> {
+    fn ident(c: char) -> bool {
+        c.is_ascii_alphanumeric() || c == '_'
+    }
+    /// The text of a `{...}` group starting at `s[0]`, without its braces.
+    fn group(s: &str) -> Option<&str> {
+        let mut depth = 0usize;
+        for (i, c) in s.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(&s[1..i]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    fn expand(prefix: &[String], item: &str, out: &mut Vec<Vec<String>>) {
+        let item = item.trim();
+        let (head, rest) = match item.find('{') {
+            Some(i) => (&item[..i], Some(&item[i..])),
+            // `D as E`: the path is D.
+            None => (item.split(" as ").next().unwrap_or_default(), None),
+        };
+        let mut path = prefix.to_vec();
+        path.extend(
+            head.split("::")
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && *s != "self" && s.chars().all(ident))
+                .map(str::to_owned),
+        );
+        match rest.and_then(group) {
+            Some(inner) => {
+                let mut depth = 0usize;
+                let mut start = 0;
+                for (i, c) in inner.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            expand(&path, &inner[start..i], out);
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+                expand(&path, &inner[start..], out);
+                if prefix.len() < path.len() {
+                    out.push(path);
+                }
+            }
+            None if !path.is_empty() => out.push(path),
+            None => {}
+        }
+    }
+    let needle = format!("{root}::");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = code[at..].find(&needle) {
+        let start = at + i;
+        at = start + needle.len();
+        if code[..start].chars().next_back().is_some_and(ident) {
+            continue;
+        }
+        // The path: identifiers, `::` and whitespace, then maybe one `{...}` group.
+        let rest = &code[at..];
+        let end = rest
+            .find(|c: char| !(ident(c) || c == ':' || c.is_whitespace()))
+            .unwrap_or(rest.len());
+        let mut item = rest[..end].to_owned();
+        if rest[end..].starts_with('{')
+            && let Some(inner) = group(&rest[end..])
+        {
+            item.push('{');
+            item.push_str(inner);
+            item.push('}');
+        }
+        expand(&[], &item, &mut out);
+    }
+    out
+}
+
+/// The files of the module of `shared` a path names: the longest prefix of it that is a
+/// module (`sync::worker::WorkerOptions` → `shared/src/sync/worker.rs` and everything under
+/// `shared/src/sync/worker/`).
+pub(super) fn shared_module_files(path: &[String]) -> Vec<PathBuf> {
+    let src = root().join("shared/src");
+    for n in (1..=path.len()).rev() {
+        let rel = path[..n].join("/");
+        let file = src.join(format!("{rel}.rs"));
+        let dir = src.join(&rel);
+        if file.is_file() || dir.join("mod.rs").is_file() {
+            let mut files = Vec::new();
+            if file.is_file() {
+                files.push(file);
+            }
+            rust_files(&dir, &mut files);
+            return files;
+        }
+    }
+    Vec::new()
+}
+
+/// Top-level modules of `shared` that define or implement the stores rather than use them: the
+/// ports (trait definitions and their defaults), the adapters, the in-memory fakes.
+const NOT_USERS: [&str; 3] = ["ports", "adapters", "memory"];
+
+/// The production code a function runs that may use a store: its crate, and the modules of
+/// `shared` it names, and those they name in turn (`crate::...`), but not [`NOT_USERS`].
+pub(super) fn function_logic_code(binary: &str) -> String {
+    let crate_code = production_code_under(&[root().join("functions").join(binary).join("src")]);
+    let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut queue: Vec<Vec<String>> = named_paths(&crate_code, "shared");
+    let mut code = vec![crate_code];
+    while let Some(path) = queue.pop() {
+        if path.first().is_none_or(|m| NOT_USERS.contains(&m.as_str())) {
+            continue;
+        }
+        for file in shared_module_files(&path) {
+            if file.file_name().is_some_and(|n| n == "tests.rs") || !seen.insert(file.clone()) {
+                continue;
+            }
+            let text = production_code(&file);
+            queue.extend(named_paths(&text, "crate"));
+            // `super::x` and child modules are covered: a module's files include its folder.
+            code.push(text);
+        }
+    }
+    code.join("\n")
+}
+
+/// The methods of a trait of `shared/src/ports.rs` (`ControlStore` → `claim_event`, ...).
+pub(super) fn port_methods(trait_name: &str) -> BTreeSet<String> {
+    let code = production_code(&root().join("shared/src/ports.rs"));
+    let start = code
+        .find(&format!("pub trait {trait_name}"))
+        .unwrap_or_else(|| panic!("shared/src/ports.rs defines {trait_name}"));
+    let body = block_at(&code[start..]).unwrap_or_else(|| panic!("the body of {trait_name}"));
+    fn_names(body)
+}
+
+/// The names of the functions defined in some code (`fn name(` / `fn name<`).
+pub(super) fn fn_names(code: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut at = 0;
+    while let Some(i) = code[at..].find("fn ") {
+        let start = at + i;
+        at = start + 3;
+        if code[..start]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let name: String = code[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The text inside the first `{...}` block of `code` (string literals skipped, so that the
+/// braces of a `format!` do not count).
+pub(super) fn block_at(code: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    let mut open = None;
+    let mut chars = code.char_indices().peekable();
+    let mut in_string = false;
+    while let Some((i, c)) = chars.next() {
+        if in_string {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => {
+                if depth == 0 {
+                    open = Some(i + 1);
+                }
+                depth += 1;
+            }
+            '}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&code[open?..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The bodies of the functions a file defines, by name (two of one name are joined).
+pub(super) fn fn_bodies(code: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for name in fn_names(code) {
+        let needle = format!("fn {name}");
+        let mut at = 0;
+        while let Some(i) = code[at..].find(&needle) {
+            let start = at + i;
+            at = start + needle.len();
+            let next = code[at..].chars().next();
+            if next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            // The signature ends at the body's `{` or, for a declaration, at `;`.
+            let rest = &code[at..];
+            let brace = rest.find('{');
+            if brace.is_none_or(|b| rest.find(';').is_some_and(|s| s < b)) {
+                continue;
+            }
+            if let Some(body) = block_at(rest) {
+                out.entry(name.clone()).or_default().push_str(body);
+            }
+        }
+    }
+    out
+}
+
+/// String literals in some code that start a key with a prefix: `"event#{event_id}"` → `event#`
+/// (lower-case word, then `#`).
+pub(super) fn key_prefixes(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in code.match_indices('"') {
+        let rest = &code[i + 1..];
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if !word.is_empty() && rest[word.len()..].starts_with('#') {
+            out.insert(format!("{word}#"));
+        }
+    }
+    out
+}
+
+/// The DynamoDB operations the control adapter's code calls.
+const DYNAMODB_OPS: [&str; 9] = [
+    "GetItem",
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "Query",
+    "Scan",
+    "BatchGetItem",
+    "BatchWriteItem",
+    "TransactWriteItems",
+];
+
+/// Does `body` call the function `name` (`name(`, `.name(`, `::name(`, not `other_name(`)?
+fn calls_fn(body: &str, name: &str) -> bool {
+    body.match_indices(&format!("{name}(")).any(|(i, _)| {
+        !body[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The functions of `bodies` that `start` reaches, itself included.
+fn reached_from(bodies: &BTreeMap<String, String>, start: &str) -> BTreeSet<String> {
+    let mut reached = BTreeSet::from([start.to_owned()]);
+    let mut todo = vec![start.to_owned()];
+    while let Some(f) = todo.pop() {
+        for g in bodies.keys() {
+            if !reached.contains(g) && calls_fn(&bodies[&f], g) {
+                reached.insert(g.clone());
+                todo.push(g.clone());
+            }
+        }
+    }
+    reached
+}
+
+/// What a function does on the control table, traced from its code: the `ControlStore`
+/// methods its logic calls ([`function_logic_code`]), each followed into
+/// `shared/src/adapters/dynamodb/control.rs` (its body and the functions of that file it calls,
+/// such as `event_pk`): the DynamoDB operations there and the key prefixes the literals there
+/// build, paired. A method the adapter does not implement is the port's default
+/// (`shared/src/ports.rs`): the port methods that default (and the functions of ports.rs it
+/// calls) calls are followed the same way. `Err` names a method neither file implements.
+pub(super) fn control_keys(binary: &str) -> Result<BTreeSet<(String, String)>, Vec<String>> {
+    let methods = port_methods("ControlStore");
+    let logic = function_logic_code(binary);
+    let mut todo: Vec<String> = methods
+        .iter()
+        .filter(|m| logic.contains(&format!(".{m}(")))
+        .cloned()
+        .collect();
+    let adapter = fn_bodies(&production_code(
+        &root().join("shared/src/adapters/dynamodb/control.rs"),
+    ));
+    let port = fn_bodies(&production_code(&root().join("shared/src/ports.rs")));
+    let mut traced = BTreeSet::new();
+    let mut out = BTreeSet::new();
+    let mut untraced = Vec::new();
+    while let Some(method) = todo.pop() {
+        if !traced.insert(method.clone()) {
+            continue;
+        }
+        if !adapter.contains_key(&method) {
+            if !port.contains_key(&method) {
+                untraced.push(format!(
+                    "{binary} calls ControlStore::{method}, which neither control.rs nor the \
+                     port's default implements"
+                ));
+                continue;
+            }
+            let default: String = reached_from(&port, &method)
+                .iter()
+                .map(|f| port[f].as_str())
+                .collect();
+            todo.extend(
+                methods
+                    .iter()
+                    .filter(|m| **m != method && default.contains(&format!(".{m}(")))
+                    .cloned(),
+            );
+            continue;
+        }
+        let code: String = reached_from(&adapter, &method)
+            .iter()
+            .map(|f| adapter[f].as_str())
+            .collect();
+        let prefixes = key_prefixes(&code);
+        for op in DYNAMODB_OPS {
+            if calls(&code, op) {
+                for p in &prefixes {
+                    out.insert((op.to_owned(), p.clone()));
+                }
+            }
+        }
+    }
+    if untraced.is_empty() {
+        Ok(out)
+    } else {
+        Err(untraced)
+    }
+}

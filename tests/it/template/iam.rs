@@ -24,6 +24,8 @@ pub(super) const POLLER_ACTIONS: [&str; 3] =
 
 /// Inline statements only (no managed policy, no SAM policy template: both grant more than the
 /// code calls), no `*` in an action, no bare `*` resource, no `NotAction` / `NotResource`.
+/// A Deny may use wildcards (it only takes away: the TLS-only policies deny `s3:*` on a bucket
+/// and its objects); a resource policy (a statement with a Principal) may only deny.
 fn check_iam(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let roles = functions(t)
@@ -52,6 +54,17 @@ fn check_iam(t: &Value) -> Vec<String> {
                 bad.push(format!("{at}: {key}"));
             }
         }
+        let principal = s.get("Principal").is_some();
+        match s["Effect"].as_str() {
+            Some("Deny") => continue,
+            Some("Allow") if principal => {
+                bad.push(format!(
+                    "{at}: a resource policy that allows (grants go in roles)"
+                ));
+            }
+            Some("Allow") => {}
+            other => bad.push(format!("{at}: Effect {other:?}")),
+        }
         for a in s.get("Action").map(strings).unwrap_or_default() {
             match a.as_str() {
                 Some(a) if a.contains('*') => bad.push(format!("{at}: action {a}")),
@@ -76,7 +89,6 @@ fn check_iam(t: &Value) -> Vec<String> {
                 _ => {}
             }
         }
-        let principal = s.get("Principal").is_some();
         if !principal && s.get("Resource").is_none() {
             bad.push(format!("{at}: no Resource"));
         }
@@ -121,7 +133,11 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
                     };
                     let polled = POLLER_ACTIONS.contains(&op)
                         && mapped.contains(&(owner_of(&at).to_owned(), queue.clone()));
-                    if !polled && !uses(&all_code, service, op) {
+                    // Lambda sends a failed asynchronous invocation's record to the function's
+                    // on-failure destination with its role.
+                    let destination = op == "SendMessage"
+                        && on_failure_destination(t, owner_of(&at)).as_ref() == Some(&queue);
+                    if !polled && !destination && !uses(&all_code, service, op) {
                         bad.push(format!(
                             "{at}: sqs:{op} on {queue}, but no .{}() in shared/src or functions/, \
                              and no event source mapping on {queue} invokes {}",
@@ -249,6 +265,13 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
         }
     }
     bad
+}
+
+/// The queue of this template a function's `EventInvokeConfig` sends failed invocations to.
+pub(super) fn on_failure_destination(t: &Value, id: &str) -> Option<String> {
+    let f = &t["Resources"][id];
+    let dest = &f["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"];
+    queue_arn(t, &dest["Destination"])
 }
 
 /// The DynamoDB actions a function is granted: `(table, index?) → actions`.
@@ -438,6 +461,25 @@ fn template_iam_is_inline_statements_without_wildcards() {
     );
     let found = statement("{Effect: Allow, Action: ['sqs:SendMessage'], Resource: ['*']}");
     assert!(found.iter().any(|b| b.contains("resource *")), "{found:?}");
+    // A Deny may be broad (it only takes away); a resource policy may not allow.
+    let mut b = t.clone();
+    let policy = "{Type: 'AWS::SQS::QueuePolicy', Properties: {Queues: [!Ref WorkQueue], \
+                  PolicyDocument: {Statement: [{Effect: Deny, Principal: '*', Action: 'sqs:*', \
+                  Resource: '*'}]}}}";
+    b["Resources"]["P"] = yaml(policy);
+    assert_eq!(check_iam(&b), Vec::<String>::new(), "a broad Deny is fine");
+    b["Resources"]["P"] = yaml(&policy.replace("Deny", "Allow"));
+    let found = check_iam(&b);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("a resource policy that allows")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|b| b.contains("action sqs:*")),
+        "{found:?}"
+    );
     // Under an Fn::If too.
     let found = statement(
         "!If [HasAlarmTopic, {Effect: Allow, Action: 'sns:Publish', Resource: '*'}, !Ref AWS::NoValue]",
@@ -882,7 +924,8 @@ fn template_sync_worker_grants_cover_a_batch() {
 }
 
 /// What the steps call (`shared::sync::reconcile` through the adapters), exactly: records
-/// Query on the live_ids index (destination) and UpdateItem (soft_delete); control GetItem
+/// Query on the live_ids index (destination), BatchGetItem (the guard's and apply's
+/// `sync_times`, traced below to the adapter's call) and UpdateItem (soft_delete); control GetItem
 /// (the delta job's state for a cursor rewind), UpdateItem (acquire/renew/release the lease),
 /// PutItem (put_run); S3 Put/Get/DeleteObject under the spill prefix and ListBucket limited to
 /// it; SendMessage on the work queue; the source secret; StartExecution (continue, through
@@ -895,7 +938,10 @@ fn template_reconcile_function_grants_cover_the_steps() {
     assert_eq!(
         dynamodb_grants(f),
         BTreeMap::from([
-            (("RecordsTable".to_owned(), None), set(&["UpdateItem"])),
+            (
+                ("RecordsTable".to_owned(), None),
+                set(&["BatchGetItem", "UpdateItem"])
+            ),
             (
                 ("RecordsTable".to_owned(), Some("live_ids".to_owned())),
                 set(&["Query"])
@@ -912,6 +958,29 @@ fn template_reconcile_function_grants_cover_the_steps() {
         .map(|g| g.name)
         .collect::<Vec<_>>();
     assert!(index.contains(&"live_ids"), "the schema's index: {index:?}");
+    // The BatchGetItem grant, traced to its call: the guard and apply read the candidates' sync
+    // times through the port, whose DynamoDB adapter reads them with a strongly consistent
+    // BatchGetItem.
+    let steps = production_code_under(&[root().join("shared/src/sync/reconcile")]);
+    assert!(steps.contains(".sync_times("), "the steps read sync times");
+    let records = production_code(&root().join("shared/src/adapters/dynamodb/records.rs"));
+    let body = |name: &str| {
+        let start = records
+            .find(&format!("async fn {name}("))
+            .unwrap_or_else(|| panic!("records adapter: no fn {name}"));
+        let rest = &records[start..];
+        let end = rest[1..].find("async fn ").map_or(rest.len(), |e| e + 1);
+        rest[..end].to_owned()
+    };
+    assert!(
+        body("sync_times").contains(".batch_get("),
+        "sync_times reads by batch_get"
+    );
+    let batch_get = body("batch_get");
+    assert!(
+        calls(&batch_get, "BatchGetItem") && batch_get.contains(".consistent_read(true)"),
+        "batch_get: a strongly consistent BatchGetItem"
+    );
 
     let prefix = format!(
         "{}/",

@@ -34,13 +34,18 @@
 //!   listing's continuation) and its environment what the code reads, thresholds defaulting to the
 //!   code's; the spill bucket is private and encrypted and expires the spill prefix after a week,
 //!   longer than an approval may wait; alarms watch failed executions, the guard, pending
-//!   approvals and drift (summed over entities by a Metrics Insights query).
+//!   approvals and drift (summed over entities by a Metrics Insights query);
+//! - security (`security`): TLS-only policies on every bucket and queue, the webhook API's
+//!   metadata-only access logs, the delta function's unretried invocations with an on-failure
+//!   queue, the worker's and the ingest's control-table grants limited to the key prefixes their
+//!   code builds (`dynamodb:LeadingKeys`, traced through the control adapter), and checkov's
+//!   suppressions (each at its resource, with a reason).
 //!
 //! Each check returns its findings as a list, so that the tests can also show it catching a
 //! broken copy of the template (a check that finds nothing anywhere proves nothing).
 //!
 //! The files: [`cfn`] queries the template, [`code`] reads the code; the tests are by topic
-//! (`crates`, `iam`, `environment`, `alarms`, `wiring`, `state_machine`), and `tables` checks the
+//! (`crates`, `iam`, `environment`, `alarms`, `wiring`, `state_machine`, `security`), and `tables` checks the
 //! tables against `shared::adapters::dynamodb::schema` and DynamoDB Local.
 
 mod alarms;
@@ -50,6 +55,7 @@ mod crates;
 mod environment;
 mod iam;
 mod secrets;
+mod security;
 mod state_machine;
 mod tables;
 mod wiring;

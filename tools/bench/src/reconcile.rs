@@ -437,6 +437,7 @@ pub async fn bench(
         to_delete: "bench/out/to_delete".into(),
         to_fetch: "bench/out/to_fetch".into(),
         stale: "bench/out/stale".into(),
+        newer: "bench/out/newer".into(),
         chunk_size: args.chunk_size,
     };
     reset_peak();

@@ -75,7 +75,8 @@ pub async fn collect(
             }
             _ => None,
         };
-        let reconcile = reconcile_status(control, &e.name, runs, now).await?;
+        let reconcile =
+            reconcile_status(control, &e.name, e.allow_version_regression, runs, now).await?;
         rows.push(serde_json::json!({
             "entity": e.name,
             "cursor": cursor.map(|c| format_rfc3339(c.watermark_us)),
@@ -89,10 +90,12 @@ pub async fn collect(
 }
 
 /// An entity's reconciliation: its lease, its last runs (summaries without any task token),
-/// and the run waiting for approval when the last run is one.
+/// the run waiting for approval when the last run is one, and the records whose source version
+/// went backwards in the last run.
 async fn reconcile_status(
     control: &dyn ControlStore,
     entity: &str,
+    allow_version_regression: bool,
     runs: usize,
     now: i64,
 ) -> Result<serde_json::Value, String> {
@@ -156,10 +159,20 @@ async fn reconcile_status(
             })
         })
         .collect();
+    let last = &recent
+        .first()
+        .map(|r| r["summary"].clone())
+        .unwrap_or_default();
+    let regressions = serde_json::json!({
+        "last_run": last["regressions"].as_u64().unwrap_or(0),
+        "regressed": last["regressed"].as_u64().unwrap_or(0),
+        "allow_version_regression": allow_version_regression,
+    });
     Ok(serde_json::json!({
         "lease": lease,
         "runs": recent,
         "awaiting_approval": awaiting,
+        "version_regressions": regressions,
     }))
 }
 
@@ -299,10 +312,37 @@ fn reconcile_table(rows: &[serde_json::Value]) -> String {
                 sum["error"]["Cause"].as_str().unwrap_or("-")
             ));
         }
+        notes.push_str(&regression_note(r));
     }
     let mut out = render_table(&lines);
     out.push_str(&notes);
     out
+}
+
+/// The note on records whose source version went backwards in the last run; empty when none.
+fn regression_note(row: &serde_json::Value) -> String {
+    let v = &row["reconcile"]["version_regressions"];
+    let found = v["last_run"].as_u64().unwrap_or(0);
+    if found == 0 {
+        return String::new();
+    }
+    let entity = text(&row["entity"]);
+    let what = format!(
+        "{entity}: {found} record(s) whose source version went backwards (older than the stored \
+         copy: a restore or a clock fix at the source?)"
+    );
+    if v["allow_version_regression"].as_bool() == Some(true) {
+        format!(
+            "{what}; {} written as the source's copy (allow_version_regression)\n",
+            v["regressed"].as_u64().unwrap_or(0)
+        )
+    } else {
+        format!(
+            "{what} keep the stored copy: check the source, then set `allow_version_regression = \
+             true` on the entity in the endpoint file to have reconciliation write the source's \
+             copy\n"
+        )
+    }
 }
 
 fn delta_table(rows: &[serde_json::Value]) -> String {
@@ -346,4 +386,81 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
     }
     let lines: Vec<Vec<String>> = lines.into_iter().map(Vec::from).collect();
     render_table(&lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::adapters::local::LocalStore;
+    use shared::ports::RunRecord;
+
+    /// A finished reconciliation of `entity` whose summary says `regressions` and `regressed`.
+    async fn finished(store: &LocalStore, entity: &str, regressions: u64, regressed: u64) {
+        store
+            .put_run(&RunRecord {
+                entity: entity.into(),
+                kind: JobKind::Reconcile,
+                run_id: format!("rec-{entity}"),
+                started_us: now_us() - 1_000_000,
+                finished_us: Some(now_us()),
+                status: "succeeded".into(),
+                summary: serde_json::json!({
+                    "deleted": 0, "missed": 0, "stale": 0, "queued": 0,
+                    "destination_newer": regressions + 1,
+                    "regressions": regressions, "regressed": regressed,
+                })
+                .to_string(),
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_calls_out_source_versions_that_went_backwards() {
+        let mut config = Config::from_toml_str(
+            shared::config::EMBEDDED,
+            std::path::Path::new("endpoints.toml"),
+        )
+        .unwrap();
+        config
+            .entities
+            .iter_mut()
+            .find(|e| e.name == "donations")
+            .unwrap()
+            .allow_version_regression = true;
+        let store = LocalStore::in_memory().unwrap();
+        finished(&store, "people", 3, 0).await;
+        finished(&store, "donations", 2, 2).await;
+        let rows = collect(&config, &store, 3).await.unwrap();
+        assert_eq!(
+            rows[0]["reconcile"]["version_regressions"],
+            serde_json::json!({"last_run": 3, "regressed": 0, "allow_version_regression": false})
+        );
+        assert_eq!(
+            rows[1]["reconcile"]["version_regressions"],
+            serde_json::json!({"last_run": 2, "regressed": 2, "allow_version_regression": true})
+        );
+        let shown = table(&rows);
+        assert!(
+            shown.contains(
+                "people: 3 record(s) whose source version went backwards (older than the stored \
+                 copy: a restore or a clock fix at the source?) keep the stored copy"
+            ) && shown.contains("allow_version_regression = true"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "donations: 2 record(s) whose source version went backwards (older than the \
+                 stored copy: a restore or a clock fix at the source?); 2 written as the \
+                 source's copy"
+            ),
+            "{shown}"
+        );
+
+        // None in the last run: no note.
+        let store2 = LocalStore::in_memory().unwrap();
+        finished(&store2, "people", 0, 0).await;
+        let shown = table(&collect(&config, &store2, 3).await.unwrap());
+        assert!(!shown.contains("went backwards"), "{shown}");
+    }
 }

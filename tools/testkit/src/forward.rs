@@ -25,13 +25,15 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use shared::model::{
-    DeleteOutcome, LiveIdPage, Micros, Record, StoredRecord, Strategy, WriteOutcome,
+    DeleteOutcome, LiveIdPage, Micros, Record, RegressOutcome, StoredRecord, StoredVersion,
+    Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
     ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, RecordPage, RecordStore,
     RunRecord, SourceApi,
 };
 use shared::{SourceError, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// `inner`, with every call passed through `hook` (see the module doc).
@@ -75,6 +77,15 @@ pub trait RecordHooks<S: RecordStore + ?Sized>: Send + Sync {
         inner.soft_delete(entity, id, evidence_us, by).await
     }
 
+    async fn write_regressed(
+        &self,
+        inner: &S,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        inner.write_regressed(record, compared).await
+    }
+
     async fn get(
         &self,
         inner: &S,
@@ -82,6 +93,15 @@ pub trait RecordHooks<S: RecordStore + ?Sized>: Send + Sync {
         id: &str,
     ) -> Result<Option<StoredRecord>, StoreError> {
         inner.get(entity, id).await
+    }
+
+    async fn sync_times(
+        &self,
+        inner: &S,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        inner.sync_times(entity, ids).await
     }
 
     async fn list_live_ids(
@@ -118,8 +138,26 @@ impl<S: RecordStore + ?Sized, H: RecordHooks<S>> RecordStore for Forward<S, H> {
             .await
     }
 
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        self.hook
+            .write_regressed(&self.inner, record, compared)
+            .await
+    }
+
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         self.hook.get(&self.inner, entity, id).await
+    }
+
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        self.hook.sync_times(&self.inner, entity, ids).await
     }
 
     async fn list_live_ids(

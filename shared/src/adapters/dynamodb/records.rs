@@ -7,11 +7,11 @@ use super::schema::{LIVE_IDS_INDEX, PAYLOAD_ENCODING_ZLIB_JSON, attr};
 use crate::adapters::aws::store_error;
 use crate::core::size;
 use crate::core::timefmt::now_us;
-use crate::core::{decide_delete, decide_upsert};
+use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
-    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
-    StoredVersion, Strategy, Version, WriteOutcome, shard_of,
+    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, RegressOutcome,
+    StoredRecord, StoredVersion, Strategy, SyncTimes, Version, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
@@ -76,6 +76,14 @@ pub fn live_ids_partition(entity: &str, shard: u16) -> String {
 /// `gsi_pk`/`gsi_sk` (out of the sparse index); the payload stays. A failed condition is
 /// classified by `core::decide_delete` on the old item (none: NotFound).
 ///
+/// # Regressions
+///
+/// `write_regressed` (reconciliation, entities with `allow_version_regression`) is one
+/// `UpdateItem` writing the whole record like an upsert (`last_action = regressed`), under
+/// [`REGRESS_CONDITION`]: `core::decide_regression` on numbers, the stored item exactly the copy
+/// compared. It is always sent; a failed condition's old image is classified by
+/// `decide_regression` (none: `Moved`), as the local store's transaction decides.
+///
 /// # Reads
 ///
 /// `get` is a consistent GetItem. `list_live_ids` queries the `live_ids` index (eventually
@@ -109,15 +117,11 @@ impl DynamoRecords {
         }
     }
 
-    /// The stored versions of these keys (absent keys are new), strongly consistent, by
-    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried.
+    /// The stored versions of these keys (absent keys are new), strongly consistent.
     async fn stored_versions(
         &self,
         pks: &[&str],
     ) -> Result<HashMap<String, StoredVersion>, StoreError> {
-        let mut unique: Vec<&str> = pks.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
         let projection = [
             attr::PK,
             attr::DELTA_US,
@@ -125,7 +129,31 @@ impl DynamoRecords {
             attr::HASH,
             attr::DELETED_AT_US,
         ];
-        let mut found = HashMap::with_capacity(unique.len());
+        let mut found = HashMap::with_capacity(pks.len());
+        for item in self
+            .batch_get(pks, &projection, "read stored versions")
+            .await?
+        {
+            let pk = ItemReader::new("records", &item).s(attr::PK)?.to_owned();
+            let v = decode_version(&pk, &item)?;
+            found.insert(pk, v);
+        }
+        Ok(found)
+    }
+
+    /// The items of these keys that exist, projected to `projection`, strongly consistent, by
+    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried with
+    /// backoff (a throttling error after 8 rounds).
+    async fn batch_get(
+        &self,
+        pks: &[&str],
+        projection: &[&str],
+        op: &'static str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut unique: Vec<&str> = pks.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut found = Vec::with_capacity(unique.len());
         for chunk in unique.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
@@ -151,32 +179,25 @@ impl DynamoRecords {
                             .collect(),
                     ))
                     .build()
-                    .map_err(|e| StoreError::backend("read stored versions", e))?,
+                    .map_err(|e| StoreError::backend(op, e))?,
             );
             let mut round = 0u32;
             while let Some(request) = pending.take() {
-                let out = self
+                let mut out = self
                     .client
                     .batch_get_item()
                     .request_items(&self.table, request)
                     .send()
                     .await
-                    .map_err(|e| store_error("read stored versions", e))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let pk = ItemReader::new("records", item).s(attr::PK)?.to_owned();
-                    let v = decode_version(&pk, item)?;
-                    found.insert(pk, v);
-                }
+                    .map_err(|e| store_error(op, e))?;
                 pending = out
                     .unprocessed_keys()
                     .and_then(|u| u.get(&self.table))
                     .filter(|k| !k.keys().is_empty())
                     .cloned();
+                if let Some(items) = out.responses.as_mut().and_then(|r| r.remove(&self.table)) {
+                    found.extend(items);
+                }
                 if pending.is_some() {
                     round += 1;
                     if round > 8 {
@@ -264,13 +285,26 @@ impl DynamoRecords {
         by: Strategy,
         now: Micros,
     ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.write_request(e, case.condition(), case.action(), by, now)
+    }
+
+    /// The conditional UpdateItem that writes `e` whole (an upsert's or a regression's), under
+    /// `condition`, with `action` as its `last_action`.
+    fn write_request(
+        &self,
+        e: &Encoded<'_>,
+        condition: &'static str,
+        action: LastAction,
+        by: Strategy,
+        now: Micros,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let v = &e.version;
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(attr::PK, s(&e.pk))
-            .condition_expression(case.condition())
+            .condition_expression(condition)
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_names("#pk", attr::PK)
@@ -295,7 +329,7 @@ impl DynamoRecords {
             .expression_attribute_values(":fetched", n(v.fetched_at_us))
             .expression_attribute_values(":hash", s(v.hash.to_hex()))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":action", s(case.action().as_str()))
+            .expression_attribute_values(":action", s(action.as_str()))
             .expression_attribute_values(":by", s(by.as_str()))
             .expression_attribute_values(":gsi_pk", s(&e.gsi_pk));
         req = match &e.payload {
@@ -308,6 +342,67 @@ impl DynamoRecords {
                 .expression_attribute_values(":encoding", s(PAYLOAD_ENCODING_ZLIB_JSON)),
         };
         req
+    }
+
+    /// One conditional write of a regressed record over exactly `compared`: the outcome, or
+    /// `Again` when the item changed between the condition check and its old image.
+    async fn regress_attempt(
+        &self,
+        e: &Encoded<'_>,
+        compared: &StoredVersion,
+        now: Micros,
+    ) -> Result<Attempt<RegressOutcome, ()>, StoreError> {
+        let op = "write regressed record";
+        let sent = self
+            .write_request(
+                e,
+                REGRESS_CONDITION,
+                LastAction::Regressed,
+                Strategy::Reconcile,
+                now,
+            )
+            .expression_attribute_values(":cmp_delta", n(compared.delta_us))
+            .expression_attribute_values(":cmp_fetched", n(compared.fetched_at_us))
+            .expression_attribute_values(":cmp_hash", s(compared.hash.to_hex()))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let old = out
+                    .attributes()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| decode_version(&e.pk, a))
+                    .transpose()?;
+                let decided = decide_regression(old.as_ref(), compared, &e.version);
+                if decided != RegressOutcome::Regressed {
+                    return Err(StoreError::Decode {
+                        key: e.pk.clone(),
+                        message: format!(
+                            "written as regressed, but the regression rule says {decided:?} for \
+                             the item it replaced ({old:?})"
+                        ),
+                    });
+                }
+                Ok(Attempt::Done(decided))
+            }
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    let old = failed
+                        .item()
+                        .map(|a| decode_version(&e.pk, a))
+                        .transpose()?;
+                    let decided = decide_regression(old.as_ref(), compared, &e.version);
+                    Ok(if decided.wrote() {
+                        // The item changed between the check and its image: try again.
+                        Attempt::Again(())
+                    } else {
+                        Attempt::Done(decided)
+                    })
+                }
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
     }
 
     async fn soft_delete_one(
@@ -456,7 +551,13 @@ impl Case {
     }
 }
 
-/// The update of an upsert with a native payload.
+/// `core::decide_regression` on numbers: the stored item is live and exactly the copy compared
+/// (`:cmp_*`), newer than the fetched one, fetched before it, with other content.
+const REGRESS_CONDITION: &str = "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+     AND #delta = :cmp_delta AND #fetched = :cmp_fetched AND #hash = :cmp_hash \
+     AND #delta > :delta AND #fetched < :fetched AND #hash <> :hash";
+
+/// The update of an upsert (or a regression) with a native payload.
 const UPSERT_NATIVE: &str = "SET #entity = :entity, #id = :id, #delta = :delta, \
      #fetched = :fetched, #hash = :hash, #payload = :payload, \
      #first_seen = if_not_exists(#first_seen, :now), #last_synced = :now, \
@@ -598,6 +699,22 @@ impl RecordStore for DynamoRecords {
         self.soft_delete_one(entity, id, evidence_us, by).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %record.entity, id = %record.id))]
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        let e = encode(record)?;
+        let now = now_us();
+        // Always sent: a failed condition's old image classifies the outcome exactly as the
+        // local store's transaction does (a moved item is `Moved`, whatever the arguments).
+        conditional::until_settled("write regressed record", &e.pk, (), |()| {
+            self.regress_attempt(&e, compared, now)
+        })
+        .await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         if !size::key_fits(entity, id) {
@@ -614,6 +731,37 @@ impl RecordStore for DynamoRecords {
             .await
             .map_err(|e| store_error("get record", e))?;
         out.item().map(|item| decode_record(&pk, item)).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, count = ids.len()))]
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, SyncTimes>, StoreError> {
+        // A key over the limits cannot be stored: absent, like any ID never stored.
+        let pks: Vec<String> = ids
+            .iter()
+            .filter(|id| size::key_fits(entity, id))
+            .map(|id| record_key(entity, id))
+            .collect();
+        let refs: Vec<&str> = pks.iter().map(String::as_str).collect();
+        let projection = [attr::ID, attr::FIRST_SEEN_US, attr::LAST_SYNCED_US];
+        let mut out = HashMap::with_capacity(ids.len());
+        for item in self
+            .batch_get(&refs, &projection, "read sync times")
+            .await?
+        {
+            let r = ItemReader::new("records", &item);
+            out.insert(
+                r.s(attr::ID)?.to_owned(),
+                SyncTimes {
+                    first_seen_us: r.i64(attr::FIRST_SEEN_US)?,
+                    last_synced_us: r.i64(attr::LAST_SYNCED_US)?,
+                },
+            );
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, shard = shard, limit = limit))]

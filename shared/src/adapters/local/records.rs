@@ -3,11 +3,11 @@
 use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::core::size::{self, record_key};
 use crate::core::timefmt::now_us;
-use crate::core::{decide_delete, decide_upsert};
+use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
-    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, StoredRecord,
-    StoredVersion, Strategy, WriteOutcome, shard_of,
+    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, RegressOutcome,
+    StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
@@ -30,6 +30,8 @@ const UPDATE: &str = "UPDATE records SET entity = ?2, id = ?3, shard = ?4, delta
 
 const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = ?3, \
      written_by = ?4, last_synced_us = ?5 WHERE pk = ?1";
+
+const SELECT_SYNC_TIMES: &str = "SELECT first_seen_us, last_synced_us FROM records WHERE pk = ?1";
 
 const SELECT_ITEM: &str = "SELECT entity, id, delta_us, fetched_at_us, hash, deleted_at_us, \
      payload, first_seen_us, last_synced_us, last_action, written_by FROM records WHERE pk = ?1";
@@ -216,6 +218,47 @@ pub(super) fn upsert_rows(
     Ok(outcomes)
 }
 
+/// `RecordStore::write_regressed`: the stored version read and `core::decide_regression`
+/// applied inside one immediate transaction, so that no write comes in between.
+fn write_regressed_one(
+    conn: &mut Connection,
+    page: &Page,
+    compared: &StoredVersion,
+) -> Result<RegressOutcome, StoreError> {
+    let op = "write regressed record";
+    let Some(r) = page.rows.first() else {
+        return Ok(RegressOutcome::Moved);
+    };
+    let pk = page.pk(r);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    let outcome = decide_regression(stored_version(&tx, pk)?.as_ref(), compared, &r.version);
+    if outcome.wrote() {
+        let id = page.id(r);
+        let hex = hex32(r.version.hash);
+        tx.prepare_cached(UPDATE)
+            .and_then(|mut st| {
+                st.execute(params![
+                    pk,
+                    page.entity(r),
+                    id,
+                    shard_of(id),
+                    r.version.delta_us,
+                    r.version.fetched_at_us,
+                    std::str::from_utf8(&hex).unwrap_or_default(),
+                    page.payload(r),
+                    now_us(),
+                    LastAction::Regressed.as_str(),
+                    Strategy::Reconcile.as_str(),
+                ])
+            })
+            .map_err(|e| sql_error(op, e))?;
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(outcome)
+}
+
 fn soft_delete_one(
     conn: &mut Connection,
     entity: &str,
@@ -319,6 +362,41 @@ fn get_one(conn: &Connection, pk: &str) -> Result<Option<StoredRecord>, StoreErr
     raw.map(|raw| raw.decode(pk)).transpose()
 }
 
+/// The sync times of the stored ones of `ids`, in one read transaction.
+fn sync_times_of(
+    conn: &mut Connection,
+    entity: &str,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError> {
+    let op = "read sync times";
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(|e| sql_error(op, e))?;
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    {
+        let mut st = tx
+            .prepare_cached(SELECT_SYNC_TIMES)
+            .map_err(|e| sql_error(op, e))?;
+        for id in ids {
+            let pk = record_key(entity, id);
+            let times = st
+                .query_row([&pk], |r| {
+                    Ok(SyncTimes {
+                        first_seen_us: r.get(0)?,
+                        last_synced_us: r.get(1)?,
+                    })
+                })
+                .optional()
+                .map_err(|e| row_error(op, &pk, e))?;
+            if let Some(times) = times {
+                out.insert(id.clone(), times);
+            }
+        }
+    }
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(out)
+}
+
 fn list_live(
     conn: &Connection,
     entity: &str,
@@ -398,10 +476,37 @@ impl RecordStore for LocalStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %record.entity, id = %record.id))]
+    async fn write_regressed(
+        &self,
+        record: &Record,
+        compared: &StoredVersion,
+    ) -> Result<RegressOutcome, StoreError> {
+        let page = Page::new(std::slice::from_ref(record))?;
+        let compared = *compared;
+        self.db()
+            .call("write regressed record", move |c| {
+                write_regressed_one(c, &page, &compared)
+            })
+            .await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let pk = record_key(entity, id);
         self.db().call("get record", move |c| get_one(c, &pk)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, count = ids.len()))]
+    async fn sync_times(
+        &self,
+        entity: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncTimes>, StoreError> {
+        let (entity, ids) = (entity.to_owned(), ids.to_vec());
+        self.db()
+            .call("read sync times", move |c| sync_times_of(c, &entity, &ids))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, shard = shard, limit = limit))]

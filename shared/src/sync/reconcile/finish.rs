@@ -43,6 +43,9 @@ pub async fn finish(
         stale: input.diff.as_ref().map_or(0, |d| d.stale.pairs),
         queued: apply.queued,
         guard: input.guard.as_ref().map(|g| g.decision.clone()),
+        recent: apply
+            .recent
+            .max(input.guard.as_ref().map_or(0, |g| g.recent)),
         duration_ms: ((now - run.started_us).max(0) / 1000) as u64,
         rejected: input.source.as_ref().map_or(0, |s| s.rejected),
         rejected_ids: input
@@ -50,6 +53,9 @@ pub async fn finish(
             .as_ref()
             .map(|s| s.rejected_ids.clone())
             .unwrap_or_default(),
+        destination_newer: input.diff.as_ref().map_or(0, |d| d.destination_newer),
+        regressions: apply.regress.as_ref().map_or(0, |r| r.regressions),
+        regressed: apply.regress.as_ref().map_or(0, |r| r.regressed),
     };
     let mut detail = serde_json::to_value(&summary).unwrap_or_default();
     if let Some(e) = &input.error {

@@ -23,6 +23,7 @@ pub async fn guard(
     let mut out = GuardOutput {
         decision: Decision::Nothing,
         candidates,
+        recent: 0,
         checked: 0,
         alive: 0,
     };
@@ -54,9 +55,13 @@ pub async fn guard(
     } else if !opts.confirms_deletes() {
         Decision::Delete
     } else {
-        // Confirm a sample (the first candidates in ID order) with the source.
+        // Confirm a sample (the first candidates in ID order) with the source, less those
+        // written since the listing started.
         let keys = d.to_delete.keys();
         let sample = read_ids(deps.spill, &keys, opts.max_confirmations as usize).await?;
+        let sampled = sample.len() as u64;
+        let sample = drop_recent(deps, run, sample, opts).await?;
+        out.recent = sampled - sample.len() as u64;
         out.checked = sample.len() as u64;
         let alive = count_alive(deps.source, &run.entity, &sample, opts.concurrency).await?;
         out.alive = alive.len() as u64;
@@ -65,6 +70,8 @@ pub async fn guard(
         // deleted (`apply` confirms each again); more of them than that, the listing missed some.
         let explained = alive.unsyncable.len() as u64 <= src.rejected_unidentified;
         let missed = alive.found.len() + if explained { 0 } else { alive.unsyncable.len() };
+        // What is left to delete: exact when the sample held every candidate.
+        let candidates = candidates - out.recent;
         let share = candidates as f64 / d.destination.ids.max(1) as f64;
         if !alive.found.is_empty() {
             queue_targeted(
@@ -80,6 +87,8 @@ pub async fn guard(
                 "{missed} of {} checked candidates still exist at the source: the listing missed them",
                 sample.len()
             ))
+        } else if candidates == 0 {
+            Decision::Nothing
         } else if candidates > opts.max_confirmations {
             Decision::NeedsApproval {
                 reason: format!(
@@ -157,6 +166,31 @@ pub async fn request_approval(
         run.run_id
     );
     Ok(())
+}
+
+/// `ids` less those written since the listing started: first stored or synced at or after
+/// `run.started_us` (read strongly consistent, `RecordStore::sync_times`). The listing may have
+/// passed their position before they existed (a record created and synced by a webhook or delta
+/// meanwhile), so their absence from it is no evidence; the next run lists them. IDs the store
+/// no longer holds stay (the soft delete finds nothing to do).
+pub(super) async fn drop_recent(
+    deps: &ReconcileDeps<'_>,
+    run: &RunRef,
+    ids: Vec<String>,
+    opts: &ReconcileOptions,
+) -> Result<Vec<String>, StepError> {
+    if !opts.skips_recent_candidates() || ids.is_empty() {
+        return Ok(ids);
+    }
+    let times = deps.records.sync_times(&run.entity, &ids).await?;
+    Ok(ids
+        .into_iter()
+        .filter(|id| {
+            !times
+                .get(id)
+                .is_some_and(|t| t.touched_since(run.started_us))
+        })
+        .collect())
 }
 
 /// At most `limit` IDs from the lists `keys`, in order.

@@ -1,6 +1,6 @@
 //! The listing steps: plan (leases and runs), source (the source's IDs into sorted runs,
 //! resumable, continued in a new execution when long), destination (one shard of the live-ID
-//! index) and diff (the three lists).
+//! index) and diff (the four lists).
 
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
@@ -83,7 +83,7 @@ pub async fn plan(
 /// present at the source, version unknown. Older than any stored version, so never "stale";
 /// missing at the destination, it is queued for a targeted sync (which the worker counts as
 /// rejected again); never a deletion candidate, since the source lists it.
-pub const UNKNOWN_VERSION: Micros = Micros::MIN;
+pub const UNKNOWN_VERSION: Micros = crate::setdiff::UNKNOWN_VERSION;
 
 /// Stream the source's `(id, version)` pairs into sorted runs, until the listing ends, or
 /// `stop_at` or `max_source_pages` (then resumable from `progress`). The stream runs under
@@ -333,7 +333,8 @@ pub async fn destination(
     })
 }
 
-/// Merge every source run against every destination run; three lists out, counts back.
+/// Merge every source run against every destination run; four lists out (to delete, to fetch,
+/// stale, newer at the destination), counts back.
 pub async fn diff_step(
     deps: &ReconcileDeps<'_>,
     input: &DiffInput,
@@ -361,6 +362,7 @@ pub async fn diff_step(
         to_delete: format!("{base}/diff/delete"),
         to_fetch: format!("{base}/diff/fetch"),
         stale: format!("{base}/diff/stale"),
+        newer: format!("{base}/diff/newer"),
         chunk_size: opts.chunk_size,
     };
     let merge = MergeOptions::beside(&outputs);

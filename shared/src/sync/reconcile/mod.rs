@@ -6,6 +6,8 @@
 //! - [`listing`]: plan, source (and continue), destination, diff.
 //! - [`guard`]: the guard and the approval request.
 //! - [`apply`], [`finish`]: the changes, then the summary and the clean-up.
+//! - [`regress`]: records whose source version went backwards (counted; repaired where the
+//!   entity opts in).
 //! - [`options`], [`error`]: [`ReconcileOptions`] (with `from_env`) and [`StepError`].
 //!
 //! Layout of a run's objects: `<prefix>/<entity>/<run_id>/{source, dest/<shard>, diff/{delete,
@@ -25,6 +27,7 @@ pub mod finish;
 pub mod guard;
 pub mod listing;
 pub mod options;
+pub mod regress;
 pub mod wire;
 
 pub use apply::apply;
@@ -33,6 +36,7 @@ pub use finish::finish;
 pub use guard::{guard, request_approval};
 pub use listing::{continue_in_new_execution, destination, diff_step, plan, source};
 pub use options::ReconcileOptions;
+pub use regress::repair_regressions;
 pub use wire::*;
 
 use crate::config::Config;
@@ -160,17 +164,21 @@ async fn run_one(
         opts,
     )
     .await?;
-    let a = apply(
-        deps,
-        &ApplyInput {
-            run: run.clone(),
-            diff: d.clone(),
-            guard: g.clone(),
-            approved: false,
-        },
-        opts,
-    )
-    .await?;
+    let mut a = ApplyOutput::default();
+    while !a.done {
+        a = apply(
+            deps,
+            &ApplyInput {
+                run: run.clone(),
+                diff: d.clone(),
+                guard: g.clone(),
+                approved: false,
+                progress: Some(a),
+            },
+            opts,
+        )
+        .await?;
+    }
     finish(
         deps,
         &FinishInput {

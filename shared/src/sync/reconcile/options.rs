@@ -45,7 +45,7 @@ pub struct ReconcileOptions {
     pub max_source_pages: u64,
     /// The key the Source step signs and checks its resume tokens under (`core::token`):
     /// deployed, the stack's `TokenSigningSecret` (the reconcile function's `main` sets it from
-    /// `adapters::deploy::token_key`, re-read when a token names another key); by default a key
+    /// `adapters::secrets::token_key`, re-read when a token names another key); by default a key
     /// generated for this process (`syncctl reconcile` runs every step in one process).
     pub token_key: Arc<Reloading<TokenKey>>,
     /// Negative control for tests: follow the resume token without checking its signature.
@@ -63,6 +63,17 @@ pub struct ReconcileOptions {
     /// rejected record, as before per-record rejection (the guard then blocks every run).
     #[cfg(any(test, feature = "testing"))]
     pub per_record_rejection: bool,
+    /// Negative control for tests: `false` treats a candidate written since the listing
+    /// started (created or synced by another strategy meanwhile) as a candidate, as before: the
+    /// guard then finds it alive and blocks the run.
+    #[cfg(any(test, feature = "testing"))]
+    pub skip_recent_candidates: bool,
+    /// Negative control for tests: `false` drops the regression rule's fetched-after condition
+    /// (`core::decide_regression`): a regressed record is written stamped with the write's
+    /// clock instead of its fetch's send time, so that a fetch sent before the stored copy's
+    /// can overwrite it.
+    #[cfg(any(test, feature = "testing"))]
+    pub regression_fetched_after: bool,
 }
 
 /// A key for this process only, never re-read.
@@ -99,6 +110,9 @@ impl Default for ReconcileOptions {
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
             per_record_rejection: true,
+            #[cfg(any(test, feature = "testing"))]
+            skip_recent_candidates: true,
+            regression_fetched_after: true,
         }
     }
 }
@@ -177,6 +191,24 @@ impl ReconcileOptions {
     pub(super) fn cleans_restart(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.clean_restart;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a candidate written since the listing started is dropped before it is confirmed
+    /// (always, without `testing`).
+    pub(super) fn skips_recent_candidates(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.skip_recent_candidates;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a regressed record keeps its fetch's send time as `fetched_at` (always, without
+    /// `testing`), so that the regression rule's fetched-after condition holds.
+    pub(super) fn regression_fetched_after(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.regression_fetched_after;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

@@ -790,11 +790,13 @@ async fn apply_input(fx: &Fx, decision: Decision, opts: &ReconcileOptions) -> Ap
         guard: GuardOutput {
             decision,
             candidates: diff.to_delete.pairs,
+            recent: 0,
             checked: 0,
             alive: 0,
         },
         diff,
         approved: false,
+        progress: None,
     }
 }
 
@@ -828,11 +830,35 @@ async fn apply_deletes_only_confirmed_candidates_not_synced_since_the_listing() 
         .unwrap();
     assert!(wrote.wrote(), "{wrote:?}");
 
+    // The conditional delete alone (the sync times unread) skips it too; with them read, it is
+    // not a candidate at all: neither confirmed at the source nor deleted.
+    let unread = ReconcileOptions {
+        skip_recent_candidates: false,
+        ..opts.clone()
+    };
+    let out = apply(&fx.deps(), &input, &unread).await.unwrap();
+    assert_eq!(
+        (out.deleted, out.alive, out.recent, out.delete_skipped),
+        (2, 1, 0, 1),
+        "{out:?}"
+    );
+    fx.queue.0.lock().unwrap().clear();
+    fx.source.confirmed.lock().unwrap().clear();
     let out = apply(&fx.deps(), &input, &opts).await.unwrap();
     assert_eq!(
-        (out.deleted, out.alive, out.delete_skipped, out.queued),
-        (2, 1, 1, 0),
+        (
+            out.deleted,
+            out.alive,
+            out.recent,
+            out.delete_skipped,
+            out.queued
+        ),
+        (0, 1, 1, 2, 0),
         "{out:?}"
+    );
+    assert!(
+        !fx.source.confirmed.lock().unwrap().contains(&id(8)),
+        "a candidate written since the listing is not confirmed"
     );
     for (i, live) in [(5, true), (6, false), (7, true), (8, true), (9, false)] {
         assert_eq!(fx.live(&id(i)).await, live, "{}", id(i));
@@ -846,6 +872,19 @@ async fn apply_deletes_only_confirmed_candidates_not_synced_since_the_listing() 
     );
     let deleted = fx.records.get(ENTITY, &id(6)).await.unwrap().unwrap();
     assert_eq!(deleted.version.deleted_at_us, Some(input.run.started_us));
+}
+
+/// What one Apply invocation that did nothing answers.
+fn finished() -> ApplyOutput {
+    ApplyOutput {
+        done: true,
+        invocations: 1,
+        regress: Some(RegressOutput {
+            done: true,
+            ..RegressOutput::default()
+        }),
+        ..ApplyOutput::default()
+    }
 }
 
 #[tokio::test]
@@ -867,7 +906,7 @@ async fn apply_deletes_nothing_the_guard_did_not_allow() {
         let fx = Fx::with(0..10, 0..8).await;
         let input = apply_input(&fx, decision.clone(), &opts).await;
         let out = apply(&fx.deps(), &input, &opts).await.unwrap();
-        assert_eq!(out, ApplyOutput::default(), "{decision:?}");
+        assert_eq!(out, finished(), "{decision:?}");
         assert!(fx.live(&id(9)).await, "{decision:?}");
         assert!(fx.source.confirmed.lock().unwrap().is_empty());
     }
@@ -887,10 +926,7 @@ async fn apply_deletes_nothing_the_guard_did_not_allow() {
         (2, 2)
     );
     input.run.report_only = true;
-    assert_eq!(
-        apply(&fx.deps(), &input, &opts).await.unwrap(),
-        ApplyOutput::default()
-    );
+    assert_eq!(apply(&fx.deps(), &input, &opts).await.unwrap(), finished());
     assert!(fx.live(&id(0)).await);
     assert!(fx.queue.envelopes().is_empty(), "no repairs either");
 }
@@ -1213,6 +1249,7 @@ fn guarded(decision: Decision) -> Option<GuardOutput> {
     Some(GuardOutput {
         decision,
         candidates: 0,
+        recent: 0,
         checked: 0,
         alive: 0,
     })
@@ -1391,6 +1428,7 @@ async fn dispatch_answers_each_steps_wire_json_and_the_metrics_to_publish() {
             reason: "12 deletions".into(),
         },
         candidates: 12,
+        recent: 0,
         checked: 12,
         alive: 0,
     };
@@ -1426,6 +1464,7 @@ async fn dispatch_answers_each_steps_wire_json_and_the_metrics_to_publish() {
             reason: "no".into(),
         },
         candidates: 1,
+        recent: 0,
         checked: 0,
         alive: 0,
     });

@@ -198,6 +198,10 @@ pub struct GuardInput {
 pub struct GuardOutput {
     pub decision: Decision,
     pub candidates: u64,
+    /// Sampled candidates written since the listing started (created or synced by another
+    /// strategy meanwhile): not candidates, neither checked nor deleted.
+    #[serde(default)]
+    pub recent: u64,
     /// Candidates checked with `get_by_id` (a sample of at most `max_confirmations`).
     pub checked: u64,
     /// Checked candidates the source still has: the listing missed them.
@@ -220,6 +224,33 @@ pub struct ApplyInput {
     /// Set by the approval path: a person approved this run's deletions.
     #[serde(default)]
     pub approved: bool,
+    /// The previous invocation's output, until `done` (the state machine loops on Apply).
+    #[serde(default)]
+    pub progress: Option<ApplyOutput>,
+}
+
+/// Which part of Apply a position is in: the repairs come first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyPhase {
+    /// Targeted syncs of the fetch list, then the stale list (or the cursor rewind).
+    #[default]
+    Repair,
+    /// The version regressions of the `newer` list (`regress::repair_regressions`).
+    Regress,
+    /// The deletions.
+    Delete,
+}
+
+/// Where a stopped Apply resumes: the phase, the object of its lists taken in order, and how
+/// many pairs of that object are done (in the regress phase: the last ID done, `after`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPosition {
+    pub phase: ApplyPhase,
+    pub object: u32,
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +265,68 @@ pub struct ApplyOutput {
     /// Instead of queueing (over `targeted_limit`): the delta cursor rewound to here.
     #[serde(default)]
     pub rewound_to_us: Option<Micros>,
+    /// Candidates written since the listing started (created or synced by another strategy
+    /// meanwhile): neither confirmed nor deleted.
+    #[serde(default)]
+    pub recent: u64,
+    /// Every repair and deletion is done; until then the state machine invokes Apply again
+    /// with this output as its `progress`.
+    #[serde(default)]
+    pub done: bool,
+    /// Apply invocations so far.
+    #[serde(default)]
+    pub invocations: u32,
+    /// Where the next invocation resumes (set when one stopped before the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<ApplyPosition>,
+    /// What `regress::repair_regressions` found and wrote (absent when it did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regress: Option<RegressOutput>,
+}
+
+/// What [`repair_regressions`](super::regress::repair_regressions) did with the diff's `newer`
+/// list (IDs whose stored copy is newer than the source's listing), in ID order: counts of this
+/// call, and where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegressOutput {
+    /// IDs of the list read.
+    pub read: u64,
+    /// Of them, stored copies fetched before the listing started (so the listing, sent later,
+    /// saw an older version): the source's version went backwards (a restore, a clock fix).
+    /// The others were written during the run (a listing older than a write), not counted here.
+    pub regressions: u64,
+    /// Regressions fetched again with `get_by_id` (entities with `allow_version_regression`).
+    pub fetched: u64,
+    /// Written as the source's copy (`last_action` `regressed`).
+    pub regressed: u64,
+    /// Fetched again with the stored copy's content: nothing to write.
+    pub unchanged: u64,
+    /// Fetched again and left alone: gone or unsyncable at the source (the delete and rejection
+    /// paths' business), no longer below the stored copy, a fetch not sent after the stored
+    /// copy's, or a stored copy that moved meanwhile.
+    pub skipped: u64,
+    /// The last ID done: a later call continues after it (`after`).
+    #[serde(default)]
+    pub last_id: Option<String>,
+    /// The list is done (`false`: stopped before `stop_at`; call again after `last_id`).
+    pub done: bool,
+}
+
+impl RegressOutput {
+    /// Add a later call's counts to these (for an apply resumed over several invocations); its
+    /// position and `done` replace these.
+    pub fn absorb(&mut self, later: RegressOutput) {
+        self.read += later.read;
+        self.regressions += later.regressions;
+        self.fetched += later.fetched;
+        self.regressed += later.regressed;
+        self.unchanged += later.unchanged;
+        self.skipped += later.skipped;
+        if later.last_id.is_some() {
+            self.last_id = later.last_id;
+        }
+        self.done = later.done;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,12 +360,26 @@ pub struct RunSummary {
     pub stale: u64,
     pub queued: u64,
     pub guard: Option<Decision>,
+    /// Deletion candidates written since the listing started (created or synced by another
+    /// strategy meanwhile): not deleted, and no reason to block the run.
+    #[serde(default)]
+    pub recent: u64,
     pub duration_ms: u64,
     /// Records the source listing held that cannot be synced (never deleted because of it).
     #[serde(default)]
     pub rejected: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected_ids: Vec<RejectedRecord>,
+    /// IDs the destination holds at a newer version than the source listed (the diff's
+    /// `destination_newer`): a listing older than a write, or a source that went backwards.
+    #[serde(default)]
+    pub destination_newer: u64,
+    /// Of them, records whose source version went backwards (`RegressOutput::regressions`).
+    #[serde(default)]
+    pub regressions: u64,
+    /// Regressions written as the source's copy (entities with `allow_version_regression`).
+    #[serde(default)]
+    pub regressed: u64,
 }
 
 /// What `dispatch` answers: one step's output. It serialises as that output alone (each step's
@@ -337,7 +444,10 @@ impl RunSummary {
             missed = self.missed,
             stale = self.stale,
             queued = self.queued,
+            recent = self.recent,
             rejected = self.rejected,
+            regressions = self.regressions,
+            regressed = self.regressed,
             duration_ms = self.duration_ms,
             "reconciliation finished"
         );
@@ -353,6 +463,8 @@ impl RunSummary {
                 ("ReconcileStale", self.stale as f64, "Count"),
                 ("ReconcileDeleted", self.deleted as f64, "Count"),
                 ("RecordsRejected", self.rejected as f64, "Count"),
+                ("ReconcileRegressions", self.regressions as f64, "Count"),
+                ("ReconcileRegressed", self.regressed as f64, "Count"),
                 ("RunFailed", failed, "Count"),
             ],
         )

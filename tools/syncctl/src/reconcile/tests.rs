@@ -457,9 +457,13 @@ fn the_json_report_has_a_stable_shape() {
                 guard: Some(Decision::NeedsApproval {
                     reason: "10 deletions".into(),
                 }),
+                recent: 0,
                 duration_ms: 12,
                 rejected: 0,
                 rejected_ids: Vec::new(),
+                destination_newer: 0,
+                regressions: 0,
+                regressed: 0,
             }),
             RunRow::empty("donations", "skipped"),
         ],
