@@ -112,6 +112,7 @@ impl Default for ReconcileOptions {
             per_record_rejection: true,
             #[cfg(any(test, feature = "testing"))]
             skip_recent_candidates: true,
+            #[cfg(any(test, feature = "testing"))]
             regression_fetched_after: true,
         }
     }
