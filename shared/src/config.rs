@@ -4,8 +4,10 @@
 //! entity and the field. Secrets are never part of it: `auth` names where the secret lives.
 
 pub mod env;
+pub mod reload;
 
 pub use env::Env;
+pub use reload::{EnvSecret, Reloading, SecretProvider};
 
 use crate::core::timefmt::TimestampFormat;
 use crate::error::ConfigError;

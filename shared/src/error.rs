@@ -200,8 +200,15 @@ pub enum WalkError {
     LinkRepeats,
     #[error("the next link is not a URL: {0}")]
     NextNotUrl(#[source] url::ParseError),
-    #[error("the next link leaves the source's origin for {origin}")]
+    #[error("the next link leaves the source's origin (`source.base_url`) for {origin}")]
     ForeignOrigin { origin: String },
+    /// A resume token's next URL points outside `source.base_url`'s origin: refused before any
+    /// request (it would carry the source credential there).
+    #[error(
+        "the resume token's next URL points at {origin}, outside the origin of \
+         `source.base_url`; refused (the request would carry the source credential)"
+    )]
+    ForeignResume { origin: String },
     #[error("a full page held no record inside the filter")]
     EmptyFullPage,
     #[error(
@@ -272,6 +279,15 @@ pub enum SourceError {
     },
     #[error("client error {status} from {url}")]
     Client { status: u16, url: String },
+    /// 401: the source refused the credential, also after the secret was read again once
+    /// (`reread`; never the credential itself). Fix the source secret (`SOURCE_SECRET_ID`, or
+    /// the variable `source.auth` names); a rotation needs no cold start.
+    #[error(
+        "the source refused the credential (401) at {url}{}; check the source secret \
+         (SOURCE_SECRET_ID, or the variable `source.auth` names)",
+        if *.reread { " also after reading the secret again" } else { "" }
+    )]
+    Unauthorized { url: String, reread: bool },
     #[error(
         "not JSON from {url} (status {status}, content-type {content_type:?}) after {attempts} attempts"
     )]

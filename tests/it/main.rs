@@ -18,6 +18,7 @@ mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
 mod template;
+mod trust;
 mod waits;
 mod webhooks;
 mod worker_evidence;

@@ -471,7 +471,7 @@ async fn auth_header_is_sent_and_a_wrong_secret_is_a_client_error() {
     let bad = SourceClient::new(&cfg, Some(Secret::new("nope"))).unwrap();
     assert!(matches!(
         bad.get_by_id("people", "1").await,
-        Err(SourceError::Client { status: 401, .. })
+        Err(SourceError::Unauthorized { reread: false, .. })
     ));
     assert!(!format!("{good:?}").contains("s3cret"));
 }

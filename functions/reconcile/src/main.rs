@@ -1,12 +1,12 @@
 //! The reconciliation Lambda: one function for every step of the state machine
 //! (`infra/reconcile.asl.json`), which calls it with `{"step": "<name>", ...}`. Wiring only,
 //! once per cold start: a missing variable (`RECORDS_TABLE`, `CONTROL_TABLE`, `SPILL_BUCKET`,
-//! `QUEUE_URL`, ...) or a bad threshold fails the cold start, naming it.
+//! `QUEUE_URL`, `TOKEN_SIGNING_SECRET_ID`, ...) or a bad threshold fails the cold start, naming it.
 
 mod handler;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::adapters::deploy;
+use shared::adapters::{deploy, secrets};
 use shared::config::Env;
 use shared::sync::reconcile::ReconcileOptions;
 use std::sync::Arc;
@@ -21,7 +21,11 @@ async fn main() -> Result<(), Error> {
         executions: Some(Arc::new(shared::adapters::sfn::StepFunctions::from_sdk(
             &d.sdk,
         ))),
-        options: ReconcileOptions::from_env(Env::process())?,
+        options: ReconcileOptions {
+            // Resume tokens are signed under the stack's TokenSigningSecret.
+            token_key: Arc::new(secrets::token_key(&d.sdk).await?),
+            ..ReconcileOptions::from_env(Env::process())?
+        },
         config: d.config,
         source: d.source,
         records: d.records,

@@ -1,6 +1,6 @@
 //! What every deployed Lambda builds once per cold start: the configuration, the source client
-//! (secret from Secrets Manager / SSM, or the environment) and the DynamoDB stores. A missing
-//! variable or secret fails the cold start with an error naming it.
+//! (secret from Secrets Manager / SSM, or the environment, read again after a 401) and the
+//! DynamoDB stores. A missing variable or secret fails the cold start with an error naming it.
 
 use crate::adapters::aws;
 use crate::adapters::dynamodb::{DynamoControl, DynamoRecords, TableNames, stores};
@@ -21,8 +21,16 @@ pub async fn load() -> Result<Deployed, ConfigError> {
     let config = Config::load()?;
     let tables = TableNames::from_env(Env::process())?;
     let sdk = aws::sdk_config().await;
-    let secret = crate::adapters::secrets::resolve(&config.source.auth, &sdk).await?;
-    let source = SourceClient::new(&config, secret)?;
+    // The secret read now, and again after a source 401 (a rotation needs no cold start).
+    let provider = crate::adapters::secrets::source_provider(&config.source.auth, &sdk);
+    let secret = match &provider {
+        Some(p) => Some(p.read().await?),
+        None => None,
+    };
+    let mut source = SourceClient::new(&config, secret)?;
+    if let Some(p) = provider {
+        source = source.with_secret_provider(p);
+    }
     let (records, control) = stores(aws::dynamodb_client(&sdk), &tables.records, &tables.control);
     Ok(Deployed {
         config,

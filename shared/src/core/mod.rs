@@ -5,6 +5,7 @@ pub mod deadline;
 pub mod json;
 pub mod size;
 pub mod timefmt;
+pub mod token;
 pub mod version;
 
 pub use version::{decide_delete, decide_regression, decide_upsert};

@@ -17,12 +17,13 @@
 //! outlive a 60 s worker). A request itself is not cut: the callers' margins before the
 //! deadline cover the source's timeout.
 
-use crate::config::{Secret, SourceConfig};
+use crate::config::{AuthConfig, Reloading, Secret, SecretProvider, SourceConfig};
 use crate::core::timefmt::{now_us, parse_http_date};
 use crate::error::{ParseError, SourceError};
 use crate::model::Micros;
 use crate::source::ratelimit::SlidingWindow;
 use reqwest::header::{self, HeaderMap, HeaderValue};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant};
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Longest `Retry-After` we honour before treating the answer as a failure of this attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+/// At most one re-read of the source secret per this interval (shared by every request).
+pub const REREAD_INTERVAL: Duration = crate::config::reload::REREAD_INTERVAL;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -54,6 +57,7 @@ pub struct Stats {
     pub retries: AtomicU64,
     pub rate_limited: AtomicU64,
     pub bytes: AtomicU64,
+    pub unauthorized: AtomicU64,
 }
 
 /// A snapshot of `Stats`.
@@ -63,6 +67,8 @@ pub struct ClientStats {
     pub retries: u64,
     pub rate_limited: u64,
     pub bytes: u64,
+    /// Calls that ended in `SourceError::Unauthorized`.
+    pub unauthorized: u64,
 }
 
 /// A successful answer, decoded by the caller's parser.
@@ -146,7 +152,9 @@ fn passes(stop: Option<Instant>, wait: Duration) -> bool {
 
 pub struct Http {
     client: reqwest::Client,
-    auth: Option<HeaderValue>,
+    /// The credential header's value, rebuilt from a fresh read of the secret after a 401
+    /// (`with_secret_provider`).
+    auth: Option<Reloading<HeaderValue>>,
     auth_header: header::HeaderName,
     policy: RetryPolicy,
     limiter: SlidingWindow,
@@ -155,36 +163,25 @@ pub struct Http {
 
 impl Http {
     pub fn new(cfg: &SourceConfig, secret: Option<&Secret>) -> Result<Self, SetupError> {
-        use crate::config::AuthConfig;
-        let (auth_header, auth) = match (&cfg.auth, secret) {
-            (AuthConfig::None, _) => (header::AUTHORIZATION, None),
-            (_, None) => return Err(SetupError::NoSecret),
-            (AuthConfig::Bearer { .. }, Some(s)) => (
-                header::AUTHORIZATION,
-                Some(format!("Bearer {}", s.expose())),
-            ),
-            (AuthConfig::Basic { .. }, Some(s)) => {
-                use base64::Engine;
-                let enc = base64::engine::general_purpose::STANDARD.encode(s.expose());
-                (header::AUTHORIZATION, Some(format!("Basic {enc}")))
-            }
-            (AuthConfig::ApiKey { header, .. }, Some(s)) => (
-                header::HeaderName::from_bytes(header.as_bytes()).map_err(|source| {
-                    SetupError::HeaderName {
-                        name: header.clone(),
-                        source,
-                    }
+        let auth_header = match &cfg.auth {
+            AuthConfig::ApiKey { header, .. } => header::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|source| SetupError::HeaderName {
+                    name: header.clone(),
+                    source,
                 })?,
-                Some(s.expose().to_owned()),
-            ),
+            _ => header::AUTHORIZATION,
         };
-        let auth = match auth {
-            Some(v) => {
-                let mut hv = HeaderValue::from_str(&v).map_err(SetupError::SecretNotHeaderSafe)?;
-                hv.set_sensitive(true);
-                Some(hv)
+        let auth = match (&cfg.auth, secret) {
+            (AuthConfig::None, _) => None,
+            (_, None) => return Err(SetupError::NoSecret),
+            (a, Some(s)) => {
+                let first = auth_value(a, s)?;
+                let a = a.clone();
+                Some(Reloading::fixed(
+                    first,
+                    Box::new(move |s| auth_value(&a, s).map_err(|e| e.to_string())),
+                ))
             }
-            None => None,
         };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
@@ -207,8 +204,23 @@ impl Http {
         })
     }
 
+    /// Read the secret again from `provider` after a 401 (at most once per
+    /// [`REREAD_INTERVAL`], shared by every request), and retry the request once with it.
+    pub fn with_secret_provider(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.auth = self
+            .auth
+            .map(|a| a.with_provider(provider, REREAD_INTERVAL));
+        self
+    }
+
+    /// Re-reads of the secret so far.
+    pub fn secret_rereads(&self) -> u64 {
+        self.auth.as_ref().map_or(0, Reloading::rereads)
+    }
+
     pub fn stats(&self) -> ClientStats {
         ClientStats {
+            unauthorized: self.stats.unauthorized.load(Relaxed),
             requests: self.stats.requests.load(Relaxed),
             retries: self.stats.retries.load(Relaxed),
             rate_limited: self.stats.rate_limited.load(Relaxed),
@@ -234,6 +246,9 @@ impl Http {
             }
         };
         let mut attempt = 0u32;
+        // The 401 path: the secret is read again (or another request's newer read is taken)
+        // once per call, and the request retried once with it.
+        let mut reread = false;
         loop {
             attempt += 1;
             let last = attempt >= self.policy.max_attempts;
@@ -246,8 +261,9 @@ impl Http {
                 .client
                 .get(url.clone())
                 .header(header::ACCEPT, "application/json");
-            if let Some(a) = &self.auth {
-                req = req.header(self.auth_header.clone(), a.clone());
+            let sent = self.auth.as_ref().map(Reloading::current);
+            if let Some((_, a)) = &sent {
+                req = req.header(self.auth_header.clone(), HeaderValue::clone(a));
             }
             // The answer's time: this attempt's send time, after every wait (see the module doc).
             let sent = now_us();
@@ -302,6 +318,20 @@ impl Http {
                             sent_us: at,
                             link_next: None,
                         });
+                    } else if status == 401 {
+                        if !reread
+                            && let (Some(a), Some((seen, _))) = (&self.auth, &sent)
+                            && a.refresh(*seen).await.is_some()
+                        {
+                            reread = true;
+                            tracing::warn!(url = %shown, "the source refused the credential; retrying once with the secret read again");
+                            self.stats.retries.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        self.stats.unauthorized.fetch_add(1, Relaxed);
+                        crate::telemetry::publish(&unauthorized_metric());
+                        tracing::error!(url = %shown, reread, "the source refused the credential");
+                        return Err(SourceError::Unauthorized { url: shown, reread });
                     } else if (400..500).contains(&status) {
                         // Not retried: a 404 that is not JSON is a wrong path, not a deletion.
                         return Err(SourceError::Client { status, url: shown });
@@ -382,6 +412,30 @@ impl Http {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The credential header's value for `auth` from the secret `s` (sensitive: never logged).
+fn auth_value(auth: &AuthConfig, s: &Secret) -> Result<HeaderValue, SetupError> {
+    let v = match auth {
+        AuthConfig::None => String::new(),
+        AuthConfig::Bearer { .. } => format!("Bearer {}", s.expose()),
+        AuthConfig::Basic { .. } => {
+            use base64::Engine;
+            let enc = base64::engine::general_purpose::STANDARD.encode(s.expose());
+            format!("Basic {enc}")
+        }
+        AuthConfig::ApiKey { .. } => s.expose().to_owned(),
+    };
+    let mut hv = HeaderValue::from_str(&v).map_err(SetupError::SecretNotHeaderSafe)?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+/// `SourceUnauthorized` (namespace `SyncEngine`, no dimensions: one alarm for every function
+/// and entity), published by the client itself when a call ends in
+/// `SourceError::Unauthorized`: the delta run, the worker and reconciliation all meet it here.
+pub fn unauthorized_metric() -> String {
+    crate::telemetry::emf(&[], &[("SourceUnauthorized", 1.0, "Count")])
 }
 
 async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {

@@ -14,7 +14,8 @@ pub mod ratelimit;
 mod walk;
 
 use crate::config::{
-    AuthConfig, Config, EntityConfig, FilterOp, IdOrder, Pagination, Secret, SourceConfig,
+    AuthConfig, Config, EntityConfig, FilterOp, IdOrder, Pagination, Secret, SecretProvider,
+    SourceConfig,
 };
 use crate::core::size::MAX_ID_BYTES;
 use crate::core::timefmt::format_rfc3339;
@@ -29,6 +30,7 @@ use parse::{RecordShape, pointer_segments};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ratelimit::SlidingWindow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use url::Url;
 
 /// Passes over a tie group before giving up (each pass that differs from the previous one
@@ -85,6 +87,9 @@ pub struct SourceClient {
     /// The walk's order and progress checks (`walk`); off only by `without_walk_checks` (the
     /// `testing` feature).
     checks: bool,
+    /// The origin check of a resumed listing's next URL; off only by
+    /// `without_resume_origin_check` (the `testing` feature).
+    resume_origin_check: bool,
 }
 
 impl std::fmt::Debug for SourceClient {
@@ -171,7 +176,21 @@ impl SourceClient {
             http,
             naive_offset: false,
             checks: true,
+            resume_origin_check: true,
         })
+    }
+
+    /// After a 401, read the secret again from `provider` and retry once (at most one re-read
+    /// per `http::REREAD_INTERVAL`, shared by every request of this client); a second 401 is
+    /// `SourceError::Unauthorized`. Without a provider, the first 401 is.
+    pub fn with_secret_provider(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.http = self.http.with_secret_provider(provider);
+        self
+    }
+
+    /// Re-reads of the source secret so far.
+    pub fn secret_rereads(&self) -> u64 {
+        self.http.secret_rereads()
     }
 
     /// Negative control for tests only: page positional sources by a growing offset over a
@@ -188,6 +207,31 @@ impl SourceClient {
     pub fn without_walk_checks(mut self) -> Self {
         self.checks = false;
         self
+    }
+
+    /// Negative control for tests only: follow a resume token's next URL wherever it points,
+    /// as the engine did before (the first page's links were checked, a resumed one was not).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn without_resume_origin_check(mut self) -> Self {
+        self.resume_origin_check = false;
+        self
+    }
+
+    /// A resumed listing's next URL (from a resume token: Step Functions input, a console
+    /// invoke) must have the origin of `source.base_url`, as every next link of a listing
+    /// does: the request carries the source credential.
+    fn resumed_next(&self, e: &EntityRt, next: &str) -> Result<Url, SourceError> {
+        let url = Url::parse(next)
+            .map_err(|err| self.walk_error(&e.collection, WalkError::BadResume(err.to_string())))?;
+        if self.resume_origin_check && url.origin() != self.base.origin() {
+            return Err(self.walk_error(
+                &e.collection,
+                WalkError::ForeignResume {
+                    origin: url.origin().ascii_serialization(),
+                },
+            ));
+        }
+        Ok(url)
     }
 
     /// A walk check's verdict, as the listing's error (every check passes with the checks off).
@@ -679,9 +723,7 @@ impl SourceApi for SourceClient {
             // Page numbers (no overlap possible), links and cursors; the naive control.
             let mut k = token.page.unwrap_or(0);
             let mut url = match (&token.next, positional) {
-                (Some(n), false) => Url::parse(n).map_err(|err| {
-                    self.walk_error(&e.collection, WalkError::BadResume(err.to_string()))
-                })?,
+                (Some(n), false) => self.resumed_next(e, n)?,
                 _ => {
                     let mut params = first.clone();
                     params.extend(self.position_param(k, p));

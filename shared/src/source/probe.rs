@@ -102,7 +102,8 @@ impl Check {
         let field = match err {
             SourceError::Client {
                 status: 401 | 403, ..
-            } => "source.auth",
+            }
+            | SourceError::Unauthorized { .. } => "source.auth",
             SourceError::Client { status: 404, .. }
             | SourceError::NotJson { .. }
             | SourceError::Decode {
@@ -1173,6 +1174,11 @@ mod tests {
         };
         let field = |e: &SourceError| Check::error("x", "fallback", e).field;
         assert_eq!(field(&client(401)).as_deref(), Some("source.auth"));
+        let refused = SourceError::Unauthorized {
+            url: "u".into(),
+            reread: true,
+        };
+        assert_eq!(field(&refused).as_deref(), Some("source.auth"));
         assert_eq!(field(&client(404)).as_deref(), Some("path"));
         assert_eq!(field(&client(400)).as_deref(), Some("fallback"));
         let decode = |source| SourceError::Decode {

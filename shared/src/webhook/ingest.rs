@@ -9,12 +9,15 @@
 //! before the Lambda's deadline: an answer the sender retries beats a timeout it also retries,
 //! later). Never 410. Nothing of the payload is logged.
 
-use crate::config::{Config, SignatureScheme, WebhookAction, WebhookConfig};
+use crate::config::reload::REREAD_INTERVAL;
+use crate::config::{
+    Config, Reloading, SecretProvider, SignatureScheme, WebhookAction, WebhookConfig,
+};
 use crate::error::ConfigError;
 use crate::model::Micros;
 use crate::ports::Queue;
 use crate::webhook::extract::{EventMap, Extracted, IgnoreReason, Malformed, extract};
-use crate::webhook::signature::{SignatureError, Verifier};
+use crate::webhook::signature::{SignatureError, Verifier, split_secrets};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use http::HeaderMap;
 use std::sync::Arc;
@@ -106,7 +109,9 @@ impl Answer {
 pub struct Ingest {
     cfg: WebhookConfig,
     map: EventMap,
-    verifier: Verifier,
+    /// The verifier over the signing secrets, rebuilt from a fresh read when a signature
+    /// matches none of them (`with_secret_provider`).
+    verifier: Reloading<Verifier>,
     queue: Arc<dyn Queue>,
     /// Negative control: wait for the queue past the stop instant.
     #[cfg(any(test, feature = "testing"))]
@@ -129,6 +134,13 @@ impl Ingest {
         let cfg = config.webhooks()?.clone();
         let verifier = Verifier::new(cfg.scheme.clone(), secrets)
             .map_err(|e| invalid("webhooks.secrets", e.to_string()))?;
+        let scheme = cfg.scheme.clone();
+        let verifier = Reloading::fixed(
+            verifier,
+            Box::new(move |s| {
+                Verifier::new(scheme.clone(), &split_secrets(s.expose())).map_err(|e| e.to_string())
+            }),
+        );
         Ok(Ingest {
             map: EventMap::new(config),
             cfg,
@@ -137,6 +149,19 @@ impl Ingest {
             #[cfg(any(test, feature = "testing"))]
             ignore_deadline: false,
         })
+    }
+
+    /// Read the signing secrets again from `provider` when a delivery's signature matches none
+    /// of them (a rotation at the sender), at most once per `config::reload::REREAD_INTERVAL`
+    /// whatever the number of such deliveries, before answering 401.
+    pub fn with_secret_provider(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.verifier = self.verifier.with_provider(provider, REREAD_INTERVAL);
+        self
+    }
+
+    /// Re-reads of the signing secrets so far.
+    pub fn secret_rereads(&self) -> u64 {
+        self.verifier.rereads()
     }
 
     /// Negative control for tests only: wait for the queue however long it takes, past the
@@ -183,10 +208,18 @@ impl Ingest {
                 },
             );
         }
-        let verified = match self
-            .verifier
-            .verify(headers, body, now_us.div_euclid(1_000_000))
-        {
+        let now_s = now_us.div_euclid(1_000_000);
+        let (seen, verifier) = self.verifier.current();
+        let verified = match verifier.verify(headers, body, now_s) {
+            // A signature no secret we hold matches: the sender may sign with a secret rotated
+            // in since the cold start. Read them again (gated) and check once more.
+            Err(SignatureError::Mismatch) => match self.verifier.refresh(seen).await {
+                Some((_, fresh)) => fresh.verify(headers, body, now_s),
+                None => Err(SignatureError::Mismatch),
+            },
+            other => other,
+        };
+        let verified = match verified {
             Ok(v) => v,
             Err(e) => {
                 return Answer::new(

@@ -54,6 +54,7 @@ mod code;
 mod crates;
 mod environment;
 mod iam;
+mod secrets;
 mod security;
 mod state_machine;
 mod tables;

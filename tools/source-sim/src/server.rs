@@ -207,7 +207,7 @@ impl Sim {
             }
         };
 
-        if let Some(expected) = &self.inner.cfg.auth
+        if let Some(expected) = self.auth()
             && auth != Some(expected.as_bytes())
         {
             Counters::bump(&st.unauthorized);

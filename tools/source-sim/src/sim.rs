@@ -141,6 +141,9 @@ pub(crate) struct Inner {
     misbehave: Mutex<Misbehave>,
     /// Records served broken, per entity (by [`Entity::index`]).
     corrupt: RwLock<[HashMap<u64, Corruption>; 2]>,
+    /// The `Authorization` value every API request must carry (`SimConfig::auth` at start;
+    /// [`Sim::set_auth`] rotates it).
+    auth: RwLock<Option<String>>,
 }
 
 /// The simulator's state and admin interface. Cheap to clone (an `Arc`); every clone controls
@@ -185,6 +188,7 @@ impl Sim {
                 webhooks: WebhookState::new(cfg.webhook.clone()),
                 misbehave: Mutex::new(Misbehave::default()),
                 corrupt: RwLock::new([HashMap::new(), HashMap::new()]),
+                auth: RwLock::new(cfg.auth.clone()),
                 base_url,
                 cfg,
             }),
@@ -441,6 +445,21 @@ impl Sim {
     }
 
     /// The request counters.
+    /// Rotate the credential: from now on every API request must carry this `Authorization`
+    /// value (`None`: no auth), as a source does once its owner rotates an API token.
+    pub fn set_auth(&self, auth: Option<String>) {
+        *self.inner.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    /// The `Authorization` value API requests must carry now.
+    pub fn auth(&self) -> Option<String> {
+        self.inner
+            .auth
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
     }

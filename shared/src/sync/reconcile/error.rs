@@ -22,13 +22,19 @@ pub enum StepError {
     Spill(#[from] SetDiffError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The listing's resume token is not one this stack signed (forged or altered): refused
+    /// before any request, never retried (the state machine's failure path records it).
+    #[error("resume token refused: {0}")]
+    ResumeToken(#[from] crate::core::token::TokenError),
 }
 
 impl StepError {
     /// The error name the state machine's Retry and Catch match on.
     pub fn error_type(&self) -> &'static str {
         match self {
-            StepError::UnknownEntity(_) | StepError::BadInput(_) => "Reconcile.BadInput",
+            StepError::UnknownEntity(_) | StepError::BadInput(_) | StepError::ResumeToken(_) => {
+                "Reconcile.BadInput"
+            }
             StepError::LeaseLost { .. } => "Reconcile.LeaseLost",
             StepError::DeltaBusy(_) => "Reconcile.Retryable",
             StepError::Store(e) if e.is_retryable() => "Reconcile.Retryable",

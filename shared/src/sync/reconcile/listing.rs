@@ -5,6 +5,7 @@
 use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::timefmt::now_us;
+use crate::core::token::TokenError;
 use crate::error::SourceError;
 use crate::model::{ID_SHARDS, IdVersion, Micros};
 use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
@@ -103,8 +104,33 @@ pub async fn source(
     if p.done {
         return Ok(p);
     }
-    p.invocations += 1;
     let prefix = format!("{}/source", run.prefix(opts));
+    match check_resume(run, &p, opts).await {
+        Ok(()) => {}
+        Err(TokenError::OtherKey { key_id }) => {
+            // Signed under a key this stack no longer holds (the signing secret was rotated
+            // during the run): the token cannot be trusted, so the listing starts again, with
+            // no run of the earlier attempt left to be merged.
+            tracing::warn!(entity = %run.entity, run_id = %run.run_id, key_id = %key_id, "resume token signed under another key; the listing starts again");
+            if opts.cleans_restart() {
+                deps.spill.delete_prefix(&format!("{prefix}/")).await?;
+            }
+            // Run numbering goes on (nothing of the earlier attempt can be overwritten by
+            // chance: it is removed), and so does the invocation count, which names the
+            // continuing executions.
+            p = SourceProgress {
+                invocations: p.invocations,
+                restarts: p.restarts + 1,
+                next_run: p.next_run,
+                ..SourceProgress::default()
+            };
+        }
+        Err(e) => {
+            tracing::error!(entity = %run.entity, run_id = %run.run_id, error = %e, "resume token refused");
+            return Err(StepError::ResumeToken(e));
+        }
+    }
+    p.invocations += 1;
     let mut writer = RunWriter::new(deps.spill, &prefix, opts.run_size)?.starting_at(p.next_run);
     let mut stream = deps
         .source
@@ -195,9 +221,54 @@ pub async fn source(
             p.done = true;
             p.ended_normally = true;
         }
+        p.resume_sig = resume.as_deref().map(|t| sign_resume(run, t, opts));
         p.resume = resume;
     }
     Ok(p)
+}
+
+/// What a resume token's tag is for (`core::token`): bound into its MAC with the run's entity
+/// and ID, so that a token is good for its own run only.
+const RESUME_PURPOSE: &str = "reconcile-resume";
+
+fn resume_parts<'a>(run: &'a RunRef, token: &'a str) -> [&'a [u8]; 3] {
+    [
+        run.entity.as_bytes(),
+        run.run_id.as_bytes(),
+        token.as_bytes(),
+    ]
+}
+
+fn sign_resume(run: &RunRef, token: &str, opts: &ReconcileOptions) -> String {
+    let (_, key) = opts.token_key.current();
+    key.sign(RESUME_PURPOSE, &resume_parts(run, token))
+}
+
+/// Authenticate the progress's resume token before anything follows it (it came through the
+/// state machine's input: anyone allowed to start an execution could write one). A token
+/// under another key id is checked again after one re-read of the key (a container that read
+/// the secret before a rotation), then is `OtherKey`.
+async fn check_resume(
+    run: &RunRef,
+    p: &SourceProgress,
+    opts: &ReconcileOptions,
+) -> Result<(), TokenError> {
+    let Some(token) = p.resume.as_deref() else {
+        return Ok(());
+    };
+    if !opts.verifies_resume_tokens() {
+        return Ok(());
+    }
+    let tag = p.resume_sig.as_deref().ok_or(TokenError::Unsigned)?;
+    let parts = resume_parts(run, token);
+    let (seen, key) = opts.token_key.current();
+    match key.verify(RESUME_PURPOSE, &parts, tag) {
+        Err(other @ TokenError::OtherKey { .. }) => match opts.token_key.refresh(seen).await {
+            Some((_, key)) => key.verify(RESUME_PURPOSE, &parts, tag),
+            None => Err(other),
+        },
+        verdict => verdict,
+    }
 }
 
 /// Start the execution that continues this run (same run ID, same lease, the listing's

@@ -1,9 +1,12 @@
 //! What a reconciliation may do and how big its pieces are: [`ReconcileOptions`], its defaults
 //! (in `Default` only) and its one reading from the environment ([`ReconcileOptions::from_env`]).
 
-use crate::config::Env;
+use crate::config::reload::token_key;
+use crate::config::{Env, Reloading};
+use crate::core::token::TokenKey;
 use crate::error::ConfigError;
 use crate::model::Micros;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -40,6 +43,18 @@ pub struct ReconcileOptions {
     /// the next invocation (as at `stop_at`): a bound on one invocation's work whatever the
     /// source serves.
     pub max_source_pages: u64,
+    /// The key the Source step signs and checks its resume tokens under (`core::token`):
+    /// deployed, the stack's `TokenSigningSecret` (the reconcile function's `main` sets it from
+    /// `adapters::secrets::token_key`, re-read when a token names another key); by default a key
+    /// generated for this process (`syncctl reconcile` runs every step in one process).
+    pub token_key: Arc<Reloading<TokenKey>>,
+    /// Negative control for tests: follow the resume token without checking its signature.
+    #[cfg(any(test, feature = "testing"))]
+    pub verify_resume_tokens: bool,
+    /// Negative control for tests: a listing restarted under a rotated key keeps the runs its
+    /// earlier attempt spilled (they are then merged with the new ones).
+    #[cfg(any(test, feature = "testing"))]
+    pub clean_restart: bool,
     /// Negative control for tests: delete on absence, without confirming by `get_by_id`. Only
     /// with the `testing` feature: a shipped function always confirms.
     #[cfg(any(test, feature = "testing"))]
@@ -59,6 +74,11 @@ pub struct ReconcileOptions {
     /// can overwrite it.
     #[cfg(any(test, feature = "testing"))]
     pub regression_fetched_after: bool,
+}
+
+/// A key for this process only, never re-read.
+fn local_token_key() -> Reloading<TokenKey> {
+    Reloading::fixed(TokenKey::generate(), Box::new(token_key))
 }
 
 /// What the approval lease outlives the approval's timeout by.
@@ -81,12 +101,18 @@ impl Default for ReconcileOptions {
             safety_margin: Duration::from_secs(30),
             stop_at: None,
             max_source_pages: 10_000,
+            token_key: Arc::new(local_token_key()),
+            #[cfg(any(test, feature = "testing"))]
+            verify_resume_tokens: true,
+            #[cfg(any(test, feature = "testing"))]
+            clean_restart: true,
             #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
             per_record_rejection: true,
             #[cfg(any(test, feature = "testing"))]
             skip_recent_candidates: true,
+            #[cfg(any(test, feature = "testing"))]
             regression_fetched_after: true,
         }
     }
@@ -149,6 +175,23 @@ impl ReconcileOptions {
     pub(super) fn confirms_deletes(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.confirm_deletes;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether resume tokens are checked (always, without `testing`).
+    pub(super) fn verifies_resume_tokens(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.verify_resume_tokens;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether a restarted listing removes its earlier attempt's runs (always, without
+    /// `testing`).
+    pub(super) fn cleans_restart(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.clean_restart;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

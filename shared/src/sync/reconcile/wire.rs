@@ -10,6 +10,10 @@ use crate::sync::rejected::RejectedRecord;
 use crate::telemetry::emf;
 use serde::{Deserialize, Serialize};
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Wire version of the step structs.
 pub const STEP_VERSION: u32 = 1;
 
@@ -79,6 +83,14 @@ pub struct SourceProgress {
     /// Continue the listing after this token (`IdPage::resume`).
     #[serde(default)]
     pub resume: Option<String>,
+    /// The token's tag (`core::token`, purpose `reconcile-resume`, bound to the run's entity
+    /// and ID): the Source step follows no token it did not sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_sig: Option<String>,
+    /// Times the listing started again from the beginning because its token was signed under
+    /// another key (the signing secret was rotated during the run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
     /// Index of the next run object.
     pub next_run: u32,
     pub pairs: u64,
