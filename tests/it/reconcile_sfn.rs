@@ -157,11 +157,14 @@ struct Setup {
     options: ReconcileOptions,
     approval_timeout_seconds: u32,
     max_source_invocations: u32,
+    /// The state machine's definition: the real one, or a negative control's edit of it.
+    definition: String,
 }
 
 impl Default for Setup {
     fn default() -> Self {
         Setup {
+            definition: DEFINITION.to_owned(),
             people: 60,
             // Several sorted runs and list objects per run.
             options: ReconcileOptions {
@@ -232,7 +235,7 @@ async fn env(setup: Setup) -> Env {
     );
     let machine = sfn_proxy::create_state_machine(
         &sfn,
-        DEFINITION,
+        &setup.definition,
         &[
             ("ReconcileFunctionArn", &arn),
             (
@@ -544,6 +547,43 @@ fn reconcile_sfn_definition_retries_and_catches_every_task() {
         s["Runs"]["ItemSelector"]["source"],
         json!({"progress.$": "$.progress"})
     );
+}
+
+/// The negative control of Apply's loop (`ApplyDone`): the same drift as the full run below,
+/// on the definition with Apply going straight to Finish. Each Apply invocation stops at its
+/// deadline (1 ms away) after one batch, so without the loop the run ends after the first: the
+/// stale records are never queued and the confirmed deletions never applied, yet it succeeds.
+#[tokio::test]
+async fn reconcile_sfn_negative_control_without_the_apply_loop_deletions_are_never_applied() {
+    let mut d = definition();
+    let states = &mut d["States"]["Runs"]["ItemProcessor"]["States"];
+    states["Apply"]["Next"] = json!("Finish");
+    states.as_object_mut().unwrap().remove("ApplyDone");
+    let e = env(Setup {
+        people: 260,
+        definition: d.to_string(),
+        ..Default::default()
+    })
+    .await;
+    for id in [12, 131] {
+        assert!(e.sim.sim().delete(Entity::People, id));
+    }
+    for _ in 0..2 {
+        e.sim.sim().create(Entity::People, None);
+    }
+    for id in [5, 47] {
+        e.sim.sim().update(Entity::People, id, None);
+    }
+    let run = e.run(START_ONE_ENTITY).await;
+    let s = &run.succeeded()["runs"][0];
+    assert_eq!(s["status"], "succeeded", "{s}");
+    assert_eq!(
+        (&s["deleted"], &s["missed"], &s["stale"], &s["queued"]),
+        (&json!(0), &json!(2), &json!(2), &json!(2)),
+        "one Apply invocation: the missed records queued, nothing else: {s}"
+    );
+    assert!(!e.deleted(12).await && !e.deleted(131).await);
+    assert_eq!(e.step_counts()["apply"], 1);
 }
 
 #[tokio::test]

@@ -261,8 +261,8 @@ impl Http {
                 .client
                 .get(url.clone())
                 .header(header::ACCEPT, "application/json");
-            let sent = self.auth.as_ref().map(Reloading::current);
-            if let Some((_, a)) = &sent {
+            let credential = self.auth.as_ref().map(Reloading::current);
+            if let Some((_, a)) = &credential {
                 req = req.header(self.auth_header.clone(), HeaderValue::clone(a));
             }
             // The answer's time: this attempt's send time, after every wait (see the module doc).
@@ -320,7 +320,7 @@ impl Http {
                         });
                     } else if status == 401 {
                         if !reread
-                            && let (Some(a), Some((seen, _))) = (&self.auth, &sent)
+                            && let (Some(a), Some((seen, _))) = (&self.auth, &credential)
                             && a.refresh(*seen).await.is_some()
                         {
                             reread = true;
