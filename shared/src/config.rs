@@ -501,7 +501,13 @@ impl Config {
         let mut cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(value.clone()))
             .map_err(|e| {
             let (entity, field) = locate(&value, &e.path().to_string());
-            invalid(entity, field, e.into_inner().to_string())
+            let message = e.into_inner().to_string();
+            // A missing field is reported at its table: name the field itself.
+            let field = match message.strip_prefix("missing field `") {
+                Some(rest) if field == "-" => rest.split('`').next().unwrap_or("-").to_owned(),
+                _ => field,
+            };
+            invalid(entity, field, message)
         })?;
         cfg.file = file.to_owned();
         cfg.validate()?;
@@ -947,11 +953,11 @@ mod tests {
             "people",
             "page_size",
         );
-        // missing field
+        // missing field: named (it was `-` until `fuzz::config` found it)
         expect_invalid(
             &with("delta_pointer = \"/attributes/updated_at\"\n", ""),
             "people",
-            "-",
+            "delta_pointer",
         );
         // unknown field (a typo)
         expect_invalid(

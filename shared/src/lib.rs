@@ -10,6 +10,8 @@ pub mod adapters;
 pub mod config;
 pub mod core;
 pub mod error;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod model;

@@ -514,7 +514,7 @@ enum Got {
     Unconfirmed(Micros),
 }
 
-fn decode(body: &str) -> Result<QueueEnvelope, String> {
+pub(crate) fn decode(body: &str) -> Result<QueueEnvelope, String> {
     let env: QueueEnvelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
     if env.v != ENVELOPE_VERSION {
         return Err(format!(
