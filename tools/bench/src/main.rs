@@ -1,6 +1,7 @@
 //! Benchmarks that print JSON figures (never timed tests). Run in release mode:
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
+mod fuzz;
 mod measure;
 mod reconcile;
 mod reconcile_s3;
@@ -82,6 +83,9 @@ enum Cmd {
         #[arg(long, default_value = "target/release")]
         dir: std::path::PathBuf,
     },
+    /// Property tests of every parser of untrusted input (`shared::fuzz`), N cases per target;
+    /// the last line is one JSON object.
+    Fuzz(fuzz::FuzzArgs),
     /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
     DeltaDynamodb {
         #[arg(long, default_value_t = 5_000)]
@@ -112,6 +116,7 @@ fn main() {
         } => webhooks::worker_bench(messages, hot_records),
         Cmd::Freshness { changes, db } => webhooks::freshness_bench(changes, &db),
         Cmd::BinarySizes { dir } => webhooks::binary_sizes(&dir),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
