@@ -151,3 +151,77 @@ fn a_missing_entity_field_is_named() {
         other => panic!("{other:?}"),
     }
 }
+
+// The generators reach the cases the properties are about (else a target holds vacuously).
+
+fn sample<S: proptest::strategy::Strategy>(strategy: S, n: usize) -> Vec<S::Value> {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    (0..n)
+        .map(|_| strategy.new_tree(&mut runner).expect("a value").current())
+        .collect()
+}
+
+#[test]
+fn json_cases_are_valid_and_invalid_deep_and_long() {
+    let (mut valid, mut deep, mut long) = (0, 0, 0);
+    let cases = sample(json::cases(), 1000);
+    for c in &cases {
+        let mut text = String::new();
+        json::render(&c.doc, &mut text);
+        valid += usize::from(crate::core::json::validate(&text).is_ok());
+        deep += usize::from(text.starts_with("[[[[[[[[[[") || text.starts_with("{\"k\":{\"k\":"));
+        long += usize::from(text.len() > 2000);
+    }
+    assert!((200..800).contains(&valid), "{valid} of 1000 valid");
+    assert!(deep > 50 && long > 50, "{deep} deep, {long} long");
+}
+
+#[test]
+fn extract_cases_queue_ignore_and_refuse_events() {
+    let cfg = crate::config::Config::from_toml_str(
+        crate::config::EMBEDDED,
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let map = crate::webhook::extract::EventMap::new(&cfg);
+    let pco = cfg.webhooks.clone().unwrap();
+    let (mut queued, mut ignored, mut malformed) = (0, 0, 0);
+    for c in sample(webhook::extract_cases(), 500) {
+        if c.standard || c.shape != 0 {
+            continue;
+        }
+        let events: Vec<serde_json::Value> = c
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::json!({"id": e.event_id, "attributes": {"name": e.name,
+                    "payload": serde_json::json!({"data": {"id": e.record_id}}).to_string()}})
+            })
+            .collect();
+        let body = serde_json::json!({ "data": events }).to_string();
+        if let Ok(out) = crate::webhook::extract::extract(&pco, &map, body.as_bytes(), None) {
+            queued += out.events.len();
+            ignored += out.ignored.len();
+            malformed += out.malformed.len();
+        }
+    }
+    assert!(
+        queued > 100 && ignored > 20 && malformed > 100,
+        "{queued} queued, {ignored} ignored, {malformed} malformed"
+    );
+}
+
+#[test]
+fn verify_cases_are_accepted_and_refused() {
+    let cases = sample(webhook::verify_cases(), 600);
+    let signed = cases
+        .iter()
+        .filter(|c| matches!(c.signer, webhook::Signer::Configured(_)))
+        .filter(|c| matches!(c.tamper, webhook::Tamper::None))
+        .count();
+    assert!(
+        signed > 100,
+        "{signed} untampered deliveries signed by a configured secret"
+    );
+}
