@@ -627,15 +627,21 @@ impl Config {
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
-        for e in &self.entities {
+        for (i, e) in self.entities.iter().enumerate() {
             let n = e.name.as_str();
             if n.is_empty()
                 || !n
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
+                // An empty name is shown by position, as `locate` shows an unnamed entity.
+                let shown = if n.is_empty() {
+                    format!("#{i}")
+                } else {
+                    n.to_owned()
+                };
                 return Err(err(
-                    n,
+                    &shown,
                     "name",
                     "use letters, digits, `_` or `-` (it is part of keys)".into(),
                 ));

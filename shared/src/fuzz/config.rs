@@ -4,7 +4,7 @@
 //! `ConfigError::Invalid` naming the file and a field (`-` only for text that is not TOML),
 //! never panic.
 
-use super::{Budget, Outcome, drive};
+use super::{Budget, Outcome, drive, re};
 use crate::config::{Config, EMBEDDED};
 use crate::error::ConfigError;
 use crate::webhook::extract::EventMap;
@@ -93,11 +93,11 @@ pub enum Case {
 fn edit() -> impl Strategy<Value = Edit> {
     let value = prop_oneof![
         4 => prop::sample::select(VALUES).prop_map(str::to_owned),
-        1 => "[ -~]{0,20}",
+        1 => re("[ -~]{0,20}"),
     ];
     let line = prop_oneof![
         4 => prop::sample::select(LINES).prop_map(str::to_owned),
-        1 => "[ -~]{0,40}",
+        1 => re("[ -~]{0,40}"),
     ];
     prop_oneof![
         3 => any::<Index>().prop_map(Edit::DropLine),
@@ -113,7 +113,7 @@ pub fn cases() -> impl Strategy<Value = Case> {
     prop_oneof![
         6 => prop::collection::vec(edit(), 0..5).prop_map(Case::Edited),
         1 => any::<String>().prop_map(Case::Text),
-        1 => "(\\[\\[entity\\]\\]\n|\\[webhooks\\]\n|[a-z_]{1,8} = (\"[a-z/]{0,5}\"|[0-9]{1,3}|true)\n){0,12}"
+        1 => re("(\\[\\[entity\\]\\]\n|\\[webhooks\\]\n|[a-z_]{1,8} = (\"[a-z/]{0,5}\"|[0-9]{1,3}|true)\n){0,12}")
             .prop_map(Case::Text),
     ]
 }

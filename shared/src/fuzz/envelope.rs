@@ -4,7 +4,7 @@
 //! re-encoding to the same envelope) or refused with a reason, never a panic.
 
 use super::steps::json_value;
-use super::{Budget, Outcome, drive};
+use super::{Budget, Outcome, drive, re};
 use crate::sync::worker::decode;
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use proptest::prelude::*;
@@ -19,7 +19,7 @@ pub enum Case {
 }
 
 fn envelope() -> impl Strategy<Value = QueueEnvelope> {
-    let text = || prop_oneof![3 => "[a-z0-9-]{1,12}", 1 => any::<String>(), 1 => "[\u{0}-\u{1f}\u{fffe}\u{ffff}\u{d7ff}\u{e000}]{0,4}"];
+    let text = || prop_oneof![3 => re("[a-z0-9-]{1,12}"), 1 => any::<String>(), 1 => re("[\u{0}-\u{1f}\u{fffe}\u{ffff}\u{d7ff}\u{e000}]{0,4}")];
     (
         prop_oneof![4 => Just(ENVELOPE_VERSION), 1 => any::<u32>()],
         prop::sample::select(&[MessageKind::Webhook, MessageKind::Targeted][..]),
@@ -52,7 +52,7 @@ pub fn cases() -> impl Strategy<Value = Case> {
             &["v", "kind", "entity", "id", "event_id", "action", "reason", "received_at"][..]
         )
         .prop_map(str::to_owned),
-        1 => "[a-z_]{0,6}",
+        1 => re("[a-z_]{0,6}"),
     ];
     prop_oneof![
         2 => envelope().prop_map(Case::Envelope),

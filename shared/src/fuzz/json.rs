@@ -3,7 +3,7 @@
 //! nasty: nesting around `MAX_DEPTH`, long strings, every escape (lone surrogates included),
 //! numbers at the edges of `i64`, `u64` and `f64` and beyond, odd whitespace; then mutated.
 
-use super::{Budget, Outcome, drive};
+use super::{Budget, Outcome, drive, re};
 use crate::core::json::{Paths, RawJson, validate};
 use crate::source::parse::pointer_segments;
 use proptest::prelude::*;
@@ -110,9 +110,9 @@ fn number() -> impl Strategy<Value = String> {
         1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
         2 => (
             any::<bool>(),
-            "0|[1-9][0-9]{0,40}",
-            prop::option::of("[0-9]{1,40}"),
-            prop::option::of(("[eE]", "[+-]?", "[0-9]{1,6}")),
+            re("0|[1-9][0-9]{0,40}"),
+            prop::option::of(re("[0-9]{1,40}")),
+            prop::option::of((re("[eE]"), re("[+-]?"), re("[0-9]{1,6}"))),
         )
             .prop_map(|(neg, int, frac, exp)| {
                 let mut s = if neg { "-".to_owned() } else { String::new() };

@@ -128,3 +128,9 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a current-thread runtime")
 }
+
+/// A string strategy from a regular expression, parsed once (a `&str` strategy parses its
+/// regex again for every value).
+pub(crate) fn re(pattern: &str) -> proptest::string::RegexGeneratorStrategy<String> {
+    proptest::string::string_regex(pattern).expect("a valid generator regex")
+}

@@ -4,7 +4,7 @@
 //! fields replaced by arbitrary values, extra fields). It must answer a step's output or a
 //! typed `StepError` (a bad input being `StepError::BadInput`), never panic.
 
-use super::{Budget, Outcome, drive, runtime};
+use super::{Budget, Outcome, drive, re, runtime};
 use crate::adapters::local::LocalSpill;
 use crate::config::{Config, EMBEDDED};
 use crate::error::StoreError;
@@ -83,7 +83,7 @@ pub fn json_value() -> impl Strategy<Value = Value> {
                 (
                     prop_oneof![
                         prop::sample::select(FIELDS).prop_map(str::to_owned),
-                        "[a-z_]{0,8}"
+                        re("[a-z_]{0,8}")
                     ],
                     inner
                 ),

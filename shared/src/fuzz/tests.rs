@@ -225,3 +225,17 @@ fn verify_cases_are_accepted_and_refused() {
         "{signed} untampered deliveries signed by a configured secret"
     );
 }
+
+/// `fuzz::config`: an entity with an empty name was reported as entity `` (nothing to find it
+/// by); it is shown by position, as an unnamed entity is elsewhere.
+#[test]
+fn an_empty_entity_name_is_shown_by_position() {
+    let text = crate::config::EMBEDDED.replacen("name = \"donations\"", "name = \"\"", 1);
+    assert_ne!(text, crate::config::EMBEDDED);
+    match crate::config::Config::from_toml_str(&text, std::path::Path::new("x.toml")) {
+        Err(crate::error::ConfigError::Invalid { entity, field, .. }) => {
+            assert_eq!((entity.as_str(), field.as_str()), ("#1", "name"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
