@@ -1,7 +1,8 @@
 //! Step Functions step inputs from arbitrary JSON: `sync::reconcile::dispatch`, the one entry of
 //! the reconcile Lambda, over in-memory stores, an empty source and a spill folder. Inputs are
-//! arbitrary JSON values, and step-shaped objects (a known step name, a run reference with
-//! fields replaced by arbitrary values, extra fields). It must answer a step's output or a
+//! arbitrary JSON values, and step-shaped objects (a known step name, the run reference a real
+//! Plan step just answered, holding its lease, with fields replaced by arbitrary values, extra
+//! fields). It must answer a step's output or a
 //! typed `StepError` (a bad input being `StepError::BadInput`), never panic.
 
 use super::{Budget, Outcome, drive, re, runtime};
@@ -10,7 +11,7 @@ use crate::config::{Config, EMBEDDED};
 use crate::error::StoreError;
 use crate::memory::{MemoryControl, MemoryRecords, ScriptedSource};
 use crate::ports::{Queue, ReceivedMessage};
-use crate::sync::reconcile::{ReconcileDeps, ReconcileOptions, StepError, dispatch};
+use crate::sync::reconcile::{ReconcileDeps, ReconcileOptions, StepError, StepOutput, dispatch};
 use async_trait::async_trait;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -123,7 +124,8 @@ pub fn cases() -> impl Strategy<Value = Case> {
     ]
 }
 
-fn input_of(case: &Case) -> Value {
+/// The input of a case; `run`: a run reference that holds its lease (from a Plan step).
+pub(crate) fn input_of(case: &Case, run: Value) -> Value {
     let (step, run_edits, extra) = match case {
         Case::Any(v) => return v.clone(),
         Case::Shaped {
@@ -132,8 +134,7 @@ fn input_of(case: &Case) -> Value {
             extra,
         } => (step, run_edits, extra),
     };
-    let mut run = json!({"v": 1, "entity": "people", "run_id": "fuzz-run", "started_us": 1,
-        "report_only": true, "shards": [0, 1]});
+    let mut run = run;
     for (k, v) in run_edits {
         run[*k] = v.clone();
     }
@@ -147,7 +148,7 @@ fn input_of(case: &Case) -> Value {
 }
 
 /// A queue that takes every message and has none to give.
-struct Sink;
+pub(crate) struct Sink;
 
 #[async_trait]
 impl Queue for Sink {
@@ -173,7 +174,6 @@ pub fn check(
     config: &Config,
     spill: &LocalSpill,
 ) -> Result<(), String> {
-    let input = input_of(&case);
     let (source, records, control) = (
         ScriptedSource::default(),
         MemoryRecords::default(),
@@ -188,6 +188,15 @@ pub fn check(
         queue: &Sink,
     };
     let opts = ReconcileOptions::default();
+    // A real run first, so that the step under test holds the lease and gets past it.
+    let plan = json!({"step": "plan", "entity": "people", "report_only": true});
+    let run = match rt.block_on(dispatch(&deps, plan, &opts)) {
+        Ok(StepOutput::Plan(p)) if p.runs.len() == 1 => {
+            serde_json::to_value(&p.runs[0]).map_err(|e| e.to_string())?
+        }
+        other => return Err(format!("the plan step before the case: {other:?}")),
+    };
+    let input = input_of(&case, run);
     match rt.block_on(dispatch(&deps, input, &opts)) {
         Ok(out) => serde_json::to_value(&out)
             .map(|_| ())
