@@ -823,6 +823,7 @@ fn locate(value: &toml::Table, path: &str) -> (String, String) {
                     .get(i)?
                     .get("name")?
                     .as_str()
+                    .filter(|n| !n.is_empty())
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| format!("#{idx}"));

@@ -298,14 +298,37 @@ fn pointers(v: &Value, at: String, max: usize, out: &mut Vec<String>) {
     }
 }
 
+/// The deepest nesting of arrays and objects in `text` (strings skipped), for valid text.
+fn depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// What `serde_json` says of `text`: valid JSON text (`IgnoredAny` skips any number and any
-/// escape), nested no deeper than its recursion limit; and the value when it decodes.
+/// escape), nested no deeper than its recursion limit (which reading a `Value` applies, but a
+/// number out of `f64`'s range may stop that read first: the depth is counted here); and the
+/// value when it decodes.
 fn serde_verdict(text: &str) -> (bool, Option<Value>) {
     let skips = serde_json::from_str::<IgnoredAny>(text).is_ok();
     match serde_json::from_str::<Value>(text) {
         Ok(v) => (true, Some(v)),
         Err(e) if e.to_string().starts_with("recursion limit exceeded") => (false, None),
-        Err(_) => (skips, None),
+        Err(_) => (skips && depth(text) < crate::core::json::MAX_DEPTH, None),
     }
 }
 

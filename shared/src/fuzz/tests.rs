@@ -239,3 +239,44 @@ fn an_empty_entity_name_is_shown_by_position() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `fuzz::config`: a type error in an entity whose name is empty was reported as entity ``.
+#[test]
+fn a_type_error_in_an_unnamed_entity_is_shown_by_position() {
+    let text = crate::config::EMBEDDED
+        .replacen("name = \"people\"", "name = \"\"", 1)
+        .replacen("supports_webhooks = true", "supports_webhooks = \"\"", 1);
+    match crate::config::Config::from_toml_str(&text, std::path::Path::new("x.toml")) {
+        Err(crate::error::ConfigError::Invalid { entity, field, .. }) => {
+            assert_eq!(
+                (entity.as_str(), field.as_str()),
+                ("#0", "supports_webhooks")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `fuzz::json` (an oracle fix, not a scanner bug): 128 levels holding a number beyond `f64`
+/// are refused by the scanner for their depth, as `serde_json` refuses the depth when the
+/// number does not stop it first.
+#[test]
+fn depth_is_refused_even_beside_a_number_out_of_range() {
+    let case = json::Case {
+        doc: json::Doc::Deep(
+            126,
+            false,
+            Box::new(json::Doc::Arr(
+                vec![
+                    json::Doc::Num("0.1e310".into()),
+                    json::Doc::Obj(Vec::new(), ""),
+                ],
+                "",
+            )),
+        ),
+        edits: Vec::new(),
+    };
+    json::check(case).unwrap();
+    let text = "[".repeat(128) + &"]".repeat(128);
+    assert!(crate::core::json::validate(&text).is_err());
+}
