@@ -17,6 +17,7 @@
 //! binary talks to the emulators.
 
 pub mod config;
+pub mod converge;
 pub mod forward;
 pub mod sim;
 
