@@ -1,6 +1,7 @@
 //! Benchmarks that print JSON figures (never timed tests). Run in release mode:
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
+mod converge;
 mod measure;
 mod reconcile;
 mod reconcile_s3;
@@ -82,6 +83,13 @@ enum Cmd {
         #[arg(long, default_value = "target/release")]
         dir: std::path::PathBuf,
     },
+    /// Seeded convergence scenarios (issue 13); the last line is one JSON object.
+    Converge {
+        #[arg(long, default_value_t = 2_000)]
+        seeds: u64,
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+    },
     /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
     DeltaDynamodb {
         #[arg(long, default_value_t = 5_000)]
@@ -112,6 +120,7 @@ fn main() {
         } => webhooks::worker_bench(messages, hot_records),
         Cmd::Freshness { changes, db } => webhooks::freshness_bench(changes, &db),
         Cmd::BinarySizes { dir } => webhooks::binary_sizes(&dir),
+        Cmd::Converge { seeds, first_seed } => converge::main(seeds, first_seed),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
