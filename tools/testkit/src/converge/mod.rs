@@ -51,6 +51,12 @@ pub struct Settings {
     pub reconcile: ReconcileOptions,
     /// Applied to the source client (e.g. `SourceClient::without_walk_checks`).
     pub client: fn(SourceClient) -> SourceClient,
+    /// The simulator's misbehaviour for the whole scenario (a source ignoring its order
+    /// parameter, ...); `None`: a well-behaved source.
+    pub misbehave: Option<source_sim::Misbehave>,
+    /// Every scheduled delta invocation bounded to this many pages instead of its 1-3;
+    /// `Some(u64::MAX)`: each reads to the end.
+    pub delta_max_pages: Option<u64>,
 }
 
 impl Default for Settings {
@@ -67,13 +73,15 @@ impl Default for Settings {
                 // Several sorted runs and Source invocations per reconciliation, so that a
                 // crash can land mid-spill and steps interleave with the others.
                 run_size: 1_000,
-                max_source_pages: 1,
+                max_source_pages: 3,
                 // A deployment's setting (RECONCILE_MAX_DELETE_PERCENT): the schedules delete
                 // at most 3 records of 5 or more... per entity; see `Scenario::generate`.
                 max_delete_share: 0.5,
                 ..ReconcileOptions::default()
             },
             client: |c| c,
+            misbehave: None,
+            delta_max_pages: None,
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// Dead letters of events a crash after the work left claimed (see `settle`).
     pub explained_dead_letters: u64,
+    /// What each operation did (a run's status, a batch's counts), for the replay.
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -117,7 +127,8 @@ impl Outcome {
             }
         }
         for (i, op) in scenario.ops.iter().enumerate() {
-            s.push_str(&format!("  op {i}: {op:?}\n"));
+            let note = self.notes.get(i).map(String::as_str).unwrap_or_default();
+            s.push_str(&format!("  op {i}: {op:?} {note}\n"));
         }
         s
     }
@@ -152,11 +163,15 @@ struct World {
     delayed: Vec<String>,
     delivered: Vec<String>,
     events: u64,
+    /// Per event ID: the entity, record and source version when the event was sent.
+    event_versions: BTreeMap<String, (Entity, u64, i64)>,
     /// Store IDs ever seen live, per entity.
     ever_live: BTreeMap<&'static str, BTreeSet<String>>,
     live: BTreeMap<&'static str, Live>,
     violations: Vec<Violation>,
     explained_dead_letters: u64,
+    note: String,
+    notes: Vec<String>,
     _dir: TempDir,
 }
 
@@ -170,8 +185,14 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         ..sim::SimConfig::default()
     })
     .await;
+    if let Some(m) = &settings.misbehave {
+        sim.sim().set_misbehave(*m);
+    }
     let config = crate::config::quick(&sim.base_url(), |c| {
         c.source.timeout_ms = 150;
+        for e in &mut c.entities {
+            e.page_size = scenario.page_size;
+        }
     });
     let client = (settings.client)(SourceClient::new(&config, None).expect("source client"));
     let dir = TempDir::new("converge");
@@ -200,19 +221,25 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         delayed: Vec::new(),
         delivered: Vec::new(),
         events: 0,
+        event_versions: BTreeMap::new(),
         ever_live: BTreeMap::new(),
         live: BTreeMap::new(),
         violations: Vec::new(),
         explained_dead_letters: 0,
+        note: String::new(),
+        notes: Vec::new(),
         _dir: dir,
     };
     // The initial backfill, then the schedule.
     for e in ENTITIES {
         let _ = w.delta(e, 0).await;
     }
+    w.note.clear();
     w.observe(None).await;
     for (i, op) in scenario.ops.iter().enumerate() {
         w.op(i, op).await;
+        let note = std::mem::take(&mut w.note);
+        w.notes.push(note);
         w.observe(Some(i)).await;
     }
     w.settle().await;
@@ -222,6 +249,7 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         operations: scenario.ops.len(),
         violations: w.violations,
         explained_dead_letters: w.explained_dead_letters,
+        notes: w.notes,
     }
 }
 
@@ -269,6 +297,10 @@ impl World {
     /// The webhook a change sends, with its fate.
     async fn webhook(&mut self, e: Entity, id: u64, action: EnvelopeAction, fate: Fate) {
         self.events += 1;
+        if let Some(v) = self.sim.sim().get(e, id) {
+            self.event_versions
+                .insert(format!("ev-{}", self.events), (e, id, v.updated_at_us));
+        }
         let body = QueueEnvelope {
             v: 1,
             kind: MessageKind::Webhook,
@@ -294,21 +326,42 @@ impl World {
     async fn delta(&mut self, e: Entity, max_pages: u8) -> Option<RunStatus> {
         let mut opts = self.settings.delta.clone();
         if max_pages > 0 {
-            opts.max_pages = u64::from(max_pages);
+            opts.max_pages = self
+                .settings
+                .delta_max_pages
+                .unwrap_or(u64::from(max_pages));
         }
-        run_delta(
+        let cursor_before = self
+            .control
+            .job_state(e.name(), JobKind::Delta)
+            .await
+            .ok()
+            .and_then(|s| s.cursor);
+        let r = run_delta(
             &self.client,
             self.records.as_ref(),
             self.control.as_ref(),
             e.name(),
             &opts,
         )
-        .await
-        .ok()
-        .map(|s| s.status)
+        .await;
+        self.note = match &r {
+            Ok(s) => format!(
+                "-> {:?}, {} pages, {} seen (cursor before: {cursor_before:?})",
+                s.status, s.pages, s.seen
+            ),
+            Err(e) => format!("-> error: {e}"),
+        };
+        r.ok().map(|s| s.status)
     }
 
     async fn worker_batch(&mut self, max: usize) -> (usize, usize) {
+        self.worker_batch_at(max, None).await
+    }
+
+    /// One worker invocation; then I5: every upsert event acknowledged (deleted from the
+    /// queue) has its change in the store, unless the source has deleted the record since.
+    async fn worker_batch_at(&mut self, max: usize, op: Option<usize>) -> (usize, usize) {
         let got = self.queue.receive(max, 0).await.expect("receive");
         if got.is_empty() {
             return (0, 0);
@@ -320,8 +373,54 @@ impl World {
             control: self.control.as_ref(),
         };
         let r = process_batch(&deps, &msgs, &self.settings.worker).await;
+        self.note = format!(
+            "-> {} messages, {} failed, {} duplicates, {} written",
+            r.messages,
+            r.failed.len(),
+            r.duplicates,
+            r.written
+        );
+        let mut acked = Vec::new();
         for m in got.iter().filter(|m| !r.failed.contains(&m.message_id)) {
             self.queue.delete(&m.receipt).await.expect("delete");
+            acked.push(m.body.clone());
+        }
+        for body in acked {
+            let Some(env) = serde_json::from_str::<QueueEnvelope>(&body).ok() else {
+                continue;
+            };
+            if env.action != Some(EnvelopeAction::Upsert) {
+                continue;
+            }
+            let Some(&(e, id, t)) = env
+                .event_id
+                .as_ref()
+                .and_then(|ev| self.event_versions.get(ev))
+            else {
+                continue;
+            };
+            if self.sim.sim().get(e, id).is_none() {
+                continue;
+            }
+            let stored = self
+                .records
+                .get(e.name(), &id.to_string())
+                .await
+                .expect("get");
+            let have = stored
+                .filter(|s| !s.is_deleted())
+                .map(|s| s.version.delta_us);
+            if have.is_none_or(|h| h < t) {
+                self.violation(
+                    "I5",
+                    op,
+                    format!(
+                        "{} {id}: event {:?} acknowledged, its version {t} not stored ({have:?})",
+                        e.name(),
+                        env.event_id
+                    ),
+                );
+            }
         }
         (got.len(), r.failed.len())
     }
@@ -527,7 +626,7 @@ impl World {
                 }
             }
             Op::WorkerBatch { max } => {
-                self.worker_batch(usize::from(*max)).await;
+                self.worker_batch_at(usize::from(*max), Some(i)).await;
             }
             Op::ReconcileStep { entity } => {
                 self.recon_step(*entity).await;

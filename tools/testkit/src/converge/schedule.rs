@@ -91,6 +91,8 @@ pub struct Scenario {
     pub seed: u64,
     pub people: usize,
     pub donations: usize,
+    /// Records per page of every listing (the entities' `page_size`).
+    pub page_size: u32,
     /// The source's clock minus ours, in milliseconds (constant for the scenario).
     pub clock_skew_ms: i64,
     pub ops: Vec<Op>,
@@ -120,6 +122,7 @@ impl Scenario {
         let people = rng.usize(8..40);
         let donations = rng.usize(0..15);
         let clock_skew_ms = rng.i64(-3_000..=3_000);
+        let page_size = rng.u32(3..=12);
         let len = rng.usize(20..60);
         let mut ops = Vec::with_capacity(len);
         let mut deletes = 0usize;
@@ -184,6 +187,7 @@ impl Scenario {
             seed,
             people,
             donations,
+            page_size,
             clock_skew_ms,
             ops,
         }
