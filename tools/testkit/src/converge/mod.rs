@@ -750,6 +750,8 @@ impl World {
             }
             self.recon.remove(e.name());
         }
+        // What the finished runs did (a deletion the final runs would repair is still one).
+        self.observe(None).await;
         for e in ENTITIES {
             let before = self.sim.sim().versions(e);
             match self.delta(e, 0).await {

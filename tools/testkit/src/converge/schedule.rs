@@ -120,7 +120,9 @@ impl Scenario {
     pub fn generate(seed: u64) -> Scenario {
         let mut rng = fastrand::Rng::with_seed(seed);
         let people = rng.usize(8..40);
-        let donations = rng.usize(0..15);
+        // At least 8 records each: the schedule's at most 3 deletions never empty an entity
+        // nor pass the harness's 50% delete share (the guard would rightly block the run).
+        let donations = rng.usize(8..20);
         let clock_skew_ms = rng.i64(-3_000..=3_000);
         let page_size = rng.u32(3..=12);
         let len = rng.usize(20..60);
