@@ -1,11 +1,15 @@
 //! The crash points: hooks on the record and control stores that fail one call when armed.
 
 use super::schedule::CrashPoint;
-use crate::forward::{ControlHooks, RecordHooks};
+use super::schedule::FaultKind;
+use crate::forward::{ControlHooks, RecordHooks, SourceHooks};
 use async_trait::async_trait;
-use shared::StoreError;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shared::model::Fetched;
 use shared::model::{Micros, Record, Strategy, WriteOutcome};
-use shared::ports::{ControlStore, EventClaim, JobKind, RecordStore};
+use shared::ports::{ControlStore, EventClaim, IdPage, JobKind, RecordStore, SourceApi};
+use shared::{SourceError, StoreError};
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -114,5 +118,62 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
             ));
         }
         inner.complete_event(event_id, retain_until_us).await
+    }
+}
+
+/// The listing faults armed for the next ID listing (`FaultKind::ListingCut`,
+/// `FaultKind::ListingEmptied`); the other faults are the simulator's.
+#[derive(Default, Clone)]
+pub struct Listings(Arc<Mutex<Option<FaultKind>>>);
+
+impl Listings {
+    pub fn arm(&self, kind: FaultKind) {
+        *self.0.lock().expect("listing fault") = Some(kind);
+    }
+
+    pub fn clear(&self) {
+        *self.0.lock().expect("listing fault") = None;
+    }
+
+    fn take(&self) -> Option<FaultKind> {
+        self.0.lock().expect("listing fault").take()
+    }
+}
+
+#[async_trait]
+impl<S: SourceApi + ?Sized> SourceHooks<S> for Listings {
+    fn stream_ids_from<'a>(
+        &'a self,
+        inner: &'a S,
+        entity: &'a str,
+        resume: Option<&'a str>,
+    ) -> BoxStream<'a, Result<IdPage, SourceError>> {
+        match self.take() {
+            Some(FaultKind::ListingCut) => inner
+                .stream_ids_from(entity, resume)
+                .take(1)
+                .map(|p| {
+                    p.map(|mut p| {
+                        p.resume = None;
+                        p
+                    })
+                })
+                .boxed(),
+            Some(FaultKind::ListingEmptied) => futures::stream::once(async {
+                Ok(IdPage {
+                    ids: Vec::new(),
+                    rejected: Vec::new(),
+                    total_count: Some(0),
+                    resume: None,
+                })
+            })
+            .boxed(),
+            _ => inner.stream_ids_from(entity, resume),
+        }
+    }
+
+    /// The inner source's own answer and send time (the worker's evidence rule uses it).
+    async fn fetch_by_id(&self, inner: &S, entity: &str, id: &str) -> Result<Fetched, SourceError> {
+        inner.fetch_by_id(entity, id).await
     }
 }

@@ -13,7 +13,7 @@
 mod hooks;
 pub mod schedule;
 
-pub use hooks::Crashes;
+pub use hooks::{Crashes, Listings};
 pub use schedule::{CrashPoint, Fate, FaultKind, Op, Scenario};
 
 use crate::forward::Forward;
@@ -152,7 +152,8 @@ struct Recon {
 struct World {
     sim: SimHandle,
     config: Config,
-    client: SourceClient,
+    client: Forward<SourceClient, Listings>,
+    listings: Listings,
     records: Arc<Forward<LocalStore, Crashes>>,
     control: Arc<Forward<LocalStore, Crashes>>,
     queue: LocalQueue,
@@ -207,10 +208,12 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         },
     );
     let spill = LocalSpill::new(dir.join("spill")).expect("spill folder");
+    let listings = Listings::default();
     let mut w = World {
         sim,
         config,
-        client,
+        client: Forward::new(Arc::new(client), listings.clone()),
+        listings,
         records: Arc::new(Forward::new(Arc::new(records_file), crashes.clone())),
         control: Arc::new(Forward::new(Arc::new(control_file), crashes.clone())),
         queue,
@@ -640,6 +643,10 @@ impl World {
                     FaultKind::BadGateway => Fault::Html(502),
                     FaultKind::Truncated => Fault::Truncate,
                     FaultKind::Timeout => Fault::Delay(Duration::from_millis(200)),
+                    FaultKind::ListingCut | FaultKind::ListingEmptied => {
+                        self.listings.arm(*kind);
+                        return;
+                    }
                 };
                 sim.push_faults(std::iter::repeat_n(f, usize::from(*count)));
             }
@@ -738,6 +745,7 @@ impl World {
     async fn settle(&mut self) {
         self.sim.sim().clear_faults();
         self.crashes.clear();
+        self.listings.clear();
         let d = std::mem::take(&mut self.delayed);
         if !d.is_empty() {
             self.send(d).await;

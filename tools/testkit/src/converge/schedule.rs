@@ -29,6 +29,11 @@ pub enum FaultKind {
     Truncated,
     /// An answer slower than the client's timeout.
     Timeout,
+    /// The next ID listing (a reconciliation's Source step) ends after its first page, with
+    /// no way to resume: a source cutting its listing off mid-reconciliation.
+    ListingCut,
+    /// The next ID listing serves no IDs and a total of 0, as if the source were emptied.
+    ListingEmptied,
 }
 
 /// A named crash point: the next call there fails once (the process "dies"), and the
@@ -166,12 +171,14 @@ impl Scenario {
                     entity: entity(&mut rng),
                 },
                 90..=95 => Op::SourceFault {
-                    kind: match rng.u8(0..5) {
+                    kind: match rng.u8(0..7) {
                         0 => FaultKind::RateLimited,
                         1 => FaultKind::Unavailable,
                         2 => FaultKind::BadGateway,
                         3 => FaultKind::Truncated,
-                        _ => FaultKind::Timeout,
+                        4 => FaultKind::Timeout,
+                        5 => FaultKind::ListingCut,
+                        _ => FaultKind::ListingEmptied,
                     },
                     count: rng.u8(1..3),
                 },
