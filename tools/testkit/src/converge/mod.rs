@@ -75,7 +75,8 @@ impl Default for Settings {
                 run_size: 1_000,
                 max_source_pages: 3,
                 // A deployment's setting (RECONCILE_MAX_DELETE_PERCENT): the schedules delete
-                // at most 3 records of 5 or more... per entity; see `Scenario::generate`.
+                // at most 3 records of an entity of 8 or more (`Scenario::generate`), so a
+                // run needing approval is a finding, not the schedule's doing.
                 max_delete_share: 0.5,
                 ..ReconcileOptions::default()
             },
