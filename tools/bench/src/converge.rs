@@ -1,6 +1,6 @@
 //! `bench converge --seeds N`: N seeded convergence scenarios (`testkit::converge`) on the
 //! embedded store against the in-process simulator. Prints each failing seed's violations and
-//! schedule to stderr, and as its last line one JSON object:
+//! schedule to stderr (and a progress line every 100 scenarios), and as its last line one JSON object:
 //! `{"seeds":..,"scenarios":..,"operations":..,"violations":{"I1":0,...,"I6":0},...}`.
 //! Exits 1 when any violation was found.
 
@@ -31,6 +31,13 @@ pub fn main(seeds: u64, first: u64) -> ! {
         if !o.violations.is_empty() {
             eprint!("{}", o.explain(&s));
             failing.push(seed);
+        }
+        if scenarios % 100 == 0 {
+            eprintln!(
+                "progress: {scenarios} scenarios, {operations} operations, {} failing, {:.0} s",
+                failing.len(),
+                t0.elapsed().as_secs_f64()
+            );
         }
     }
     let line = serde_json::json!({
