@@ -4,6 +4,7 @@ mod bad_records;
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;
+mod converge;
 mod deliveries;
 mod delta;
 mod harness;

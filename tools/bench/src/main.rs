@@ -1,6 +1,7 @@
 //! Benchmarks that print JSON figures (never timed tests). Run in release mode:
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
+mod converge;
 mod fuzz;
 mod measure;
 mod reconcile;
@@ -86,6 +87,13 @@ enum Cmd {
     /// Property tests of every parser of untrusted input (`shared::fuzz`), N cases per target;
     /// the last line is one JSON object.
     Fuzz(fuzz::FuzzArgs),
+    /// Seeded convergence scenarios (issue 13); the last line is one JSON object.
+    Converge {
+        #[arg(long, default_value_t = 2_000)]
+        seeds: u64,
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+    },
     /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
     DeltaDynamodb {
         #[arg(long, default_value_t = 5_000)]
@@ -117,6 +125,7 @@ fn main() {
         Cmd::Freshness { changes, db } => webhooks::freshness_bench(changes, &db),
         Cmd::BinarySizes { dir } => webhooks::binary_sizes(&dir),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Converge { seeds, first_seed } => converge::main(seeds, first_seed),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }

@@ -6,7 +6,9 @@
 //!   and the basic-auth credentials the demo's simulator expects ([`config::basic`]);
 //! - [`TempDir`]: a uniquely named folder, removed on drop;
 //! - [`forward`]: a store or source that forwards every call to an inner one, where a test
-//!   states only the calls it changes (fault injection, observation, naive rules).
+//!   states only the calls it changes (fault injection, observation, naive rules);
+//! - [`converge`]: the seeded convergence harness (issue 13), run by `tests/it/converge` and
+//!   by `bench converge` (the one normal dependent: a benchmark, never a function).
 //!
 //! Why a crate of its own: `tests/it/harness` is a module of the `it` binary and no other
 //! crate can reach it, while `syncctl`'s and the functions' unit tests (`#[cfg(test)]`
@@ -17,6 +19,7 @@
 //! binary talks to the emulators.
 
 pub mod config;
+pub mod converge;
 pub mod forward;
 pub mod sim;
 

@@ -1,0 +1,114 @@
+//! The convergence suite (issue 13): fixed seeds of `testkit::converge` schedules (source
+//! activity, webhook deliveries dropped, duplicated, delayed, reordered and replayed, source
+//! faults, crashes at named points, and delta runs, worker batches and reconciliation steps
+//! interleaved), each ending with the source quiet and the store compared with it; zero
+//! violations of I1-I6. A failing seed prints its violations, the operation at which each
+//! was first seen and the whole schedule: `converge::run(&Scenario::generate(seed), ..)`
+//! replays it.
+//!
+//! The pairs (protection -> its negative control: the same seeds with it switched off):
+//! - delta sync's cursor (ceiling from the source's clock, overlap):
+//!   `the_ci_seeds_converge_with_no_violation` -> `negative_control_the_wall_clock_cursor_loses_updates` (I1);
+//! - delta sync's tie handling: the same -> `negative_control_a_strict_max_seen_cursor_loses_ties` (I1);
+//! - the worker's dedup after the work: the same ->
+//!   `negative_control_dedup_before_the_work_acknowledges_lost_events` (I5);
+//!
+//! Not paired yet (the issue's next session): the walk's order check (the suite found that on a
+//! source ignoring its order parameter, with small pages, a delta run can succeed with a change
+//! missing: each served page is ascending and the next query starts at its highest value, so a
+//! record changed earlier but served later is never read; reconciliation repairs it as stale);
+//! delete confirmation (`a_listing_missing_records_deletes_nothing_the_source_has` holds, but
+//! its control finds no I4 in these seeds: a delete rarely lands between two Source
+//! invocations); the lease, the version rule and the guard (no switch, and one operation at a
+//! time cannot interleave inside a step).
+
+use shared::source::SourceClient;
+use shared::sync::delta::NaiveCursor;
+use shared::sync::worker::DedupMode;
+use testkit::converge::{Outcome, Scenario, Settings, run};
+
+/// The CI seeds.
+const SEEDS: std::ops::Range<u64> = 1..25;
+
+async fn suite(seeds: std::ops::Range<u64>, settings: &Settings) -> (Vec<Outcome>, String) {
+    let mut out = Vec::new();
+    let mut report = String::new();
+    for seed in seeds {
+        let s = Scenario::generate(seed);
+        let o = run(&s, settings).await;
+        if !o.violations.is_empty() {
+            report.push_str(&o.explain(&s));
+        }
+        out.push(o);
+    }
+    (out, report)
+}
+
+fn total(out: &[Outcome], invariant: &str) -> u64 {
+    out.iter().map(|o| o.counts()[invariant]).sum()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_schedule() {
+    for seed in [1, 7, 2_000] {
+        assert_eq!(Scenario::generate(seed).ops, Scenario::generate(seed).ops);
+    }
+    assert_ne!(Scenario::generate(1).ops, Scenario::generate(2).ops);
+}
+
+#[tokio::test]
+async fn the_ci_seeds_converge_with_no_violation() {
+    let (out, report) = suite(SEEDS, &Settings::default()).await;
+    let ops: usize = out.iter().map(|o| o.operations).sum();
+    assert!(ops > 500, "{ops} operations");
+    assert!(report.is_empty(), "{report}");
+}
+
+/// Delta sync's cursor (ceiling from the source's clock, overlap, ties) -> the seed's rule,
+/// the wall clock at the run's end: records changed during a run or stamped just before it
+/// are skipped, and the checks after each complete delta run see it (I1).
+#[tokio::test]
+async fn negative_control_the_wall_clock_cursor_loses_updates() {
+    let mut settings = Settings::default();
+    settings.delta.naive_cursor = Some(NaiveCursor::WallClock);
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I1") > 0, "no I1 violation found:\n{report}");
+}
+
+/// Reconciliation's delete confirmation, on a listing that misses records: the client pages
+/// the ID listing by offset (`with_naive_offset_paging`), so a record deleted between two
+/// Source invocations shifts the next page and the listing skips a record the source still
+/// has (the counts still agree, so the guard passes it). Confirmed with `get_by_id`, nothing
+/// the source has is deleted (I4 = 0). Not yet proven to exercise a skip: with confirmation
+/// off the CI seeds find no I4 either (a delete rarely lands between two Source invocations).
+#[tokio::test]
+async fn a_listing_missing_records_deletes_nothing_the_source_has() {
+    let settings = Settings {
+        client: SourceClient::with_naive_offset_paging,
+        ..Settings::default()
+    };
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert_eq!(total(&out, "I4"), 0, "{report}");
+}
+
+/// Delta sync's tie handling (`>=` on the last value with the IDs seen there, a ceiling) ->
+/// strict `>` on the highest value seen: records sharing a timestamp across a page boundary
+/// (pages of 3-12, bursts on one timestamp) are skipped (I1).
+#[tokio::test]
+async fn negative_control_a_strict_max_seen_cursor_loses_ties() {
+    let mut settings = Settings::default();
+    settings.delta.naive_cursor = Some(NaiveCursor::StrictMaxSeen);
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I1") > 0, "no I1 violation found:\n{report}");
+}
+
+/// The worker's dedup after the work (claim in progress, complete once written) -> complete
+/// first: a message whose work then fails (an armed record-write crash, a source fault) is
+/// redelivered, taken for a duplicate and acknowledged with its change never stored (I5).
+#[tokio::test]
+async fn negative_control_dedup_before_the_work_acknowledges_lost_events() {
+    let mut settings = Settings::default();
+    settings.worker.dedup = DedupMode::CompletedFirst;
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I5") > 0, "no I5 violation found:\n{report}");
+}
