@@ -33,7 +33,7 @@ const SEEDS: std::ops::Range<u64> = 1..25;
 async fn suite(seeds: std::ops::Range<u64>, settings: &Settings) -> (Vec<Outcome>, String) {
     let mut out = Vec::new();
     let mut report = String::new();
-    for seed in seeds {
+    for seed in seeds.clone() {
         let s = Scenario::generate(seed);
         let o = run(&s, settings).await;
         if !o.violations.is_empty() {
@@ -41,6 +41,11 @@ async fn suite(seeds: std::ops::Range<u64>, settings: &Settings) -> (Vec<Outcome
         }
         out.push(o);
     }
+    let counts: Vec<(&str, u64)> = testkit::converge::INVARIANTS
+        .iter()
+        .map(|i| (*i, total(&out, i)))
+        .collect();
+    eprintln!("seeds {seeds:?}: violations {counts:?}");
     (out, report)
 }
 
@@ -111,4 +116,45 @@ async fn negative_control_dedup_before_the_work_acknowledges_lost_events() {
     settings.worker.dedup = DedupMode::CompletedFirst;
     let (out, report) = suite(SEEDS, &settings).await;
     assert!(total(&out, "I5") > 0, "no I5 violation found:\n{report}");
+}
+
+/// The version rule (`core::version`, in the store's write) -> the last write wins: a delta
+/// run held between reading a page and writing it (`Op::DeltaHeld`) while a webhook's worker
+/// or another path writes a newer version, then writing its older copy over it (I2), or a
+/// page read before a deletion writing the record back (I3).
+#[tokio::test]
+async fn negative_control_the_last_write_wins_replaces_newer_versions() {
+    let settings = Settings {
+        last_write_wins: true,
+        ..Settings::default()
+    };
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(
+        total(&out, "I2") + total(&out, "I3") > 0,
+        "no I2 or I3 violation found:\n{report}"
+    );
+}
+
+/// Reconciliation's delete confirmation (`get_by_id` of each candidate) -> deletion on absence:
+/// a listing that leaves out a record the source has, and counts one fewer
+/// (`FaultKind::ListingHidesOne`), passes the guard's count check, and the record is deleted
+/// (I4). Confirmed, the guard finds it alive, blocks the run and queues its sync.
+#[tokio::test]
+async fn negative_control_without_delete_confirmation_a_record_the_listing_hides_is_deleted() {
+    let mut settings = Settings::default();
+    settings.reconcile.confirm_deletes = false;
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I4") > 0, "no I4 violation found:\n{report}");
+}
+
+/// The guard (listing ended normally, not empty, as many IDs as the source counts, a sample
+/// confirmed, thresholds) -> none: an API key that reads an empty account
+/// (`FaultKind::SourceEmptied`: an empty listing, and 404 for every `get_by_id`, so that
+/// confirmation agrees) deletes every record (I4). Guarded, the run is blocked.
+#[tokio::test]
+async fn negative_control_without_the_guard_an_empty_account_deletes_everything() {
+    let mut settings = Settings::default();
+    settings.reconcile.guard = false;
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I4") > 0, "no I4 violation found:\n{report}");
 }

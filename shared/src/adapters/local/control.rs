@@ -1,7 +1,7 @@
 //! `ControlStore` on the `control_*` tables: the same item semantics as the DynamoDB `control`
 //! table (one row per job holding cursor and lease, run history, processed event IDs).
 
-use super::records::{Page, upsert_rows};
+use super::records::upsert_rows;
 use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::error::StoreError;
 use crate::model::{Micros, Record, Strategy, WriteOutcome};
@@ -300,7 +300,7 @@ impl ControlStore for LocalStore {
         }
         // Our own database: the page and the cursor in one transaction, the lease checked
         // first (a run that lost it writes nothing).
-        let rows = Page::new(page)?;
+        let rows = self.page(page)?;
         let save = save.map(OwnedSave::of);
         self.db()
             .call("upsert records and save cursor", move |c| {

@@ -199,6 +199,9 @@ CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue
 #[derive(Clone)]
 pub struct LocalStore {
     db: Db,
+    /// Negative control for tests (`with_last_write_wins`).
+    #[cfg(any(test, feature = "testing"))]
+    last_write_wins: bool,
 }
 
 impl fmt::Debug for LocalStore {
@@ -214,6 +217,8 @@ impl LocalStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Ok(LocalStore {
             db: Db::open(path.as_ref())?,
+            #[cfg(any(test, feature = "testing"))]
+            last_write_wins: false,
         })
     }
 
@@ -221,6 +226,8 @@ impl LocalStore {
     pub fn in_memory() -> Result<Self, StoreError> {
         Ok(LocalStore {
             db: Db::in_memory()?,
+            #[cfg(any(test, feature = "testing"))]
+            last_write_wins: false,
         })
     }
 
@@ -236,6 +243,26 @@ impl LocalStore {
 
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Negative control for tests only: upserts without the version rule (`core::version`),
+    /// the last write wins: an older version replaces a newer one (I2) and a deleted record
+    /// comes back from any copy (I3). Deletions keep their rule.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_last_write_wins(mut self) -> Self {
+        self.last_write_wins = true;
+        self
+    }
+
+    /// A page to upsert, checked against the size rule, under this store's version rule.
+    fn page(&self, records: &[crate::model::Record]) -> Result<records::Page, StoreError> {
+        #[allow(unused_mut)]
+        let mut page = records::Page::new(records)?;
+        #[cfg(any(test, feature = "testing"))]
+        {
+            page.last_write_wins = self.last_write_wins;
+        }
+        Ok(page)
     }
 }
 

@@ -88,6 +88,9 @@ fn read_version(st: &mut Statement<'_>, pk: &str) -> Result<Option<StoredVersion
 pub(super) struct Page {
     buf: String,
     rows: Vec<PageRow>,
+    /// Negative control for tests (`LocalStore::with_last_write_wins`): the version rule off.
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) last_write_wins: bool,
 }
 
 struct PageRow {
@@ -124,7 +127,30 @@ impl Page {
                 version: r.version,
             });
         }
-        Ok(Page { buf, rows })
+        Ok(Page {
+            buf,
+            rows,
+            #[cfg(any(test, feature = "testing"))]
+            last_write_wins: false,
+        })
+    }
+
+    /// `core::decide_upsert`, or a negative control's last write wins.
+    fn decide(
+        &self,
+        stored: Option<&StoredVersion>,
+        incoming: &crate::model::Version,
+    ) -> WriteOutcome {
+        #[cfg(any(test, feature = "testing"))]
+        if self.last_write_wins {
+            return match stored {
+                None => WriteOutcome::Inserted,
+                Some(s) if s.deleted_at_us.is_some() => WriteOutcome::Restored,
+                Some(s) if s.hash == incoming.hash => WriteOutcome::Unchanged,
+                Some(_) => WriteOutcome::Updated,
+            };
+        }
+        decide_upsert(stored, incoming)
     }
 
     fn pk(&self, r: &PageRow) -> &str {
@@ -187,7 +213,7 @@ pub(super) fn upsert_rows(
         // missing key's lookup walks cached pages only.)
         let pk = page.pk(r);
         let stored = read_version(&mut select, pk)?;
-        let outcome = decide_upsert(stored.as_ref(), &r.version);
+        let outcome = page.decide(stored.as_ref(), &r.version);
         let (stmt, action) = match outcome {
             WriteOutcome::Inserted => (&mut insert, LastAction::Insert),
             WriteOutcome::Updated => (&mut update, LastAction::Update),
@@ -454,7 +480,7 @@ impl RecordStore for LocalStore {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let page = Page::new(records)?;
+        let page = self.page(records)?;
         self.db()
             .call("upsert records", move |c| upsert_page(c, &page, by))
             .await

@@ -28,7 +28,14 @@ pub async fn guard(
         alive: 0,
     };
     let blocked = |reason: String| Decision::Blocked { reason };
-    let decision = if !src.ended_normally {
+    let decision = if !opts.guards() {
+        // A negative control's engine: deletes whatever the listing lacks.
+        if candidates == 0 {
+            Decision::Nothing
+        } else {
+            Decision::Delete
+        }
+    } else if !src.ended_normally {
         blocked(format!(
             "the source listing did not end normally: {}",
             src.error.as_deref().unwrap_or("stopped early")

@@ -74,6 +74,12 @@ pub struct ReconcileOptions {
     /// can overwrite it.
     #[cfg(any(test, feature = "testing"))]
     pub regression_fetched_after: bool,
+    /// Negative control for tests: `false` switches the guard off: every run with candidates
+    /// deletes them (each still confirmed by `apply` unless `confirm_deletes` is off), whatever
+    /// its listing looked like (empty, cut short, fewer IDs than the source counts) and however
+    /// many they are.
+    #[cfg(any(test, feature = "testing"))]
+    pub guard: bool,
 }
 
 /// A key for this process only, never re-read.
@@ -114,6 +120,8 @@ impl Default for ReconcileOptions {
             skip_recent_candidates: true,
             #[cfg(any(test, feature = "testing"))]
             regression_fetched_after: true,
+            #[cfg(any(test, feature = "testing"))]
+            guard: true,
         }
     }
 }
@@ -175,6 +183,14 @@ impl ReconcileOptions {
     pub(super) fn confirms_deletes(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
         return self.confirm_deletes;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
+    }
+
+    /// Whether the guard decides (always, without `testing`).
+    pub(super) fn guards(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.guard;
         #[cfg(not(any(test, feature = "testing")))]
         return true;
     }

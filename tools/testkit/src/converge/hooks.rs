@@ -8,19 +8,36 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use shared::model::Fetched;
 use shared::model::{Micros, Record, Strategy, WriteOutcome};
-use shared::ports::{ControlStore, EventClaim, IdPage, JobKind, RecordStore, SourceApi};
+use shared::ports::{
+    ControlStore, EventClaim, IdPage, JobKind, LeaseOutcome, RecordStore, SourceApi,
+};
 use shared::{SourceError, StoreError};
 use std::sync::Arc;
 use std::sync::Mutex;
+use tokio::sync::oneshot;
 
-/// The armed crash points, shared by both hooks and the harness, and the events whose
-/// completion a crash prevented (their claims stay in progress until they expire).
+/// The armed crash points, shared by both hooks and the harness, the events whose completion
+/// a crash prevented (their claims stay in progress until they expire), and the gate that holds
+/// a delta run's next page write back (an interleaving inside the run).
 #[derive(Default, Clone)]
-pub struct Crashes(Arc<Mutex<Vec<CrashPoint>>>, Arc<Mutex<Vec<String>>>);
+pub struct Crashes {
+    armed: Arc<Mutex<Vec<CrashPoint>>>,
+    claimed: Arc<Mutex<Vec<String>>>,
+    gate: Arc<Mutex<Option<Gate>>>,
+    /// Negative control: every lease taken whoever holds it (see [`Crashes::without_leases`]).
+    steal: bool,
+}
+
+/// Holds the next delta page write: `reached` is sent (with the page's IDs) once the run has
+/// read the page and is about to write it; the write waits for `release`.
+pub struct Gate {
+    pub reached: oneshot::Sender<Vec<String>>,
+    pub release: oneshot::Receiver<()>,
+}
 
 impl Crashes {
     pub fn arm(&self, p: CrashPoint) {
-        let mut v = self.0.lock().expect("crash points");
+        let mut v = self.armed.lock().expect("crash points");
         if !v.contains(&p) {
             v.push(p);
         }
@@ -28,7 +45,7 @@ impl Crashes {
 
     /// True (and disarmed) when `p` was armed.
     pub fn take(&self, p: CrashPoint) -> bool {
-        let mut v = self.0.lock().expect("crash points");
+        let mut v = self.armed.lock().expect("crash points");
         match v.iter().position(|&q| q == p) {
             Some(i) => {
                 v.remove(i);
@@ -40,12 +57,49 @@ impl Crashes {
 
     /// The events a crash after the work left claimed.
     pub fn left_claimed(&self) -> Vec<String> {
-        self.1.lock().expect("claimed events").clone()
+        self.claimed.lock().expect("claimed events").clone()
     }
 
     pub fn clear(&self) {
-        self.0.lock().expect("crash points").clear();
+        self.armed.lock().expect("crash points").clear();
     }
+
+    /// Negative control for the leases: every `acquire_lease` succeeds (a lease another run
+    /// holds is taken over) and every `save_cursor` too, whoever holds the lease then: runs of
+    /// one job overlap, as without a lease.
+    pub fn without_leases(mut self) -> Self {
+        self.steal = true;
+        self
+    }
+
+    /// Hold the next delta page write at `gate`.
+    pub fn hold(&self, gate: Gate) {
+        *self.gate.lock().expect("gate") = Some(gate);
+    }
+
+    /// Take the gate back if no write reached it.
+    pub fn unhold(&self) {
+        self.gate.lock().expect("gate").take();
+    }
+}
+
+/// Release the lease `holder` does not hold, so that it can take it.
+async fn steal<S: ControlStore + ?Sized>(
+    inner: &S,
+    entity: &str,
+    kind: JobKind,
+    holder: &str,
+    now_us: Micros,
+    ttl_us: Micros,
+) -> Result<(), StoreError> {
+    let st = inner.job_state(entity, kind).await?;
+    if let Some(h) = st.lease_holder.filter(|h| h != holder) {
+        inner.release_lease(entity, kind, &h).await?;
+        inner
+            .acquire_lease(entity, kind, holder, now_us, ttl_us)
+            .await?;
+    }
+    Ok(())
 }
 
 fn crash(at: &'static str) -> StoreError {
@@ -60,6 +114,15 @@ impl<S: RecordStore + ?Sized> RecordHooks<S> for Crashes {
         records: &[Record],
         by: Strategy,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if by == Strategy::Delta {
+            let gate = self.gate.lock().expect("gate").take();
+            if let Some(g) = gate {
+                let _ = g
+                    .reached
+                    .send(records.iter().map(|r| r.id.clone()).collect());
+                let _ = g.release.await;
+            }
+        }
         if self.take(CrashPoint::RecordWrite) {
             return Err(crash("crash point: record write"));
         }
@@ -82,8 +145,28 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
         if self.take(CrashPoint::BeforeCheckpoint) {
             return Err(crash("crash point: before the checkpoint"));
         }
+        if self.steal {
+            steal(inner, entity, kind, holder, now_us, ttl_us).await?;
+        }
         inner
             .save_cursor(entity, kind, holder, now_us, ttl_us, cursor)
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        inner: &S,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<LeaseOutcome, StoreError> {
+        if self.steal {
+            steal(inner, entity, kind, holder, now_us, ttl_us).await?;
+        }
+        inner
+            .acquire_lease(entity, kind, holder, now_us, ttl_us)
             .await
     }
 
@@ -109,7 +192,7 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
         retain_until_us: Micros,
     ) -> Result<(), StoreError> {
         if self.take(CrashPoint::AfterWork) {
-            self.1
+            self.claimed
                 .lock()
                 .expect("claimed events")
                 .push(event_id.to_owned());
@@ -121,23 +204,89 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
     }
 }
 
+/// How a source lies to one entity's reconciliation run until the run ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lie {
+    /// The listing leaves out one record (the first it serves; `None` until then) and counts
+    /// one fewer: a record the listing hides while `get_by_id` has it.
+    Hide(Option<String>),
+    /// The listing is empty with a total of 0 and every `get_by_id` answers 404: an API key
+    /// that now reads another (empty) account.
+    Emptied,
+}
+
+#[derive(Default)]
+struct ListingState {
+    armed: Option<FaultKind>,
+    lies: std::collections::BTreeMap<String, Lie>,
+}
+
 /// The listing faults armed for the next ID listing (`FaultKind::ListingCut`,
-/// `FaultKind::ListingEmptied`); the other faults are the simulator's.
+/// `ListingEmptied`, `ListingHidesOne`, `SourceEmptied`; the last two last until the entity's
+/// run ends: [`Listings::end_run`]); the other faults are the simulator's. Only the
+/// reconciliation's client goes through it (`World::recon_client`).
 #[derive(Default, Clone)]
-pub struct Listings(Arc<Mutex<Option<FaultKind>>>);
+pub struct Listings(Arc<Mutex<ListingState>>);
 
 impl Listings {
     pub fn arm(&self, kind: FaultKind) {
-        *self.0.lock().expect("listing fault") = Some(kind);
+        self.0.lock().expect("listing fault").armed = Some(kind);
     }
 
     pub fn clear(&self) {
-        *self.0.lock().expect("listing fault") = None;
+        *self.0.lock().expect("listing fault") = ListingState::default();
     }
 
-    fn take(&self) -> Option<FaultKind> {
-        self.0.lock().expect("listing fault").take()
+    /// The entity's reconciliation run ended: its listing tells the truth again.
+    pub fn end_run(&self, entity: &str) {
+        self.0.lock().expect("listing fault").lies.remove(entity);
     }
+
+    /// The armed fault this listing takes, and the lie it is under.
+    fn take(&self, entity: &str) -> (Option<FaultKind>, Option<Lie>) {
+        let mut st = self.0.lock().expect("listing fault");
+        let armed = st.armed.take();
+        match armed {
+            Some(FaultKind::ListingHidesOne) => {
+                st.lies.insert(entity.to_owned(), Lie::Hide(None));
+            }
+            Some(FaultKind::SourceEmptied) => {
+                st.lies.insert(entity.to_owned(), Lie::Emptied);
+            }
+            _ => {}
+        }
+        (armed, st.lies.get(entity).cloned())
+    }
+
+    /// The page as the lying source serves it.
+    fn hide(&self, entity: &str, mut page: IdPage) -> IdPage {
+        let mut st = self.0.lock().expect("listing fault");
+        let Some(Lie::Hide(hidden)) = st.lies.get_mut(entity) else {
+            return page;
+        };
+        if hidden.is_none() {
+            *hidden = page.ids.first().map(|i| i.id.clone());
+        }
+        page.ids.retain(|i| Some(&i.id) != hidden.as_ref());
+        page.total_count = page.total_count.map(|t| t.saturating_sub(1));
+        page
+    }
+
+    fn emptied(&self, entity: &str) -> bool {
+        self.0.lock().expect("listing fault").lies.get(entity) == Some(&Lie::Emptied)
+    }
+}
+
+fn empty_listing<'a>() -> BoxStream<'a, Result<IdPage, SourceError>> {
+    futures::stream::once(async {
+        Ok(IdPage {
+            ids: Vec::new(),
+            rejected: Vec::new(),
+            total_count: Some(0),
+            resume: None,
+        })
+    })
+    .boxed()
 }
 
 #[async_trait]
@@ -148,8 +297,13 @@ impl<S: SourceApi + ?Sized> SourceHooks<S> for Listings {
         entity: &'a str,
         resume: Option<&'a str>,
     ) -> BoxStream<'a, Result<IdPage, SourceError>> {
-        match self.take() {
-            Some(FaultKind::ListingCut) => inner
+        match self.take(entity) {
+            (_, Some(Lie::Emptied)) | (Some(FaultKind::ListingEmptied), _) => empty_listing(),
+            (_, Some(Lie::Hide(_))) => inner
+                .stream_ids_from(entity, resume)
+                .map(move |p| p.map(|p| self.hide(entity, p)))
+                .boxed(),
+            (Some(FaultKind::ListingCut), _) => inner
                 .stream_ids_from(entity, resume)
                 .take(1)
                 .map(|p| {
@@ -159,21 +313,30 @@ impl<S: SourceApi + ?Sized> SourceHooks<S> for Listings {
                     })
                 })
                 .boxed(),
-            Some(FaultKind::ListingEmptied) => futures::stream::once(async {
-                Ok(IdPage {
-                    ids: Vec::new(),
-                    rejected: Vec::new(),
-                    total_count: Some(0),
-                    resume: None,
-                })
-            })
-            .boxed(),
             _ => inner.stream_ids_from(entity, resume),
         }
     }
 
+    async fn get_by_id(
+        &self,
+        inner: &S,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, SourceError> {
+        if self.emptied(entity) {
+            return Ok(None);
+        }
+        inner.get_by_id(entity, id).await
+    }
+
     /// The inner source's own answer and send time (the worker's evidence rule uses it).
     async fn fetch_by_id(&self, inner: &S, entity: &str, id: &str) -> Result<Fetched, SourceError> {
+        if self.emptied(entity) {
+            return Ok(Fetched {
+                record: None,
+                sent_us: shared::core::timefmt::now_us(),
+            });
+        }
         inner.fetch_by_id(entity, id).await
     }
 }

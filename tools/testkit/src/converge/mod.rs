@@ -13,11 +13,12 @@
 mod hooks;
 pub mod schedule;
 
-pub use hooks::{Crashes, Listings};
+pub use hooks::{Crashes, Gate, Listings};
 pub use schedule::{CrashPoint, Fate, FaultKind, Op, Scenario};
 
 use crate::forward::Forward;
 use crate::{TempDir, sim};
+use shared::SyncError;
 use shared::adapters::local::{LocalQueue, LocalSpill, LocalStore, QueueOptions};
 use shared::config::Config;
 use shared::core::timefmt::now_us;
@@ -25,7 +26,7 @@ use shared::model::ID_SHARDS;
 use shared::ports::{ControlStore, JobKind, Queue, RecordStore};
 use shared::setdiff::merge::DiffSummary;
 use shared::source::SourceClient;
-use shared::sync::delta::{DeltaOptions, RunStatus, run_delta};
+use shared::sync::delta::{DeltaOptions, DeltaSummary, RunStatus, run_delta};
 use shared::sync::reconcile::{
     ApplyInput, ApplyOutput, DestinationInput, DiffInput, FinishInput, GuardInput, GuardOutput,
     PlanInput, ReconcileDeps, ReconcileOptions, RunRef, SourceInput, SourceProgress, apply,
@@ -37,6 +38,8 @@ use source_sim::{Entity, Fault, SimHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The invariants counted (I1 to I6 of `BRIEF.md`).
 pub const INVARIANTS: [&str; 6] = ["I1", "I2", "I3", "I4", "I5", "I6"];
@@ -57,6 +60,11 @@ pub struct Settings {
     /// Every scheduled delta invocation bounded to this many pages instead of its 1-3;
     /// `Some(u64::MAX)`: each reads to the end.
     pub delta_max_pages: Option<u64>,
+    /// Negative control: the record store without the version rule (the last write wins,
+    /// `LocalStore::with_last_write_wins`).
+    pub last_write_wins: bool,
+    /// `false`: a negative control without leases (`Crashes::without_leases`).
+    pub leases: bool,
 }
 
 impl Default for Settings {
@@ -83,6 +91,8 @@ impl Default for Settings {
             client: |c| c,
             misbehave: None,
             delta_max_pages: None,
+            last_write_wins: false,
+            leases: true,
         }
     }
 }
@@ -149,12 +159,29 @@ struct Recon {
     failures: u32,
 }
 
+/// A delta invocation held between reading a page and writing it, while other operations run.
+struct Paused {
+    entity: Entity,
+    /// The source's versions when it started (for I1 once it reads to the end).
+    before: Vec<(u64, i64)>,
+    /// The IDs of the page it holds.
+    held: Vec<String>,
+    release: oneshot::Sender<()>,
+    task: JoinHandle<Result<DeltaSummary, SyncError>>,
+    /// Operations left before it resumes.
+    left: u8,
+}
+
 /// Everything one scenario runs on.
 struct World {
     sim: SimHandle,
     config: Config,
-    client: Forward<SourceClient, Listings>,
+    /// Delta sync's and the worker's client.
+    client: Arc<SourceClient>,
+    /// Reconciliation's client, through the listing faults.
+    recon_client: Forward<SourceClient, Listings>,
     listings: Listings,
+    paused: Option<Paused>,
     records: Arc<Forward<LocalStore, Crashes>>,
     control: Arc<Forward<LocalStore, Crashes>>,
     queue: LocalQueue,
@@ -196,10 +223,19 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
             e.page_size = scenario.page_size;
         }
     });
-    let client = (settings.client)(SourceClient::new(&config, None).expect("source client"));
+    let client = Arc::new((settings.client)(
+        SourceClient::new(&config, None).expect("source client"),
+    ));
     let dir = TempDir::new("converge");
-    let crashes = Crashes::default();
-    let records_file = LocalStore::open(dir.join("records.sqlite")).expect("records file");
+    let crashes = if settings.leases {
+        Crashes::default()
+    } else {
+        Crashes::default().without_leases()
+    };
+    let mut records_file = LocalStore::open(dir.join("records.sqlite")).expect("records file");
+    if settings.last_write_wins {
+        records_file = records_file.with_last_write_wins();
+    }
     let control_file = LocalStore::open(dir.join("control.sqlite")).expect("control file");
     let queue = control_file.queue(
         "work",
@@ -213,8 +249,10 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
     let mut w = World {
         sim,
         config,
-        client: Forward::new(Arc::new(client), listings.clone()),
+        recon_client: Forward::new(client.clone(), listings.clone()),
+        client,
         listings,
+        paused: None,
         records: Arc::new(Forward::new(Arc::new(records_file), crashes.clone())),
         control: Arc::new(Forward::new(Arc::new(control_file), crashes.clone())),
         queue,
@@ -242,9 +280,18 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
     w.observe(None).await;
     for (i, op) in scenario.ops.iter().enumerate() {
         w.op(i, op).await;
-        let note = std::mem::take(&mut w.note);
-        w.notes.push(note);
+        let mut note = std::mem::take(&mut w.note);
         w.observe(Some(i)).await;
+        if w.paused.as_mut().is_some_and(|p| {
+            p.left = p.left.saturating_sub(1);
+            p.left == 0
+        }) {
+            w.resume(Some(i)).await;
+            note.push_str(&format!("; the held delta run resumed {}", w.note));
+            w.note.clear();
+            w.observe(Some(i)).await;
+        }
+        w.notes.push(note);
     }
     w.settle().await;
     w.sim.shutdown().await;
@@ -269,7 +316,7 @@ impl World {
     fn deps(&self) -> ReconcileDeps<'_> {
         ReconcileDeps {
             config: &self.config,
-            source: &self.client,
+            source: &self.recon_client,
             records: self.records.as_ref(),
             control: self.control.as_ref(),
             spill: &self.spill,
@@ -342,21 +389,104 @@ impl World {
             .ok()
             .and_then(|s| s.cursor);
         let r = run_delta(
-            &self.client,
+            self.client.as_ref(),
             self.records.as_ref(),
             self.control.as_ref(),
             e.name(),
             &opts,
         )
         .await;
-        self.note = match &r {
+        self.delta_note(&r, cursor_before);
+        r.ok().map(|s| s.status)
+    }
+
+    fn delta_note(&mut self, r: &Result<DeltaSummary, SyncError>, cursor_before: Option<String>) {
+        self.note = match r {
             Ok(s) => format!(
                 "-> {:?}, {} pages, {} seen (cursor before: {cursor_before:?})",
                 s.status, s.pages, s.seen
             ),
             Err(e) => format!("-> error: {e}"),
         };
-        r.ok().map(|s| s.status)
+    }
+
+    /// A delta invocation of `e` that reads its first page and stops before writing it, held
+    /// for `hold` operations (`Op::DeltaHeld`); a run that ends before writing anything (the
+    /// lease held, a fault, nothing to read) ends as an ordinary `Op::DeltaRun`.
+    async fn delta_held(&mut self, e: Entity, max_pages: u8, hold: u8, op: usize) {
+        if self.paused.is_some() {
+            // One held run at a time; this one runs through (and meets the lease).
+            let before = self.sim.sim().versions(e);
+            if self.delta(e, max_pages).await == Some(RunStatus::Succeeded) {
+                self.check_i1(e, &before, Some(op)).await;
+            }
+            return;
+        }
+        let mut opts = self.settings.delta.next_run();
+        opts.max_pages = self
+            .settings
+            .delta_max_pages
+            .unwrap_or(u64::from(max_pages.max(1)));
+        let before = self.sim.sim().versions(e);
+        let (reached_tx, reached) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        self.crashes.hold(Gate {
+            reached: reached_tx,
+            release: release_rx,
+        });
+        let (client, records, control) = (
+            self.client.clone(),
+            self.records.clone(),
+            self.control.clone(),
+        );
+        let name = e.name();
+        let mut task = tokio::spawn(async move {
+            run_delta(
+                client.as_ref(),
+                records.as_ref(),
+                control.as_ref(),
+                name,
+                &opts,
+            )
+            .await
+        });
+        tokio::select! {
+            r = reached => {
+                if let Ok(held) = r {
+                    self.note = format!("-> held before writing {held:?}");
+                    self.paused = Some(Paused { entity: e, before, held, release, task, left: hold.max(1) });
+                    return;
+                }
+                let r = (&mut task).await.expect("the delta task");
+                self.crashes.unhold();
+                self.finish_delta(e, &before, r, Some(op)).await;
+            }
+            r = &mut task => {
+                self.crashes.unhold();
+                self.finish_delta(e, &before, r.expect("the delta task"), Some(op)).await;
+            }
+        }
+    }
+
+    async fn finish_delta(
+        &mut self,
+        e: Entity,
+        before: &[(u64, i64)],
+        r: Result<DeltaSummary, SyncError>,
+        op: Option<usize>,
+    ) {
+        self.delta_note(&r, None);
+        if r.is_ok_and(|s| s.status == RunStatus::Succeeded) {
+            self.check_i1(e, before, op).await;
+        }
+    }
+
+    /// The held delta run goes on and finishes.
+    async fn resume(&mut self, op: Option<usize>) {
+        let Some(p) = self.paused.take() else { return };
+        let _ = p.release.send(());
+        let r = p.task.await.expect("the delta task");
+        self.finish_delta(p.entity, &p.before, r, op).await;
     }
 
     async fn worker_batch(&mut self, max: usize) -> (usize, usize) {
@@ -372,7 +502,7 @@ impl World {
         }
         let msgs: Vec<InMessage> = got.iter().map(InMessage::from).collect();
         let deps = WorkerDeps {
-            source: &self.client,
+            source: self.client.as_ref(),
             records: self.records.as_ref(),
             control: self.control.as_ref(),
         };
@@ -429,8 +559,17 @@ impl World {
         (got.len(), r.failed.len())
     }
 
-    /// One step of `e`'s reconciliation; `false` when no run is under way after it.
+    /// One step of `e`'s reconciliation; `false` when no run is under way after it (and then
+    /// its listing tells the truth again).
     async fn recon_step(&mut self, e: Entity) -> bool {
+        let going = self.recon_step_inner(e).await;
+        if !self.recon.contains_key(e.name()) {
+            self.listings.end_run(e.name());
+        }
+        going
+    }
+
+    async fn recon_step_inner(&mut self, e: Entity) -> bool {
         let name = e.name();
         let lost = self.crashes.take(CrashPoint::ReconcileStepLost);
         let Some(mut r) = self.recon.remove(name) else {
@@ -629,6 +768,29 @@ impl World {
                     self.check_i1(*entity, &before, Some(i)).await;
                 }
             }
+            Op::DeltaHeld {
+                entity,
+                max_pages,
+                hold,
+            } => self.delta_held(*entity, *max_pages, *hold, i).await,
+            Op::ChangeHeld { pick, delete, fate } => {
+                let Some((e, id)) = self.paused.as_ref().and_then(|p| {
+                    let id = p.held.get(*pick as usize % p.held.len().max(1))?;
+                    Some((p.entity, id.parse::<u64>().ok()?))
+                }) else {
+                    return;
+                };
+                if sim.get(e, id).is_none() {
+                    return;
+                }
+                if *delete {
+                    sim.delete(e, id);
+                    self.webhook(e, id, EnvelopeAction::Delete, *fate).await;
+                } else {
+                    sim.update(e, id, None);
+                    self.webhook(e, id, EnvelopeAction::Upsert, *fate).await;
+                }
+            }
             Op::WorkerBatch { max } => {
                 self.worker_batch_at(usize::from(*max), Some(i)).await;
             }
@@ -644,7 +806,10 @@ impl World {
                     FaultKind::BadGateway => Fault::Html(502),
                     FaultKind::Truncated => Fault::Truncate,
                     FaultKind::Timeout => Fault::Delay(Duration::from_millis(200)),
-                    FaultKind::ListingCut | FaultKind::ListingEmptied => {
+                    FaultKind::ListingCut
+                    | FaultKind::ListingEmptied
+                    | FaultKind::ListingHidesOne
+                    | FaultKind::SourceEmptied => {
                         self.listings.arm(*kind);
                         return;
                     }
@@ -746,7 +911,7 @@ impl World {
     async fn settle(&mut self) {
         self.sim.sim().clear_faults();
         self.crashes.clear();
-        self.listings.clear();
+        self.resume(None).await;
         let d = std::mem::take(&mut self.delayed);
         if !d.is_empty() {
             self.send(d).await;
@@ -759,6 +924,9 @@ impl World {
             }
             self.recon.remove(e.name());
         }
+        // The runs under way met their listings' lies to their end; the final ones are told
+        // the truth.
+        self.listings.clear();
         // What the finished runs did (a deletion the final runs would repair is still one).
         self.observe(None).await;
         for e in ENTITIES {

@@ -34,6 +34,14 @@ pub enum FaultKind {
     ListingCut,
     /// The next ID listing serves no IDs and a total of 0, as if the source were emptied.
     ListingEmptied,
+    /// The next reconciliation run's listing leaves out one record the source has (and counts
+    /// one fewer), until that run ends: only confirming each deletion with `get_by_id` keeps
+    /// it (I4).
+    ListingHidesOne,
+    /// The next reconciliation run reads an empty account until it ends: an empty listing
+    /// with a total of 0, and 404 for every `get_by_id` (an API key moved to another account).
+    /// Confirmation cannot tell; only the guard keeps the records (I4).
+    SourceEmptied,
 }
 
 /// A named crash point: the next call there fails once (the process "dies"), and the
@@ -80,6 +88,17 @@ pub enum Op {
     Replay { pick: u32 },
     /// One delta-sync invocation of the entity (bounded to `max_pages` pages).
     DeltaRun { entity: Entity, max_pages: u8 },
+    /// A delta invocation that reads its first page and is held before writing it for `hold`
+    /// operations (the others run meanwhile: webhooks, worker batches, reconciliation steps,
+    /// another delta invocation meeting the lease), then goes on.
+    DeltaHeld {
+        entity: Entity,
+        max_pages: u8,
+        hold: u8,
+    },
+    /// A record of the page the held delta run holds (at position `pick`, modulo) updated, or
+    /// deleted, at the source: the run writes an older copy than the webhook's.
+    ChangeHeld { pick: u32, delete: bool, fate: Fate },
     /// One worker invocation on up to `max` messages.
     WorkerBatch { max: u8 },
     /// One step of the entity's reconciliation (a new run is planned when none is under way).
@@ -162,23 +181,30 @@ impl Scenario {
                     reverse: rng.bool(),
                 },
                 44..=45 => Op::Replay { pick: rng.u32(..) },
-                46..=57 => Op::DeltaRun {
+                46..=52 => Op::DeltaRun {
                     entity: entity(&mut rng),
                     max_pages: rng.u8(1..4),
+                },
+                53..=57 => Op::DeltaHeld {
+                    entity: entity(&mut rng),
+                    max_pages: rng.u8(1..4),
+                    hold: rng.u8(1..5),
                 },
                 58..=70 => Op::WorkerBatch { max: rng.u8(1..11) },
                 71..=89 => Op::ReconcileStep {
                     entity: entity(&mut rng),
                 },
                 90..=95 => Op::SourceFault {
-                    kind: match rng.u8(0..7) {
+                    kind: match rng.u8(0..9) {
                         0 => FaultKind::RateLimited,
                         1 => FaultKind::Unavailable,
                         2 => FaultKind::BadGateway,
                         3 => FaultKind::Truncated,
                         4 => FaultKind::Timeout,
                         5 => FaultKind::ListingCut,
-                        _ => FaultKind::ListingEmptied,
+                        6 => FaultKind::ListingEmptied,
+                        7 => FaultKind::ListingHidesOne,
+                        _ => FaultKind::SourceEmptied,
                     },
                     count: rng.u8(1..3),
                 },
@@ -190,7 +216,48 @@ impl Scenario {
                     _ => CrashPoint::ReconcileStepLost,
                 }),
             };
+            // What makes an interleaving count: a fault or crash met by the step it was
+            // armed for, a record changed while a held delta run holds an older copy of it.
+            let follow = match &op {
+                Op::Crash(p) => Some(match p {
+                    CrashPoint::BeforeCheckpoint => Op::DeltaRun {
+                        entity: entity(&mut rng),
+                        max_pages: rng.u8(1..4),
+                    },
+                    CrashPoint::ReconcileStepLost => Op::ReconcileStep {
+                        entity: entity(&mut rng),
+                    },
+                    _ => Op::WorkerBatch { max: rng.u8(1..11) },
+                }),
+                Op::SourceFault { .. } if rng.bool() => Some(match rng.u8(0..3) {
+                    0 => Op::DeltaRun {
+                        entity: entity(&mut rng),
+                        max_pages: rng.u8(1..4),
+                    },
+                    1 => Op::WorkerBatch { max: rng.u8(1..11) },
+                    _ => Op::ReconcileStep {
+                        entity: entity(&mut rng),
+                    },
+                }),
+                Op::DeltaHeld { .. } if rng.u8(0..10) < 7 => Some(Op::ChangeHeld {
+                    pick: rng.u32(..),
+                    delete: rng.u8(0..4) == 0 && deletes < 3,
+                    fate: fate(&mut rng),
+                }),
+                _ => None,
+            };
             ops.push(op);
+            if let Some(f) = follow {
+                if matches!(f, Op::ChangeHeld { delete: true, .. }) {
+                    deletes += 1;
+                }
+                // A held record's webhook, or the redelivery of a message whose batch crashed.
+                let again = matches!(f, Op::ChangeHeld { .. } | Op::WorkerBatch { .. });
+                ops.push(f);
+                if again {
+                    ops.push(Op::WorkerBatch { max: 10 });
+                }
+            }
         }
         Scenario {
             seed,
