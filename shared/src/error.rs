@@ -152,6 +152,20 @@ pub enum WalkError {
         later: String,
     },
     #[error(
+        "the source counts {counted} records from {from} up to {to} but page {page} served \
+         {served} of them: it did not serve the lowest delta values first, so the next page \
+         would skip the rest; check `source.order_param` and the entity's `delta_sync_field` \
+         (records deleted between the two requests can explain one such failure: the next run \
+         reads the page again)"
+    )]
+    Skipped {
+        page: u64,
+        from: String,
+        to: String,
+        counted: u64,
+        served: u64,
+    },
+    #[error(
         "page {page} holds delta value {found}, below the lower bound {bound} the query asked \
          for: the source ignores the filter; check `source.filter` and the entity's \
          `delta_sync_field`"
@@ -240,6 +254,7 @@ impl WalkError {
                 | WalkError::EmptyFullPage
                 | WalkError::TieUnstable { .. }
                 | WalkError::Shifted
+                | WalkError::Skipped { .. }
         )
     }
 

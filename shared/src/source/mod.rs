@@ -468,11 +468,15 @@ impl SourceApi for SourceClient {
                 }
                 return;
             }
-            // Positional: keyset on the delta value.
+            // Positional: keyset on the delta value. A full page is handed on only once the next
+            // query's count shows that it held every record below its highest value
+            // (`walk::check_skipped`): a page waits in `held`, with the count it was read
+            // under, its lower bound and how many of its records lie below its highest value.
             let mut lower: Option<(Micros, bool)> = since_us.map(|t| (t, false));
             let mut cur_t: Option<Micros> = None;
             let mut seen: HashSet<String> = HashSet::new();
             let mut pages = 0u64;
+            let mut held: Option<(RecordPage, Option<u64>, Option<Micros>, u64, u64)> = None;
             loop {
                 let mut params = vec![self.order_by_delta(e), per_page.clone()];
                 if let Some((t, strict)) = lower {
@@ -485,8 +489,22 @@ impl SourceApi for SourceClient {
                 pages += 1;
                 let deltas = ans.value.records.iter().map(|r| r.version.delta_us);
                 self.check(&url, walk::check_delta_order(deltas, lower.map(|l| l.0), res, None, pages))?;
+                let total = ans.value.total_count;
+                if let Some((page, total_from, from, served, n)) = held.take() {
+                    // This query's bound is the held page's highest value (`lower` below).
+                    let to = lower.map_or(Micros::MIN, |l| l.0);
+                    self.check(&url, walk::check_skipped(total_from, total, served, n, from, to))?;
+                    yield page;
+                }
                 let full = ans.value.elements() >= p as usize;
                 let rejected = ans.value.rejected;
+                let from = lower.map(|l| l.0);
+                let page_max = ans.value.records.iter().map(|r| r.version.delta_us).max();
+                // Served below the page's highest value (a rejected record's value is unknown:
+                // counted as below, so that it never raises a false alarm).
+                let served = page_max.map_or(0, |m| {
+                    ans.value.records.iter().filter(|r| r.version.delta_us < m).count()
+                }) as u64 + rejected.len() as u64;
                 let mut fresh = Vec::with_capacity(ans.value.records.len());
                 for r in ans.value.records {
                     if let Some((t, strict)) = lower
@@ -506,7 +524,14 @@ impl SourceApi for SourceClient {
                 }
                 let progressed = !fresh.is_empty();
                 if progressed || !rejected.is_empty() {
-                    yield RecordPage { records: fresh, rejected, source_date_us: ans.date_us };
+                    let page = RecordPage { records: fresh, rejected, source_date_us: ans.date_us };
+                    // A full page the walk moves past (to its highest value) waits for the
+                    // next count; the last page, or one the tie passes continue, goes now.
+                    if full && progressed && cur_t == page_max && self.checks {
+                        held = Some((page, total, from, served, pages));
+                    } else {
+                        yield page;
+                    }
                 }
                 if !full {
                     break;

@@ -83,6 +83,39 @@ pub(super) fn check_delta_order(
     Ok(())
 }
 
+/// A keyset delta walk moves from page `page` (read with the lower bound `from`, the source
+/// counting `total_from` records at or above it) to the next query's bound `to` (the page's
+/// highest value; the source now counting `total_to` at or above it). When the source serves
+/// the lowest values first, every record in `[from, to)` is on the page, so the two counts
+/// differ by at most the page's records below `to` (`served`). Changes between the two requests
+/// only make the difference smaller (an update moves a record up, a create lands at the top),
+/// except a deletion at or above `to`. More than that: the source ignored the order, served
+/// a page that happened to be ascending, and the records between were never served: the walk
+/// must not move past them. Without a count from the source there is nothing to compare.
+pub(super) fn check_skipped(
+    total_from: Option<u64>,
+    total_to: Option<u64>,
+    served: u64,
+    page: u64,
+    from: Option<Micros>,
+    to: Micros,
+) -> Result<(), WalkError> {
+    let (Some(a), Some(b)) = (total_from, total_to) else {
+        return Ok(());
+    };
+    let counted = a.saturating_sub(b);
+    if counted <= served {
+        return Ok(());
+    }
+    Err(WalkError::Skipped {
+        page,
+        from: from.map_or_else(|| "the beginning".to_owned(), format_rfc3339),
+        to: format_rfc3339(to),
+        counted,
+        served,
+    })
+}
+
 /// IDs of one page of a keyset ID listing: strictly increasing in `order`, the first after
 /// `after` (the ID the filter named).
 pub(super) fn check_id_order(
@@ -245,6 +278,28 @@ mod tests {
             id: id.into(),
             delta_us: d,
         }
+    }
+
+    #[test]
+    fn a_count_gap_between_two_keyset_queries_is_a_skip() {
+        // 10 records at or above `from`; the page served 3 below its highest value (and the
+        // highest), 7 at or above it: nothing skipped.
+        assert!(check_skipped(Some(10), Some(7), 3, 1, Some(100), 200).is_ok());
+        // Changes between the requests (an update moving a record up): fewer, still fine.
+        assert!(check_skipped(Some(10), Some(8), 3, 1, Some(100), 200).is_ok());
+        // 5 records below 200 by the counts, 3 served: 2 skipped.
+        match check_skipped(Some(10), Some(5), 3, 2, None, 200) {
+            Err(WalkError::Skipped {
+                page: 2,
+                counted: 5,
+                served: 3,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // No count from the source: nothing to compare.
+        assert!(check_skipped(None, Some(5), 3, 1, None, 200).is_ok());
+        assert!(check_skipped(Some(10), None, 3, 1, None, 200).is_ok());
     }
 
     #[test]

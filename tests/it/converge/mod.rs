@@ -158,3 +158,39 @@ async fn negative_control_without_the_guard_an_empty_account_deletes_everything(
     let (out, report) = suite(SEEDS, &settings).await;
     assert!(total(&out, "I4") > 0, "no I4 violation found:\n{report}");
 }
+
+fn ignoring_the_order() -> Settings {
+    Settings {
+        misbehave: Some(source_sim::Misbehave {
+            ignore_order: true,
+            ..source_sim::Misbehave::default()
+        }),
+        ..Settings::default()
+    }
+}
+
+/// The walk's order checks on a source that ignores its order parameter (ascending ID order
+/// instead of delta order): within and across pages, and the count check
+/// (`walk::check_skipped`) for a page that happens to be ascending while records below its
+/// highest value were never served. Every delta run that would move past an unread record
+/// stops loudly (`WalkError::DeltaOrder` or `Skipped`); no run succeeds with a change missing
+/// (I1), and reconciliation's targeted syncs bring the store to the source (I6).
+#[tokio::test]
+async fn the_order_checks_stop_every_run_that_would_skip_on_a_source_ignoring_its_order() {
+    let (out, report) = suite(SEEDS, &ignoring_the_order()).await;
+    let refused: u64 = out.iter().map(|o| o.refused).sum();
+    assert!(refused > 0, "no delta run stopped by the order checks");
+    assert!(report.is_empty(), "{report}");
+}
+
+/// -> the same source with the walk's checks off (`SourceClient::without_walk_checks`):
+/// delta runs succeed with changes missing (I1).
+#[tokio::test]
+async fn negative_control_without_the_order_checks_a_run_succeeds_with_changes_missing() {
+    let settings = Settings {
+        client: SourceClient::without_walk_checks,
+        ..ignoring_the_order()
+    };
+    let (out, report) = suite(SEEDS, &settings).await;
+    assert!(total(&out, "I1") > 0, "no I1 violation found:\n{report}");
+}
