@@ -396,6 +396,17 @@ pub fn validate_id(id: &str) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// A full page of a keyset delta walk waiting for the next query's count
+/// (`walk::check_skipped`): the count it was read under, its lower bound, how many of its
+/// records lie below its highest value, its number.
+struct HeldPage {
+    page: RecordPage,
+    total_from: Option<u64>,
+    from: Option<Micros>,
+    served: u64,
+    n: u64,
+}
+
 /// [`validate_id`]'s words for an ID over [`MAX_ID_BYTES`].
 const TOO_LONG: &str = "longer than the 1024 bytes the store takes";
 const _: () = assert!(MAX_ID_BYTES == 1024, "TOO_LONG names the limit");
@@ -476,7 +487,7 @@ impl SourceApi for SourceClient {
             let mut cur_t: Option<Micros> = None;
             let mut seen: HashSet<String> = HashSet::new();
             let mut pages = 0u64;
-            let mut held: Option<(RecordPage, Option<u64>, Option<Micros>, u64, u64)> = None;
+            let mut held: Option<HeldPage> = None;
             loop {
                 let mut params = vec![self.order_by_delta(e), per_page.clone()];
                 if let Some((t, strict)) = lower {
@@ -490,7 +501,7 @@ impl SourceApi for SourceClient {
                 let deltas = ans.value.records.iter().map(|r| r.version.delta_us);
                 self.check(&url, walk::check_delta_order(deltas, lower.map(|l| l.0), res, None, pages))?;
                 let total = ans.value.total_count;
-                if let Some((page, total_from, from, served, n)) = held.take() {
+                if let Some(HeldPage { page, total_from, from, served, n }) = held.take() {
                     // This query's bound is the held page's highest value (`lower` below).
                     let to = lower.map_or(Micros::MIN, |l| l.0);
                     self.check(&url, walk::check_skipped(total_from, total, served, n, from, to))?;
@@ -528,7 +539,7 @@ impl SourceApi for SourceClient {
                     // A full page the walk moves past (to its highest value) waits for the
                     // next count; the last page, or one the tie passes continue, goes now.
                     if full && progressed && cur_t == page_max && self.checks {
-                        held = Some((page, total, from, served, pages));
+                        held = Some(HeldPage { page, total_from: total, from, served, n: pages });
                     } else {
                         yield page;
                     }
