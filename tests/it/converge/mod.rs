@@ -194,3 +194,96 @@ async fn negative_control_without_the_order_checks_a_run_succeeds_with_changes_m
     let (out, report) = suite(SEEDS, &settings).await;
     assert!(total(&out, "I1") > 0, "no I1 violation found:\n{report}");
 }
+
+/// A hand-written schedule (the seeds rarely land a rewind inside a held run): a change
+/// committed ten minutes late (below the cursor; the source's clock then 5 s ahead, so that
+/// the held run's cursor moves past the first one's), then a delta run held mid-page while a
+/// reconciliation finds the record stale and, over `targeted_limit` (0 here), rewinds the
+/// delta cursor to it; the held run then goes on, and a delta run after it.
+fn rewind_during_a_held_run() -> (Scenario, Settings) {
+    use source_sim::Entity::People;
+    use testkit::converge::{Fate, Op};
+    let mut ops = vec![
+        Op::Update {
+            entity: People,
+            pick: 1,
+            fate: Fate::Drop,
+        },
+        Op::DeltaRun {
+            entity: People,
+            max_pages: 10,
+        },
+        // A later ceiling for the held run than the first run's: its cursor moves.
+        Op::ClockStep { ms: 5_000 },
+        Op::LateCommit {
+            entity: People,
+            pick: 0,
+            fate: Fate::Drop,
+        },
+        Op::Update {
+            entity: People,
+            pick: 2,
+            fate: Fate::Drop,
+        },
+        Op::DeltaHeld {
+            entity: People,
+            max_pages: 3,
+            hold: 8,
+        },
+    ];
+    ops.extend(std::iter::repeat_n(
+        Op::ReconcileStep { entity: People },
+        11,
+    ));
+    ops.push(Op::DeltaRun {
+        entity: People,
+        max_pages: 10,
+    });
+    let scenario = Scenario {
+        seed: 1,
+        people: 12,
+        donations: 8,
+        page_size: 3,
+        clock_skew_ms: 0,
+        ops,
+    };
+    let mut settings = Settings::default();
+    settings.reconcile.targeted_limit = 0;
+    (scenario, settings)
+}
+
+/// The delta lease, which the rewind takes too: while the held run holds it, the rewind waits
+/// (`StepError::DeltaBusy`, retried); the final reconciliation's rewind and the delta run after
+/// it bring the late commit. No violation.
+#[tokio::test]
+async fn the_delta_lease_keeps_a_rewind_from_a_run_in_flight() {
+    let (scenario, settings) = rewind_during_a_held_run();
+    let o = run(&scenario, &settings).await;
+    assert!(o.violations.is_empty(), "{}", o.explain(&scenario));
+    // The rewind waited for the held run, then happened within the schedule.
+    let waited = o
+        .notes
+        .iter()
+        .position(|n| n.contains("step failed") && n.contains("delta"));
+    let rewound = o.notes.iter().position(|n| n.contains("rewound to Some"));
+    assert!(
+        waited.is_some() && rewound > waited,
+        "{}",
+        o.explain(&scenario)
+    );
+}
+
+/// -> no leases (`Settings::leases = false`: every lease taken over): the rewind lands while
+/// the held run is in flight, the held run then saves its own, later cursor over it, and the
+/// next delta run never reads the late commit (I1: the rewind was lost).
+#[tokio::test]
+async fn negative_control_without_the_lease_a_run_in_flight_undoes_the_rewind() {
+    let (scenario, mut settings) = rewind_during_a_held_run();
+    settings.leases = false;
+    let o = run(&scenario, &settings).await;
+    assert!(
+        o.counts()["I1"] > 0,
+        "no I1 violation found:\n{}",
+        o.explain(&scenario)
+    );
+}

@@ -83,7 +83,7 @@ impl Crashes {
     }
 }
 
-/// Release the lease `holder` does not hold, so that it can take it.
+/// Take the lease for `holder`, whoever holds it (or none).
 async fn steal<S: ControlStore + ?Sized>(
     inner: &S,
     entity: &str,
@@ -93,8 +93,10 @@ async fn steal<S: ControlStore + ?Sized>(
     ttl_us: Micros,
 ) -> Result<(), StoreError> {
     let st = inner.job_state(entity, kind).await?;
-    if let Some(h) = st.lease_holder.filter(|h| h != holder) {
-        inner.release_lease(entity, kind, &h).await?;
+    if st.lease_holder.as_deref() != Some(holder) {
+        if let Some(h) = &st.lease_holder {
+            inner.release_lease(entity, kind, h).await?;
+        }
         inner
             .acquire_lease(entity, kind, holder, now_us, ttl_us)
             .await?;

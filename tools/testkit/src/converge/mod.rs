@@ -169,6 +169,8 @@ struct Paused {
     before: Vec<(u64, i64)>,
     /// The IDs of the page it holds.
     held: Vec<String>,
+    /// When it started.
+    started_us: i64,
     release: oneshot::Sender<()>,
     task: JoinHandle<Result<DeltaSummary, SyncError>>,
     /// Operations left before it resumes.
@@ -204,6 +206,11 @@ struct World {
     explained_dead_letters: u64,
     /// Delta runs the walk's order checks stopped (a source that ignores its order parameter).
     refused: u64,
+    /// Late commits (`Op::LateCommit`): the entity and ID, and the version stamped.
+    late: BTreeSet<(Entity, u64, i64)>,
+    /// Rewinds of the delta cursor by reconciliation: the entity, when, and to where; checked
+    /// (and dropped) by the next delta run of the entity that starts after and reads to the end.
+    rewinds: Vec<(Entity, i64, i64)>,
     /// Whether the last delta run was one of them.
     last_refused: bool,
     note: String,
@@ -276,6 +283,8 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         violations: Vec::new(),
         explained_dead_letters: 0,
         refused: 0,
+        late: BTreeSet::new(),
+        rewinds: Vec::new(),
         last_refused: false,
         note: String::new(),
         notes: Vec::new(),
@@ -435,8 +444,10 @@ impl World {
         if self.paused.is_some() {
             // One held run at a time; this one runs through (and meets the lease).
             let before = self.sim.sim().versions(e);
+            let started = now_us();
             if self.delta(e, max_pages).await == Some(RunStatus::Succeeded) {
                 self.check_i1(e, &before, Some(op)).await;
+                self.check_rewinds(e, started, Some(op)).await;
             }
             return;
         }
@@ -446,6 +457,7 @@ impl World {
             .delta_max_pages
             .unwrap_or(u64::from(max_pages.max(1)));
         let before = self.sim.sim().versions(e);
+        let started_us = now_us();
         let (reached_tx, reached) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
         self.crashes.hold(Gate {
@@ -472,16 +484,16 @@ impl World {
             r = reached => {
                 if let Ok(held) = r {
                     self.note = format!("-> held before writing {held:?}");
-                    self.paused = Some(Paused { entity: e, before, held, release, task, left: hold.max(1) });
+                    self.paused = Some(Paused { entity: e, before, held, started_us, release, task, left: hold.max(1) });
                     return;
                 }
                 let r = (&mut task).await.expect("the delta task");
                 self.crashes.unhold();
-                self.finish_delta(e, &before, r, Some(op)).await;
+                self.finish_delta(e, &before, started_us, r, Some(op)).await;
             }
             r = &mut task => {
                 self.crashes.unhold();
-                self.finish_delta(e, &before, r.expect("the delta task"), Some(op)).await;
+                self.finish_delta(e, &before, started_us, r.expect("the delta task"), Some(op)).await;
             }
         }
     }
@@ -490,12 +502,14 @@ impl World {
         &mut self,
         e: Entity,
         before: &[(u64, i64)],
+        started_us: i64,
         r: Result<DeltaSummary, SyncError>,
         op: Option<usize>,
     ) {
         self.delta_note(&r, None);
         if r.is_ok_and(|s| s.status == RunStatus::Succeeded) {
             self.check_i1(e, before, op).await;
+            self.check_rewinds(e, started_us, op).await;
         }
     }
 
@@ -504,7 +518,8 @@ impl World {
         let Some(p) = self.paused.take() else { return };
         let _ = p.release.send(());
         let r = p.task.await.expect("the delta task");
-        self.finish_delta(p.entity, &p.before, r, op).await;
+        self.finish_delta(p.entity, &p.before, p.started_us, r, op)
+            .await;
     }
 
     async fn worker_batch(&mut self, max: usize) -> (usize, usize) {
@@ -615,6 +630,8 @@ impl World {
             return false;
         };
         let opts = self.settings.reconcile.clone();
+        let mut rewound = None;
+        let mut note = String::new();
         let deps = self.deps();
         let run = r.run.clone();
         // Each arm: the step's error, or None when it advanced (a lost output advances not).
@@ -681,6 +698,13 @@ impl World {
             };
             match apply(&deps, &input, &opts).await {
                 Ok(a) if !lost => {
+                    note = format!(
+                        "-> apply: {} queued, {} deleted, rewound to {:?}",
+                        a.queued, a.deleted, a.rewound_to_us
+                    );
+                    if let Some(to) = a.rewound_to_us {
+                        rewound = Some((e, now_us(), to));
+                    }
                     r.apply = Some(a);
                     None
                 }
@@ -704,6 +728,7 @@ impl World {
             }
         };
         if let Some(e) = err {
+            note = format!("-> step failed: {e}");
             r.failures += 1;
             // Step Functions' retries exhausted: the failure path ends the run.
             if r.failures >= 3 {
@@ -722,6 +747,8 @@ impl World {
                 return false;
             }
         }
+        self.rewinds.extend(rewound);
+        self.note = note;
         self.recon.insert(name, r);
         true
     }
@@ -781,9 +808,26 @@ impl World {
             }
             Op::DeltaRun { entity, max_pages } => {
                 let before = sim.versions(*entity);
+                let started = now_us();
                 let status = self.delta(*entity, *max_pages).await;
                 if status == Some(RunStatus::Succeeded) {
                     self.check_i1(*entity, &before, Some(i)).await;
+                    self.check_rewinds(*entity, started, Some(i)).await;
+                }
+            }
+            Op::ClockStep { ms } => sim.set_clock_skew_ms(sim.clock_skew_ms() + ms),
+            Op::LateCommit { entity, pick, fate } => {
+                let Some(id) = self.pick(*entity, *pick) else {
+                    return;
+                };
+                let at = sim.now_us() - 600_000_000;
+                // Only a change: at or below the current version it would be a regression.
+                if sim.get(*entity, id).is_some_and(|v| v.updated_at_us < at)
+                    && let Some(v) = sim.update(*entity, id, Some(at))
+                {
+                    self.late.insert((*entity, id, v.updated_at_us));
+                    self.webhook(*entity, id, EnvelopeAction::Upsert, *fate)
+                        .await;
                 }
             }
             Op::DeltaHeld {
@@ -844,7 +888,7 @@ impl World {
         let now: BTreeMap<u64, i64> = self.sim.sim().versions(e).into_iter().collect();
         let live = self.read_live(e).await;
         for (id, t) in before {
-            if !now.contains_key(id) {
+            if !now.contains_key(id) || self.late.contains(&(e, *id, *t)) {
                 continue;
             }
             let have = live.get(&id.to_string()).copied();
@@ -859,6 +903,51 @@ impl World {
                 );
             }
         }
+    }
+
+    /// After a delta run of `e` that started at `started_us` and read to the end: every
+    /// reconciliation rewind before it brought the late commits at or above its target.
+    async fn check_rewinds(&mut self, e: Entity, started_us: i64, op: Option<usize>) {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rewinds)
+            .into_iter()
+            .partition(|(re, at, _)| *re == e && *at < started_us);
+        self.rewinds = rest;
+        let Some(to) = due.iter().map(|(_, _, to)| *to).min() else {
+            return;
+        };
+        let source: BTreeMap<u64, i64> = self.sim.sim().versions(e).into_iter().collect();
+        let live = self.read_live(e).await;
+        let late: Vec<(u64, i64)> = self
+            .late
+            .iter()
+            .filter(|(le, id, t)| *le == e && *t >= to && source.get(id) == Some(t))
+            .map(|(_, id, t)| (*id, *t))
+            .collect();
+        for (id, t) in late {
+            let have = live.get(&id.to_string()).copied();
+            if have.is_none_or(|h| h < t) {
+                self.violation(
+                    "I1",
+                    op,
+                    format!(
+                        "{} {id}: late commit at {t} not read by the delta run after the \
+                         reconciliation's rewind to {to} (the rewind was lost; store {have:?})",
+                        e.name()
+                    ),
+                );
+            }
+        }
+    }
+
+    async fn delta_cursor(&self, e: Entity) -> Option<i64> {
+        let st = self
+            .control
+            .job_state(e.name(), JobKind::Delta)
+            .await
+            .expect("job state");
+        st.cursor
+            .and_then(|c| shared::core::cursor::DeltaCursor::decode(&c).ok())
+            .map(|c| c.watermark_us)
     }
 
     async fn read_live(&self, e: Entity) -> Live {
@@ -964,8 +1053,15 @@ impl World {
                 entity: Some(e.name().to_owned()),
                 ..PlanInput::default()
             };
+            let cursor_before = self.delta_cursor(e).await;
             match run_all(&self.deps(), &input, &self.settings.reconcile).await {
-                Ok(s) if s.first().is_some_and(|s| s.status == "succeeded") => {}
+                Ok(s) if s.first().is_some_and(|s| s.status == "succeeded") => {
+                    // Repairs over `targeted_limit` rewind the cursor: the delta run after
+                    // the reconciliation applies them.
+                    if self.delta_cursor(e).await < cursor_before {
+                        self.delta(e, 0).await;
+                    }
+                }
                 other => {
                     let what = match other {
                         Ok(s) => format!("{:?}", s.first().map(|s| s.status.clone())),

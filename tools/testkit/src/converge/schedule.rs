@@ -74,6 +74,18 @@ pub enum Op {
         pick: u32,
         fate: Fate,
     },
+    /// The live record at position `pick` updated with a timestamp ten minutes old: a change
+    /// committed later than delta sync's overlap allows (a long transaction). Delta sync does
+    /// not promise it (I1 exempts it); reconciliation finds it stale and repairs it (a targeted
+    /// sync, or a rewind of the delta cursor over `targeted_limit`).
+    LateCommit {
+        entity: Entity,
+        pick: u32,
+        fate: Fate,
+    },
+    /// The source's clock steps by `ms` (an NTP correction): later changes and its `Date`
+    /// header follow it.
+    ClockStep { ms: i64 },
     /// Several live records updated on one timestamp.
     UpdateManyOneTimestamp { entity: Entity, picks: Vec<u32> },
     /// The live record at position `pick` deleted.
