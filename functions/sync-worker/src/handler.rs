@@ -18,6 +18,11 @@ pub struct Deps {
 
 /// A claim outlives the invocation by this much (then another delivery may take it over).
 const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+// A message whose attempt crashed after its claim comes back after the visibility timeout,
+// 6 x the function's timeout (template.yaml, Mappings.WorkerTimeout; 30 s at the shortest):
+// its claim must have expired by then, or every redelivery meets it and the message reaches
+// the dead-letter queue with nothing wrong but a crash.
+const _: () = assert!(CLAIM_MARGIN.as_secs() + 30 < 6 * 30);
 /// The fetches stop this long before the invocation's deadline (a request already sent, the
 /// writes and the claims' settling fit in it; the source's request timeout is 10 s by default):
 /// a `Retry-After` or a backoff that would pass the stop fails its message for SQS to retry.

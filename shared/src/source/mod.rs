@@ -488,6 +488,7 @@ impl SourceApi for SourceClient {
             let mut seen: HashSet<String> = HashSet::new();
             let mut pages = 0u64;
             let mut held: Option<HeldPage> = None;
+            let mut yielded = 0u64;
             loop {
                 let mut params = vec![self.order_by_delta(e), per_page.clone()];
                 if let Some((t, strict)) = lower {
@@ -495,8 +496,32 @@ impl SourceApi for SourceClient {
                 }
                 params.extend(self.position_param(0, p));
                 let url = self.url(e, &params);
-                self.before_request(&url, &mut requests)?;
-                let ans = fetch(url.clone()).await?;
+                // The request that verifies the first page goes out even past the stop instant,
+                // so that every invocation still hands over a page (a request's time is within
+                // the stop margin). If it fails (a wait past the deadline, a fault), the held
+                // page is handed over unverified, as before the count check: an interrupted
+                // walk must still progress. The check covers every walk that goes on.
+                let verifying_first = held.is_some() && yielded == 0;
+                let asked = if verifying_first {
+                    requests += 1;
+                    Ok(())
+                } else {
+                    self.before_request(&url, &mut requests)
+                };
+                let ans = match asked {
+                    Ok(()) => fetch(url.clone()).await,
+                    Err(e) => Err(e),
+                };
+                let ans = match ans {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if let Some(h) = held.take() {
+                            yield h.page;
+                        }
+                        Err(e)?;
+                        break;
+                    }
+                };
                 pages += 1;
                 let deltas = ans.value.records.iter().map(|r| r.version.delta_us);
                 self.check(&url, walk::check_delta_order(deltas, lower.map(|l| l.0), res, None, pages))?;
@@ -505,6 +530,7 @@ impl SourceApi for SourceClient {
                     // This query's bound is the held page's highest value (`lower` below).
                     let to = lower.map_or(Micros::MIN, |l| l.0);
                     self.check(&url, walk::check_skipped(total_from, total, served, n, from, to))?;
+                    yielded += 1;
                     yield page;
                 }
                 let full = ans.value.elements() >= p as usize;
@@ -541,6 +567,7 @@ impl SourceApi for SourceClient {
                     if full && progressed && cur_t == page_max && self.checks {
                         held = Some(HeldPage { page, total_from: total, from, served, n: pages });
                     } else {
+                        yielded += 1;
                         yield page;
                     }
                 }

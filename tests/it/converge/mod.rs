@@ -67,6 +67,13 @@ async fn the_ci_seeds_converge_with_no_violation() {
     let ops: usize = out.iter().map(|o| o.operations).sum();
     assert!(ops > 500, "{ops} operations");
     assert!(report.is_empty(), "{report}");
+    // The seeds exercise what they claim to: late changes (a late commit, a clock gone back),
+    // records created again under their ID, delta runs held mid-page, regressions repaired.
+    for what in ["late", "recreated", "held", "regressed"] {
+        let n: u64 = out.iter().map(|o| o.exercised[what]).sum();
+        eprintln!("{what}: {n}");
+        assert!(n > 0, "nothing {what} in the CI seeds");
+    }
 }
 
 /// Delta sync's cursor (ceiling from the source's clock, overlap, ties) -> the seed's rule,

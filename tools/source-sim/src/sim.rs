@@ -341,6 +341,20 @@ impl Sim {
         Some(RecordVersion::of(id, &rec))
     }
 
+    /// Re-creates a deleted record under its old ID (stamped `at`, or now); `None` when the ID
+    /// is live or was never used.
+    pub fn recreate(
+        &self,
+        entity: Entity,
+        id: u64,
+        updated_at_us: Option<i64>,
+    ) -> Option<RecordVersion> {
+        let ts = self.stamp(updated_at_us);
+        let rec = self.write(entity).revive(id, ts)?;
+        self.publish(entity, id, ChangeKind::Created, ts, rec.mutation);
+        Some(RecordVersion::of(id, &rec))
+    }
+
     /// Deletes a live record; `false` if it did not exist.
     pub fn delete(&self, entity: Entity, id: u64) -> bool {
         let (deleted, ts, mutation) = {

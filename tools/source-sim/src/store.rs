@@ -226,6 +226,24 @@ impl Table {
         Some(out)
     }
 
+    /// Brings a deleted record back under its ID at `ts` (a record re-created with the ID it had,
+    /// as sources that reuse IDs or restore from a trash do), bumping its mutation counter.
+    pub(crate) fn revive(&mut self, id: u64, ts: i64) -> Option<Rec> {
+        let idx = usize::try_from(id.checked_sub(1)?).ok()?;
+        let rec = self.recs.get_mut(idx).filter(|r| !r.alive)?;
+        rec.alive = true;
+        rec.updated_us = ts;
+        rec.created_us = ts;
+        rec.mutation = rec.mutation.wrapping_add(1);
+        let out = *rec;
+        let pos = self.by_id.partition_point(|&k| k < id);
+        self.by_id.insert(pos, id);
+        let pos = self.by_ts.partition_point(|&k| k < (ts, id));
+        self.by_ts.insert(pos, (ts, id));
+        self.generation += 1;
+        Some(out)
+    }
+
     pub(crate) fn delete(&mut self, id: u64) -> bool {
         let Some(idx) = id.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
             return false;
@@ -568,6 +586,22 @@ mod tests {
         assert_eq!(ids(&p), [1, 6, 2, 4, 5]);
         assert!(t.update(3, 1).is_none());
         assert_eq!(t.update(6, 100).map(|r| r.mutation), Some(1));
+    }
+
+    #[test]
+    fn a_deleted_record_comes_back_under_its_id() {
+        let mut t = Table::generate(5, 0, 10, 1, Granularity::Micros);
+        assert!(t.revive(3, 7).is_none(), "a live record is not revived");
+        assert!(t.revive(9, 7).is_none(), "an ID never used is not revived");
+        assert!(t.delete(3));
+        let r = t.revive(3, 7).expect("revived");
+        assert_eq!((r.updated_us, r.mutation, r.alive), (7, 1, true));
+        assert_eq!(t.get(3).map(|r| r.updated_us), Some(7));
+        assert_eq!(t.len(), 5);
+        let p = t.page(&req(ASC_ID, Bounds::default(), Start::Offset(0), 10));
+        assert_eq!(ids(&p), [1, 2, 3, 4, 5]);
+        let p = t.page(&req(ASC_TS, Bounds::default(), Start::Offset(0), 10));
+        assert_eq!(ids(&p), [1, 3, 2, 4, 5]);
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct Outcome {
     pub explained_dead_letters: u64,
     /// Delta runs stopped by the walk's order checks (`WalkError::DeltaOrder`, `Skipped`).
     pub refused: u64,
+    /// What the scenario exercised: `late` (versions stamped below the source's clock less the
+    /// overlap), `recreated` (records created again under their ID), `held` (delta runs held
+    /// mid-page), `regressed` (regressions written by reconciliation during the schedule).
+    pub exercised: BTreeMap<&'static str, u64>,
     /// What each operation did (a run's status, a batch's counts), for the replay.
     pub notes: Vec<String>,
 }
@@ -206,8 +210,19 @@ struct World {
     explained_dead_letters: u64,
     /// Delta runs the walk's order checks stopped (a source that ignores its order parameter).
     refused: u64,
-    /// Late commits (`Op::LateCommit`): the entity and ID, and the version stamped.
+    /// Changes stamped below the source's highest clock reading less delta sync's overlap
+    /// (`Op::LateCommit`, changes after the clock went back): the entity, ID and version.
+    /// Delta sync does not promise them (I1 exempts them); reconciliation repairs them.
     late: BTreeSet<(Entity, u64, i64)>,
+    /// The source's highest clock reading so far.
+    source_high: i64,
+    /// Every version seen at the source, to find the late ones.
+    seen_versions: BTreeSet<(Entity, u64, i64)>,
+    /// IDs deleted at the source, per entity (for `Op::Recreate`).
+    deleted: BTreeMap<&'static str, Vec<u64>>,
+    recreated: u64,
+    held: u64,
+    regressed: u64,
     /// Rewinds of the delta cursor by reconciliation: the entity, when, and to where; checked
     /// (and dropped) by the next delta run of the entity that starts after and reads to the end.
     rewinds: Vec<(Entity, i64, i64)>,
@@ -235,6 +250,9 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         c.source.timeout_ms = 150;
         for e in &mut c.entities {
             e.page_size = scenario.page_size;
+            // The source's clock may go back (`Op::ClockStep`): reconciliation repairs the
+            // regressions.
+            e.allow_version_regression = true;
         }
     });
     let client = Arc::new((settings.client)(
@@ -284,6 +302,12 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         explained_dead_letters: 0,
         refused: 0,
         late: BTreeSet::new(),
+        source_high: 0,
+        seen_versions: BTreeSet::new(),
+        deleted: BTreeMap::new(),
+        recreated: 0,
+        held: 0,
+        regressed: 0,
         rewinds: Vec::new(),
         last_refused: false,
         note: String::new(),
@@ -296,8 +320,11 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
     }
     w.note.clear();
     w.observe(None).await;
+    w.classify();
     for (i, op) in scenario.ops.iter().enumerate() {
+        w.source_high = w.source_high.max(w.sim.sim().now_us());
         w.op(i, op).await;
+        w.classify();
         let mut note = std::mem::take(&mut w.note);
         w.observe(Some(i)).await;
         if w.paused.as_mut().is_some_and(|p| {
@@ -319,6 +346,12 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
         violations: w.violations,
         explained_dead_letters: w.explained_dead_letters,
         refused: w.refused,
+        exercised: BTreeMap::from([
+            ("late", w.late.len() as u64),
+            ("recreated", w.recreated),
+            ("held", w.held),
+            ("regressed", w.regressed),
+        ]),
         notes: w.notes,
     }
 }
@@ -330,6 +363,19 @@ impl World {
             op,
             detail,
         });
+    }
+
+    /// Mark the source's new versions stamped below its highest clock reading less the
+    /// overlap as late.
+    fn classify(&mut self) {
+        let floor = self.source_high - self.settings.delta.overlap_us;
+        for e in ENTITIES {
+            for (id, t) in self.sim.sim().versions(e) {
+                if self.seen_versions.insert((e, id, t)) && self.source_high > 0 && t < floor {
+                    self.late.insert((e, id, t));
+                }
+            }
+        }
     }
 
     fn deps(&self) -> ReconcileDeps<'_> {
@@ -483,6 +529,7 @@ impl World {
         tokio::select! {
             r = reached => {
                 if let Ok(held) = r {
+                    self.held += 1;
                     self.note = format!("-> held before writing {held:?}");
                     self.paused = Some(Paused { entity: e, before, held, started_us, release, task, left: hold.max(1) });
                     return;
@@ -566,9 +613,9 @@ impl World {
             else {
                 continue;
             };
-            if self.sim.sim().get(e, id).is_none() {
+            let Some(now) = self.sim.sim().get(e, id) else {
                 continue;
-            }
+            };
             let stored = self
                 .records
                 .get(e.name(), &id.to_string())
@@ -577,7 +624,9 @@ impl World {
             let have = stored
                 .filter(|s| !s.is_deleted())
                 .map(|s| s.version.delta_us);
-            if have.is_none_or(|h| h < t) {
+            // Below the event's version is a loss, unless the source itself went back there
+            // since (its clock stepped back; the regression repaired).
+            if have.is_none_or(|h| h < t) && have != Some(now.updated_at_us) {
                 self.violation(
                     "I5",
                     op,
@@ -631,6 +680,7 @@ impl World {
         };
         let opts = self.settings.reconcile.clone();
         let mut rewound = None;
+        let mut regressed = 0;
         let mut note = String::new();
         let deps = self.deps();
         let run = r.run.clone();
@@ -705,6 +755,9 @@ impl World {
                     if let Some(to) = a.rewound_to_us {
                         rewound = Some((e, now_us(), to));
                     }
+                    if a.done {
+                        regressed = a.regress.as_ref().map_or(0, |g| g.regressed);
+                    }
                     r.apply = Some(a);
                     None
                 }
@@ -748,6 +801,7 @@ impl World {
             }
         }
         self.rewinds.extend(rewound);
+        self.regressed += regressed;
         self.note = note;
         self.recon.insert(name, r);
         true
@@ -787,6 +841,7 @@ impl World {
             Op::Delete { entity, pick, fate } => {
                 if let Some(id) = self.pick(*entity, *pick) {
                     sim.delete(*entity, id);
+                    self.deleted.entry(entity.name()).or_default().push(id);
                     self.webhook(*entity, id, EnvelopeAction::Delete, *fate)
                         .await;
                 }
@@ -816,6 +871,18 @@ impl World {
                 }
             }
             Op::ClockStep { ms } => sim.set_clock_skew_ms(sim.clock_skew_ms() + ms),
+            Op::Recreate { entity, pick, fate } => {
+                let gone = self.deleted.entry(entity.name()).or_default();
+                if gone.is_empty() {
+                    return;
+                }
+                let id = gone.remove(*pick as usize % gone.len());
+                if sim.recreate(*entity, id, None).is_some() {
+                    self.recreated += 1;
+                    self.webhook(*entity, id, EnvelopeAction::Upsert, *fate)
+                        .await;
+                }
+            }
             Op::LateCommit { entity, pick, fate } => {
                 let Some(id) = self.pick(*entity, *pick) else {
                     return;
@@ -847,6 +914,7 @@ impl World {
                 }
                 if *delete {
                     sim.delete(e, id);
+                    self.deleted.entry(e.name()).or_default().push(id);
                     self.webhook(e, id, EnvelopeAction::Delete, *fate).await;
                 } else {
                     sim.update(e, id, None);
@@ -987,7 +1055,9 @@ impl World {
             let mut found = Vec::new();
             for (id, t) in &now {
                 match before.get(id) {
-                    Some(b) if t < b => {
+                    // Lower, but the source's own version now: a regression repaired (the
+                    // source's clock went back; reconciliation writes it, `write_regressed`).
+                    Some(b) if t < b && source.get(id) != Some(t) => {
                         found.push(("I2", format!("{name} {id}: {b} replaced by the older {t}")));
                     }
                     None if ever.contains(id) && !source.contains_key(id) => {

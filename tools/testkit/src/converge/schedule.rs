@@ -84,8 +84,17 @@ pub enum Op {
         fate: Fate,
     },
     /// The source's clock steps by `ms` (an NTP correction): later changes and its `Date`
-    /// header follow it.
+    /// header follow it. Back by more than delta sync's overlap, later changes are stamped below
+    /// the cursor (late, as `LateCommit`), and an update can be stamped below the record's
+    /// previous version: a regression, repaired by reconciliation (both entities opt in,
+    /// `allow_version_regression`).
     ClockStep { ms: i64 },
+    /// A record deleted earlier (at position `pick` among them) created again under its ID.
+    Recreate {
+        entity: Entity,
+        pick: u32,
+        fate: Fate,
+    },
     /// Several live records updated on one timestamp.
     UpdateManyOneTimestamp { entity: Entity, picks: Vec<u32> },
     /// The live record at position `pick` deleted.
@@ -165,7 +174,7 @@ impl Scenario {
         let mut ops = Vec::with_capacity(len);
         let mut deletes = 0usize;
         for _ in 0..len {
-            let op = match rng.u8(0..100) {
+            let op = match rng.u8(0..106) {
                 0..=9 => Op::Create {
                     entity: entity(&mut rng),
                     n: if rng.u8(0..4) == 0 { rng.u8(2..6) } else { 1 },
@@ -219,6 +228,23 @@ impl Scenario {
                         _ => FaultKind::SourceEmptied,
                     },
                     count: rng.u8(1..3),
+                },
+                100..=101 => Op::ClockStep {
+                    ms: if rng.u8(0..10) < 7 {
+                        rng.i64(-3_000..=3_000)
+                    } else {
+                        rng.i64(60_000..=300_000) * if rng.bool() { 1 } else { -1 }
+                    },
+                },
+                102..=103 => Op::LateCommit {
+                    entity: entity(&mut rng),
+                    pick: rng.u32(..),
+                    fate: fate(&mut rng),
+                },
+                104..=105 => Op::Recreate {
+                    entity: entity(&mut rng),
+                    pick: rng.u32(..),
+                    fate: fate(&mut rng),
                 },
                 _ => Op::Crash(match rng.u8(0..5) {
                     0 => CrashPoint::BeforeCheckpoint,
