@@ -12,15 +12,17 @@
 //! - delta sync's tie handling: the same -> `negative_control_a_strict_max_seen_cursor_loses_ties` (I1);
 //! - the worker's dedup after the work: the same ->
 //!   `negative_control_dedup_before_the_work_acknowledges_lost_events` (I5);
-//!
-//! Not paired yet (the next session): the walk's order check (the suite found that on a
-//! source ignoring its order parameter, with small pages, a delta run can succeed with a change
-//! missing: each served page is ascending and the next query starts at its highest value, so a
-//! record changed earlier but served later is never read; reconciliation repairs it as stale);
-//! delete confirmation (`a_listing_missing_records_deletes_nothing_the_source_has` holds, but
-//! its control finds no I4 in these seeds: a delete rarely lands between two Source
-//! invocations); the lease, the version rule and the guard (no switch, and one operation at a
-//! time cannot interleave inside a step).
+//! - the version rule: the same -> `negative_control_the_last_write_wins_replaces_newer_versions`
+//!   (I2/I3, from delta runs held mid-page);
+//! - reconciliation's delete confirmation: the same ->
+//!   `negative_control_without_delete_confirmation_a_record_the_listing_hides_is_deleted` (I4);
+//! - the guard: the same -> `negative_control_without_the_guard_an_empty_account_deletes_everything` (I4);
+//! - the walk's order checks, on a source ignoring its order parameter:
+//!   `the_order_checks_stop_every_run_that_would_skip_on_a_source_ignoring_its_order` ->
+//!   `negative_control_without_the_order_checks_a_run_succeeds_with_changes_missing` (I1);
+//! - the delta lease, on a hand-written schedule (a rewind while a run is held):
+//!   `the_delta_lease_keeps_a_rewind_from_a_run_in_flight` ->
+//!   `negative_control_without_the_lease_a_run_in_flight_undoes_the_rewind` (I1).
 
 use shared::source::SourceClient;
 use shared::sync::delta::NaiveCursor;

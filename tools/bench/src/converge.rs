@@ -1,7 +1,8 @@
 //! `bench converge --seeds N`: N seeded convergence scenarios (`testkit::converge`) on the
 //! embedded store against the in-process simulator. Prints each failing seed's violations and
 //! schedule to stderr (and a progress line every 100 scenarios), and as its last line one JSON object:
-//! `{"seeds":..,"scenarios":..,"operations":..,"violations":{"I1":0,...,"I6":0},...}`.
+//! `{"seeds":..,"scenarios":..,"operations":..,"violations":{"I1":0,...,"I6":0},...}`, with
+//! `exercised`: late changes, records re-created, delta runs held mid-page, regressions written.
 //! Exits 1 when any violation was found.
 
 use std::collections::BTreeMap;
@@ -19,12 +20,17 @@ pub fn main(seeds: u64, first: u64) -> ! {
     let mut violations: BTreeMap<&str, u64> = INVARIANTS.iter().map(|i| (*i, 0)).collect();
     let (mut scenarios, mut operations, mut explained, mut failing) =
         (0u64, 0u64, 0u64, Vec::new());
+    // What the scenarios exercised (`Outcome::exercised`).
+    let mut exercised: BTreeMap<&str, u64> = BTreeMap::new();
     for seed in first..first + seeds {
         let s = Scenario::generate(seed);
         let o = rt.block_on(run(&s, &settings));
         scenarios += 1;
         operations += o.operations as u64;
         explained += o.explained_dead_letters;
+        for (k, v) in &o.exercised {
+            *exercised.entry(k).or_default() += v;
+        }
         for (k, v) in o.counts() {
             *violations.entry(k).or_default() += v;
         }
@@ -48,6 +54,7 @@ pub fn main(seeds: u64, first: u64) -> ! {
         "violations": violations,
         "failing_seeds": failing,
         "explained_dead_letters": explained,
+        "exercised": exercised,
         "seconds": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     println!("{line}");
