@@ -118,7 +118,7 @@ pub struct Outcome {
     pub refused: u64,
     /// What the scenario exercised: `late` (versions stamped below the source's clock less the
     /// overlap), `recreated` (records created again under their ID), `held` (delta runs held
-    /// mid-page), `regressed` (regressions written by reconciliation during the schedule).
+    /// mid-page), `regressed` (regressions written by reconciliation).
     pub exercised: BTreeMap<&'static str, u64>,
     /// What each operation did (a run's status, a batch's counts), for the replay.
     pub notes: Vec<String>,
@@ -855,9 +855,15 @@ impl World {
                     self.send(d).await;
                 }
             }
-            Op::Replay { pick } => {
+            Op::Replay { pick, expired } => {
                 if !self.delivered.is_empty() {
-                    let b = self.delivered[*pick as usize % self.delivered.len()].clone();
+                    let mut b = self.delivered[*pick as usize % self.delivered.len()].clone();
+                    if *expired && let Ok(mut env) = serde_json::from_str::<QueueEnvelope>(&b) {
+                        // The dedup record is gone: the worker sees an event it never had.
+                        self.events += 1;
+                        env.event_id = Some(format!("ev-replayed-{}", self.events));
+                        b = env.to_body();
+                    }
                     self.send(vec![b]).await;
                 }
             }
@@ -1126,6 +1132,7 @@ impl World {
             let cursor_before = self.delta_cursor(e).await;
             match run_all(&self.deps(), &input, &self.settings.reconcile).await {
                 Ok(s) if s.first().is_some_and(|s| s.status == "succeeded") => {
+                    self.regressed += s.first().map_or(0, |s| s.regressed);
                     // Repairs over `targeted_limit` rewind the cursor: the delta run after
                     // the reconciliation applies them.
                     if self.delta_cursor(e).await < cursor_before {

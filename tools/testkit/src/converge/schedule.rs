@@ -106,7 +106,8 @@ pub enum Op {
     /// The held-back webhooks delivered, in reverse order when `reverse`.
     FlushDelayed { reverse: bool },
     /// An event delivered earlier arrives again (a sender's replay).
-    Replay { pick: u32 },
+    /// `expired`: after the worker's dedup has forgotten it (past `retain_us`), as a new event.
+    Replay { pick: u32, expired: bool },
     /// One delta-sync invocation of the entity (bounded to `max_pages` pages).
     DeltaRun { entity: Entity, max_pages: u8 },
     /// A delta invocation that reads its first page and is held before writing it for `hold`
@@ -201,7 +202,10 @@ impl Scenario {
                 40..=43 => Op::FlushDelayed {
                     reverse: rng.bool(),
                 },
-                44..=45 => Op::Replay { pick: rng.u32(..) },
+                44..=45 => Op::Replay {
+                    pick: rng.u32(..),
+                    expired: rng.u8(0..10) < 3,
+                },
                 46..=52 => Op::DeltaRun {
                     entity: entity(&mut rng),
                     max_pages: rng.u8(1..4),
