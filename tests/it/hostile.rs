@@ -175,6 +175,54 @@ async fn negative_control_trusting_an_ignored_order_loses_records_for_good() {
     );
 }
 
+/// 300 people, pages of 10, record 10 updated after all others: a source ignoring the order
+/// (ascending IDs) serves a first page that happens to be ascending (records 1-10, record 10
+/// last and newest), so the order check cannot see it; the next query (at record 10's value)
+/// would skip records 11-300.
+async fn an_ascending_first_page_from_a_source_ignoring_the_order() -> (SimHandle, SourceClient) {
+    let h = sim::misbehaving(sim::people_only(300), only("ignore_order")).await;
+    h.sim().update(Entity::People, 10, Some(BASE + 1_000 * SEC));
+    let c = client(&h, |c| c.entities[0].page_size = 10);
+    (h, c)
+}
+
+#[tokio::test]
+async fn a_page_that_happens_to_be_ascending_is_caught_by_the_counts() {
+    let (_h, c) = an_ascending_first_page_from_a_source_ignoring_the_order().await;
+    let s = local();
+    let err = run_delta(&c, s.as_ref(), s.as_ref(), E, &DeltaOptions::default())
+        .await
+        .expect_err("the run fails");
+    match &err {
+        SyncError::Source(SourceError::Walk {
+            source:
+                WalkError::Skipped {
+                    page: 1,
+                    counted,
+                    served: 9,
+                    ..
+                },
+            ..
+        }) => assert_eq!(*counted, 299, "{err}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("source.order_param"), "{err}");
+    assert_eq!(count(s.as_ref()).await, 0, "the page was not written");
+    assert_eq!(watermark(s.as_ref()).await, None, "the cursor did not move");
+}
+
+#[tokio::test]
+async fn negative_control_without_the_count_check_the_ascending_page_skips_the_rest() {
+    let (_h, c) = an_ascending_first_page_from_a_source_ignoring_the_order().await;
+    let c = c.without_walk_checks();
+    let s = local();
+    let r = run_delta(&c, s.as_ref(), s.as_ref(), E, &DeltaOptions::default())
+        .await
+        .expect("the unchecked run reports success");
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(count(s.as_ref()).await, 10, "records 11-300 skipped");
+}
+
 /// 300 people listed by keyset on the ID (`id_filter`), `order` in `order`.
 fn keyset(h: &SimHandle, order: Option<IdOrder>) -> SourceClient {
     client(h, |c: &mut Config| {
