@@ -73,6 +73,11 @@ impl RecordStore for MemoryRecords {
         let mut items = self.items.lock().expect("poisoned");
         let key = (entity.to_owned(), id.to_owned());
         let out = decide_delete(items.get(&key).map(|o| &o.version), evidence_us);
+        if crate::core::version::advances_deletion(items.get(&key).map(|o| &o.version), evidence_us)
+            && let Some(item) = items.get_mut(&key)
+        {
+            item.version.deleted_at_us = Some(evidence_us);
+        }
         if out == DeleteOutcome::Deleted
             && let Some(item) = items.get_mut(&key)
         {

@@ -448,19 +448,38 @@ pub async fn soft_delete_outcomes(s: &dyn RecordStore) {
         DeleteOutcome::Deleted
     );
     let deleted = get(s, E, "1").await;
+    assert_eq!(deleted.version.deleted_at_us, Some(2_001));
+    assert_eq!(deleted.written_by, Strategy::Webhook);
     assert_eq!(
         s.soft_delete(E, "1", 9_000, Strategy::Reconcile)
             .await
             .expect("delete"),
         DeleteOutcome::AlreadyDeleted
     );
+    // Seen without it again, later: the evidence moves (who deleted it stays), so that a copy
+    // fetched between the two observations (the source re-created the record, then deleted it
+    // once more) does not bring it back.
+    let again = get(s, E, "1").await;
+    assert_eq!(again.version.deleted_at_us, Some(9_000));
+    assert_eq!(again.written_by, Strategy::Webhook);
     assert_eq!(
-        get(s, E, "1").await,
-        deleted,
-        "the first deletion's evidence is kept"
+        upsert(
+            s,
+            &rec(E, "1", 3_000, 5_000, &person("1", "between")),
+            Strategy::Delta
+        )
+        .await,
+        WriteOutcome::Stale,
+        "fetched after the first deletion, before the second"
     );
-    assert_eq!(deleted.version.deleted_at_us, Some(2_001));
-    assert_eq!(deleted.written_by, Strategy::Webhook);
+    // An earlier evidence moves nothing back.
+    assert_eq!(
+        s.soft_delete(E, "1", 4_000, Strategy::Reconcile)
+            .await
+            .expect("delete"),
+        DeleteOutcome::AlreadyDeleted
+    );
+    assert_eq!(get(s, E, "1").await.version.deleted_at_us, Some(9_000));
 }
 
 pub async fn no_resurrection_before_evidence_restore_after(s: &dyn RecordStore) {

@@ -48,6 +48,16 @@ pub fn decide_delete(stored: Option<&StoredVersion>, evidence_us: Micros) -> Del
     }
 }
 
+/// Whether a soft delete with evidence at `evidence_us` of an item already soft-deleted moves its
+/// deletion evidence later (`deleted_at_us`): the source was seen without it again, later. A copy
+/// fetched between the two observations must not restore it (the source deleted it once more,
+/// after re-creating it): `decide_upsert` restores only what was fetched after the latest.
+pub fn advances_deletion(stored: Option<&StoredVersion>, evidence_us: Micros) -> bool {
+    stored
+        .and_then(|s| s.deleted_at_us)
+        .is_some_and(|d| evidence_us > d)
+}
+
 /// Decide whether reconciliation may write `fetched` (a fresh `get_by_id` of a record the
 /// destination holds at a newer version than the source lists) over the stored copy it compared,
 /// `compared`, now that the store holds `stored`. The exception to [`decide_upsert`]'s "never

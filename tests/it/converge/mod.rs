@@ -20,6 +20,9 @@
 //! - the walk's order checks, on a source ignoring its order parameter:
 //!   `the_order_checks_stop_every_run_that_would_skip_on_a_source_ignoring_its_order` ->
 //!   `negative_control_without_the_order_checks_a_run_succeeds_with_changes_missing` (I1);
+//! - a later deletion evidence, on a hand-written schedule (found by seed 1050):
+//!   `a_second_deletion_keeps_a_copy_read_before_it_from_restoring_the_record` ->
+//!   `negative_control_keeping_the_first_deletion_evidence_resurrects_the_record` (I3);
 //! - the delta lease, on a hand-written schedule (a rewind while a run is held):
 //!   `the_delta_lease_keeps_a_rewind_from_a_run_in_flight` ->
 //!   `negative_control_without_the_lease_a_run_in_flight_undoes_the_rewind` (I1).
@@ -293,6 +296,73 @@ async fn negative_control_without_the_lease_a_run_in_flight_undoes_the_rewind() 
     assert!(
         o.counts()["I1"] > 0,
         "no I1 violation found:\n{}",
+        o.explain(&scenario)
+    );
+}
+
+/// Found by seed 1050 of `bench converge`: a record deleted (the worker's 404), created again
+/// under its ID, read by a delta run that is then held, deleted once more (the worker's 404
+/// finds it already deleted); the held run then writes the copy it read. The second deletion
+/// moves the evidence later (`core::version::advances_deletion`), so that copy, fetched before
+/// it, is stale.
+fn deleted_again_while_a_run_holds_the_re_created_record() -> Scenario {
+    use source_sim::Entity::People;
+    use testkit::converge::{Fate, Op};
+    Scenario {
+        seed: 1,
+        people: 12,
+        donations: 8,
+        page_size: 3,
+        clock_skew_ms: 0,
+        ops: vec![
+            Op::Delete {
+                entity: People,
+                pick: 0,
+                fate: Fate::Deliver,
+            },
+            Op::WorkerBatch { max: 10 },
+            Op::Recreate {
+                entity: People,
+                pick: 0,
+                fate: Fate::Drop,
+            },
+            Op::DeltaHeld {
+                entity: People,
+                max_pages: 3,
+                hold: 3,
+            },
+            Op::Delete {
+                entity: People,
+                pick: 0,
+                fate: Fate::Deliver,
+            },
+            Op::WorkerBatch { max: 10 },
+        ],
+    }
+}
+
+#[tokio::test]
+async fn a_second_deletion_keeps_a_copy_read_before_it_from_restoring_the_record() {
+    let scenario = deleted_again_while_a_run_holds_the_re_created_record();
+    let o = run(&scenario, &Settings::default()).await;
+    assert!(o.violations.is_empty(), "{}", o.explain(&scenario));
+    assert_eq!(o.exercised["recreated"], 1, "{}", o.explain(&scenario));
+    assert_eq!(o.exercised["held"], 1, "{}", o.explain(&scenario));
+}
+
+/// -> the first deletion's evidence kept (`LocalStore::with_first_deletion_evidence`): the
+/// held copy, fetched after the first deletion, restores a record the source has deleted (I3).
+#[tokio::test]
+async fn negative_control_keeping_the_first_deletion_evidence_resurrects_the_record() {
+    let scenario = deleted_again_while_a_run_holds_the_re_created_record();
+    let settings = Settings {
+        first_deletion_evidence: true,
+        ..Settings::default()
+    };
+    let o = run(&scenario, &settings).await;
+    assert!(
+        o.counts()["I3"] > 0,
+        "no I3 violation found:\n{}",
         o.explain(&scenario)
     );
 }

@@ -7,6 +7,7 @@ use super::schema::{LIVE_IDS_INDEX, PAYLOAD_ENCODING_ZLIB_JSON, attr};
 use crate::adapters::aws::store_error;
 use crate::core::size;
 use crate::core::timefmt::now_us;
+use crate::core::version::advances_deletion;
 use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
@@ -423,6 +424,31 @@ impl DynamoRecords {
         .await
     }
 
+    /// Move an already soft-deleted item's deletion evidence later
+    /// (`core::version::advances_deletion`), conditionally: still deleted, and with an earlier
+    /// evidence (a restore or a later evidence meanwhile wins, and then nothing is written).
+    async fn later_evidence(&self, pk: &str, evidence_us: Micros) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(pk))
+            .update_expression("SET #deleted_at = :evidence")
+            .condition_expression("attribute_exists(#deleted_at) AND #deleted_at < :evidence")
+            .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+            .expression_attribute_values(":evidence", n(evidence_us))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
+                other => Err(store_error("advance deletion evidence", other)),
+            },
+            Err(other) => Err(store_error("advance deletion evidence", other)),
+        }
+    }
+
     /// One conditional soft delete: the outcome, or `Again` when the item changed between the
     /// condition check and its old image.
     async fn soft_delete_attempt(
@@ -484,6 +510,9 @@ impl DynamoRecords {
                 UpdateItemError::ConditionalCheckFailedException(failed) => {
                     let old = failed.item().map(|a| decode_version(pk, a)).transpose()?;
                     let decided = decide_delete(old.as_ref(), evidence_us);
+                    if advances_deletion(old.as_ref(), evidence_us) {
+                        self.later_evidence(pk, evidence_us).await?;
+                    }
                     Ok(if decided != DeleteOutcome::Deleted {
                         Attempt::Done(decided)
                     } else {

@@ -202,6 +202,9 @@ pub struct LocalStore {
     /// Negative control for tests (`with_last_write_wins`).
     #[cfg(any(test, feature = "testing"))]
     last_write_wins: bool,
+    /// Negative control for tests (`with_first_deletion_evidence`).
+    #[cfg(any(test, feature = "testing"))]
+    first_deletion_evidence: bool,
 }
 
 impl fmt::Debug for LocalStore {
@@ -219,6 +222,8 @@ impl LocalStore {
             db: Db::open(path.as_ref())?,
             #[cfg(any(test, feature = "testing"))]
             last_write_wins: false,
+            #[cfg(any(test, feature = "testing"))]
+            first_deletion_evidence: false,
         })
     }
 
@@ -228,6 +233,8 @@ impl LocalStore {
             db: Db::in_memory()?,
             #[cfg(any(test, feature = "testing"))]
             last_write_wins: false,
+            #[cfg(any(test, feature = "testing"))]
+            first_deletion_evidence: false,
         })
     }
 
@@ -252,6 +259,23 @@ impl LocalStore {
     pub fn with_last_write_wins(mut self) -> Self {
         self.last_write_wins = true;
         self
+    }
+
+    /// Negative control for tests only: a soft delete of a record already deleted keeps its
+    /// first evidence, as before `core::version::advances_deletion`: a copy fetched between two
+    /// deletions (the source re-created the record, then deleted it again) restores it (I3).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_first_deletion_evidence(mut self) -> Self {
+        self.first_deletion_evidence = true;
+        self
+    }
+
+    /// Whether a later deletion evidence moves `deleted_at_us` (always, without `testing`).
+    fn advances_evidence(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return !self.first_deletion_evidence;
+        #[cfg(not(any(test, feature = "testing")))]
+        return true;
     }
 
     /// A page to upsert, checked against the size rule, under this store's version rule.

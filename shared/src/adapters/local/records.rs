@@ -3,6 +3,7 @@
 use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::core::size::{self, record_key};
 use crate::core::timefmt::now_us;
+use crate::core::version::advances_deletion;
 use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
@@ -30,6 +31,9 @@ const UPDATE: &str = "UPDATE records SET entity = ?2, id = ?3, shard = ?4, delta
 
 const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = ?3, \
      written_by = ?4, last_synced_us = ?5 WHERE pk = ?1";
+
+/// A later deletion evidence for an item already soft-deleted (`core::version::advances_deletion`).
+const LATER_EVIDENCE: &str = "UPDATE records SET deleted_at_us = ?2 WHERE pk = ?1";
 
 const SELECT_SYNC_TIMES: &str = "SELECT first_seen_us, last_synced_us FROM records WHERE pk = ?1";
 
@@ -291,13 +295,20 @@ fn soft_delete_one(
     id: &str,
     evidence_us: Micros,
     by: Strategy,
+    advance: bool,
 ) -> Result<DeleteOutcome, StoreError> {
     let op = "soft delete record";
     let pk = record_key(entity, id);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(op, e))?;
-    let outcome = decide_delete(stored_version(&tx, &pk)?.as_ref(), evidence_us);
+    let stored = stored_version(&tx, &pk)?;
+    let outcome = decide_delete(stored.as_ref(), evidence_us);
+    if advance && advances_deletion(stored.as_ref(), evidence_us) {
+        tx.prepare_cached(LATER_EVIDENCE)
+            .and_then(|mut st| st.execute(params![pk, evidence_us]))
+            .map_err(|e| sql_error(op, e))?;
+    }
     if outcome == DeleteOutcome::Deleted {
         tx.prepare_cached(SOFT_DELETE)
             .and_then(|mut st| {
@@ -495,9 +506,10 @@ impl RecordStore for LocalStore {
         by: Strategy,
     ) -> Result<DeleteOutcome, StoreError> {
         let (entity, id) = (entity.to_owned(), id.to_owned());
+        let advance = self.advances_evidence();
         self.db()
             .call("soft delete record", move |c| {
-                soft_delete_one(c, &entity, &id, evidence_us, by)
+                soft_delete_one(c, &entity, &id, evidence_us, by, advance)
             })
             .await
     }

@@ -66,6 +66,9 @@ pub struct Settings {
     pub last_write_wins: bool,
     /// `false`: a negative control without leases (`Crashes::without_leases`).
     pub leases: bool,
+    /// Negative control: a second deletion keeps the first one's evidence
+    /// (`LocalStore::with_first_deletion_evidence`).
+    pub first_deletion_evidence: bool,
 }
 
 impl Default for Settings {
@@ -94,6 +97,7 @@ impl Default for Settings {
             delta_max_pages: None,
             last_write_wins: false,
             leases: true,
+            first_deletion_evidence: false,
         }
     }
 }
@@ -267,6 +271,9 @@ pub async fn run(scenario: &Scenario, settings: &Settings) -> Outcome {
     let mut records_file = LocalStore::open(dir.join("records.sqlite")).expect("records file");
     if settings.last_write_wins {
         records_file = records_file.with_last_write_wins();
+    }
+    if settings.first_deletion_evidence {
+        records_file = records_file.with_first_deletion_evidence();
     }
     let control_file = LocalStore::open(dir.join("control.sqlite")).expect("control file");
     let queue = control_file.queue(
