@@ -631,16 +631,18 @@ impl World {
             let have = stored
                 .filter(|s| !s.is_deleted())
                 .map(|s| s.version.delta_us);
-            // Below the event's version is a loss, unless the source itself went back there
-            // since (its clock stepped back; the regression repaired).
-            if have.is_none_or(|h| h < t) && have != Some(now.updated_at_us) {
+            // Below the event's version is a loss, unless the source itself went back below
+            // it since (its clock stepped back: a regression, which reconciliation repairs and
+            // the final comparison checks).
+            if have.is_none_or(|h| h < t) && now.updated_at_us >= t {
                 self.violation(
                     "I5",
                     op,
                     format!(
-                        "{} {id}: event {:?} acknowledged, its version {t} not stored ({have:?})",
+                        "{} {id}: event {:?} acknowledged, its version {t} not stored ({have:?}; the source now {})",
                         e.name(),
-                        env.event_id
+                        env.event_id,
+                        now.updated_at_us
                     ),
                 );
             }
