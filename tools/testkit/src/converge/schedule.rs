@@ -258,6 +258,38 @@ impl Scenario {
                     _ => CrashPoint::ReconcileStepLost,
                 }),
             };
+            // A reconciliation while a delta run is in flight: a change committed late (below
+            // the cursor), a delta run held while eight steps of the entity's reconciliation
+            // run (its repair may rewind the cursor to the late change: the rewind takes the
+            // delta lease), then a delta run. The source's clock steps forward first, so that
+            // the held run's cursor moves past the earlier runs' (its ceiling is later).
+            if let Op::DeltaHeld {
+                entity: e,
+                max_pages,
+                ..
+            } = op
+                && rng.u8(0..10) < 3
+            {
+                ops.push(Op::ClockStep {
+                    ms: rng.i64(2_000..=6_000),
+                });
+                ops.push(Op::LateCommit {
+                    entity: e,
+                    pick: rng.u32(..),
+                    fate: Fate::Drop,
+                });
+                ops.push(Op::DeltaHeld {
+                    entity: e,
+                    max_pages,
+                    hold: 8,
+                });
+                ops.extend(std::iter::repeat_n(Op::ReconcileStep { entity: e }, 8));
+                ops.push(Op::DeltaRun {
+                    entity: e,
+                    max_pages: 3,
+                });
+                continue;
+            }
             // What makes an interleaving count: a fault or crash met by the step it was
             // armed for, a record changed while a held delta run holds an older copy of it.
             let follow = match &op {
