@@ -320,21 +320,9 @@ async fn the_source_step_refuses_forged_and_altered_resume_tokens() {
     let input = serde_json::json!({"step": "source", "run": run, "progress": forged});
     let e = r::dispatch(&d, input, &opts).await.unwrap_err();
     assert_eq!(e.error_type(), "Reconcile.BadInput");
-    let summary = r::finish(
-        &d,
-        &r::FinishInput {
-            run: run.clone(),
-            source: None,
-            diff: None,
-            guard: None,
-            apply: None,
-            error: Some(serde_json::json!({"Error": e.error_type(), "Cause": e.to_string()})),
-            approval: None,
-        },
-        &opts,
-    )
-    .await
-    .unwrap();
+    let summary = r::finish(&d, &r::FinishInput::failed(run.clone(), &e), &opts)
+        .await
+        .unwrap();
     assert_eq!(summary.status, "failed");
 }
 

@@ -98,17 +98,7 @@ pub async fn run_all(
         match run_one(deps, &run, opts).await {
             Ok(s) => out.push(s),
             Err(e) => {
-                let fail = FinishInput {
-                    run: run.clone(),
-                    source: None,
-                    diff: None,
-                    guard: None,
-                    apply: None,
-                    error: Some(
-                        serde_json::json!({"Error": e.error_type(), "Cause": e.to_string()}),
-                    ),
-                    approval: None,
-                };
+                let fail = FinishInput::failed(run.clone(), &e);
                 tracing::error!(entity = %run.entity, error = %e, "reconciliation failed");
                 // The caller sees the error, not this summary: log it here.
                 match finish(deps, &fail, opts).await {

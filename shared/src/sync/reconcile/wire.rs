@@ -348,6 +348,22 @@ pub struct FinishInput {
     pub approval: Option<String>,
 }
 
+impl FinishInput {
+    /// The failure path's input for `run` after the step error `e`, as Step Functions' Catch
+    /// builds it (`Error` is the error's type, `Cause` its text).
+    pub fn failed(run: RunRef, e: &super::StepError) -> Self {
+        FinishInput {
+            run,
+            source: None,
+            diff: None,
+            guard: None,
+            apply: None,
+            error: Some(serde_json::json!({"Error": e.error_type(), "Cause": e.to_string()})),
+            approval: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub entity: String,

@@ -490,19 +490,24 @@ impl World {
         };
     }
 
+    /// One delta invocation of `e` (operation `op`); when it reads to the end, I1 and the
+    /// rewinds before it are checked.
+    async fn delta_checked(&mut self, e: Entity, max_pages: u8, op: usize) {
+        let before = self.sim.sim().versions(e);
+        let started = now_us();
+        if self.delta(e, max_pages).await == Some(RunStatus::Succeeded) {
+            self.check_i1(e, &before, Some(op)).await;
+            self.check_rewinds(e, started, Some(op)).await;
+        }
+    }
+
     /// A delta invocation of `e` that reads its first page and stops before writing it, held
     /// for `hold` operations (`Op::DeltaHeld`); a run that ends before writing anything (the
     /// lease held, a fault, nothing to read) ends as an ordinary `Op::DeltaRun`.
     async fn delta_held(&mut self, e: Entity, max_pages: u8, hold: u8, op: usize) {
         if self.paused.is_some() {
             // One held run at a time; this one runs through (and meets the lease).
-            let before = self.sim.sim().versions(e);
-            let started = now_us();
-            if self.delta(e, max_pages).await == Some(RunStatus::Succeeded) {
-                self.check_i1(e, &before, Some(op)).await;
-                self.check_rewinds(e, started, Some(op)).await;
-            }
-            return;
+            return self.delta_checked(e, max_pages, op).await;
         }
         let mut opts = self.settings.delta.next_run();
         opts.max_pages = self
@@ -794,17 +799,7 @@ impl World {
             r.failures += 1;
             // Step Functions' retries exhausted: the failure path ends the run.
             if r.failures >= 3 {
-                let fail = FinishInput {
-                    run: run.clone(),
-                    source: None,
-                    diff: None,
-                    guard: None,
-                    apply: None,
-                    error: Some(
-                        serde_json::json!({"Error": e.error_type(), "Cause": e.to_string()}),
-                    ),
-                    approval: None,
-                };
+                let fail = FinishInput::failed(run.clone(), &e);
                 let _ = finish(&deps, &fail, &opts).await;
                 return false;
             }
@@ -877,13 +872,7 @@ impl World {
                 }
             }
             Op::DeltaRun { entity, max_pages } => {
-                let before = sim.versions(*entity);
-                let started = now_us();
-                let status = self.delta(*entity, *max_pages).await;
-                if status == Some(RunStatus::Succeeded) {
-                    self.check_i1(*entity, &before, Some(i)).await;
-                    self.check_rewinds(*entity, started, Some(i)).await;
-                }
+                self.delta_checked(*entity, *max_pages, i).await;
             }
             Op::ClockStep { ms } => sim.set_clock_skew_ms(sim.clock_skew_ms() + ms),
             Op::Recreate { entity, pick, fate } => {
@@ -904,10 +893,10 @@ impl World {
                 };
                 let at = sim.now_us() - 600_000_000;
                 // Only a change: at or below the current version it would be a regression.
+                // (`classify` marks it late after the operation.)
                 if sim.get(*entity, id).is_some_and(|v| v.updated_at_us < at)
-                    && let Some(v) = sim.update(*entity, id, Some(at))
+                    && sim.update(*entity, id, Some(at)).is_some()
                 {
-                    self.late.insert((*entity, id, v.updated_at_us));
                     self.webhook(*entity, id, EnvelopeAction::Upsert, *fate)
                         .await;
                 }
