@@ -77,7 +77,91 @@ pub struct SourceConfig {
     #[serde(default = "default_backoff_cap_ms")]
     pub backoff_cap_ms: u64,
     pub rate_limit: RateLimit,
+    /// The rate budget every caller of the account shares (`[source.rate_budget]`).
+    #[serde(default)]
+    pub rate_budget: RateBudgetConfig,
+    /// The source's rate-limit headers, when it sends them (`[source.rate_headers]`): the
+    /// limit they announce replaces `rate_limit` in the shared budget.
+    #[serde(default)]
+    pub rate_headers: Option<RateHeaders>,
     pub auth: AuthConfig,
+}
+
+/// `[source.rate_budget]`: how the shared budget is keyed and cut (`core::budget`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateBudgetConfig {
+    /// Share one budget through the control table (default). `false` leaves each process its
+    /// own limiter of `rate_limit` only, as before: for a source without a per-account limit.
+    #[serde(default = "yes")]
+    pub shared: bool,
+    /// The budget's key: one per source account (default: the host of `base_url`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Largest slice of delta and reconciliation (tokens per store write).
+    #[serde(default = "default_background_slice")]
+    pub background_slice: u32,
+    /// Largest slice of webhook and targeted fetches.
+    #[serde(default = "default_targeted_slice")]
+    pub targeted_slice: u32,
+    /// How late a token may still be spent (send-time jitter between the callers' requests
+    /// and the source's count), in milliseconds.
+    #[serde(default = "default_lateness_ms")]
+    pub lateness_ms: u64,
+}
+
+impl Default for RateBudgetConfig {
+    fn default() -> Self {
+        RateBudgetConfig {
+            shared: true,
+            account: None,
+            background_slice: default_background_slice(),
+            targeted_slice: default_targeted_slice(),
+            lateness_ms: default_lateness_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_background_slice() -> u32 {
+    crate::core::budget::Shape::default().background_slice
+}
+fn default_targeted_slice() -> u32 {
+    crate::core::budget::Shape::default().targeted_slice
+}
+fn default_lateness_ms() -> u64 {
+    (crate::core::budget::Shape::default().lateness_us / 1000) as u64
+}
+
+impl RateBudgetConfig {
+    pub fn shape(&self) -> crate::core::budget::Shape {
+        crate::core::budget::Shape {
+            background_slice: self.background_slice,
+            targeted_slice: self.targeted_slice,
+            lateness_us: i64::try_from(self.lateness_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// `[source.rate_headers]`: the names of the headers announcing the source's limit. The period
+/// may be a number of seconds or carry its unit (`20 seconds`, `1 minute`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateHeaders {
+    pub limit: String,
+    pub period: String,
+}
+
+impl RateLimit {
+    /// As the budget's arithmetic takes it.
+    pub fn as_limit(&self) -> crate::core::budget::Limit {
+        crate::core::budget::Limit {
+            requests: self.requests,
+            per_us: (self.per_seconds * 1e6).round() as i64,
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -593,6 +677,7 @@ impl Config {
             return Err(err("-", "source.max_attempts", "must be at least 1".into()));
         }
         check_rate(&s.rate_limit).map_err(|m| err("-", "source.rate_limit", m))?;
+        check_budget(s).map_err(|(f, m)| err("-", f, m))?;
         match &s.filter {
             Filter::Bracket { ops } | Filter::Suffix { ops } if ops.is_empty() => {
                 return Err(err(
@@ -799,6 +884,51 @@ fn is_loopback(u: &url::Url) -> bool {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
     }
+}
+
+fn check_budget(s: &SourceConfig) -> Result<(), (&'static str, String)> {
+    let b = &s.rate_budget;
+    if !b.shared {
+        return Ok(());
+    }
+    let min = crate::core::budget::MIN_REQUESTS;
+    if s.rate_limit.requests < min {
+        return Err((
+            "source.rate_limit.requests",
+            format!("the shared budget needs at least {min} requests per window"),
+        ));
+    }
+    if b.background_slice == 0 || b.targeted_slice == 0 {
+        return Err((
+            "source.rate_budget",
+            "background_slice and targeted_slice must be at least 1".into(),
+        ));
+    }
+    if b.lateness_ms > 10_000 {
+        return Err((
+            "source.rate_budget.lateness_ms",
+            "must be at most 10000 (it is taken out of the source's limit)".into(),
+        ));
+    }
+    if let Some(a) = &b.account
+        && (a.is_empty() || a.len() > 200 || a.chars().any(char::is_control))
+    {
+        return Err((
+            "source.rate_budget.account",
+            "must be 1 to 200 printable characters".into(),
+        ));
+    }
+    for (field, name) in s.rate_headers.iter().flat_map(|h| {
+        [
+            ("source.rate_headers.limit", &h.limit),
+            ("source.rate_headers.period", &h.period),
+        ]
+    }) {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err((field, format!("{name:?} is not a header name")));
+        }
+    }
+    Ok(())
 }
 
 fn check_rate(r: &RateLimit) -> Result<(), String> {

@@ -338,8 +338,47 @@ pub enum SourceError {
     /// could be answered: a wait the source asked for (`Retry-After`), a backoff, or the next
     /// page. Not a failure of the source: delta stops `partial` at its checkpoint, the worker
     /// fails the message for SQS to retry, reconciliation's Source step resumes.
-    #[error("stopping before the invocation's deadline: {url} would need {wait:?} more")]
-    Deadline { url: String, wait: Duration },
+    #[error("stopping before the invocation's deadline: {url} would need {wait:?} more ({cause})")]
+    Deadline {
+        url: String,
+        wait: Duration,
+        cause: WaitCause,
+    },
+}
+
+/// What a request would have waited for past the stop instant (`SourceError::Deadline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCause {
+    /// The stop instant has passed before the next page.
+    StopInstant,
+    /// This process's own rate limiter (the local floor), or an entity's.
+    RateLimit,
+    /// The source's `Retry-After`.
+    RetryAfter,
+    /// The backoff before a retry.
+    Backoff,
+    /// The shared rate budget: the account's requests are spoken for by higher lanes, or a
+    /// `Retry-After` pauses every caller. Delta and reconciliation stop `partial` with
+    /// `stopped_by = "budget"`.
+    Budget,
+}
+
+impl WaitCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitCause::StopInstant => "stop instant",
+            WaitCause::RateLimit => "rate limit",
+            WaitCause::RetryAfter => "retry-after",
+            WaitCause::Backoff => "backoff",
+            WaitCause::Budget => "budget",
+        }
+    }
+}
+
+impl std::fmt::Display for WaitCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl SourceError {

@@ -2,6 +2,7 @@
 //! DynamoDB/SQS/S3 when deployed, SQLite and a folder locally, in-memory fakes in unit tests.
 //! No SDK type crosses these signatures.
 
+use crate::core::budget::{Limit, SliceAnswer, SliceAsk};
 use crate::error::{SourceError, StoreError};
 use crate::model::{
     DeleteOutcome, Fetched, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected,
@@ -265,6 +266,31 @@ pub trait ControlStore: Send + Sync {
         now_us: Micros,
         add: NotFoundCounts,
     ) -> Result<NotFoundCounts, StoreError>;
+}
+
+/// One source account's shared rate budget (`core::budget`): the `budget#<account>` item of
+/// the control table, the `control_budget` row locally. Every call is one write.
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// Take a slice of `ask.tokens` tokens when the schedule allows it (`core::budget::decide`),
+    /// or answer when to ask again.
+    async fn take_slice(&self, account: &str, ask: SliceAsk) -> Result<SliceAnswer, StoreError>;
+
+    /// Hold every caller until `until_us` (a source's `Retry-After`); never shortens a pause.
+    async fn pause_budget(&self, account: &str, until_us: Micros) -> Result<(), StoreError>;
+
+    /// Record the limit the source announced in its rate-limit headers.
+    async fn learn_limit(&self, account: &str, limit: Limit) -> Result<(), StoreError>;
+
+    /// Hand back the unspent tail of a slice: the schedule moves from `end_us` back to
+    /// `back_to_us`, only while it still ends at `end_us` (no later slice was cut after it).
+    /// `Ok(false)` when it was; those tokens then expire unspent.
+    async fn give_back(
+        &self,
+        account: &str,
+        end_us: Micros,
+        back_to_us: Micros,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Fetches and unexpected 404s (a 404 no delete event announced) of an entity, counted by the

@@ -460,6 +460,7 @@ impl SourceHooks<SourceClient> for DeadlineAt {
             return Err(SourceError::Deadline {
                 url: format!("{entity}/{id}"),
                 wait: std::time::Duration::ZERO,
+                cause: shared::error::WaitCause::StopInstant,
             });
         }
         inner.get_by_id(entity, id).await

@@ -1,5 +1,6 @@
 //! Pure logic: no IO, no SDK types. Unit-tested table by table.
 
+pub mod budget;
 pub mod cursor;
 pub mod deadline;
 pub mod json;

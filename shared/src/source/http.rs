@@ -17,10 +17,12 @@
 //! outlive a 60 s worker). A request itself is not cut: the callers' margins before the
 //! deadline cover the source's timeout.
 
-use crate::config::{AuthConfig, Reloading, Secret, SecretProvider, SourceConfig};
+use crate::config::{AuthConfig, RateHeaders, Reloading, Secret, SecretProvider, SourceConfig};
+use crate::core::budget::{Lane, Limit, parse_period};
 use crate::core::timefmt::{now_us, parse_http_date};
-use crate::error::{ParseError, SourceError};
+use crate::error::{ParseError, SourceError, WaitCause};
 use crate::model::Micros;
+use crate::source::budget::Budget;
 use crate::source::ratelimit::SlidingWindow;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use std::sync::Arc;
@@ -158,6 +160,9 @@ pub struct Http {
     auth_header: header::HeaderName,
     policy: RetryPolicy,
     limiter: SlidingWindow,
+    /// The account's shared budget (`source::budget`), after the local floor `limiter`.
+    budget: Option<Arc<Budget>>,
+    rate_headers: Option<(header::HeaderName, header::HeaderName)>,
     pub(crate) stats: Stats,
 }
 
@@ -200,8 +205,28 @@ impl Http {
                 cap: Duration::from_millis(cfg.backoff_cap_ms),
             },
             limiter: SlidingWindow::new(&cfg.rate_limit),
+            budget: None,
+            rate_headers: cfg.rate_headers.as_ref().and_then(header_names),
             stats: Stats::default(),
         })
+    }
+
+    /// Take every request's token from `budget` too (after this process's own limiter).
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    pub fn budget(&self) -> Option<&Arc<Budget>> {
+        self.budget.as_ref()
+    }
+
+    /// The limit a response's rate-limit headers announce, when both parse.
+    fn announced(&self, h: &HeaderMap) -> Option<Limit> {
+        let (limit, period) = self.rate_headers.as_ref()?;
+        let requests: u32 = h.get(limit)?.to_str().ok()?.trim().parse().ok()?;
+        let per_us = parse_period(h.get(period)?.to_str().ok()?)?;
+        (requests > 0).then_some(Limit { requests, per_us })
     }
 
     /// Read the secret again from `provider` after a 401 (at most once per
@@ -229,20 +254,22 @@ impl Http {
     }
 
     /// GET `url` and decode it with `parse`, under the retry policy. `extra` is an entity's own
-    /// rate limit, applied on top of the source's.
+    /// rate limit, applied on top of the source's; `lane` the shared budget's lane.
     pub async fn get<T>(
         &self,
         url: &url::Url,
         extra: Option<&SlidingWindow>,
+        lane: Lane,
         parse: impl Fn(Body<'_>, Micros) -> Result<T, ParseError>,
     ) -> Result<Answer<T>, SourceError> {
         let shown = redact_url(url);
         let stop = stop_instant();
-        let deadline = |wait: Duration| {
-            tracing::info!(url = %shown, ?wait, "stopping: waiting would pass the invocation's deadline");
+        let deadline = |wait: Duration, cause: WaitCause| {
+            tracing::info!(url = %shown, ?wait, %cause, "stopping: waiting would pass the invocation's deadline");
             SourceError::Deadline {
                 url: shown.clone(),
                 wait,
+                cause,
             }
         };
         let mut attempt = 0u32;
@@ -252,9 +279,19 @@ impl Http {
         loop {
             attempt += 1;
             let last = attempt >= self.policy.max_attempts;
-            self.limiter.acquire_by(stop).await.map_err(deadline)?;
+            self.limiter
+                .acquire_by(stop)
+                .await
+                .map_err(|w| deadline(w, WaitCause::RateLimit))?;
             if let Some(l) = extra {
-                l.acquire_by(stop).await.map_err(deadline)?;
+                l.acquire_by(stop)
+                    .await
+                    .map_err(|w| deadline(w, WaitCause::RateLimit))?;
+            }
+            if let Some(b) = &self.budget {
+                b.acquire(lane, stop)
+                    .await
+                    .map_err(|short| deadline(short.wait, WaitCause::Budget))?;
             }
             self.stats.requests.fetch_add(1, Relaxed);
             let mut req = self
@@ -281,13 +318,20 @@ impl Http {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();
                     let json = is_json(&headers);
+                    if let (Some(b), Some(limit)) = (&self.budget, self.announced(&headers)) {
+                        b.observe(limit).await;
+                    }
                     if status == 429 {
                         self.stats.rate_limited.fetch_add(1, Relaxed);
                         let retry_after = retry_after(&headers);
+                        // Every caller of the account waits, not only this one.
+                        if let (Some(b), Some(wait)) = (&self.budget, retry_after) {
+                            b.pause(wait.min(MAX_RETRY_AFTER)).await;
+                        }
                         if !last && retry_after.is_some_and(|d| d <= MAX_RETRY_AFTER) {
                             let wait = retry_after.unwrap_or_default();
                             if passes(stop, wait) {
-                                return Err(deadline(wait));
+                                return Err(deadline(wait, WaitCause::RetryAfter));
                             }
                             tracing::warn!(url = %shown, ?wait, "rate limited by the source; waiting");
                             self.stats.retries.fetch_add(1, Relaxed);
@@ -405,13 +449,21 @@ impl Http {
             let wait = self.policy.backoff(attempt);
             if passes(stop, wait) {
                 tracing::warn!(url = %shown, attempt, error = %failure, "source call failed; no time left to retry");
-                return Err(deadline(wait));
+                return Err(deadline(wait, WaitCause::Backoff));
             }
             tracing::warn!(url = %shown, attempt, ?wait, error = %failure, "source call failed; retrying");
             self.stats.retries.fetch_add(1, Relaxed);
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The configured rate-limit header names (checked by `config::validate`).
+fn header_names(h: &RateHeaders) -> Option<(header::HeaderName, header::HeaderName)> {
+    Some((
+        header::HeaderName::from_bytes(h.limit.as_bytes()).ok()?,
+        header::HeaderName::from_bytes(h.period.as_bytes()).ok()?,
+    ))
 }
 
 /// The credential header's value for `auth` from the secret `s` (sensitive: never logged).

@@ -7,6 +7,7 @@
 //! (a tie larger than a page) is read by position within the tie, repeated until two passes see
 //! the same members, then the walk continues strictly after that value.
 
+pub mod budget;
 pub mod http;
 pub mod parse;
 pub mod probe;
@@ -17,6 +18,7 @@ use crate::config::{
     AuthConfig, Config, EntityConfig, FilterOp, IdOrder, Pagination, Secret, SecretProvider,
     SourceConfig,
 };
+use crate::core::budget::Lane;
 use crate::core::size::MAX_ID_BYTES;
 use crate::core::timefmt::format_rfc3339;
 use crate::error::{ConfigError, ParseError, SourceError, WalkError};
@@ -188,6 +190,36 @@ impl SourceClient {
         self
     }
 
+    /// Take every request's token from the account's shared budget in `store` (after this
+    /// process's own limiter), unless `[source.rate_budget] shared = false`. Lanes follow the
+    /// call: `fetch_by_id` targeted, `list_changed_since` delta, `stream_ids` reconciliation.
+    pub fn with_budget_in(mut self, store: Arc<dyn crate::ports::BudgetStore>) -> Self {
+        let b = &self.source.rate_budget;
+        if !b.shared {
+            return self;
+        }
+        let account = b
+            .account
+            .clone()
+            .unwrap_or_else(|| self.base.host_str().unwrap_or("source").to_owned());
+        let budget =
+            budget::Budget::new(store, account, self.source.rate_limit.as_limit(), b.shape());
+        self.http = self.http.with_budget(Arc::new(budget));
+        self
+    }
+
+    /// The shared budget, when the client has one.
+    pub fn budget(&self) -> Option<&Arc<budget::Budget>> {
+        self.http.budget()
+    }
+
+    /// Hand back the budget's unspent tokens (the end of a run, step or batch).
+    pub async fn give_back_budget(&self) {
+        if let Some(b) = self.http.budget() {
+            b.give_back().await;
+        }
+    }
+
     /// Re-reads of the source secret so far.
     pub fn secret_rereads(&self) -> u64 {
         self.http.secret_rereads()
@@ -265,6 +297,7 @@ impl SourceClient {
             return Err(SourceError::Deadline {
                 url: http::redact_url(url),
                 wait: std::time::Duration::ZERO,
+                cause: crate::error::WaitCause::StopInstant,
             });
         }
         Ok(())
@@ -425,7 +458,7 @@ impl SourceApi for SourceClient {
             let per_page = (self.source.pagination.limit_param().to_owned(), p.to_string());
             let mut requests = 0u64;
             let fetch = |url: Url| async move {
-                self.http.get(&url, e.limiter.as_ref(), |b, at| match b {
+                self.http.get(&url, e.limiter.as_ref(), Lane::Delta, |b, at| match b {
                     Body::Json(t) => parse::parse_record_page(entity, t, &e.shape, at),
                     Body::NotFound => Err(ParseError::ListingNotFound),
                 }).await
@@ -673,7 +706,7 @@ impl SourceApi for SourceClient {
             }
             let mut requests = 0u64;
             let fetch = |url: Url| async move {
-                self.http.get(&url, e.limiter.as_ref(), |b, _| match b {
+                self.http.get(&url, e.limiter.as_ref(), Lane::Reconcile, |b, _| match b {
                     Body::Json(t) => parse::parse_id_page(t, &e.shape),
                     Body::NotFound => Err(ParseError::ListingNotFound),
                 }).await
@@ -850,7 +883,7 @@ impl SourceApi for SourceClient {
         url.set_path(&path);
         let ans = self
             .http
-            .get(&url, e.limiter.as_ref(), |b, at| match b {
+            .get(&url, e.limiter.as_ref(), Lane::Targeted, |b, at| match b {
                 Body::NotFound => Ok(None),
                 Body::Json(t) => parse::parse_single(entity, t, &e.shape, at).map(Some),
             })

@@ -429,10 +429,15 @@ impl SourceClient {
     ) -> Result<Probed, SourceError> {
         let ans = self
             .http
-            .get(&url, e.limiter.as_ref(), |b, _| match b {
-                Body::Json(t) => parse::parse_id_page(t, &e.shape),
-                Body::NotFound => Err(ParseError::ListingNotFound),
-            })
+            .get(
+                &url,
+                e.limiter.as_ref(),
+                crate::core::budget::Lane::Delta,
+                |b, _| match b {
+                    Body::Json(t) => parse::parse_id_page(t, &e.shape),
+                    Body::NotFound => Err(ParseError::ListingNotFound),
+                },
+            )
             .await?;
         let page = ans.value;
         let next = if self.source.pagination.is_positional() {

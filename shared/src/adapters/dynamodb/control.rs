@@ -85,8 +85,11 @@ fn scope(entity: &str, kind: JobKind) -> String {
 ///   `w-1` of the new image.
 #[derive(Debug, Clone)]
 pub struct DynamoControl {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
+    /// The budget schedule's end as last seen, which picks the first form of a slice's
+    /// conditional write (`budget`).
+    pub(super) budget_hint: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl DynamoControl {
@@ -94,6 +97,7 @@ impl DynamoControl {
         DynamoControl {
             client,
             table: table.into(),
+            budget_hint: Default::default(),
         }
     }
 

@@ -24,6 +24,7 @@
 //! (`adapters::aws::retry_config`) are spent; any other SDK failure is `StoreError::Backend`
 //! naming the operation; an item the adapter cannot read is `StoreError::Decode`.
 
+mod budget;
 mod conditional;
 mod control;
 mod item;
@@ -32,6 +33,7 @@ mod records;
 pub mod schema;
 mod tables;
 
+pub use budget::budget_pk;
 pub use control::{DynamoControl, RUN_HISTORY_RETENTION_US, event_pk, job_pk, run_sk, runs_pk};
 pub use records::{
     DynamoRecords, MAX_ID_BYTES, MAX_PK_BYTES, UPSERT_CONCURRENCY, live_ids_partition, record_key,

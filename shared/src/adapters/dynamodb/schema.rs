@@ -49,6 +49,10 @@
 //!   `f_<w>` and `n_<w>` (N: fetches and unexpected 404s of the 10-minute bucket `w`,
 //!   `ports::not_found_window`), `ttl` at the end of bucket `w + 1`. Each write adds to the
 //!   current bucket and removes the six before the previous one; reads sum `w` and `w - 1`.
+//! - the shared rate budget of a source account: `pk = "budget#<account>"`, `sk = "state"`:
+//!   `tat_us` (N, the end of the last slice handed out, `core::budget`), `paused_until_us` (a
+//!   source's `Retry-After`), `limit_requests` and `limit_per_us` (the limit the source's
+//!   headers announced), `ttl` a day after the last slice. One conditional UpdateItem per slice.
 
 /// A scalar attribute type, as key schemas and attribute definitions spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,6 +185,10 @@ pub mod attr {
     pub const EVENT_ID: &str = "event_id";
     pub const UNTIL_US: &str = "until_us";
     pub const TTL: &str = "ttl";
+    pub const TAT_US: &str = "tat_us";
+    pub const PAUSED_UNTIL_US: &str = "paused_until_us";
+    pub const LIMIT_REQUESTS: &str = "limit_requests";
+    pub const LIMIT_PER_US: &str = "limit_per_us";
 }
 
 /// The value of `payload_encoding` beside `payload_z`.

@@ -23,6 +23,7 @@
 //! - the pk is unique because every write looks it up first inside its IMMEDIATE transaction
 //!   (no UNIQUE constraint: see `RECORDS_SCHEMA`).
 
+mod budget;
 mod control;
 mod queue;
 mod records;
@@ -167,6 +168,16 @@ CREATE TABLE IF NOT EXISTS control_notfound (
     fetched   INTEGER NOT NULL,
     not_found INTEGER NOT NULL,
     PRIMARY KEY (entity, window)
+) WITHOUT ROWID;
+
+-- control: one source account's shared rate budget (the `budget#<account>` item):
+-- core::budget's schedule end, a Retry-After pause, the limit learned from the source.
+CREATE TABLE IF NOT EXISTS control_budget (
+    account         TEXT PRIMARY KEY NOT NULL,
+    tat_us          INTEGER,
+    paused_until_us INTEGER,
+    limit_requests  INTEGER,
+    limit_per_us    INTEGER
 ) WITHOUT ROWID;
 
 -- The local work queue (SQS locally); several named queues may share the table.

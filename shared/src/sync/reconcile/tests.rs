@@ -110,6 +110,7 @@ impl SourceApi for Listing {
                 out.push(Err(SourceError::Deadline {
                     url: format!("page {i}"),
                     wait: std::time::Duration::ZERO,
+                    cause: crate::error::WaitCause::StopInstant,
                 }));
                 break;
             }
