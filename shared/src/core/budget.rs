@@ -253,7 +253,7 @@ pub fn parse_period(v: &str) -> Option<Micros> {
         _ => return None,
     };
     let us = n * scale;
-    (us.is_finite() && us >= 1.0 && us <= 86_400e6).then_some(us as Micros)
+    (us.is_finite() && (1.0..=86_400e6).contains(&us)).then_some(us as Micros)
 }
 
 #[cfg(test)]
