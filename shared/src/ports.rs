@@ -437,4 +437,8 @@ pub trait SourceApi: Send + Sync {
             sent_us: before,
         })
     }
+
+    /// The end of a run, a step or a batch: hand back the shared rate budget's unspent tokens
+    /// for other callers (the source client); nothing for sources without a budget.
+    async fn release_budget(&self) {}
 }

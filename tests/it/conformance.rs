@@ -22,14 +22,15 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 use shared::StoreError;
+use shared::core::budget::{Limit, SliceAnswer, SliceAsk};
 use shared::core::timefmt::now_us;
 use shared::model::{
     DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, RegressOutcome, Strategy,
     WriteOutcome, shard_of,
 };
 use shared::ports::{
-    ControlStore, EventClaim, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US, NotFoundCounts,
-    RecordStore, RunRecord, not_found_window,
+    BudgetStore, ControlStore, EventClaim, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US,
+    NotFoundCounts, RecordStore, RunRecord, not_found_window,
 };
 use std::collections::BTreeSet;
 
@@ -94,6 +95,30 @@ macro_rules! conformance_suite {
     };
 }
 pub(crate) use conformance_suite;
+
+/// One `#[tokio::test]` per budget body on the store `$make` gives (`Arc<dyn BudgetStore>`).
+macro_rules! budget_suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+            macro_rules! budget_test {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let store = ($make)().await;
+                        $crate::conformance::$name(&*store).await;
+                    }
+                };
+            }
+            budget_test!(budget_slices_follow_the_schedule);
+            budget_test!(budget_pause_holds_every_lane_and_never_shortens);
+            budget_test!(budget_learned_limit_comes_back_with_every_answer);
+            budget_test!(budget_give_back_only_while_the_slice_is_the_last);
+            budget_test!(budget_concurrent_slices_never_overlap);
+        }
+    };
+}
+pub(crate) use budget_suite;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -1717,4 +1742,119 @@ pub async fn not_found_window_rolls_by_ten_minutes(c: &dyn ControlStore) {
     assert!(all.iter().all(Result::is_ok), "{all:?}");
     assert_eq!(add(E, at(12) + 2 * SEC, 0, 0).await, counts(21, 11));
     assert_eq!(add("donations", at(1), 0, 0).await, counts(4, 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the shared rate budget (`BudgetStore`), run by `conformance_local` and `conformance_dynamodb`
+// ---------------------------------------------------------------------------------------------
+
+fn ask(now_us: Micros, tokens: u32, lookahead_us: Micros) -> SliceAsk {
+    SliceAsk {
+        now_us,
+        tokens,
+        interval_us: 10,
+        lookahead_us,
+    }
+}
+
+fn first_of(a: SliceAnswer) -> Micros {
+    match a {
+        SliceAnswer::Granted { first_us, .. } => first_us,
+        other => panic!("want a slice, got {other:?}"),
+    }
+}
+
+pub async fn budget_slices_follow_the_schedule(b: &dyn BudgetStore) {
+    let now = now_us();
+    // Idle: the slice starts now and the schedule ends 4 tokens later.
+    assert_eq!(
+        first_of(b.take_slice("a", ask(now, 4, 0)).await.unwrap()),
+        now
+    );
+    // Ahead of now by 40: a lane without lookahead waits until then...
+    match b.take_slice("a", ask(now, 4, 0)).await.unwrap() {
+        SliceAnswer::Wait {
+            until_us, paused, ..
+        } => assert_eq!((until_us, paused), (now + 40, false)),
+        other => panic!("want a wait, got {other:?}"),
+    }
+    // ... a lane that may look 40 ahead starts where the last slice ended.
+    assert_eq!(
+        first_of(b.take_slice("a", ask(now, 2, 40)).await.unwrap()),
+        now + 40
+    );
+    // Accounts are independent.
+    assert_eq!(
+        first_of(b.take_slice("b", ask(now, 4, 0)).await.unwrap()),
+        now
+    );
+    // Once now has passed the schedule, the next slice starts at now again.
+    assert_eq!(
+        first_of(b.take_slice("a", ask(now + 1_000, 1, 0)).await.unwrap()),
+        now + 1_000
+    );
+}
+
+pub async fn budget_pause_holds_every_lane_and_never_shortens(b: &dyn BudgetStore) {
+    let now = now_us();
+    b.pause_budget("a", now + 500).await.unwrap();
+    b.pause_budget("a", now + 200).await.unwrap();
+    for lookahead in [0, 10_000] {
+        match b.take_slice("a", ask(now, 1, lookahead)).await.unwrap() {
+            SliceAnswer::Wait {
+                until_us, paused, ..
+            } => assert_eq!((until_us, paused), (now + 500, true)),
+            other => panic!("want the pause, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        first_of(b.take_slice("a", ask(now + 500, 1, 0)).await.unwrap()),
+        now + 500
+    );
+}
+
+pub async fn budget_learned_limit_comes_back_with_every_answer(b: &dyn BudgetStore) {
+    let now = now_us();
+    let limit = Limit {
+        requests: 75,
+        per_us: 20_000_000,
+    };
+    match b.take_slice("a", ask(now, 1, 0)).await.unwrap() {
+        SliceAnswer::Granted { learned, .. } => assert_eq!(learned, None),
+        other => panic!("{other:?}"),
+    }
+    b.learn_limit("a", limit).await.unwrap();
+    match b.take_slice("a", ask(now, 1, 100)).await.unwrap() {
+        SliceAnswer::Granted { learned, .. } => assert_eq!(learned, Some(limit)),
+        other => panic!("{other:?}"),
+    }
+    match b.take_slice("a", ask(now, 1, 0)).await.unwrap() {
+        SliceAnswer::Wait { learned, .. } => assert_eq!(learned, Some(limit)),
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn budget_give_back_only_while_the_slice_is_the_last(b: &dyn BudgetStore) {
+    let now = now_us();
+    let first = first_of(b.take_slice("a", ask(now, 5, 0)).await.unwrap());
+    let second = first_of(b.take_slice("a", ask(now, 5, 100)).await.unwrap());
+    assert_eq!((first, second), (now, now + 50));
+    // The first slice is no longer the last: its tail cannot come back.
+    assert!(!b.give_back("a", now + 50, now + 10).await.unwrap());
+    // The second's can: the schedule moves back, and the next slice starts there.
+    assert!(b.give_back("a", now + 100, now + 60).await.unwrap());
+    assert_eq!(
+        first_of(b.take_slice("a", ask(now, 1, 100)).await.unwrap()),
+        now + 60
+    );
+}
+
+/// Callers racing for slices each get their own span of the schedule: no two overlap.
+pub async fn budget_concurrent_slices_never_overlap(b: &dyn BudgetStore) {
+    let now = now_us();
+    let answers = join_all((0..16).map(|_| b.take_slice("a", ask(now, 3, 10_000)))).await;
+    let mut firsts: Vec<Micros> = answers.into_iter().map(|a| first_of(a.unwrap())).collect();
+    firsts.sort_unstable();
+    let want: Vec<Micros> = (0..16).map(|i| now + i * 30).collect();
+    assert_eq!(firsts, want);
 }

@@ -2,7 +2,7 @@
 //! test, made by `create_tables`), plus what only DynamoDB has: the item layout the
 //! application reads (native payload map, compressed fallback, the sparse live-ID index).
 
-use crate::conformance::{self, conformance_suite, rec};
+use crate::conformance::{self, budget_suite, conformance_suite, rec};
 use crate::harness::{dynamodb_client, unique_name};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
@@ -11,7 +11,7 @@ use shared::adapters::dynamodb::{
     DynamoRecords, MAX_ID_BYTES, create_tables, record_key, schema, stores,
 };
 use shared::model::{ID_SHARDS, LastAction, Strategy, WriteOutcome, shard_of};
-use shared::ports::{ControlStore, RecordStore};
+use shared::ports::{BudgetStore, ControlStore, RecordStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -33,6 +33,13 @@ pub async fn dynamodb_stores() -> (Arc<dyn RecordStore>, Arc<dyn ControlStore>) 
 }
 
 conformance_suite!(dynamodb, dynamodb_stores);
+
+pub async fn dynamodb_budget() -> Arc<dyn BudgetStore> {
+    let (client, records, control) = fresh_tables().await;
+    Arc::new(stores(client, &records, &control).1)
+}
+
+budget_suite!(dynamodb_budget_store, dynamodb_budget);
 
 async fn raw_item(
     client: &aws_sdk_dynamodb::Client,

@@ -1,9 +1,9 @@
 //! The store conformance suite against the embedded local store (SQLite), one fresh database
 //! file per test. Needs no emulator.
 
-use crate::conformance::conformance_suite;
+use crate::conformance::{budget_suite, conformance_suite};
 use shared::adapters::local::LocalStore;
-use shared::ports::{ControlStore, RecordStore};
+use shared::ports::{BudgetStore, ControlStore, RecordStore};
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime};
@@ -43,6 +43,15 @@ pub async fn local_stores() -> (Arc<dyn RecordStore>, Arc<dyn ControlStore>) {
     let store = Arc::new(LocalStore::open(&path).expect("open the local store"));
     (store.clone(), store)
 }
+
+pub async fn local_budget() -> Arc<dyn BudgetStore> {
+    sweep_old_databases();
+    std::fs::create_dir_all(folder()).expect("create the test database folder");
+    let path = folder().join(format!("{}.sqlite", uuid::Uuid::new_v4()));
+    Arc::new(LocalStore::open(&path).expect("open the local store"))
+}
+
+budget_suite!(local_budget_store, local_budget);
 
 conformance_suite!(local, local_stores);
 

@@ -27,17 +27,19 @@ pub async fn load() -> Result<Deployed, ConfigError> {
         Some(p) => Some(p.read().await?),
         None => None,
     };
-    let mut source = SourceClient::new(&config, secret)?;
+    let (records, control) = stores(aws::dynamodb_client(&sdk), &tables.records, &tables.control);
+    let control = Arc::new(control);
+    // Every function's requests share the account's rate budget in the control table.
+    let mut source = SourceClient::new(&config, secret)?.with_budget_in(control.clone());
     if let Some(p) = provider {
         source = source.with_secret_provider(p);
     }
-    let (records, control) = stores(aws::dynamodb_client(&sdk), &tables.records, &tables.control);
     Ok(Deployed {
         config,
         sdk,
         source: Arc::new(source),
         records: Arc::new(records),
-        control: Arc::new(control),
+        control,
     })
 }
 

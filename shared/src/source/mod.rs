@@ -873,6 +873,10 @@ impl SourceApi for SourceClient {
         Ok(self.fetch_by_id(entity, id).await?.record)
     }
 
+    async fn release_budget(&self) {
+        self.give_back_budget().await;
+    }
+
     /// The record's `fetched_at_us` and the answer's `sent_us` are one instant: the send time
     /// of the attempt that produced the answer (`http`'s module doc).
     async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {

@@ -7,7 +7,7 @@
 use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
 use crate::core::timefmt::{format_rfc3339, now_us};
-use crate::error::{ConfigError, SourceError, StoreError, SyncError};
+use crate::error::{ConfigError, SourceError, StoreError, SyncError, WaitCause};
 use crate::model::{Micros, Record, RejectReason, Rejected, Strategy, WriteOutcome};
 use crate::ports::{
     ControlStore, CursorSave, JobKind, LeaseOutcome, RecordStore, RunRecord, SourceApi,
@@ -221,7 +221,8 @@ pub struct DeltaSummary {
     /// The first `sync::rejected::REJECTED_IDS_KEPT` of them, with their reasons.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected_ids: Vec<RejectedRecord>,
-    /// Why a `partial` run stopped: `deadline` or `page_cap`.
+    /// Why a `partial` run stopped: `deadline`, `budget` (the shared rate budget had no token
+    /// for it before its stop instant) or `page_cap`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
     pub duration_ms: u64,
@@ -301,6 +302,7 @@ pub async fn run_delta(
         sync_pages(source, records, control, entity, opts, &mut summary),
     )
     .await;
+    source.release_budget().await;
     summary.duration_ms = clock.elapsed().as_millis() as u64;
     if let Err(e) = &result {
         summary.status = RunStatus::Failed;
@@ -353,10 +355,18 @@ async fn sync_pages(
         let page = match page {
             // The source would make us wait past the deadline: stop at the last checkpoint,
             // as at the deadline below; the run record says why.
-            Err(e @ SourceError::Deadline { .. }) => {
+            Err(e @ SourceError::Deadline { cause, .. }) => {
                 tracing::info!(entity, error = %e, "stopping before the deadline; the next run continues from the checkpoint");
                 summary.status = RunStatus::Partial;
-                summary.stopped_by = Some("deadline".to_owned());
+                // A budget spoken for by higher lanes (or paused by a 429) is not a deadline
+                // problem: the run record says which it was.
+                summary.stopped_by = Some(
+                    match cause {
+                        WaitCause::Budget => "budget",
+                        _ => "deadline",
+                    }
+                    .to_owned(),
+                );
                 summary.error = Some(e.to_string());
                 return Ok(());
             }

@@ -479,6 +479,8 @@ pub async fn process_batch(
     report.failed = failures.into_iter().map(|(id, _)| id).collect();
     report.failed.sort();
     report.failed.dedup();
+    // The batch's unspent budget goes back to the account's other callers.
+    deps.source.release_budget().await;
     report
 }
 

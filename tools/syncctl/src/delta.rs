@@ -26,7 +26,9 @@ pub struct DeltaArgs {
 pub async fn run(args: DeltaArgs) -> Result<(), String> {
     let config = Config::load().map_err(|e| e.to_string())?;
     let secret = shared::source::secret_from_env(&config.source.auth).map_err(|e| e.to_string())?;
-    let source = SourceClient::new(&config, secret).map_err(|e| e.to_string())?;
+    let source = SourceClient::new(&config, secret)
+        .map_err(|e| e.to_string())?
+        .with_budget_in(args.store.budget().await?);
     let (records, control) = args.store.open().await?;
     let entities = config.entity_names(args.entity.as_deref()).map_err(|e| {
         format!(
@@ -47,6 +49,7 @@ pub async fn run(args: DeltaArgs) -> Result<(), String> {
         .await?;
         summaries.push(s);
     }
+    source.give_back_budget().await;
     if args.json {
         println!(
             "{}",

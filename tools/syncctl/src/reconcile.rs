@@ -278,8 +278,12 @@ pub async fn run(mut args: ReconcileArgs) -> Result<(), String> {
     }
     let config = Config::load().map_err(|e| e.to_string())?;
     let secret = shared::source::secret_from_env(&config.source.auth).map_err(|e| e.to_string())?;
-    let source = SourceClient::new(&config, secret).map_err(|e| e.to_string())?;
-    run_with(&args, &config, &source).await
+    let source = SourceClient::new(&config, secret)
+        .map_err(|e| e.to_string())?
+        .with_budget_in(args.store.budget().await?);
+    let out = run_with(&args, &config, &source).await;
+    source.give_back_budget().await;
+    out
 }
 
 /// The command with its configuration and source given: print, then `Err` (exit non-zero)

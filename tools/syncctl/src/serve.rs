@@ -511,12 +511,16 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let secret_count = secrets.len();
     let source_secret =
         shared::source::secret_from_env(&config.source.auth).map_err(|e| e.to_string())?;
-    let source = SourceClient::new(&config, source_secret).map_err(|e| e.to_string())?;
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let store = LocalStore::open(&args.db).map_err(|e| format!("{}: {e}", args.db.display()))?;
+    // The worker's fetches share the account's budget with delta and reconciliation runs on
+    // the same file.
+    let source = SourceClient::new(&config, source_secret)
+        .map_err(|e| e.to_string())?
+        .with_budget_in(Arc::new(store.clone()));
     let queue_options = QueueOptions {
         visibility_timeout: Duration::from_secs(args.visibility_timeout_secs),
         max_receives: Some(args.max_receives),

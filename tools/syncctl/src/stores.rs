@@ -4,7 +4,7 @@
 use clap::Args;
 use shared::adapters::aws;
 use shared::adapters::local::LocalStore;
-use shared::ports::{ControlStore, RecordStore};
+use shared::ports::{BudgetStore, ControlStore, RecordStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,6 +45,22 @@ impl StoreArgs {
         }
         let store = Arc::new(self.open_local()?);
         Ok((store.clone(), store))
+    }
+
+    /// Where the source account's shared rate budget lives: the same store as the others (a
+    /// handle of its own), so that every command and `serve` running at once share it.
+    pub async fn budget(&self) -> Result<Arc<dyn BudgetStore>, String> {
+        if self.uses_dynamodb() {
+            let sdk = aws::sdk_config().await;
+            let client = aws::dynamodb_client_at(&sdk, self.endpoint_url.as_deref());
+            let (_, c) = shared::adapters::dynamodb::stores(
+                client,
+                &self.records_table,
+                &self.control_table,
+            );
+            return Ok(Arc::new(c));
+        }
+        Ok(Arc::new(self.open_local()?))
     }
 
     /// The embedded store in `--db` (its folder created when missing), whatever the other flags.

@@ -6,7 +6,7 @@ use super::wire::*;
 use super::{ReconcileDeps, ReconcileOptions, StepError, renew};
 use crate::core::timefmt::now_us;
 use crate::core::token::TokenError;
-use crate::error::SourceError;
+use crate::error::{SourceError, WaitCause};
 use crate::model::{ID_SHARDS, IdVersion, Micros};
 use crate::ports::{Executions, JobKind, LeaseOutcome, RunRecord};
 use crate::setdiff::{
@@ -131,6 +131,7 @@ pub async fn source(
         }
     }
     p.invocations += 1;
+    p.stopped_by = None;
     let mut writer = RunWriter::new(deps.spill, &prefix, opts.run_size)?.starting_at(p.next_run);
     let mut stream = deps
         .source
@@ -158,6 +159,17 @@ pub async fn source(
             }
             Some(Err(SourceError::Deadline { .. })) if read > 0 => {
                 stopped = true;
+                break;
+            }
+            // The shared budget had no token for the lowest lane before the stop instant
+            // (higher lanes took it, or a 429's pause holds every caller): not the source's
+            // failure; the next invocation resumes where this one is.
+            Some(Err(SourceError::Deadline {
+                cause: WaitCause::Budget,
+                ..
+            })) => {
+                stopped = true;
+                p.stopped_by = Some("budget".into());
                 break;
             }
             Some(Err(e)) => {
@@ -213,10 +225,11 @@ pub async fn source(
     })
     .await?;
     drop(stream);
+    deps.source.release_budget().await;
     let written = writer.finish().await?;
     p.next_run = written.next_index;
     if stopped {
-        if resume.is_none() {
+        if resume.is_none() && p.pages > pages_before {
             // The page read last was the listing's last: no token follows the end.
             p.done = true;
             p.ended_normally = true;

@@ -105,6 +105,10 @@ pub struct SourceProgress {
     /// Why the listing did not end normally.
     #[serde(default)]
     pub error: Option<String>,
+    /// Why the last invocation stopped before the end, when not its stop instant: `budget`
+    /// (the shared rate budget had no token for reconciliation in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     /// Records the listing took out (`IdPage::rejected`): those with a usable ID are in the
     /// source runs as present (version unknown), the others only counted here.
     #[serde(default)]
