@@ -408,16 +408,26 @@ fn reached_from(bodies: &BTreeMap<String, String>, start: &str) -> BTreeSet<Stri
 /// (`shared/src/ports.rs`): the port methods that default (and the functions of ports.rs it
 /// calls) calls are followed the same way. `Err` names a method neither file implements.
 pub(super) fn control_keys(binary: &str) -> Result<BTreeSet<(String, String)>, Vec<String>> {
-    let methods = port_methods("ControlStore");
+    // The control table's ports: ControlStore, and, for a function whose source client is the
+    // deployed one (`adapters::deploy::load` gives it the budget in the control table), the
+    // shared rate budget's BudgetStore, which the client calls for every request.
+    let mut methods = port_methods("ControlStore");
+    let crate_code = production_code_under(&[root().join("functions").join(binary).join("src")]);
+    if crate_code.contains("deploy::load(") {
+        methods.extend(port_methods("BudgetStore"));
+    }
     let logic = function_logic_code(binary);
     let mut todo: Vec<String> = methods
         .iter()
         .filter(|m| logic.contains(&format!(".{m}(")))
         .cloned()
         .collect();
-    let adapter = fn_bodies(&production_code(
+    let mut adapter = fn_bodies(&production_code(
         &root().join("shared/src/adapters/dynamodb/control.rs"),
     ));
+    adapter.extend(fn_bodies(&production_code(
+        &root().join("shared/src/adapters/dynamodb/budget.rs"),
+    )));
     let port = fn_bodies(&production_code(&root().join("shared/src/ports.rs")));
     let mut traced = BTreeSet::new();
     let mut out = BTreeSet::new();

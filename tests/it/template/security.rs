@@ -786,10 +786,12 @@ fn template_control_grants_are_limited_to_the_keys_the_code_builds() {
         ("PutItem", "event#"),
         ("DeleteItem", "event#"),
         ("UpdateItem", "notfound#"),
+        ("UpdateItem", "budget#"),
     ] {
         assert!(
             worker.contains(&(pair.0.to_owned(), pair.1.to_owned())),
-            "the webhook dedup's and the 404 window's keys are traced: {worker:?}"
+            "the webhook dedup's, the 404 window's and the rate budget's keys are traced: \
+             {worker:?}"
         );
     }
     let ingest = control_keys("webhook-ingest").expect("traced");
