@@ -317,7 +317,8 @@ impl Corruption {
 pub struct RateLimit {
     /// Requests allowed per window.
     pub requests: u32,
-    /// Window length. Reported in whole seconds in `X-PCO-API-Request-Rate-Period`.
+    /// Window length. Reported in whole seconds in `X-PCO-API-Request-Rate-Period`, as
+    /// Planning Center writes it (`20 seconds`).
     pub period: Duration,
 }
 

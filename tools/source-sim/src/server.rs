@@ -67,8 +67,10 @@ impl Reply {
         if let Some(i) = info {
             self.headers
                 .push(("x-pco-api-request-rate-limit", i.limit.to_string()));
-            self.headers
-                .push(("x-pco-api-request-rate-period", i.period_secs.to_string()));
+            self.headers.push((
+                "x-pco-api-request-rate-period",
+                format!("{} seconds", i.period_secs),
+            ));
             self.headers
                 .push(("x-pco-api-request-rate-count", i.count.to_string()));
         }

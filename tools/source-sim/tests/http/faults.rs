@@ -21,7 +21,10 @@ async fn rate_limit_serves_429_with_retry_after_and_pco_headers() {
         let r = list(&sim, Entity::People, &[]).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-pco-api-request-rate-limit"), Some("3"));
-        assert_eq!(r.header("x-pco-api-request-rate-period"), Some("60"));
+        assert_eq!(
+            r.header("x-pco-api-request-rate-period"),
+            Some("60 seconds")
+        );
         assert_eq!(
             r.header("x-pco-api-request-rate-count"),
             Some(n.to_string().as_str())
@@ -71,7 +74,7 @@ async fn rate_limit_window_rolls_over() {
         Some("1"),
         "rounded up to a whole second"
     );
-    assert_eq!(r.header("x-pco-api-request-rate-period"), Some("1"));
+    assert_eq!(r.header("x-pco-api-request-rate-period"), Some("1 seconds"));
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(list(&sim, Entity::People, &[]).await.status, 200);
 }
