@@ -77,8 +77,8 @@ pub struct Shape {
 impl Default for Shape {
     fn default() -> Self {
         Shape {
-            background_slice: 5,
-            targeted_slice: 3,
+            background_slice: 6,
+            targeted_slice: 2,
             lateness_us: 500_000,
         }
     }
@@ -99,13 +99,15 @@ pub struct Plan {
 
 impl Plan {
     /// The interval that keeps `limit` in every window (module doc): with `kb` and `kt` the
-    /// slices, the targeted lane's reach is `tau = (kb + kt + 2) * interval`, so
-    /// `interval = (P + lateness) / (requests - 1 - (kb + kt + 2))`. Slices shrink for a small
-    /// limit so that at least half of it is left for the interval's denominator.
+    /// slices, the targeted lane's reach is `tau = (kb + kt + 1) * interval` (its lookahead
+    /// `(kb + 2) * interval` covers the longest background reservation, an aged reconciliation's
+    /// `2 * interval` plus `kb * interval`, and its own slice adds `kt - 1`), so
+    /// `interval = (P + lateness) / (requests - 1 - (kb + kt + 1))`. Slices shrink for a small limit
+    /// so that at least half of it is left for the interval's denominator.
     pub fn new(limit: Limit, shape: Shape) -> Plan {
         let n = i64::from(limit.requests.max(1));
-        // kb + kt + 2 <= (n - 1) / 2
-        let room = ((n - 1) / 2 - 2).max(0);
+        // kb + kt + 1 <= (n - 1) / 2
+        let room = ((n - 1) / 2 - 1).max(2);
         let mut kb = i64::from(shape.background_slice.max(1));
         let mut kt = i64::from(shape.targeted_slice.max(1));
         while kb + kt > room && (kb > 1 || kt > 1) {
@@ -115,7 +117,7 @@ impl Plan {
                 kt -= 1;
             }
         }
-        let denominator = (n - 1 - (kb + kt + 2)).max(1);
+        let denominator = (n - 1 - (kb + kt + 1)).max(1);
         let span = limit.per_us.max(1) + shape.lateness_us.max(0);
         let interval_us = (span + denominator - 1) / denominator;
         Plan {
@@ -128,22 +130,28 @@ impl Plan {
     }
 
     /// How far past now a lane's first token may lie. `aged`: a reconciliation caller that has
-    /// waited two background slices or more gets delta's lookahead plus one interval.
+    /// waited two background slices or more looks one interval further than delta, so that it
+    /// wins the next race.
     pub fn lookahead_us(&self, lane: Lane, aged: bool) -> Micros {
         let t = self.interval_us;
         match lane {
-            // Past the longest background reservation: now + 2t + kb * t.
-            Lane::Targeted => (i64::from(self.background_slice) + 3) * t,
+            // The longest background reservation ends at now + 2t + kb * t.
+            Lane::Targeted => (i64::from(self.background_slice) + 2) * t,
             Lane::Delta => t,
             Lane::Reconcile if aged => 2 * t,
             Lane::Reconcile => 0,
         }
     }
 
+    /// How long a reconciliation caller waits before it ages (`lookahead_us`).
+    pub fn aging_us(&self) -> Micros {
+        2 * i64::from(self.background_slice) * self.interval_us
+    }
+
     /// The most tokens any window of the limit's length can see spent (module doc), for tests
     /// and the documentation.
     pub fn worst_window(&self) -> i64 {
-        let tau = (i64::from(self.background_slice) + i64::from(self.targeted_slice) + 2)
+        let tau = (i64::from(self.background_slice) + i64::from(self.targeted_slice) + 1)
             * self.interval_us;
         (self.limit.per_us + self.lateness_us + tau) / self.interval_us + 1
     }
@@ -271,9 +279,9 @@ mod tests {
         assert!(p.worst_window() <= 100, "{p:?}: {}", p.worst_window());
         let used = p.steady_requests() / 100.0;
         assert!(used >= 0.85, "{p:?}: {used}");
-        // Targeted reach covers the longest background reservation plus its own slice.
+        // Targeted reach covers the longest background reservation.
         let bg = p.lookahead_us(Lane::Delta, false) + i64::from(p.background_slice) * p.interval_us;
-        assert!(p.lookahead_us(Lane::Targeted, false) > bg);
+        assert!(p.lookahead_us(Lane::Targeted, false) >= bg);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! - A background token (delta, reconciliation) is spent at its nominal time; a targeted one at
 //!   once. A token whose time is past by more than the plan's lateness expires unspent.
 //! - Slices grow (doubling to the plan's largest) while every token of the last one was spent,
-//!   and shrink (halving) when some expired: a trickle of webhooks takes one token per write, a
-//!   backfill the largest slices.
+//!   and shrink (halving) when some expired or were left at the end of a batch or run: a
+//!   trickle of webhooks takes one token per write, a backfill the largest slices.
 //! - A wait for a slice that would pass the invocation's stop instant ends the request at once
 //!   (`BudgetShort`); so does a pause, which a source's `Retry-After` sets for every caller.
 //! - The source's rate-limit headers replace the configured limit ([`Budget::observe`]);
@@ -230,9 +230,9 @@ impl Budget {
             }
             .min(largest);
             slot.expired = 0;
-            let aged = slot.waiting_since.is_some_and(|t| {
-                t.elapsed() >= micros(2 * i64::from(plan.background_slice) * plan.interval_us)
-            });
+            let aged = slot
+                .waiting_since
+                .is_some_and(|t| t.elapsed() >= micros(plan.aging_us()));
             let ask = SliceAsk {
                 now_us: now,
                 tokens: slot.size,
@@ -261,7 +261,14 @@ impl Budget {
                     if passes(stop, wait) {
                         return Err(BudgetShort { wait, paused });
                     }
-                    slot.waiting_since.get_or_insert_with(Instant::now);
+                    let since = *slot.waiting_since.get_or_insert_with(Instant::now);
+                    // A reconciliation caller that has not aged yet would only lose the race
+                    // at every background slice's end: it asks again once it has aged.
+                    let aging = micros(plan.aging_us()).saturating_sub(since.elapsed());
+                    let wait = match lane {
+                        Lane::Reconcile if !passes(stop, aging) => wait.max(aging),
+                        _ => wait,
+                    };
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
@@ -311,16 +318,19 @@ impl Budget {
         }
     }
 
-    /// Hand back every lane's unspent tokens (the end of a run or a batch). Those of a slice
-    /// another caller has cut after are left to expire.
+    /// Hand back the background lanes' unspent tokens (the end of a run or a step). Those of a
+    /// slice another caller has cut after are left to expire. A targeted slice is small and
+    /// expires within the lateness (the next batch may still spend it): handing it back would
+    /// cost a write per batch, and once expired its tokens shrink the lane's next slice.
     pub async fn give_back(&self) {
-        for lane in &self.lanes {
-            let mut s = lane.lock().await;
+        for lane in [Lane::Delta, Lane::Reconcile] {
+            let mut s = self.lanes[lane.index()].lock().await;
             if s.left == 0 {
                 continue;
             }
             let (end, back, left) = (s.end_us, s.next_us.max(now_us()), s.left);
             s.left = 0;
+            s.expired += left;
             if back >= end {
                 continue;
             }

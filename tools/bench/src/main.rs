@@ -1,6 +1,7 @@
 //! Benchmarks that print JSON figures (never timed tests). Run in release mode:
 //! `cargo run --profile bench-fast -p bench -- <parse|source|delta> [...]`.
 
+mod budget;
 mod converge;
 mod fuzz;
 mod measure;
@@ -94,6 +95,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         first_seed: u64,
     },
+    /// One rate budget shared by a backfill, a listing and the worker, against the simulator's
+    /// limit (issue 14): use of the limit, 429s, webhook freshness idle and busy, budget store
+    /// calls per source request; the last line is one JSON object.
+    Budget(budget::BudgetArgs),
     /// Delta sync into DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB): requests per record.
     DeltaDynamodb {
         #[arg(long, default_value_t = 5_000)]
@@ -126,6 +131,7 @@ fn main() {
         Cmd::BinarySizes { dir } => webhooks::binary_sizes(&dir),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Converge { seeds, first_seed } => converge::main(seeds, first_seed),
+        Cmd::Budget(args) => budget::run(&args),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }

@@ -19,13 +19,18 @@ pub enum SourceOp {
 }
 
 /// The simulator binary beside this one, serving `people` records; killed on drop.
-struct SimProcess {
+pub(crate) struct SimProcess {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl SimProcess {
     fn start(people: usize) -> SimProcess {
+        Self::start_with(people, &[])
+    }
+
+    /// With more command-line arguments (`--rate-limit 100/20`, ...).
+    pub(crate) fn start_with(people: usize, extra: &[&str]) -> SimProcess {
         let exe = std::env::current_exe().expect("own path");
         let sim = exe.with_file_name("source-sim");
         assert!(
@@ -45,6 +50,7 @@ impl SimProcess {
                 "--donations",
                 "0",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

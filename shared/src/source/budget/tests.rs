@@ -268,4 +268,6 @@ async fn a_slow_caller_lets_tokens_expire_and_takes_smaller_slices_and_gives_bac
     let back = lock(&store.state)["acct"].tat_us.unwrap();
     assert!(back < end, "{back} < {end}");
     assert_eq!(c.stats().returned, u64::from(c.plan().background_slice - 1));
+    // Handed-back tokens count as unspent: the next slice is smaller.
+    assert!(c.lanes[Lane::Delta.index()].lock().await.expired > 0);
 }
