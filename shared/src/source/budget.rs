@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// At most one write of a learned limit per this interval per process (a source whose headers
-/// flap between two limits costs one write a minute, not one per request).
+/// At most one write of a higher learned limit per this interval per process (a source whose
+/// headers flap between two limits costs one write a minute, not one per request).
 const LEARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Counters (run summaries, the benchmark).
@@ -284,9 +284,12 @@ impl Budget {
     /// drop this process's unspent tokens (they would meet the same 429).
     pub async fn pause(&self, retry_after: Duration) {
         let until = now_us() + i64::try_from(retry_after.as_micros()).unwrap_or(i64::MAX / 2);
+        // A lane held by a caller waiting for a slice has no token in hand: skip it rather
+        // than wait for it.
         for lane in &self.lanes {
-            let mut s = lane.lock().await;
-            s.left = 0;
+            if let Ok(mut s) = lane.try_lock() {
+                s.left = 0;
+            }
         }
         self.counters.store_calls.fetch_add(1, Relaxed);
         self.counters.pauses.fetch_add(1, Relaxed);
@@ -296,14 +299,18 @@ impl Budget {
     }
 
     /// The limit the source announced in a response's headers: adopted at once here, written
-    /// for the other callers (at most once a minute per process unless it changed again).
+    /// for the other callers: a lower rate at once, a higher one at most once a minute per
+    /// process (a source whose headers flap between two limits costs few writes).
     pub async fn observe(&self, limit: Limit) {
-        let changed = self.adopt(Some(limit));
+        self.adopt(Some(limit));
+        let rate = |l: Limit| f64::from(l.requests) / l.per_us.max(1) as f64;
         let due = {
             let mut w = lock(&self.learned_written);
             let due = match *w {
                 None => true,
-                Some((l, at)) => l != limit && (changed || at.elapsed() >= LEARN_INTERVAL),
+                Some((l, at)) => {
+                    l != limit && (rate(limit) < rate(l) || at.elapsed() >= LEARN_INTERVAL)
+                }
             };
             if due {
                 *w = Some((limit, Instant::now()));
