@@ -1,6 +1,7 @@
 //! Integration tests: DynamoDB Local, moto and the simulator.
 
 mod bad_records;
+mod budget;
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;

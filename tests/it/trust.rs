@@ -67,14 +67,14 @@ async fn sim_with_auth(people: usize, auth: Option<&str>) -> SimHandle {
     .await
 }
 
-struct Local {
-    store: Arc<LocalStore>,
+pub(crate) struct Local {
+    pub(crate) store: Arc<LocalStore>,
     queue: LocalQueue,
     spill: LocalSpill,
     _folder: TempDir,
 }
 
-fn local() -> Local {
+pub(crate) fn local() -> Local {
     let store = Arc::new(LocalStore::in_memory().unwrap());
     let queue = store.queue("work", QueueOptions::default());
     let folder = scratch("trust");
@@ -87,7 +87,7 @@ fn local() -> Local {
     }
 }
 
-fn deps<'a>(cfg: &'a Config, src: &'a SourceClient, l: &'a Local) -> ReconcileDeps<'a> {
+pub(crate) fn deps<'a>(cfg: &'a Config, src: &'a SourceClient, l: &'a Local) -> ReconcileDeps<'a> {
     ReconcileDeps {
         config: cfg,
         source: src,
@@ -98,7 +98,7 @@ fn deps<'a>(cfg: &'a Config, src: &'a SourceClient, l: &'a Local) -> ReconcileDe
     }
 }
 
-async fn planned(d: &ReconcileDeps<'_>, opts: &ReconcileOptions) -> r::RunRef {
+pub(crate) async fn planned(d: &ReconcileDeps<'_>, opts: &ReconcileOptions) -> r::RunRef {
     let plan = r::plan(
         d,
         &PlanInput {
@@ -112,7 +112,7 @@ async fn planned(d: &ReconcileDeps<'_>, opts: &ReconcileOptions) -> r::RunRef {
     plan.runs[0].clone()
 }
 
-async fn source_step(
+pub(crate) async fn source_step(
     d: &ReconcileDeps<'_>,
     run: &r::RunRef,
     progress: Option<r::SourceProgress>,
