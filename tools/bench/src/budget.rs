@@ -8,9 +8,9 @@
 //! Two phases: *idle* (webhooks only) and *busy* (the same webhooks during the backfill and
 //! the listing). A webhook's freshness is the time from the change at the source to the record
 //! written by the worker (the ingest and the queue, the same in both phases, are left out).
-//! Budget store calls are counted by a wrapper: each is one conditional UpdateItem on
-//! DynamoDB (a call whose first form guess is wrong costs one more; `take_slice_retries`
-//! counts none of those here, the SQLite store decides in one transaction).
+//! Budget store calls are counted by a wrapper on the local store (each one transaction), or,
+//! with `--dynamodb`, the budget lives in DynamoDB Local and an SDK interceptor counts its real
+//! requests (a slice whose first form guess is wrong costs two).
 
 use crate::sim::SimProcess;
 use async_trait::async_trait;
@@ -51,6 +51,15 @@ pub struct BudgetArgs {
     /// The store file (deleted first).
     #[arg(long, default_value = "target/bench-budget.sqlite")]
     pub db: PathBuf,
+    /// Largest background slice (`[source.rate_budget] background_slice`; default the
+    /// configuration's).
+    #[arg(long)]
+    pub background_slice: Option<u32>,
+    /// Keep the budget in DynamoDB (Local, from AWS_ENDPOINT_URL_DYNAMODB; fresh tables) and
+    /// count its real requests (an SDK interceptor: conditional failures and retries
+    /// included) instead of the local store's calls.
+    #[arg(long)]
+    pub dynamodb: bool,
 }
 
 /// Counts the calls to a budget store.
@@ -209,17 +218,43 @@ pub fn run(a: &BudgetArgs) -> serde_json::Value {
             requests: a.requests,
             per_seconds: a.window_secs as f64,
         };
+        if let Some(k) = a.background_slice {
+            cfg.source.rate_budget.background_slice = k;
+        }
         // Three "processes": a client, a budget and a store connection each.
         let calls = Arc::new(AtomicU64::new(0));
+        let dynamo = if a.dynamodb {
+            let sdk = shared::adapters::aws::sdk_config().await;
+            let counter = crate::sim::RequestCounter(calls.clone());
+            let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(counter)
+                .build();
+            let ddb = aws_sdk_dynamodb::Client::from_conf(conf);
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            let (r, c) = (
+                format!("bench-records-{suffix}"),
+                format!("bench-control-{suffix}"),
+            );
+            shared::adapters::dynamodb::create_tables(&ddb, &r, &c)
+                .await
+                .expect("tables on DynamoDB Local (AWS_ENDPOINT_URL_DYNAMODB)");
+            calls.store(0, Relaxed);
+            Some((ddb, r, c))
+        } else {
+            None
+        };
         let open = || {
             let store = LocalStore::open(&a.db).expect("the store file");
-            let counted = Counted {
-                inner: store.clone(),
-                calls: calls.clone(),
+            let budget: Arc<dyn BudgetStore> = match &dynamo {
+                Some((ddb, r, c)) => Arc::new(shared::adapters::dynamodb::stores(ddb.clone(), r, c).1),
+                None => Arc::new(Counted {
+                    inner: store.clone(),
+                    calls: calls.clone(),
+                }),
             };
             let client = SourceClient::new(&cfg, None)
                 .expect("client")
-                .with_budget_in(Arc::new(counted));
+                .with_budget_in(budget);
             (store, client)
         };
         let (delta_store, delta_client) = open();
@@ -295,6 +330,7 @@ pub fn run(a: &BudgetArgs) -> serde_json::Value {
                 "busy": {"p50": round(percentile(&busy, 0.5), 1), "p99": round(percentile(&busy, 0.99), 1), "n": busy.len(), "failed": busy_failed},
                 "p99_busy_over_idle": round(percentile(&busy, 0.99) / percentile(&idle, 0.99), 2),
             },
+            "budget_store": if a.dynamodb { "dynamodb (requests counted by an SDK interceptor)" } else { "local (calls counted)" },
             "budget_store_calls": {"idle": idle_calls, "total": total_calls},
             "dynamodb_requests_per_source_request": round(total_calls as f64 / all_requests.max(1) as f64, 3),
             "dynamodb_requests_per_source_request_busy": round((total_calls - idle_calls) as f64 / busy_requests.max(1) as f64, 3),

@@ -184,7 +184,7 @@ pub fn delta_bench(records: usize, db: &Path) -> serde_json::Value {
 
 /// Counts the DynamoDB requests a client sends (retries included).
 #[derive(Debug, Default, Clone)]
-struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+pub(crate) struct RequestCounter(pub(crate) std::sync::Arc<std::sync::atomic::AtomicU64>);
 
 impl aws_sdk_dynamodb::config::Intercept for RequestCounter {
     fn name(&self) -> &'static str {
