@@ -18,6 +18,7 @@ use super::item::{Item, ItemReader, n, s, ttl_seconds};
 use super::schema::attr;
 use crate::adapters::aws::store_error;
 use crate::core::budget::{BudgetState, Limit, SliceAnswer, SliceAsk, decide};
+use crate::core::timefmt::now_us;
 use crate::error::StoreError;
 use crate::model::Micros;
 use crate::ports::BudgetStore;
@@ -153,6 +154,7 @@ impl DynamoControl {
             ("#paused", attr::PAUSED_UNTIL_US),
             ("#n", attr::LIMIT_REQUESTS),
             ("#per", attr::LIMIT_PER_US),
+            ("#ttl", attr::TTL),
         ] {
             if update.contains(name) || condition.is_some_and(|c| c.contains(name)) {
                 req = req.expression_attribute_names(name, attr);
@@ -192,9 +194,12 @@ impl BudgetStore for DynamoControl {
         self.budget_update(
             "pause budget",
             &budget_pk(account),
-            "SET #paused = :until",
+            "SET #paused = :until, #ttl = :ttl",
             Some("attribute_not_exists(#paused) OR #paused < :until"),
-            &[(":until", until_us)],
+            &[
+                (":until", until_us),
+                (":ttl", ttl_seconds(until_us + IDLE_TTL_US)),
+            ],
         )
         .await
         .map(drop)
@@ -204,9 +209,13 @@ impl BudgetStore for DynamoControl {
         self.budget_update(
             "learn budget limit",
             &budget_pk(account),
-            "SET #n = :n, #per = :per",
+            "SET #n = :n, #per = :per, #ttl = if_not_exists(#ttl, :ttl)",
             None,
-            &[(":n", i64::from(limit.requests)), (":per", limit.per_us)],
+            &[
+                (":n", i64::from(limit.requests)),
+                (":per", limit.per_us),
+                (":ttl", ttl_seconds(now_us() + IDLE_TTL_US)),
+            ],
         )
         .await
         .map(drop)
