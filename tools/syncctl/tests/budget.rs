@@ -312,3 +312,36 @@ async fn negative_control_without_the_shared_budget_a_429_pauses_only_its_own_pr
     let during = requests_during_a_retry_after("rate_budget = { shared = false }").await;
     assert!(during > IN_HAND * 2, "{during} requests during the pause");
 }
+
+/// Processes started together on a new store file all open it (SQLite refuses some of the
+/// locks of a new file's first opening at once, without its busy handler; the store tries
+/// again). Twelve `syncctl status` at once, twenty times: without the retry, one round in a
+/// dozen or so failed with `initialise database: database is locked`.
+#[test]
+fn processes_opening_a_new_store_file_together_all_succeed() {
+    for round in 0..20 {
+        let dir = scratch("open");
+        let db = dir.join("sync.sqlite");
+        let children: Vec<Child> = (0..12)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_syncctl"))
+                    .args(["status", "--db"])
+                    .arg(&db)
+                    .env_remove("SYNC_CONFIG")
+                    .env("SOURCE_SECRET", "any")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("syncctl starts")
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().expect("ran");
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

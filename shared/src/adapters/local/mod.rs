@@ -315,9 +315,23 @@ struct DbInner {
 }
 
 impl Db {
+    /// Opens and initialises the file. Processes starting together on a new file (`syncctl
+    /// serve`, `delta` and `reconcile` sharing one budget) meet locks SQLite refuses at once,
+    /// without its busy handler (switching a new file to WAL, a WAL recovery): the opening is
+    /// tried again on a fresh connection for up to `BUSY_TIMEOUT`.
     fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|e| sql_error("open database", e))?;
-        Self::init(conn, Some(path.to_path_buf()))
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let conn = Connection::open(path).map_err(|e| sql_error("open database", e))?;
+            match Self::init(conn, Some(path.to_path_buf())) {
+                Err(StoreError::Throttled { .. }) if started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(pause.mul_f64(0.5 + fastrand::f64()));
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn in_memory() -> Result<Self, StoreError> {
