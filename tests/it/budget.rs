@@ -123,6 +123,9 @@ async fn a_delta_run_the_budget_cannot_serve_stops_partial_with_stopped_by_budge
         store.job_state(E, JobKind::Delta).await.unwrap().cursor,
         None
     );
+    let emf: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
+    assert_eq!(emf["RunStoppedByBudget"], 1.0);
+    assert_eq!(emf["RunFailed"], 0.0);
     // The run record says why.
     let runs = store.list_runs(E, JobKind::Delta, 1).await.unwrap();
     assert_eq!(runs[0].status, "partial");

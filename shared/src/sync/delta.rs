@@ -561,6 +561,13 @@ impl DeltaSummary {
         } else {
             0.0
         };
+        // A run the shared rate budget could not serve: seen on every run, the callers of the
+        // account want more than the source allows.
+        let budget_short = if self.stopped_by.as_deref() == Some("budget") {
+            1.0
+        } else {
+            0.0
+        };
         crate::telemetry::emf(
             &[("Entity", &self.entity), ("Strategy", "delta")],
             &[
@@ -571,6 +578,7 @@ impl DeltaSummary {
                 ("RecordsRejected", self.rejected as f64, "Count"),
                 ("ApiPages", self.pages as f64, "Count"),
                 ("RunFailed", failed, "Count"),
+                ("RunStoppedByBudget", budget_short, "Count"),
                 ("RunDuration", self.duration_ms as f64, "Milliseconds"),
             ],
         )
