@@ -58,9 +58,9 @@ fn overconfident(h: &SimHandle, store: Arc<LocalStore>, learn: bool) -> SourceCl
     .with_budget_in(store)
 }
 
-/// An ID listing of 600 people (30 pages): the requests the simulator refused.
+/// An ID listing of 1,000 people (50 pages): the requests the simulator refused.
 async fn listing_refusals(learn: bool) -> (u64, SourceClient) {
-    let h = limited(600, 20, 2).await;
+    let h = limited(1_000, 20, 2).await;
     let store = Arc::new(LocalStore::in_memory().unwrap());
     let c = overconfident(&h, store, learn);
     let mut pages = c.stream_ids(E);
@@ -69,7 +69,7 @@ async fn listing_refusals(learn: bool) -> (u64, SourceClient) {
         ids += p.expect("a page").ids.len();
     }
     drop(pages);
-    assert_eq!(ids, 600);
+    assert_eq!(ids, 1_000);
     (h.sim().stats().rate_limited, c)
 }
 

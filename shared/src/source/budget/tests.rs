@@ -64,8 +64,10 @@ fn budget(store: &Arc<MemStore>) -> Arc<Budget> {
         store.clone(),
         "acct",
         LIMIT,
+        // Room for a busy machine's scheduling between a token's check and the test's record
+        // of its send time (the plan pays for it in the interval).
         Shape {
-            lateness_us: 50_000,
+            lateness_us: 200_000,
             ..Shape::default()
         },
     ))
