@@ -904,10 +904,12 @@ fn check_budget(s: &SourceConfig) -> Result<(), (&'static str, String)> {
             "background_slice and targeted_slice must be at least 1".into(),
         ));
     }
-    if b.lateness_ms > 10_000 {
+    if !(50..=10_000).contains(&b.lateness_ms) {
         return Err((
             "source.rate_budget.lateness_ms",
-            "must be at most 10000 (it is taken out of the source's limit)".into(),
+            "must be 50 to 10000: under 50 a token expires before a busy process can send it; \
+             over 10000 too much is taken out of the source's limit"
+                .into(),
         ));
     }
     if let Some(a) = &b.account

@@ -17,7 +17,7 @@ use shared::core::timefmt::now_us;
 use shared::ports::{BudgetStore, ControlStore, JobKind, SourceApi};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, RunStatus, run_delta};
-use shared::sync::reconcile::ReconcileOptions;
+use shared::sync::reconcile::{self as r, ReconcileOptions};
 use source_sim::{RateLimit as SimLimit, SimConfig, SimHandle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,7 +161,45 @@ async fn a_listing_step_the_budget_cannot_serve_stops_and_the_next_invocation_re
         .await
         .unwrap();
     assert!(p.done && p.ended_normally, "{p:?}");
-    assert_eq!((p.pairs, p.stopped_by), (250, None));
+    assert_eq!((p.pairs, p.stopped_by, p.budget_stops), (250, None, 0));
+}
+
+/// A budget that never lets the listing read a page does not make it loop for ever: after
+/// `MAX_BUDGET_STOPS` invocations in a row that read nothing, the listing ends, not normally
+/// (the guard then deletes nothing), and says why.
+#[tokio::test]
+async fn a_listing_the_budget_never_serves_ends_after_a_few_empty_invocations() {
+    let h = sim::people(50).await;
+    let l = local();
+    let src = client(&h, |c| c.source.max_page_size = 100).with_budget_in(l.store.clone());
+    let cfg = config_for(&h);
+    let d = deps(&cfg, &src, &l);
+    let account = src.budget().unwrap().account().to_owned();
+    let run = planned(&d, &ReconcileOptions::default()).await;
+    l.store
+        .pause_budget(&account, now_us() + 600_000_000)
+        .await
+        .unwrap();
+    let short = || ReconcileOptions {
+        stop_at: Some(Instant::now() + Duration::from_millis(200)),
+        ..ReconcileOptions::default()
+    };
+    let mut p = None;
+    for i in 1..=r::MAX_BUDGET_STOPS {
+        let got = source_step(&d, &run, p, &short()).await.unwrap();
+        assert_eq!(got.budget_stops, i);
+        assert_eq!(got.done, i == r::MAX_BUDGET_STOPS, "{got:?}");
+        p = Some(got);
+    }
+    let p = p.unwrap();
+    assert!(!p.ended_normally);
+    assert!(
+        p.error
+            .as_deref()
+            .is_some_and(|e| e.contains("rate budget")),
+        "{p:?}"
+    );
+    assert_eq!(h.sim().stats().requests, 0);
 }
 
 fn config_for(h: &SimHandle) -> Config {

@@ -471,3 +471,30 @@ async fn the_not_found_window_is_one_item_with_a_ttl_and_two_live_buckets() {
     assert_eq!(n(&item[&f2]), 3);
     assert_eq!(n(&item["ttl"]), (w + 4) * NOT_FOUND_WINDOW_US / 1_000_000);
 }
+
+/// A slice asked exactly when the stored schedule ends (`tat_us == now`) by a caller whose
+/// last sight of the schedule is older: its first form (idle, `tat_us < :now`) fails, and the
+/// old image must send it to the other form, not the same one sixteen times.
+#[tokio::test]
+async fn a_slice_asked_exactly_at_the_schedule_end_settles() {
+    use shared::core::budget::{SliceAnswer, SliceAsk};
+    use shared::core::timefmt::now_us;
+    let (client, records, control) = fresh_tables().await;
+    let a = stores(client.clone(), &records, &control).1;
+    let b = stores(client, &records, &control).1;
+    let now = now_us();
+    let ask = |now_us, tokens| SliceAsk {
+        now_us,
+        tokens,
+        interval_us: 10,
+        lookahead_us: 0,
+    };
+    assert!(matches!(
+        a.take_slice("acct", ask(now, 4)).await.unwrap(),
+        SliceAnswer::Granted { first_us, .. } if first_us == now
+    ));
+    match b.take_slice("acct", ask(now + 40, 1)).await {
+        Ok(SliceAnswer::Granted { first_us, .. }) => assert_eq!(first_us, now + 40),
+        other => panic!("want a slice at the schedule's end, got {other:?}"),
+    }
+}

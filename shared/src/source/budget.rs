@@ -12,8 +12,9 @@
 //!   (`BudgetShort`); so does a pause, which a source's `Retry-After` sets for every caller.
 //! - The source's rate-limit headers replace the configured limit ([`Budget::observe`]);
 //!   another process's learning arrives with the next slice.
-//! - A store that cannot be reached leaves the local floor alone in charge: counted, logged,
-//!   never a failed request.
+//! - A store that cannot be reached: counted, logged, and the process goes on alone at a
+//!   quarter of the budget's pace per lane (after three failed tries, each waited), so a few
+//!   callers together stay inside the limit; past the stop instant the request stops instead.
 
 use crate::core::budget::{Lane, Limit, Plan, Shape, SliceAnswer, SliceAsk};
 use crate::core::timefmt::now_us;
@@ -174,13 +175,36 @@ impl Budget {
         tracing::warn!(account = %self.account, error = %e, "rate budget: {op} failed; the local limiter alone paces this request");
     }
 
+    /// The lane's slot, waited for no later than `stop` (another task of the lane may hold it
+    /// while it waits for a slice).
+    async fn slot(
+        &self,
+        lane: Lane,
+        stop: Option<Instant>,
+    ) -> Result<tokio::sync::MutexGuard<'_, Slot>, BudgetShort> {
+        let lock = self.lanes[lane.index()].lock();
+        match stop {
+            None => Ok(lock.await),
+            Some(t) => tokio::time::timeout_at(t.into(), lock)
+                .await
+                .map_err(|_| BudgetShort {
+                    wait: Duration::ZERO,
+                    paused: false,
+                }),
+        }
+    }
+
     /// Wait for a token of `lane`, never past `stop`.
     pub async fn acquire(&self, lane: Lane, stop: Option<Instant>) -> Result<(), BudgetShort> {
-        let mut slot = self.lanes[lane.index()].lock().await;
+        let mut slot = self.slot(lane, stop).await?;
+        let mut store_failures = 0u32;
         loop {
             let plan = self.plan();
             let now = now_us();
-            while slot.left > 0 && slot.next_us + plan.lateness_us < now {
+            // Half the lateness is spent here; the other half is left for the network's jitter
+            // and the callers' clocks (the plan's interval pays for the whole).
+            let spend_by = plan.lateness_us / 2;
+            while slot.left > 0 && slot.next_us + spend_by < now {
                 slot.next_us += slot.interval_us;
                 slot.left -= 1;
                 slot.expired += 1;
@@ -209,12 +233,12 @@ impl Budget {
                 drop(slot);
                 tokio::time::sleep(wait).await;
                 // Woken too late (a busy machine): the token has expired; take the next.
-                if now_us() <= at + plan.lateness_us {
+                if now_us() <= at + spend_by {
                     self.counters.tokens.fetch_add(1, Relaxed);
                     return Ok(());
                 }
                 self.counters.expired.fetch_add(1, Relaxed);
-                slot = self.lanes[lane.index()].lock().await;
+                slot = self.slot(lane, stop).await?;
                 slot.expired += 1;
                 continue;
             }
@@ -272,9 +296,24 @@ impl Budget {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
+                    // No token without the store: this process alone goes on at a quarter of
+                    // the budget's pace per lane (a few callers together stay inside it), and
+                    // stops when even that would pass its stop instant.
                     self.store_failed("taking a slice", &e);
-                    self.counters.tokens.fetch_add(1, Relaxed);
-                    return Ok(());
+                    store_failures += 1;
+                    let backoff = Duration::from_millis(50 << store_failures.min(6));
+                    let wait = micros(4 * plan.interval_us).max(backoff);
+                    if passes(stop, wait) {
+                        return Err(BudgetShort {
+                            wait,
+                            paused: false,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                    if store_failures >= 3 {
+                        self.counters.tokens.fetch_add(1, Relaxed);
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -331,7 +370,10 @@ impl Budget {
     /// cost a write per batch, and once expired its tokens shrink the lane's next slice.
     pub async fn give_back(&self) {
         for lane in [Lane::Delta, Lane::Reconcile] {
-            let mut s = self.lanes[lane.index()].lock().await;
+            // A lane held by a caller waiting for a slice has no token in hand.
+            let Ok(mut s) = self.lanes[lane.index()].try_lock() else {
+                continue;
+            };
             if s.left == 0 {
                 continue;
             }

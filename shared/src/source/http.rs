@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Longest `Retry-After` we honour before treating the answer as a failure of this attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+/// The longest pause a `Retry-After` sets for every caller of the account (a longer one is the
+/// source's or a proxy's mistake more likely than its wish).
+const MAX_PAUSE: Duration = Duration::from_secs(3_600);
 /// At most one re-read of the source secret per this interval (shared by every request).
 pub const REREAD_INTERVAL: Duration = crate::config::reload::REREAD_INTERVAL;
 
@@ -226,7 +229,8 @@ impl Http {
         let (limit, period) = self.rate_headers.as_ref()?;
         let requests: u32 = h.get(limit)?.to_str().ok()?.trim().parse().ok()?;
         let per_us = parse_period(h.get(period)?.to_str().ok()?)?;
-        (requests > 0).then_some(Limit { requests, per_us })
+        // Below the least the budget can keep, the configured limit (validated) stays.
+        (requests >= crate::core::budget::MIN_REQUESTS).then_some(Limit { requests, per_us })
     }
 
     /// Read the secret again from `provider` after a 401 (at most once per
@@ -326,7 +330,7 @@ impl Http {
                         let retry_after = retry_after(&headers);
                         // Every caller of the account waits, not only this one.
                         if let (Some(b), Some(wait)) = (&self.budget, retry_after) {
-                            b.pause(wait.min(MAX_RETRY_AFTER)).await;
+                            b.pause(wait.min(MAX_PAUSE)).await;
                         }
                         if !last && retry_after.is_some_and(|d| d <= MAX_RETRY_AFTER) {
                             let wait = retry_after.unwrap_or_default();

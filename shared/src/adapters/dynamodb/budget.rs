@@ -118,9 +118,11 @@ impl DynamoControl {
                     if let Some(t) = state.tat_us {
                         self.budget_hint.store(t, Relaxed);
                     }
+                    // The form follows the stored schedule, as the conditions read it: behind
+                    // now (or absent) is idle; at or past now, ahead.
                     Ok(match decide(&state, ask) {
                         (wait @ SliceAnswer::Wait { .. }, _) => Attempt::Done(wait),
-                        (SliceAnswer::Granted { first_us, .. }, _) if first_us == ask.now_us => {
+                        _ if state.tat_us.is_none_or(|t| t < ask.now_us) => {
                             Attempt::Again(Form::Idle)
                         }
                         _ => Attempt::Again(Form::Ahead),

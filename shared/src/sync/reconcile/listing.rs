@@ -132,6 +132,7 @@ pub async fn source(
     }
     p.invocations += 1;
     p.stopped_by = None;
+    let stops_before = p.budget_stops;
     let mut writer = RunWriter::new(deps.spill, &prefix, opts.run_size)?.starting_at(p.next_run);
     let mut stream = deps
         .source
@@ -170,6 +171,20 @@ pub async fn source(
             })) => {
                 stopped = true;
                 p.stopped_by = Some("budget".into());
+                if read == 0 {
+                    p.budget_stops += 1;
+                }
+                if p.budget_stops >= MAX_BUDGET_STOPS {
+                    // Invocations that read nothing cannot go on for ever: the listing ends
+                    // without deleting anything, and the run says why.
+                    p.done = true;
+                    p.ended_normally = false;
+                    p.error = Some(format!(
+                        "the shared rate budget had no token for reconciliation in \
+                         {MAX_BUDGET_STOPS} invocations in a row (webhooks and delta use the \
+                         whole limit, or a 429's pause holds every caller)"
+                    ));
+                }
                 break;
             }
             Some(Err(e)) => {
@@ -226,6 +241,10 @@ pub async fn source(
     .await?;
     drop(stream);
     deps.source.release_budget().await;
+    if p.budget_stops == stops_before {
+        // This invocation read a page, or stopped for another reason.
+        p.budget_stops = 0;
+    }
     let written = writer.finish().await?;
     p.next_run = written.next_index;
     if stopped {
@@ -239,6 +258,10 @@ pub async fn source(
     }
     Ok(p)
 }
+
+/// Invocations in a row that the shared rate budget let read nothing, before the listing
+/// ends (not normally: nothing is deleted).
+pub const MAX_BUDGET_STOPS: u32 = 3;
 
 /// What a resume token's tag is for (`core::token`): bound into its MAC with the run's entity
 /// and ID, so that a token is good for its own run only.

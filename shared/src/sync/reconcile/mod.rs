@@ -34,7 +34,9 @@ pub use apply::apply;
 pub use error::StepError;
 pub use finish::finish;
 pub use guard::{guard, request_approval};
-pub use listing::{continue_in_new_execution, destination, diff_step, plan, source};
+pub use listing::{
+    MAX_BUDGET_STOPS, continue_in_new_execution, destination, diff_step, plan, source,
+};
 pub use options::ReconcileOptions;
 pub use regress::repair_regressions;
 pub use wire::*;

@@ -109,6 +109,10 @@ pub struct SourceProgress {
     /// (the shared rate budget had no token for reconciliation in time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// Invocations in a row the budget let read nothing (`listing::MAX_BUDGET_STOPS` ends the
+    /// listing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_stops: u32,
     /// Records the listing took out (`IdPage::rejected`): those with a usable ID are in the
     /// source runs as present (version unknown), the others only counted here.
     #[serde(default)]
