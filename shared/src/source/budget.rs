@@ -84,6 +84,9 @@ struct Slot {
     /// Since when a caller of this lane has been told to wait (a reconciliation caller waiting
     /// two background slices ages: `Plan::lookahead_us`).
     waiting_since: Option<Instant>,
+    /// When this lane last asked for a token after running out: a caller that comes back
+    /// less often than a slice's tokens expire gains nothing from a larger slice.
+    last_ask: Option<Instant>,
 }
 
 pub struct Budget {
@@ -246,14 +249,21 @@ impl Budget {
                 Lane::Targeted => plan.targeted_slice,
                 _ => plan.background_slice,
             };
+            // Grow only for a caller that comes back before a token of the next slice would
+            // expire (a webhook every half second would waste a second token each time).
+            let keeps_up = slot.last_ask.is_none_or(|t| {
+                t.elapsed() <= micros(plan.interval_us * i64::from(slot.size.max(1)) + spend_by)
+            });
             slot.size = match (slot.size, slot.expired) {
                 (0, _) if lane == Lane::Targeted => 1,
                 (0, _) => largest,
-                (s, 0) => (s * 2).min(largest),
+                (s, 0) if keeps_up => (s * 2).min(largest),
+                (s, 0) => s,
                 (s, _) => (s / 2).max(1),
             }
             .min(largest);
             slot.expired = 0;
+            slot.last_ask = Some(Instant::now());
             let aged = slot
                 .waiting_since
                 .is_some_and(|t| t.elapsed() >= micros(plan.aging_us()));
