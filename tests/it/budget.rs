@@ -9,7 +9,7 @@
 //!   `a_listing_step_the_budget_cannot_serve_stops_and_the_next_invocation_resumes`.
 
 use crate::source_client::client;
-use crate::trust::{deps, local, planned, source_step};
+use crate::trust::{Local, deps, local, planned, source_step};
 use futures::StreamExt;
 use shared::adapters::local::LocalStore;
 use shared::config::{Config, RateHeaders, RateLimit};
@@ -17,7 +17,7 @@ use shared::core::timefmt::now_us;
 use shared::ports::{BudgetStore, ControlStore, JobKind, SourceApi};
 use shared::source::SourceClient;
 use shared::sync::delta::{DeltaOptions, RunStatus, run_delta};
-use shared::sync::reconcile::{self as r, ReconcileOptions};
+use shared::sync::reconcile::{self as r, ReconcileDeps, ReconcileOptions};
 use source_sim::{RateLimit as SimLimit, SimConfig, SimHandle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,17 +134,8 @@ async fn a_delta_run_the_budget_cannot_serve_stops_partial_with_stopped_by_budge
 
 #[tokio::test]
 async fn a_listing_step_the_budget_cannot_serve_stops_and_the_next_invocation_resumes() {
-    let h = sim::people(250).await;
-    let l = local();
-    let src = client(&h, |c| c.source.max_page_size = 100).with_budget_in(l.store.clone());
-    let cfg = config_for(&h);
-    let d = deps(&cfg, &src, &l);
-    let account = src.budget().unwrap().account().to_owned();
-    let run = planned(&d, &ReconcileOptions::default()).await;
-    l.store
-        .pause_budget(&account, now_us() + 2_500_000)
-        .await
-        .unwrap();
+    let f = Paused::listing(250, 2_500_000).await;
+    let (h, d, run) = (&f.sim, f.deps(), f.run.clone());
     let short = ReconcileOptions {
         stop_at: Some(Instant::now() + Duration::from_millis(500)),
         ..ReconcileOptions::default()
@@ -169,17 +160,8 @@ async fn a_listing_step_the_budget_cannot_serve_stops_and_the_next_invocation_re
 /// (the guard then deletes nothing), and says why.
 #[tokio::test]
 async fn a_listing_the_budget_never_serves_ends_after_a_few_empty_invocations() {
-    let h = sim::people(50).await;
-    let l = local();
-    let src = client(&h, |c| c.source.max_page_size = 100).with_budget_in(l.store.clone());
-    let cfg = config_for(&h);
-    let d = deps(&cfg, &src, &l);
-    let account = src.budget().unwrap().account().to_owned();
-    let run = planned(&d, &ReconcileOptions::default()).await;
-    l.store
-        .pause_budget(&account, now_us() + 600_000_000)
-        .await
-        .unwrap();
+    let f = Paused::listing(50, 600_000_000).await;
+    let (h, d, run) = (&f.sim, f.deps(), f.run.clone());
     let short = || ReconcileOptions {
         stop_at: Some(Instant::now() + Duration::from_millis(200)),
         ..ReconcileOptions::default()
@@ -202,6 +184,39 @@ async fn a_listing_the_budget_never_serves_ends_after_a_few_empty_invocations() 
     assert_eq!(h.sim().stats().requests, 0);
 }
 
-fn config_for(h: &SimHandle) -> Config {
-    testkit::config::quick(&h.base_url(), |c| c.source.max_page_size = 100)
+/// A reconciliation run planned over `people` people, its budget paused for `pause_us`.
+struct Paused {
+    sim: SimHandle,
+    local: Local,
+    src: SourceClient,
+    cfg: Config,
+    run: r::RunRef,
+}
+
+impl Paused {
+    async fn listing(people: usize, pause_us: i64) -> Paused {
+        let sim = sim::people(people).await;
+        let local = local();
+        let src =
+            client(&sim, |c| c.source.max_page_size = 100).with_budget_in(local.store.clone());
+        let cfg = testkit::config::quick(&sim.base_url(), |c| c.source.max_page_size = 100);
+        let run = planned(&deps(&cfg, &src, &local), &ReconcileOptions::default()).await;
+        let account = src.budget().unwrap().account().to_owned();
+        local
+            .store
+            .pause_budget(&account, now_us() + pause_us)
+            .await
+            .unwrap();
+        Paused {
+            sim,
+            local,
+            src,
+            cfg,
+            run,
+        }
+    }
+
+    fn deps(&self) -> ReconcileDeps<'_> {
+        deps(&self.cfg, &self.src, &self.local)
+    }
 }

@@ -118,19 +118,35 @@ async fn limited_sim() -> SimHandle {
     .await
 }
 
-fn reconcile_args(spill: &Path) -> Vec<String> {
-    [
-        "reconcile",
-        "--entity",
-        "people",
-        "--report-only",
-        "--json",
-        "--spill",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .chain([spill.to_string_lossy().into_owned()])
-    .collect()
+/// `syncctl delta` (a backfill of the people) and `syncctl reconcile --report-only` (their
+/// listing) started at once on `db`, the listing's spill under `dir`.
+fn start_backfill_and_listing(
+    sim: &SimHandle,
+    config: &Path,
+    db: &Path,
+    dir: &Path,
+) -> (Child, Child) {
+    let spill = dir.join("spill");
+    let delta = syncctl(sim, config, db, &["delta", "--entity", "people", "--json"])
+        .spawn()
+        .expect("delta starts");
+    let reconcile = syncctl(
+        sim,
+        config,
+        db,
+        &[
+            "reconcile",
+            "--entity",
+            "people",
+            "--report-only",
+            "--json",
+            "--spill",
+            &spill.to_string_lossy(),
+        ],
+    )
+    .spawn()
+    .expect("reconcile starts");
+    (delta, reconcile)
 }
 
 /// The three processes at once; `extra` goes under `[source]` of their configuration.
@@ -170,20 +186,7 @@ async fn three_processes(extra: &str) -> Run {
     ))
     .expect("webhook target");
 
-    let spill = dir.join("spill");
-    let delta = syncctl(
-        &sim,
-        &config,
-        &db,
-        &["delta", "--entity", "people", "--json"],
-    )
-    .spawn()
-    .expect("delta starts");
-    let args = reconcile_args(&spill);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let reconcile = syncctl(&sim, &config, &db, &args)
-        .spawn()
-        .expect("reconcile starts");
+    let (delta, reconcile) = start_backfill_and_listing(&sim, &config, &db, &dir);
 
     // A burst of webhooks while the backfill and the listing run.
     let mut versions = Vec::new();
@@ -261,20 +264,7 @@ async fn requests_during_a_retry_after(extra: &str) -> u64 {
     let dir = scratch("pause");
     let config = config_file(&dir, extra);
     let db = dir.join("sync.sqlite");
-    let spill = dir.join("spill");
-    let delta = syncctl(
-        &sim,
-        &config,
-        &db,
-        &["delta", "--entity", "people", "--json"],
-    )
-    .spawn()
-    .expect("delta starts");
-    let args = reconcile_args(&spill);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let reconcile = syncctl(&sim, &config, &db, &args)
-        .spawn()
-        .expect("reconcile starts");
+    let (delta, reconcile) = start_backfill_and_listing(&sim, &config, &db, &dir);
     let s = sim.sim();
     let started = Instant::now();
     while s.stats().list_requests < 6 {

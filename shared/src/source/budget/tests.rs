@@ -273,3 +273,49 @@ async fn a_slow_caller_lets_tokens_expire_and_takes_smaller_slices_and_gives_bac
     // Handed-back tokens count as unspent: the next slice is smaller.
     assert!(c.lanes[Lane::Delta.index()].lock().await.expired > 0);
 }
+
+/// A store that refuses every call.
+struct Broken;
+
+#[async_trait]
+impl BudgetStore for Broken {
+    async fn take_slice(&self, _: &str, _: SliceAsk) -> Result<SliceAnswer, StoreError> {
+        Err(StoreError::Decode {
+            key: "budget#acct".into(),
+            message: "unreachable".into(),
+        })
+    }
+    async fn pause_budget(&self, _: &str, _: Micros) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn learn_limit(&self, _: &str, _: Limit) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn give_back(&self, _: &str, _: Micros, _: Micros) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+}
+
+#[tokio::test]
+async fn without_its_store_a_caller_goes_on_slowly_and_stops_before_its_stop_instant() {
+    let b = Budget::new(Arc::new(Broken), "acct", LIMIT, Shape::default());
+    // Three waited tries (at least four intervals, then 100, 200 and 400 ms of backoff),
+    // then one token: never a request at once.
+    let started = Instant::now();
+    b.acquire(Lane::Delta, None).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.stats().store_errors, 3);
+    // A stop instant sooner than the next wait: refused at once.
+    let short = b
+        .acquire(
+            Lane::Targeted,
+            Some(Instant::now() + Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert!(short.wait >= Duration::from_millis(50), "{short:?}");
+}
