@@ -213,13 +213,6 @@ impl SourceClient {
         self.http.budget()
     }
 
-    /// Hand back the budget's unspent tokens (the end of a run, step or batch).
-    pub async fn give_back_budget(&self) {
-        if let Some(b) = self.http.budget() {
-            b.give_back().await;
-        }
-    }
-
     /// Re-reads of the source secret so far.
     pub fn secret_rereads(&self) -> u64 {
         self.http.secret_rereads()
@@ -874,7 +867,9 @@ impl SourceApi for SourceClient {
     }
 
     async fn release_budget(&self) {
-        self.give_back_budget().await;
+        if let Some(b) = self.http.budget() {
+            b.give_back().await;
+        }
     }
 
     /// The record's `fetched_at_us` and the answer's `sent_us` are one instant: the send time

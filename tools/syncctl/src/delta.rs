@@ -49,7 +49,6 @@ pub async fn run(args: DeltaArgs) -> Result<(), String> {
         .await?;
         summaries.push(s);
     }
-    source.give_back_budget().await;
     if args.json {
         println!(
             "{}",

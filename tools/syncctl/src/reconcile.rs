@@ -281,9 +281,7 @@ pub async fn run(mut args: ReconcileArgs) -> Result<(), String> {
     let source = SourceClient::new(&config, secret)
         .map_err(|e| e.to_string())?
         .with_budget_in(args.store.budget().await?);
-    let out = run_with(&args, &config, &source).await;
-    source.give_back_budget().await;
-    out
+    run_with(&args, &config, &source).await
 }
 
 /// The command with its configuration and source given: print, then `Err` (exit non-zero)
