@@ -267,10 +267,18 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
     bad
 }
 
-/// The queue of this template a function's `EventInvokeConfig` sends failed invocations to.
+/// The properties of the `AWS::Lambda::EventInvokeConfig` resource of function `id` (its
+/// `FunctionName` a `!Ref` to it).
+pub(super) fn event_invoke_config<'a>(t: &'a Value, id: &str) -> Option<&'a Value> {
+    resources_of_type(t, "AWS::Lambda::EventInvokeConfig")
+        .into_iter()
+        .map(|(_, r)| &r["Properties"])
+        .find(|p| is_ref_to(&p["FunctionName"], id))
+}
+
+/// The queue of this template a function's event invoke config sends failed invocations to.
 pub(super) fn on_failure_destination(t: &Value, id: &str) -> Option<String> {
-    let f = &t["Resources"][id];
-    let dest = &f["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"];
+    let dest = &event_invoke_config(t, id)?["DestinationConfig"]["OnFailure"];
     queue_arn(t, &dest["Destination"])
 }
 

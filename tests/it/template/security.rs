@@ -15,7 +15,7 @@
 
 use super::cfn::*;
 use super::code::*;
-use super::iam::on_failure_destination;
+use super::iam::{event_invoke_config, on_failure_destination};
 use serde_yaml::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -231,7 +231,26 @@ fn check_delta_invoke_config(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let id = function_id(t, "delta-sync");
     let f = function(t, "delta-sync");
-    let config = &f["Properties"]["EventInvokeConfig"];
+    // SAM's own property needs a Type under OnFailure (its translator refuses one without),
+    // and with a Type SAM adds a policy of its own: the resource AWS::Lambda::EventInvokeConfig
+    // instead, with the grant in the function's statements.
+    if f["Properties"].get("EventInvokeConfig").is_some() {
+        bad.push(
+            "DeltaSync: the function's EventInvokeConfig property (SAM needs a Type under \
+             OnFailure there and then adds a policy of its own): use an \
+             AWS::Lambda::EventInvokeConfig resource"
+                .into(),
+        );
+    }
+    let null = Value::Null;
+    let config = event_invoke_config(t, &id).unwrap_or(&null);
+    if config["Qualifier"].as_str() != Some("$LATEST") {
+        bad.push(format!(
+            "DeltaSync: the event invoke config's Qualifier is {:?}, want $LATEST (the schedule \
+             invokes the unqualified function)",
+            config["Qualifier"]
+        ));
+    }
     if config["MaximumRetryAttempts"].as_i64() != Some(0) {
         bad.push(format!(
             "DeltaSync: EventInvokeConfig.MaximumRetryAttempts is {:?}, want 0 (a retried run \
@@ -240,13 +259,6 @@ fn check_delta_invoke_config(t: &Value) -> Vec<String> {
         ));
     }
     let on_failure = &config["DestinationConfig"]["OnFailure"];
-    if on_failure.get("Type").is_some() {
-        bad.push(
-            "DeltaSync: OnFailure has a Type, so SAM adds a policy of its own; grant \
-             sqs:SendMessage in the function's statements instead"
-                .into(),
-        );
-    }
     let Some(q) = on_failure_destination(t, &id) else {
         bad.push(format!(
             "DeltaSync: no on-failure destination on a queue of this template: {on_failure:?}"
@@ -730,44 +742,57 @@ fn template_delta_function_is_not_retried_and_records_failures() {
 
     // Negative controls.
     let id = function_id(&t, "delta-sync");
+    let (config_id, _) = resources_of_type(&t, "AWS::Lambda::EventInvokeConfig")
+        .into_iter()
+        .find(|(_, r)| is_ref_to(&r["Properties"]["FunctionName"], &id))
+        .expect("the delta function's event invoke config");
     let edit = |e: &dyn Fn(&mut Value)| {
+        let mut b = t.clone();
+        e(&mut b["Resources"][config_id.as_str()]["Properties"]);
+        check_delta_invoke_config(&b)
+    };
+    let edit_function = |e: &dyn Fn(&mut Value)| {
         let mut b = t.clone();
         e(&mut b["Resources"][id.as_str()]["Properties"]);
         check_delta_invoke_config(&b)
     };
     expect(
-        edit(&|p| {
-            p.as_mapping_mut().unwrap().remove("EventInvokeConfig");
-        }),
+        edit(&|p| p["FunctionName"] = yaml("!Ref SyncWorkerFunction")),
         "MaximumRetryAttempts is Null",
     );
     expect(
-        edit(&|p| p["EventInvokeConfig"]["MaximumRetryAttempts"] = yaml("2")),
+        edit(&|p| p["MaximumRetryAttempts"] = yaml("2")),
         "MaximumRetryAttempts is Number(2)",
     );
     expect(
+        edit(&|p| p["Qualifier"] = yaml("live")),
+        "Qualifier is String(\"live\")",
+    );
+    expect(
         edit(&|p| {
-            p["EventInvokeConfig"]
-                .as_mapping_mut()
-                .unwrap()
-                .remove("DestinationConfig");
+            p.as_mapping_mut().unwrap().remove("DestinationConfig");
         }),
         "no on-failure destination",
     );
+    // SAM's property, as the template had it before the rehearsal found SAM refuses it.
     expect(
-        edit(&|p| p["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Type"] = yaml("SQS")),
-        "OnFailure has a Type",
+        edit_function(&|p| {
+            p["EventInvokeConfig"] = yaml(
+                "{MaximumRetryAttempts: 0, DestinationConfig: {OnFailure: {Destination: \
+                 !GetAtt DeltaFailureQueue.Arn}}}",
+            )
+        }),
+        "use an AWS::Lambda::EventInvokeConfig resource",
     );
     // The worker's dead-letter queue (replayed into the work queue) is not the place.
     expect(
         edit(&|p| {
-            p["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] =
-                yaml("!GetAtt DeadLetterQueue.Arn")
+            p["DestinationConfig"]["OnFailure"]["Destination"] = yaml("!GetAtt DeadLetterQueue.Arn")
         }),
         "share a queue with the work",
     );
     expect(
-        edit(&|p| {
+        edit_function(&|p| {
             let list = p["Policies"][0]["Statement"].as_sequence_mut().unwrap();
             list.retain(|s| s["Sid"].as_str() != Some("SendFailedInvocations"));
         }),
