@@ -96,6 +96,40 @@ pub struct Fetched {
     pub sent_us: Micros,
 }
 
+/// What a source client sent so far (`SourceApi::usage`): requests (every attempt, retries
+/// included) and the 429 answers among them. Cumulative counters read from atomics; an
+/// invocation's share is the difference of two readings ([`SourceUsage::since`]), exact because a
+/// Lambda instance serves one invocation at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceUsage {
+    pub requests: u64,
+    pub rate_limited: u64,
+}
+
+impl SourceUsage {
+    /// What was sent after `before` was read.
+    pub fn since(self, before: SourceUsage) -> SourceUsage {
+        SourceUsage {
+            requests: self.requests.saturating_sub(before.requests),
+            rate_limited: self.rate_limited.saturating_sub(before.rate_limited),
+        }
+    }
+
+    /// One invocation's requests to the source and the 429s among them, as one EMF line with
+    /// the `Strategy` dimension (`delta`, `worker`, `reconcile`: the function that sent them).
+    /// Each function publishes it once per invocation, zeros included (an idle strategy shows
+    /// as 0, not as missing data).
+    pub fn metrics(&self, strategy: &str) -> String {
+        crate::telemetry::emf(
+            &[("Strategy", strategy)],
+            &[
+                ("SourceRequests", self.requests as f64, "Count"),
+                ("SourceRateLimited", self.rate_limited as f64, "Count"),
+            ],
+        )
+    }
+}
+
 /// One `(id, version)` pair of an ID listing (reconciliation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdVersion {
@@ -376,5 +410,45 @@ impl Rejected {
     /// The ID when the store could hold it: what reconciliation counts as present at the source.
     pub fn usable_id(&self) -> Option<&str> {
         self.id.as_deref().filter(|_| self.reason.id_usable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceUsage;
+
+    #[test]
+    fn source_usage_is_the_invocations_share_as_one_emf_line_per_strategy() {
+        let before = SourceUsage {
+            requests: 40,
+            rate_limited: 2,
+        };
+        let after = SourceUsage {
+            requests: 47,
+            rate_limited: 5,
+        };
+        let used = after.since(before);
+        assert_eq!(
+            used,
+            SourceUsage {
+                requests: 7,
+                rate_limited: 3
+            }
+        );
+        let v: serde_json::Value = serde_json::from_str(&used.metrics("worker")).unwrap();
+        assert_eq!(v["Strategy"], "worker");
+        assert_eq!(v["SourceRequests"], 7.0);
+        assert_eq!(v["SourceRateLimited"], 3.0);
+        let m = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(m["Dimensions"], serde_json::json!([["Strategy"]]));
+        let names: Vec<&str> = m["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["SourceRequests", "SourceRateLimited"]);
+        // A reading older than `before` (a client replaced) never goes negative.
+        assert_eq!(before.since(after), SourceUsage::default());
     }
 }

@@ -6,7 +6,7 @@ use crate::core::budget::{Limit, SliceAnswer, SliceAsk};
 use crate::error::{SourceError, StoreError};
 use crate::model::{
     DeleteOutcome, Fetched, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected,
-    StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
+    SourceUsage, StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -441,4 +441,11 @@ pub trait SourceApi: Send + Sync {
     /// The end of a run, a step or a batch: hand back the shared rate budget's unspent tokens
     /// for other callers (the source client); nothing for sources without a budget.
     async fn release_budget(&self) {}
+
+    /// Requests sent so far and the 429s among them (cumulative: the handlers publish the
+    /// difference over an invocation, `SourceUsage::since`). Zero for sources that send
+    /// nothing themselves (test doubles).
+    fn usage(&self) -> SourceUsage {
+        SourceUsage::default()
+    }
 }

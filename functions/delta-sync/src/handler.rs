@@ -71,6 +71,7 @@ pub async fn handle(
         })?;
     let stop_at =
         shared::core::deadline::stop_instant(event.context.deadline(), deps.options.safety_margin);
+    let before = deps.source.usage();
     let runs = futures::future::join_all(entities.iter().map(|entity| {
         let opts = DeltaOptions {
             stop_at,
@@ -82,6 +83,8 @@ pub async fn handle(
         }
     }))
     .await;
+    // The invocation's requests to the source and its 429s, failed runs' included.
+    shared::telemetry::publish(&deps.source.usage().since(before).metrics("delta"));
     let mut out = Vec::new();
     let mut failed = Vec::new();
     for (entity, r) in runs {

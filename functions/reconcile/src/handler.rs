@@ -48,9 +48,11 @@ pub async fn handle(deps: &Deps, event: LambdaEvent<Value>) -> Result<Value, Dia
         queue: deps.queue.as_ref(),
     };
     async move {
-        let result = dispatch_with(&rdeps, deps.executions.as_deref(), payload, &opts)
-            .await
-            .and_then(|out| {
+        let before = deps.source.usage();
+        let result = dispatch_with(&rdeps, deps.executions.as_deref(), payload, &opts).await;
+        // The step's requests to the source and its 429s, a failed step's included.
+        shared::telemetry::publish(&deps.source.usage().since(before).metrics("reconcile"));
+        let result = result.and_then(|out| {
                 // The step's metrics (the guard tripping, an approval asked for, a run's
                 // summary) are this function's to publish.
                 out.log();

@@ -47,6 +47,7 @@ pub async fn handle(
     let left = shared::core::deadline::time_left(deadline).unwrap_or_default();
     options.in_progress_ttl_us = (left + CLAIM_MARGIN).as_micros() as i64;
     options.stop_at = shared::core::deadline::stop_instant(deadline, STOP_MARGIN);
+    let before = deps.source.usage();
     let report = process_batch(
         &WorkerDeps {
             source: deps.source.as_ref(),
@@ -59,6 +60,7 @@ pub async fn handle(
     .await;
     report.log();
     shared::telemetry::publish(&report.metrics());
+    shared::telemetry::publish(&deps.source.usage().since(before).metrics("worker"));
     if report.all_failed() {
         return Err(Diagnostic {
             error_type: "BatchFailed".into(),

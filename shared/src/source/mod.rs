@@ -872,6 +872,15 @@ impl SourceApi for SourceClient {
         }
     }
 
+    /// From the client's counters (`Stats`: one atomic add per attempt sent, one per 429).
+    fn usage(&self) -> crate::model::SourceUsage {
+        let s = self.stats();
+        crate::model::SourceUsage {
+            requests: s.requests,
+            rate_limited: s.rate_limited,
+        }
+    }
+
     /// The record's `fetched_at_us` and the answer's `sent_us` are one instant: the send time
     /// of the attempt that produced the answer (`http`'s module doc).
     async fn fetch_by_id(&self, entity: &str, id: &str) -> Result<Fetched, SourceError> {

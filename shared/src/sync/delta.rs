@@ -6,7 +6,7 @@
 
 use crate::config::Env;
 use crate::core::cursor::{self, DeltaCursor};
-use crate::core::timefmt::{format_rfc3339, now_us};
+use crate::core::timefmt::{format_rfc3339, now_us, parse_rfc3339};
 use crate::error::{ConfigError, SourceError, StoreError, SyncError, WaitCause};
 use crate::model::{Micros, Record, RejectReason, Rejected, Strategy, WriteOutcome};
 use crate::ports::{
@@ -554,8 +554,14 @@ impl DeltaSummary {
         );
     }
 
-    /// The run's metrics as one EMF line, per entity (`Strategy` = `delta`).
+    /// The run's metrics as one EMF line, per entity (`Strategy` = `delta`). With a cursor,
+    /// `CursorLagSeconds`: how far behind now the entity's cursor is at the end of the run
+    /// (what a change at the source may wait before a run reads it); none without one.
     pub fn metrics(&self) -> String {
+        self.metrics_at(now_us())
+    }
+
+    fn metrics_at(&self, now: Micros) -> String {
         let failed = if self.status == RunStatus::Failed {
             1.0
         } else {
@@ -568,20 +574,27 @@ impl DeltaSummary {
         } else {
             0.0
         };
-        crate::telemetry::emf(
-            &[("Entity", &self.entity), ("Strategy", "delta")],
-            &[
-                ("RecordsSeen", self.seen as f64, "Count"),
-                ("RecordsWritten", self.written() as f64, "Count"),
-                ("RecordsUnchanged", self.unchanged as f64, "Count"),
-                ("RecordsStale", self.stale as f64, "Count"),
-                ("RecordsRejected", self.rejected as f64, "Count"),
-                ("ApiPages", self.pages as f64, "Count"),
-                ("RunFailed", failed, "Count"),
-                ("RunStoppedByBudget", budget_short, "Count"),
-                ("RunDuration", self.duration_ms as f64, "Milliseconds"),
-            ],
-        )
+        let mut metrics = vec![
+            ("RecordsSeen", self.seen as f64, "Count"),
+            ("RecordsWritten", self.written() as f64, "Count"),
+            ("RecordsUnchanged", self.unchanged as f64, "Count"),
+            ("RecordsStale", self.stale as f64, "Count"),
+            ("RecordsRejected", self.rejected as f64, "Count"),
+            ("ApiPages", self.pages as f64, "Count"),
+            ("RunFailed", failed, "Count"),
+            ("RunStoppedByBudget", budget_short, "Count"),
+            ("RunDuration", self.duration_ms as f64, "Milliseconds"),
+        ];
+        // The cursor as the summary shows it (`show`, RFC 3339 to the microsecond).
+        if let Some(at) = self
+            .cursor_after
+            .as_deref()
+            .and_then(|c| parse_rfc3339(c).ok())
+        {
+            let lag_s = (now - at).max(0) as f64 / 1e6;
+            metrics.push(("CursorLagSeconds", lag_s, "Seconds"));
+        }
+        crate::telemetry::emf(&[("Entity", &self.entity), ("Strategy", "delta")], &metrics)
     }
 }
 
@@ -846,6 +859,44 @@ mod tests {
         );
         let line: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
         assert_eq!(line["RecordsRejected"], 2.0);
+    }
+
+    /// `CursorLagSeconds`: now minus the cursor the run ended at (here 400 µs after the
+    /// epoch), per entity under `Strategy` = `delta`; a run without a cursor has none.
+    #[tokio::test]
+    async fn the_runs_metrics_say_how_far_behind_now_its_cursor_is() {
+        let (s, cursor, _) = run_with_rejected(true).await;
+        let s = s.unwrap();
+        assert_eq!(cursor, Some(400));
+        let line: serde_json::Value =
+            serde_json::from_str(&s.metrics_at(400 + 90_500_000)).unwrap();
+        assert_eq!(line["CursorLagSeconds"], 90.5);
+        assert_eq!(
+            (&line["Entity"], &line["Strategy"]),
+            (&"people".into(), &"delta".into())
+        );
+        let defs = &line["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        assert!(
+            defs.as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["Name"] == "CursorLagSeconds" && d["Unit"] == "Seconds"),
+            "{defs}"
+        );
+        // The real clock: the cursor is decades behind.
+        let now: serde_json::Value = serde_json::from_str(&s.metrics()).unwrap();
+        assert!(now["CursorLagSeconds"].as_f64().unwrap() > 1.5e9, "{now}");
+
+        // A run that never had a cursor (the lease was held) publishes no lag at all, rather
+        // than a lag of 0 that would read as fresh.
+        let skipped = DeltaSummary {
+            status: RunStatus::Skipped,
+            cursor_before: None,
+            cursor_after: None,
+            ..s
+        };
+        let line: serde_json::Value = serde_json::from_str(&skipped.metrics()).unwrap();
+        assert!(line.get("CursorLagSeconds").is_none(), "{line}");
     }
 
     #[tokio::test]

@@ -860,6 +860,7 @@ impl BatchReport {
                 ("MessagesDuplicate", self.duplicates as f64, "Count"),
                 ("GetByIdCalls", self.get_by_id_calls as f64, "Count"),
                 ("RecordsWritten", self.written as f64, "Count"),
+                ("RecordsUnchanged", self.unchanged as f64, "Count"),
                 ("RecordsDeleted", self.deleted as f64, "Count"),
                 (
                     "NotFoundCeilingTripped",

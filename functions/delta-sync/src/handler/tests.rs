@@ -233,3 +233,40 @@ async fn one_retryable_failure_makes_the_invocation_retryable() {
     assert_eq!(e.error_type, "Delta.Failed");
     assert!(!e.error_message.contains("people"), "{}", e.error_message);
 }
+
+/// The source client counts every request it sends and every 429 among them: what the handler
+/// publishes per invocation as `SourceRequests` and `SourceRateLimited` (`Strategy` = `delta`).
+#[tokio::test]
+async fn an_invocations_source_requests_and_429s_are_counted() {
+    let sim = testkit::sim::start(source_sim::SimConfig {
+        people: 5,
+        donations: 0,
+        ..Default::default()
+    })
+    .await;
+    let d = deps(&sim).await;
+    let invoke = || {
+        handle(
+            &d,
+            LambdaEvent::new(
+                serde_json::json!({"entity": "people"}),
+                lambda_runtime::Context::default(),
+            ),
+        )
+    };
+    invoke().await.unwrap();
+    let before = d.source.usage();
+    sim.sim().push_fault(source_sim::Fault::RateLimited {
+        retry_after_secs: 0,
+    });
+    invoke().await.unwrap();
+    let used = d.source.usage().since(before);
+    let served = sim.sim().stats().list_requests;
+    assert_eq!(used.rate_limited, 1, "{used:?}");
+    assert!(used.requests >= 2, "the 429 and its retry: {used:?}");
+    assert!(served >= 1, "{served}");
+    let line: serde_json::Value = serde_json::from_str(&used.metrics("delta")).unwrap();
+    assert_eq!(line["Strategy"], "delta");
+    assert_eq!(line["SourceRateLimited"], 1.0);
+    assert_eq!(line["SourceRequests"], used.requests as f64);
+}

@@ -417,6 +417,20 @@ async fn a_found_record_is_upserted_under_the_version_rule() {
     let r = w.run(&batch, &opts()).await;
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert_eq!((r.written, r.stale, r.unchanged), (2, 1, 1));
+    // The batch's metrics (no dimensions) say written and unchanged apart.
+    let batch_line: serde_json::Value =
+        serde_json::from_str(r.metrics().lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            &batch_line["RecordsWritten"],
+            &batch_line["RecordsUnchanged"]
+        ),
+        (&serde_json::json!(2.0), &serde_json::json!(1.0))
+    );
+    assert_eq!(
+        batch_line["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([[]])
+    );
 
     let older = w.stored("older").await.expect("stored");
     assert_eq!(older.version.delta_us, 20);
