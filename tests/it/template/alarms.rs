@@ -44,21 +44,130 @@ fn check_errors_alarm(t: &Value, id: &str) -> Vec<String> {
     bad
 }
 
-/// Every alarm notifies the optional topic, and only when there is one.
+/// Every alarm notifies both optional targets, each only under its condition, and has no
+/// actions at all without either (`!If [HasAlarmTarget, [<topic if set>, <email topic if set>],
+/// AWS::NoValue]`: never an empty list).
 fn check_alarm_topic(t: &Value) -> Vec<String> {
+    // `!If [Cond, !Ref X, !Ref AWS::NoValue]`: X under Cond.
+    let conditional_ref = |v: &Value, cond: &str, target: &str| {
+        matches!(intrinsic(v), Some((f, Value::Sequence(args)))
+            if f == "If" && args.len() == 3 && args[0].as_str() == Some(cond)
+                && is_ref_to(&args[1], target) && is_no_value(&args[2]))
+    };
     let mut bad = Vec::new();
     for (id, a) in alarms(t) {
         for key in ["AlarmActions", "OKActions"] {
-            let topics = alternatives(&a[key]);
-            let ok = matches!(intrinsic(&a[key]), Some((f, Value::Sequence(args)))
-                if f == "If" && args[0].as_str() == Some("HasAlarmTopic") && is_no_value(&args[2]))
-                && topics.len() == 1
-                && topics[0].as_sequence().is_some_and(|s| s.len() == 1)
-                && is_ref_to(&topics[0][0], "AlarmTopicArn");
+            let ok = match intrinsic(&a[key]) {
+                Some((f, Value::Sequence(args))) if f == "If" && args.len() == 3 => {
+                    let list = args[1].as_sequence().map(Vec::as_slice).unwrap_or_default();
+                    args[0].as_str() == Some("HasAlarmTarget")
+                        && is_no_value(&args[2])
+                        && list.len() == 2
+                        && list
+                            .iter()
+                            .any(|v| conditional_ref(v, "HasAlarmTopic", "AlarmTopicArn"))
+                        && list
+                            .iter()
+                            .any(|v| conditional_ref(v, "HasAlarmEmail", "AlarmEmailTopic"))
+                }
+                _ => false,
+            };
             if !ok {
                 bad.push(format!("{id}: {key} is {:?}", a.get(key)));
             }
         }
+    }
+    // The conditions mean what the actions assume.
+    let want = [
+        ("HasAlarmTopic", "!Not [!Equals [!Ref AlarmTopicArn, '']]"),
+        ("HasAlarmEmail", "!Not [!Equals [!Ref AlarmEmail, '']]"),
+        (
+            "HasAlarmTarget",
+            "!Or [!Condition HasAlarmTopic, !Condition HasAlarmEmail]",
+        ),
+    ];
+    for (cond, text) in want {
+        if t["Conditions"][cond] != yaml(text) {
+            bad.push(format!("Conditions.{cond} is {:?}", t["Conditions"][cond]));
+        }
+    }
+    bad
+}
+
+/// The email topic exists exactly when AlarmEmail is set: the address subscribed by email, a
+/// topic policy letting only this account's CloudWatch alarms publish (and denying plain
+/// HTTP), encrypted with the stack's key when there is one, and its ARN an output.
+fn check_alarm_email(t: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let r = &t["Resources"];
+    let want = [
+        ("AlarmEmailTopic", "AWS::SNS::Topic"),
+        ("AlarmEmailSubscription", "AWS::SNS::Subscription"),
+        ("AlarmEmailTopicPolicy", "AWS::SNS::TopicPolicy"),
+    ];
+    for (id, ty) in want {
+        if r[id]["Type"].as_str() != Some(ty)
+            || r[id]["Condition"].as_str() != Some("HasAlarmEmail")
+        {
+            bad.push(format!("{id}: a {ty} under HasAlarmEmail"));
+        }
+    }
+    let sub = &r["AlarmEmailSubscription"]["Properties"];
+    if sub["Protocol"].as_str() != Some("email")
+        || !is_ref_to(&sub["Endpoint"], "AlarmEmail")
+        || !is_ref_to(&sub["TopicArn"], "AlarmEmailTopic")
+    {
+        bad.push(format!("AlarmEmailSubscription: {sub:?}"));
+    }
+    if r["AlarmEmailTopic"]["Properties"]["KmsMasterKeyId"]
+        != yaml("!If [HasKmsKey, !Ref KmsKeyArn, !Ref AWS::NoValue]")
+    {
+        bad.push("AlarmEmailTopic: not under KmsKeyArn's key when set".into());
+    }
+    let statements = r["AlarmEmailTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    let publish = statements
+        .iter()
+        .find(|s| s["Effect"].as_str() == Some("Allow"));
+    match publish {
+        Some(s)
+            if s["Principal"] == yaml("{Service: cloudwatch.amazonaws.com}")
+                && s["Action"].as_str() == Some("sns:Publish")
+                && is_ref_to(&s["Resource"], "AlarmEmailTopic")
+                && is_ref_to(
+                    &s["Condition"]["StringEquals"]["aws:SourceAccount"],
+                    "AWS::AccountId",
+                )
+                && s["Condition"]["ArnLike"]["aws:SourceArn"]
+                    == yaml(
+                        "!Sub 'arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-*'",
+                    ) => {}
+        other => bad.push(format!(
+            "AlarmEmailTopicPolicy: CloudWatch of this account and stack may publish: {other:?}"
+        )),
+    }
+    if statements
+        .iter()
+        .filter(|s| s["Effect"].as_str() == Some("Allow"))
+        .count()
+        != 1
+    {
+        bad.push("AlarmEmailTopicPolicy: one Allow only".into());
+    }
+    let tls = statements.iter().any(|s| {
+        s["Effect"].as_str() == Some("Deny")
+            && s["Condition"]["Bool"]["aws:SecureTransport"].as_str() == Some("false")
+    });
+    if !tls {
+        bad.push("AlarmEmailTopicPolicy: no deny of plain HTTP".into());
+    }
+    let out = &t["Outputs"]["AlarmEmailTopicArn"];
+    if !is_ref_to(&out["Value"], "AlarmEmailTopic")
+        || out["Condition"].as_str() != Some("HasAlarmEmail")
+    {
+        bad.push(format!("Outputs.AlarmEmailTopicArn: {out:?}"));
     }
     bad
 }
@@ -98,23 +207,68 @@ fn template_alarms_when_a_function_keeps_failing() {
 }
 
 #[test]
-fn template_every_alarm_notifies_the_optional_topic() {
+fn template_every_alarm_notifies_the_optional_topic_and_email() {
     let t = template();
     assert!(alarms(&t).len() >= 5, "{:?}", alarms(&t));
     assert_eq!(check_alarm_topic(&t), Vec::<String>::new());
-    let cond = &t["Conditions"]["HasAlarmTopic"];
-    assert_eq!(cond, &yaml("!Not [!Equals [!Ref AlarmTopicArn, '']]"));
+    assert_eq!(check_alarm_email(&t), Vec::<String>::new());
 
+    // The old form, the topic only: the email is missed.
     let mut broken = t.clone();
     broken["Resources"]["DeadLetterQueueAlarm"]["Properties"]["AlarmActions"] =
-        yaml("[!Ref AlarmTopicArn]");
+        yaml("!If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]");
+    let found = check_alarm_topic(&broken);
+    assert_eq!(
+        found,
+        [format!(
+            "DeadLetterQueueAlarm: AlarmActions is {:?}",
+            broken["Resources"]["DeadLetterQueueAlarm"]["Properties"].get("AlarmActions")
+        )]
+    );
+    // An alarm missing the email topic.
+    let mut broken = t.clone();
+    broken["Resources"]["SyncWorkerErrorsAlarm"]["Properties"]["OKActions"] = yaml(
+        "!If [HasAlarmTarget, [!If [HasAlarmTopic, !Ref AlarmTopicArn, !Ref AWS::NoValue]], \
+         !Ref AWS::NoValue]",
+    );
     let found = check_alarm_topic(&broken);
     assert!(
         found
             .iter()
-            .any(|b| b.contains("DeadLetterQueueAlarm: AlarmActions")),
+            .any(|b| b.starts_with("SyncWorkerErrorsAlarm: OKActions")),
         "{found:?}"
     );
+    // The email topic unconditionally: a stack without AlarmEmail would fail to deploy.
+    let mut broken = t.clone();
+    broken["Resources"]["SyncWorkerErrorsAlarm"]["Properties"]["AlarmActions"] = yaml(
+        "!If [HasAlarmTarget, [!If [HasAlarmTopic, !Ref AlarmTopicArn, !Ref AWS::NoValue], \
+         !Ref AlarmEmailTopic], !Ref AWS::NoValue]",
+    );
+    assert_eq!(check_alarm_topic(&broken).len(), 1);
+    // An empty list when neither is set.
+    let mut broken = t.clone();
+    broken["Conditions"]["HasAlarmTarget"] = yaml("!Equals [a, a]");
+    assert_eq!(
+        check_alarm_topic(&broken),
+        [format!(
+            "Conditions.HasAlarmTarget is {:?}",
+            broken["Conditions"]["HasAlarmTarget"]
+        )]
+    );
+    // The topic's policy open to any CloudWatch alarm, of any account.
+    let mut broken = t.clone();
+    broken["Resources"]["AlarmEmailTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+        ["Condition"] = yaml("{}");
+    let found = check_alarm_email(&broken);
+    assert!(
+        found
+            .iter()
+            .any(|b| b.contains("CloudWatch of this account")),
+        "{found:?}"
+    );
+    let mut broken = t.clone();
+    broken["Resources"]["AlarmEmailSubscription"]["Properties"]["Protocol"] = yaml("sms");
+    assert_eq!(check_alarm_email(&broken).len(), 1);
 }
 
 /// The DLQ alarm fires on the first dead letter; the 404-ceiling alarm watches the worker's EMF

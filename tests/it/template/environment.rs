@@ -178,7 +178,10 @@ fn template_webhook_ingest_environment_and_grants() {
             [
                 "sqs:SendMessage",
                 "secretsmanager:GetSecretValue",
-                "ssm:GetParameter"
+                "ssm:GetParameter",
+                // The stack's key, when set (kms.rs): sending to an encrypted queue.
+                "kms:Decrypt",
+                "kms:GenerateDataKey"
             ]
             .map(str::to_owned)
         )

@@ -25,7 +25,8 @@ pub(super) const POLLER_ACTIONS: [&str; 3] =
 /// Inline statements only (no managed policy, no SAM policy template: both grant more than the
 /// code calls), no `*` in an action, no bare `*` resource, no `NotAction` / `NotResource`.
 /// A Deny may use wildcards (it only takes away: the TLS-only policies deny `s3:*` on a bucket
-/// and its objects); a resource policy (a statement with a Principal) may only deny.
+/// and its objects); a resource policy (a statement with a Principal) may only deny, but for
+/// the one a service needs ([`alarms_publish_to_topic`]).
 fn check_iam(t: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     let roles = functions(t)
@@ -57,6 +58,7 @@ fn check_iam(t: &Value) -> Vec<String> {
         let principal = s.get("Principal").is_some();
         match s["Effect"].as_str() {
             Some("Deny") => continue,
+            Some("Allow") if principal && alarms_publish_to_topic(t, s) => {}
             Some("Allow") if principal => {
                 bad.push(format!(
                     "{at}: a resource policy that allows (grants go in roles)"
@@ -94,6 +96,21 @@ fn check_iam(t: &Value) -> Vec<String> {
         }
     }
     bad
+}
+
+/// The one Allow a resource policy may hold: CloudWatch (the alarms) publishing to an SNS topic
+/// of this template, for this account only (`aws:SourceAccount`) and alarms of this stack
+/// (`aws:SourceArn`).
+fn alarms_publish_to_topic(t: &Value, s: &Value) -> bool {
+    s["Principal"] == yaml("{Service: cloudwatch.amazonaws.com}")
+        && s["Action"].as_str() == Some("sns:Publish")
+        && ref_or_arn_of(&s["Resource"])
+            .is_some_and(|r| resource_type(t, &r) == Some("AWS::SNS::Topic"))
+        && is_ref_to(
+            &s["Condition"]["StringEquals"]["aws:SourceAccount"],
+            "AWS::AccountId",
+        )
+        && s["Condition"]["ArnLike"].get("aws:SourceArn").is_some()
 }
 
 /// Every action granted (Allow) is a call the code makes: DynamoDB per table, against that
@@ -228,6 +245,20 @@ fn check_grants_are_used(t: &Value) -> Vec<String> {
                 }
                 continue;
             }
+            if service == "kms" {
+                // No call of our code: the services (DynamoDB, SQS, S3, Secrets Manager,
+                // Lambda's poller and destinations) use the stack's key as the caller. Only on
+                // that key; which actions each function needs is `kms.rs`'s to check.
+                for r in &resources {
+                    if !is_ref_to(r, "KmsKeyArn") || !matches!(op, "Decrypt" | "GenerateDataKey") {
+                        bad.push(format!(
+                            "{at}: kms:{op} on {r:?}: only kms:Decrypt and kms:GenerateDataKey, \
+                             on the stack's key (!Ref KmsKeyArn)"
+                        ));
+                    }
+                }
+                continue;
+            }
             if service != "dynamodb" {
                 if !uses(&all_code, service, op) {
                     bad.push(format!(
@@ -344,7 +375,8 @@ pub(super) fn granted_actions(f: &Value) -> BTreeSet<String> {
 
 /// A secret read the way `shared::adapters::secrets` does (the ARN, or `ssm:<name>`) is granted
 /// once per store, each only when its parameter is set (condition `Has<Parameter>`), on exactly
-/// that secret or parameter; and nothing else is granted under a condition.
+/// that secret or parameter; and nothing else is granted under a condition but the stack key's
+/// grant (`HasKmsKey`, checked by `kms.rs`).
 pub(super) fn check_secret_grants(
     t: &Value,
     f: &Value,
@@ -355,6 +387,7 @@ pub(super) fn check_secret_grants(
     let conditional: Vec<(String, &Value)> = function_statements(f)
         .into_iter()
         .filter_map(|(c, s)| Some((c?, s)))
+        .filter(|(c, _)| c != "HasKmsKey")
         .collect();
     let mut by_action: BTreeMap<&str, (String, &Value)> = BTreeMap::new();
     for (cond, s) in &conditional {
@@ -488,6 +521,31 @@ fn template_iam_is_inline_statements_without_wildcards() {
         found.iter().any(|b| b.contains("action sqs:*")),
         "{found:?}"
     );
+    // The alarms' publish to the email topic is the one Allow a resource policy may hold; the
+    // same open to every principal, or to CloudWatch without the account condition, is not.
+    let topic_policy = |f: &dyn Fn(&mut Value)| {
+        let mut b = t.clone();
+        f(
+            &mut b["Resources"]["AlarmEmailTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                [0],
+        );
+        check_iam(&b)
+    };
+    assert_eq!(topic_policy(&|_| {}), Vec::<String>::new());
+    for tamper in [
+        &(|s: &mut Value| s["Principal"] = yaml("'*'")) as &dyn Fn(&mut Value),
+        &|s: &mut Value| s["Condition"] = yaml("{ArnLike: {aws:SourceArn: x}}"),
+        &|s: &mut Value| s["Resource"] = yaml("!Ref AlarmTopicArn"),
+        &|s: &mut Value| s["Action"] = yaml("sns:Subscribe"),
+    ] {
+        let found = topic_policy(tamper);
+        assert!(
+            found
+                .iter()
+                .any(|b| b.contains("a resource policy that allows")),
+            "{found:?}"
+        );
+    }
     // Under an Fn::If too.
     let found = statement(
         "!If [HasAlarmTopic, {Effect: Allow, Action: 'sns:Publish', Resource: '*'}, !Ref AWS::NoValue]",
@@ -524,6 +582,19 @@ fn template_grants_only_calls_the_code_makes() {
             .push(yaml(text));
         check_grants_are_used(&broken)
     };
+    // KMS: the two actions the services use, on the stack's key only.
+    let found = with("{Effect: Allow, Action: kms:Encrypt, Resource: !Ref KmsKeyArn}");
+    assert!(
+        found.iter().any(|b| b.contains("kms:Encrypt on")),
+        "{found:?}"
+    );
+    let found = with(
+        "{Effect: Allow, Action: kms:Decrypt, Resource: !Sub 'arn:aws:kms:${AWS::Region}:1:key/x'}",
+    );
+    assert!(
+        found.iter().any(|b| b.contains("kms:Decrypt on")),
+        "{found:?}"
+    );
     // No adapter scans.
     let found = with("{Effect: Allow, Action: dynamodb:Scan, Resource: !GetAtt RecordsTable.Arn}");
     assert!(
@@ -852,10 +923,20 @@ fn template_delta_sync_grants_cover_a_run() {
             .expect("a statement list")
             .clone()
     };
+    // The statement granted under a condition (not by its place: the stack key's grant is
+    // conditional too).
+    let under = |list: &[Value], cond: &str| {
+        list.iter()
+            .position(|s| {
+                matches!(intrinsic(s), Some((f, Value::Sequence(a)))
+                    if f == "If" && a[0].as_str() == Some(cond))
+            })
+            .unwrap_or_else(|| panic!("a statement under {cond}"))
+    };
     let mut broken = t.clone();
     let mut list = statements_of(&mut broken);
-    let n = list.len();
-    list[n - 2] = yaml(
+    let i = under(&list, "HasSourceSecretArn");
+    list[i] = yaml(
         "!If [HasSourceSecretArn, {Effect: Allow, Action: secretsmanager:GetSecretValue, \
          Resource: !Ref WebhookSecretArn}, !Ref AWS::NoValue]",
     );
@@ -873,7 +954,8 @@ fn template_delta_sync_grants_cover_a_run() {
     );
     let mut broken = t.clone();
     let mut list = statements_of(&mut broken);
-    list.pop();
+    let i = under(&list, "HasSourceSecretParameter");
+    list.remove(i);
     broken["Resources"][id.as_str()]["Properties"]["Policies"][0]["Statement"] =
         Value::Sequence(list);
     let found = check_secret_grants(
@@ -926,8 +1008,8 @@ fn template_sync_worker_grants_cover_a_batch() {
         .collect();
     assert_eq!(
         services,
-        set(&["dynamodb", "secretsmanager", "sqs", "ssm"]),
-        "nothing beyond the tables, the queue and the secret"
+        set(&["dynamodb", "kms", "secretsmanager", "sqs", "ssm"]),
+        "nothing beyond the tables, the queue, the secret and the stack's key (kms.rs)"
     );
 }
 
@@ -1035,7 +1117,15 @@ fn template_reconcile_function_grants_cover_the_steps() {
         .collect();
     assert_eq!(
         services,
-        set(&["dynamodb", "s3", "secretsmanager", "sqs", "ssm", "states"]),
+        set(&[
+            "dynamodb",
+            "kms",
+            "s3",
+            "secretsmanager",
+            "sqs",
+            "ssm",
+            "states"
+        ]),
     );
     // states: exactly StartExecution on the reconciliation state machine (a long listing's
     // continuation, shared::adapters::sfn::StepFunctions::start_execution); approvals are sent

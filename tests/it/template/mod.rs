@@ -39,21 +39,31 @@
 //!   metadata-only access logs, the delta function's unretried invocations with an on-failure
 //!   queue, the worker's and the ingest's control-table grants limited to the key prefixes their
 //!   code builds (`dynamodb:LeadingKeys`, traced through the control adapter), and checkov's
-//!   suppressions (each at its resource, with a reason).
+//!   suppressions (each at its resource, with a reason);
+//! - observability (`alarms`, `dashboard`): every alarm notifies `AlarmTopicArn` and the
+//!   `AlarmEmail` topic, each under its condition, and nothing without either; the email topic
+//!   lets only this stack's CloudWatch alarms publish; the dashboard's body parses, names only
+//!   resources of this template and metrics the code emits, and shows each watched item;
+//! - the optional customer managed key (`kms`): with `KmsKeyArn` set every table, queue,
+//!   bucket, log group, secret and topic uses it (and without it keeps its own encryption), and
+//!   each function is granted exactly the `kms:` actions its resources need, on that key only.
 //!
 //! Each check returns its findings as a list, so that the tests can also show it catching a
 //! broken copy of the template (a check that finds nothing anywhere proves nothing).
 //!
 //! The files: [`cfn`] queries the template, [`code`] reads the code; the tests are by topic
-//! (`crates`, `iam`, `environment`, `alarms`, `wiring`, `state_machine`, `security`), and `tables` checks the
+//! (`crates`, `iam`, `environment`, `alarms`, `dashboard`, `kms`, `wiring`, `state_machine`,
+//! `security`), and `tables` checks the
 //! tables against `shared::adapters::dynamodb::schema` and DynamoDB Local.
 
 mod alarms;
 mod cfn;
 mod code;
 mod crates;
+mod dashboard;
 mod environment;
 mod iam;
+mod kms;
 mod secrets;
 mod security;
 mod state_machine;

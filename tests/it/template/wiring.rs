@@ -35,7 +35,12 @@ fn check_queues(t: &Value) -> Vec<String> {
         if p.get("FifoQueue").and_then(Value::as_bool) == Some(true) {
             bad.push(format!("{id}: a FIFO queue"));
         }
-        if p.get("SqsManagedSseEnabled").and_then(Value::as_bool) != Some(true) {
+        // Encrypted either way: SQS-managed keys, or the stack's key when KmsKeyArn is set
+        // (kms.rs checks what each branch says).
+        let sse = p.get("SqsManagedSseEnabled");
+        let sqs_managed = sse.and_then(Value::as_bool) == Some(true)
+            || sse == Some(&yaml("!If [HasKmsKey, !Ref AWS::NoValue, true]"));
+        if !sqs_managed {
             bad.push(format!("{id}: SqsManagedSseEnabled is not true"));
         }
     }
@@ -408,11 +413,13 @@ fn template_spill_bucket_is_private_and_expires_the_runs() {
             "{key}"
         );
     }
+    // SSE-S3, or SSE-KMS with the stack's key when KmsKeyArn is set (kms.rs).
     assert_eq!(
-        b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
-            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
-            .as_str(),
-        Some("AES256")
+        b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"],
+        yaml(
+            "!If [HasKmsKey, {SSEAlgorithm: 'aws:kms', KMSMasterKeyID: !Ref KmsKeyArn}, \
+             {SSEAlgorithm: AES256}]"
+        )
     );
     assert_eq!(
         b["OwnershipControls"]["Rules"][0]["ObjectOwnership"].as_str(),
