@@ -14,6 +14,7 @@ mod lambda_features;
 mod reconcile;
 mod reconcile_sfn;
 mod regress;
+mod rehearsal;
 mod sfn_proxy;
 mod sfn_smoke;
 mod smoke_s3;

@@ -28,13 +28,38 @@ pub fn would_pass(wait: Duration) -> bool {
     current().is_some_and(|t| Instant::now() + wait > t)
 }
 
-/// When to stop, `margin` before an invocation's `deadline`; `None` when there is no deadline
-/// (a local invocation's context carries the epoch). A deadline already past, or nearer than the
-/// margin, is now.
-pub fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
+/// A deadline further than this in the past is no Lambda deadline: Lambda gives now plus the
+/// timeout (at most 15 minutes), and clocks are synchronised.
+const NOT_A_DEADLINE: Duration = Duration::from_secs(86_400);
+
+/// The invocation's deadline, `None` when it has none: a local invocation's context carries
+/// the epoch, and a local runtime emulator may send a placeholder (`cargo lambda watch` sends
+/// `Lambda-Runtime-Deadline-Ms: 600000`, ten minutes after the epoch). Either way the
+/// invocation runs without a stop instant, and a placeholder is logged.
+fn real(deadline: SystemTime) -> Option<SystemTime> {
     if deadline == SystemTime::UNIX_EPOCH {
         return None;
     }
+    if SystemTime::now()
+        .duration_since(deadline)
+        .is_ok_and(|ago| ago > NOT_A_DEADLINE)
+    {
+        tracing::warn!(
+            deadline_ms = deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "the invocation's deadline is more than a day past, so it is no Lambda deadline (a \
+             local runtime emulator's placeholder): running without a stop instant"
+        );
+        return None;
+    }
+    Some(deadline)
+}
+
+/// When to stop, `margin` before an invocation's `deadline`; `None` when there is no deadline
+/// (see [`real`]). A deadline already past, or nearer than the margin, is now.
+pub fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
+    let deadline = real(deadline)?;
     let left = deadline
         .duration_since(SystemTime::now())
         .unwrap_or_default();
@@ -43,9 +68,7 @@ pub fn stop_instant(deadline: SystemTime, margin: Duration) -> Option<Instant> {
 
 /// How long until `deadline` (zero when past; `None` without a deadline).
 pub fn time_left(deadline: SystemTime) -> Option<Duration> {
-    if deadline == SystemTime::UNIX_EPOCH {
-        return None;
-    }
+    let deadline = real(deadline)?;
     Some(
         deadline
             .duration_since(SystemTime::now())
@@ -80,6 +103,14 @@ mod tests {
             None
         );
         assert_eq!(time_left(SystemTime::UNIX_EPOCH), None);
+        // cargo lambda watch's placeholder, and anything else more than a day past.
+        for placeholder in [
+            SystemTime::UNIX_EPOCH + Duration::from_millis(600_000),
+            SystemTime::now() - Duration::from_secs(86_400 + 60),
+        ] {
+            assert_eq!(stop_instant(placeholder, Duration::from_secs(5)), None);
+            assert_eq!(time_left(placeholder), None);
+        }
     }
 
     #[test]
