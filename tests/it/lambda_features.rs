@@ -46,6 +46,32 @@ fn feature_tree(package: &str, edges: &str) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
+/// `cargo tree` of what a build at the workspace root selects with `selection` (no package:
+/// the default members), along the shipped edges.
+fn root_tree(selection: &[&str]) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let out = Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "--edges",
+            SHIPPED,
+            "--charset",
+            "ascii",
+        ])
+        .args(selection)
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 /// The features of `shared` a tree shows (`shared feature "<name>"` lines).
 fn shared_features(tree: &str) -> Vec<String> {
     let mut found: Vec<String> = tree
@@ -98,4 +124,26 @@ fn the_feature_check_sees_testing_where_it_is_enabled() {
     assert!(!shared_features(&feature_tree("tests", SHIPPED)).contains(&testing));
     let with_dev = feature_tree("tests", "features");
     assert!(shared_features(&with_dev).contains(&testing), "{with_dev}");
+}
+
+/// SAM builds each function at the workspace root with `cargo lambda build --release --bin
+/// <Binary>`, no package: cargo resolves features over the selected packages, the workspace's
+/// `default-members`. Without them (every member) the bench's and testkit's `shared` features
+/// (`testing`, `fuzz`) went into the deployed binaries (found by scripts/check-deploy, which
+/// compares SAM's binaries with `cargo lambda build -p`'s).
+#[test]
+fn a_build_at_the_workspace_root_as_sam_runs_it_leaves_testing_out() {
+    let tree = root_tree(&[]);
+    let features = shared_features(&tree);
+    assert!(features.iter().any(|f| f == "default"), "{tree}");
+    for f in ["testing", "fuzz"] {
+        assert!(
+            !features.iter().any(|g| g == f),
+            "a build at the workspace root (SAM's) gets shared's `{f}`: keep default-members \
+             in Cargo.toml to functions/*"
+        );
+    }
+    // The check can fail: over every member, as without default-members, they are there.
+    let all = shared_features(&root_tree(&["--workspace"]));
+    assert!(all.contains(&"testing".to_owned()), "{all:?}");
 }
