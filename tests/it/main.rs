@@ -20,6 +20,7 @@ mod sfn_smoke;
 mod smoke_s3;
 mod smoke_sqs;
 mod source_client;
+mod syncctl_get;
 mod template;
 mod trust;
 mod waits;

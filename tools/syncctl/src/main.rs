@@ -5,6 +5,7 @@ mod check_source;
 mod delta;
 mod demo;
 mod dlq;
+mod get;
 mod init;
 mod reconcile;
 mod serve;
@@ -45,6 +46,10 @@ enum Command {
     /// ID filter, get_by_id and JSON 404s? Run after every edit of infra/endpoints.toml.
     /// Exit 0: all passed; 1: a check failed; 3: unreachable; 4: some undecided.
     CheckSource(check_source::CheckSourceArgs),
+    /// One record: the stored copy beside the source's live record (fetched now), the verdict
+    /// of the version rule and the field-level difference of the payloads.
+    /// Exit 0: in sync (or deleted on both sides); 1: error; 3: out of sync; 4: found nowhere.
+    Get(get::GetArgs),
 }
 
 #[tokio::main]
@@ -60,6 +65,7 @@ async fn main() -> ExitCode {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Sign(args) => sign::run(args),
         Command::CheckSource(args) => return check_source::run(args).await,
+        Command::Get(args) => return get::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,6 +181,35 @@ mod tests {
         };
         assert_eq!(a.entity.as_deref(), Some("people"));
         assert!(a.json);
+    }
+
+    #[test]
+    fn get_takes_an_entity_an_id_and_its_flags() {
+        let cli = Cli::try_parse_from(["syncctl", "get", "people", "42"]).expect("parse");
+        let Command::Get(a) = cli.command else {
+            panic!("expected get")
+        };
+        assert_eq!((a.entity.as_str(), a.id.as_str()), ("people", "42"));
+        assert!(!a.json && !a.store.uses_dynamodb());
+        assert_eq!(a.max_diffs, 50);
+        let cli = Cli::try_parse_from([
+            "syncctl",
+            "get",
+            "people",
+            "42",
+            "--json",
+            "--max-diffs",
+            "5",
+            "--endpoint-url",
+            "http://localhost:8000",
+        ])
+        .expect("parse");
+        let Command::Get(a) = cli.command else {
+            panic!("expected get")
+        };
+        assert!(a.json && a.store.uses_dynamodb());
+        assert_eq!(a.max_diffs, 5);
+        assert!(Cli::try_parse_from(["syncctl", "get", "people"]).is_err());
     }
 
     #[test]
