@@ -11,6 +11,7 @@ mod delta;
 mod harness;
 mod hostile;
 mod lambda_features;
+mod readme;
 mod reconcile;
 mod reconcile_sfn;
 mod regress;
