@@ -5,9 +5,11 @@
 
 pub mod env;
 pub mod reload;
+pub mod retention;
 
 pub use env::Env;
 pub use reload::{EnvSecret, Reloading, SecretProvider};
+pub use retention::TombstoneRetention;
 
 use crate::core::timefmt::TimestampFormat;
 use crate::error::ConfigError;

@@ -45,6 +45,7 @@ impl RecordStore for MemoryRecords {
                                 fetched_at_us: r.version.fetched_at_us,
                                 hash: r.version.hash,
                                 deleted_at_us: None,
+                                erased: false,
                             },
                             payload,
                             first_seen_us: first_seen,
@@ -55,6 +56,7 @@ impl RecordStore for MemoryRecords {
                                 _ => LastAction::Update,
                             },
                             written_by: by,
+                            erased: None,
                         },
                     );
                 }
@@ -108,6 +110,7 @@ impl RecordStore for MemoryRecords {
                 fetched_at_us: record.version.fetched_at_us,
                 hash: record.version.hash,
                 deleted_at_us: None,
+                erased: false,
             };
             item.payload =
                 serde_json::from_str(record.payload.get()).unwrap_or(serde_json::Value::Null);
@@ -127,6 +130,75 @@ impl RecordStore for MemoryRecords {
             .cloned())
     }
 
+    async fn erase(
+        &self,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let key = (entity.to_owned(), id.to_owned());
+        if let Some(e) = items.get(&key).and_then(|o| o.erased.clone()) {
+            return Ok(EraseOutcome::AlreadyErased(e));
+        }
+        let marker = StoredRecord::erased_marker(
+            entity,
+            id,
+            Erasure {
+                erased_us: now_us,
+                erased_by: erased_by.to_owned(),
+            },
+        );
+        Ok(match items.insert(key, marker) {
+            Some(_) => EraseOutcome::Erased,
+            None => EraseOutcome::Marked,
+        })
+    }
+
+    async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let key = (entity.to_owned(), id.to_owned());
+        if items.get(&key).is_some_and(StoredRecord::is_erased) {
+            items.remove(&key);
+            return Ok(LiftOutcome::Lifted);
+        }
+        Ok(LiftOutcome::NotErased)
+    }
+
+    async fn purge_deleted(
+        &self,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError> {
+        let mut items = self.items.lock().expect("poisoned");
+        let old: Vec<(String, String)> = items
+            .iter()
+            .filter(|(_, r)| entity.is_none_or(|e| r.entity == e) && !r.is_erased())
+            .filter(|(_, r)| {
+                r.version
+                    .deleted_at_us
+                    .is_some_and(|d| d < deleted_before_us)
+            })
+            .map(|(k, _)| k.clone())
+            .take(usize::try_from(limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX))
+            .collect();
+        let n = old.len() as u64;
+        if !dry_run {
+            for k in &old {
+                items.remove(k);
+            }
+        }
+        Ok(PurgeCount {
+            scanned: n,
+            matched: n,
+            purged: if dry_run { 0 } else { n },
+            changed: 0,
+        })
+    }
+
     async fn sync_times(
         &self,
         entity: &str,
@@ -142,6 +214,7 @@ impl RecordStore for MemoryRecords {
                     SyncTimes {
                         first_seen_us: item.first_seen_us,
                         last_synced_us: item.last_synced_us,
+                        erased: item.is_erased(),
                     },
                 ))
             })

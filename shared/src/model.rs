@@ -179,6 +179,9 @@ pub enum LastAction {
     /// Reconciliation wrote the source's copy over a newer stored one: the source's version
     /// went backwards (an entity with `allow_version_regression`; `core::decide_regression`).
     Regressed,
+    /// Erased for a privacy request (`RecordStore::erase`): the item is a suppression marker
+    /// holding no data of the record.
+    Erased,
 }
 
 impl LastAction {
@@ -189,6 +192,7 @@ impl LastAction {
             LastAction::Restore => "restore",
             LastAction::Delete => "delete",
             LastAction::Regressed => "regressed",
+            LastAction::Erased => "erased",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -198,6 +202,7 @@ impl LastAction {
             "restore" => LastAction::Restore,
             "delete" => LastAction::Delete,
             "regressed" => LastAction::Regressed,
+            "erased" => LastAction::Erased,
             _ => return None,
         })
     }
@@ -211,6 +216,23 @@ pub struct StoredVersion {
     pub hash: ContentHash,
     /// Evidence time of the soft delete (when the source was seen not to have the record).
     pub deleted_at_us: Option<Micros>,
+    /// The item is an erasure's suppression marker (`RecordStore::erase`): no path writes the
+    /// record back until the erasure is lifted. Its delta, fetch time and hash are zero (it
+    /// holds no version), and `deleted_at_us` is the erasure's time.
+    pub erased: bool,
+}
+
+impl StoredVersion {
+    /// The version of an erasure's suppression marker erased at `erased_us`.
+    pub fn erased_marker(erased_us: Micros) -> StoredVersion {
+        StoredVersion {
+            delta_us: 0,
+            fetched_at_us: 0,
+            hash: ContentHash(0),
+            deleted_at_us: Some(erased_us),
+            erased: true,
+        }
+    }
 }
 
 /// When a stored item was first written and last written (live or soft-deleted): what
@@ -220,6 +242,8 @@ pub struct StoredVersion {
 pub struct SyncTimes {
     pub first_seen_us: Micros,
     pub last_synced_us: Micros,
+    /// The item is an erasure's suppression marker (both times are the erasure's then).
+    pub erased: bool,
 }
 
 impl SyncTimes {
@@ -240,12 +264,78 @@ pub struct StoredRecord {
     pub last_synced_us: Micros,
     pub last_action: LastAction,
     pub written_by: Strategy,
+    /// Set on an erasure's suppression marker (`RecordStore::erase`), which holds no data of
+    /// the record: `payload` is `null`, the version is `StoredVersion::erased_marker`, both
+    /// times and `deleted_at_us` are the erasure's, `last_action` is `erased`.
+    pub erased: Option<Erasure>,
 }
 
 impl StoredRecord {
+    /// Soft-deleted, or erased (a marker counts as deleted for every reader).
     pub fn is_deleted(&self) -> bool {
         self.version.deleted_at_us.is_some()
     }
+
+    pub fn is_erased(&self) -> bool {
+        self.erased.is_some()
+    }
+
+    /// What a store returns for an erasure's marker of `entity`/`id`.
+    pub fn erased_marker(entity: &str, id: &str, erasure: Erasure) -> StoredRecord {
+        StoredRecord {
+            entity: entity.to_owned(),
+            id: id.to_owned(),
+            version: StoredVersion::erased_marker(erasure.erased_us),
+            payload: serde_json::Value::Null,
+            first_seen_us: erasure.erased_us,
+            last_synced_us: erasure.erased_us,
+            last_action: LastAction::Erased,
+            written_by: Strategy::Manual,
+            erased: Some(erasure),
+        }
+    }
+}
+
+/// Who erased a record and when (the suppression marker's `erased_us`, `erased_by`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub erased_us: Micros,
+    /// The operator named by `syncctl erase --actor` (free text, for the audit trail).
+    pub erased_by: String,
+}
+
+/// Result of `RecordStore::erase`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseOutcome {
+    /// A stored record (live or soft-deleted) was replaced by the marker.
+    Erased,
+    /// Nothing was stored: the marker alone keeps the record out.
+    Marked,
+    /// Already erased: the earlier marker is kept as it was.
+    AlreadyErased(Erasure),
+}
+
+/// Result of `RecordStore::lift_erasure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiftOutcome {
+    /// The marker is gone: the next sync that sees the record writes it afresh.
+    Lifted,
+    /// No marker: nothing done (a live or soft-deleted item is left alone).
+    NotErased,
+}
+
+/// What `RecordStore::purge_deleted` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    /// Items read to find them (DynamoDB: the Scan's `ScannedCount`; locally the matches).
+    pub scanned: u64,
+    /// Soft-deleted items older than the cutoff found.
+    pub matched: u64,
+    /// Of them, removed (zero on a dry run).
+    pub purged: u64,
+    /// Of them, kept because they changed between the read and the delete (restored, or a
+    /// later deletion evidence): the delete is conditional on the copy read.
+    pub changed: u64,
 }
 
 /// Result of a conditional upsert.
@@ -259,6 +349,9 @@ pub enum WriteOutcome {
     Unchanged,
     /// Older than what is stored (or an equal version fetched earlier): nothing written.
     Stale,
+    /// The record was erased (`RecordStore::erase`): its suppression marker refuses every
+    /// write until the erasure is lifted. Nothing written.
+    Suppressed,
 }
 
 impl WriteOutcome {
@@ -304,6 +397,8 @@ pub enum DeleteOutcome {
     AlreadyDeleted,
     /// The item was synced at or after the evidence: the source had it then, keep it.
     NewerThanEvidence,
+    /// The record was erased: the marker stays as it is.
+    Suppressed,
 }
 
 /// A page of live `(id, version)` pairs from one shard of the destination, sorted bytewise by ID.

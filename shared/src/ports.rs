@@ -5,8 +5,9 @@
 use crate::core::budget::{Limit, SliceAnswer, SliceAsk};
 use crate::error::{SourceError, StoreError};
 use crate::model::{
-    DeleteOutcome, Fetched, IdVersion, LiveIdPage, Micros, Record, RegressOutcome, Rejected,
-    SourceUsage, StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
+    DeleteOutcome, EraseOutcome, Fetched, IdVersion, LiftOutcome, LiveIdPage, Micros, PurgeCount,
+    Record, RegressOutcome, Rejected, SourceUsage, StoredRecord, StoredVersion, Strategy,
+    SyncTimes, WriteOutcome,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -55,7 +56,39 @@ pub trait RecordStore: Send + Sync {
         compared: &StoredVersion,
     ) -> Result<RegressOutcome, StoreError>;
 
+    /// The item, live, soft-deleted or an erasure's marker (`StoredRecord::erased`).
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Erase our copy of one record (a privacy request): the item, whatever it holds, is
+    /// replaced in one write by a suppression marker holding the key, `erased_us = now_us`,
+    /// `erased_by` and nothing of the record (no payload, no version, out of the live index),
+    /// also when nothing was stored. Every write path refuses an erased record
+    /// (`core::version`: `Suppressed`) until `lift_erasure`. Erasing again keeps the first
+    /// marker (`AlreadyErased`).
+    async fn erase(
+        &self,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError>;
+
+    /// Remove an erasure's marker (only a marker: a live or soft-deleted item is left alone),
+    /// after which the next sync that sees the record writes it afresh.
+    async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError>;
+
+    /// Remove soft-deleted items (of `entity`, or every entity) whose deletion evidence
+    /// (`deleted_at_us`) is before `deleted_before_us`, at most `limit` of them; never an
+    /// erasure's marker. Each delete is conditional on the item still being the soft-deleted
+    /// copy read (a restore or a later deletion meanwhile wins: `changed`). `dry_run` counts
+    /// them and removes nothing. An operator's command: on DynamoDB it scans the whole table.
+    async fn purge_deleted(
+        &self,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError>;
 
     /// The sync times of these IDs (live or soft-deleted), strongly consistent, in as few
     /// requests as the store allows (DynamoDB: BatchGetItem of 100 keys, projected to the two

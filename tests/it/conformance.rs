@@ -25,8 +25,8 @@ use shared::StoreError;
 use shared::core::budget::{Limit, SliceAnswer, SliceAsk};
 use shared::core::timefmt::now_us;
 use shared::model::{
-    DeleteOutcome, ID_SHARDS, IdVersion, LastAction, Micros, Record, RegressOutcome, Strategy,
-    WriteOutcome, shard_of,
+    DeleteOutcome, EraseOutcome, Erasure, ID_SHARDS, IdVersion, LastAction, LiftOutcome, Micros,
+    Record, RegressOutcome, Strategy, WriteOutcome, shard_of,
 };
 use shared::ports::{
     BudgetStore, ControlStore, EventClaim, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US,
@@ -84,6 +84,11 @@ macro_rules! conformance_suite {
             records_test!(write_regressed_lowers_the_version_over_the_copy_compared_only);
             records_test!(write_regressed_writes_nothing_unless_the_rule_allows_it);
             records_test!(a_concurrent_newer_write_wins_over_a_regression);
+            records_test!(erase_refuses_every_write_path_until_lifted);
+            records_test!(erase_of_an_absent_or_deleted_record_still_suppresses);
+            records_test!(erase_between_a_read_and_the_write_wins);
+            records_test!(erase_racing_concurrent_upserts_always_ends_erased);
+            records_test!(purge_removes_only_old_soft_deleted_items);
             control_test!(lease_acquire_hold_renew_and_take_over);
             control_test!(save_cursor_is_fenced_by_the_lease);
             control_test!(release_lets_another_acquire);
@@ -1270,6 +1275,352 @@ pub async fn a_concurrent_newer_write_wins_over_a_regression(s: &dyn RecordStore
         assert_eq!(got.version.delta_us, 3_000, "{id}");
         assert_eq!(got.payload, json!({"id": id, "v": "newest"}), "{id}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// erasure and purge
+// ---------------------------------------------------------------------------------------------
+
+/// What an erased record looks like to every reader: a marker holding nothing of the record,
+/// deleted, out of the live index, `erased` in its sync times.
+async fn assert_erased(s: &dyn RecordStore, id: &str, erased_us: Micros, by: &str) {
+    let got = get(s, E, id).await;
+    assert_eq!(
+        got.erased,
+        Some(Erasure {
+            erased_us,
+            erased_by: by.to_owned()
+        }),
+        "{id} is erased"
+    );
+    assert!(got.is_erased() && got.is_deleted());
+    assert_eq!((got.entity.as_str(), got.id.as_str()), (E, id));
+    assert_eq!(got.payload, Value::Null, "no data of the record");
+    assert_eq!(
+        got.version,
+        shared::model::StoredVersion::erased_marker(erased_us)
+    );
+    assert_eq!(got.version.deleted_at_us, Some(erased_us));
+    assert_eq!(got.last_action, LastAction::Erased);
+    assert_eq!(got.written_by, Strategy::Manual);
+    assert_eq!(
+        (got.first_seen_us, got.last_synced_us),
+        (erased_us, erased_us)
+    );
+    assert_eq!(indexed_version(s, id).await, None, "not live");
+    let times = s.sync_times(E, &[id.to_owned()]).await.expect("sync_times");
+    assert!(times[id].erased, "sync_times says erased");
+}
+
+pub async fn erase_refuses_every_write_path_until_lifted(s: &dyn RecordStore) {
+    let first = rec(E, "e1", 1_000, 10_000, &person("e1", "Eve"));
+    assert_eq!(
+        upsert(s, &first, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
+    let compared = get(s, E, "e1").await.version;
+    assert_eq!(
+        s.erase(E, "e1", 20_000, "dpo@example.org")
+            .await
+            .expect("erase"),
+        EraseOutcome::Erased
+    );
+    assert_erased(s, "e1", 20_000, "dpo@example.org").await;
+    // Every write path refuses it, whatever the version or the fetch time.
+    for (delta, fetched) in [(2_000, 30_000), (500, 30_000), (1_000, 10_000), (9_999, 5)] {
+        let r = rec(E, "e1", delta, fetched, &person("e1", "Eve (again)"));
+        for by in [Strategy::Delta, Strategy::Webhook, Strategy::Targeted] {
+            assert_eq!(upsert(s, &r, by).await, WriteOutcome::Suppressed);
+        }
+        // In a batch beside other records, too: the others are written.
+        let other = rec(
+            E,
+            &format!("n{delta}"),
+            delta,
+            fetched,
+            &json!({"n": delta}),
+        );
+        assert_eq!(
+            s.upsert_many(&[other, r.clone()], Strategy::Delta)
+                .await
+                .expect("upsert_many"),
+            [WriteOutcome::Inserted, WriteOutcome::Suppressed]
+        );
+    }
+    for evidence in [5, 20_000, 40_000] {
+        assert_eq!(
+            s.soft_delete(E, "e1", evidence, Strategy::Webhook)
+                .await
+                .expect("soft delete"),
+            DeleteOutcome::Suppressed
+        );
+    }
+    let older = rec(E, "e1", 500, 50_000, &person("e1", "Eve (old)"));
+    assert_eq!(
+        s.write_regressed(&older, &compared)
+            .await
+            .expect("write_regressed"),
+        RegressOutcome::Moved
+    );
+    let marker = get(s, E, "e1").await.version;
+    assert_eq!(
+        s.write_regressed(&older, &marker)
+            .await
+            .expect("write_regressed over the marker"),
+        RegressOutcome::Moved
+    );
+    assert_erased(s, "e1", 20_000, "dpo@example.org").await;
+    // Erasing again keeps the first marker.
+    assert_eq!(
+        s.erase(E, "e1", 60_000, "someone else")
+            .await
+            .expect("erase again"),
+        EraseOutcome::AlreadyErased(Erasure {
+            erased_us: 20_000,
+            erased_by: "dpo@example.org".into()
+        })
+    );
+    assert_erased(s, "e1", 20_000, "dpo@example.org").await;
+    // Lifted: the marker is gone, and the next sync writes the record afresh.
+    assert_eq!(
+        s.lift_erasure(E, "e1").await.expect("lift"),
+        LiftOutcome::Lifted
+    );
+    assert!(s.get(E, "e1").await.expect("get").is_none());
+    assert_eq!(
+        s.lift_erasure(E, "e1").await.expect("lift again"),
+        LiftOutcome::NotErased
+    );
+    let back = rec(E, "e1", 500, 70_000, &person("e1", "Eve (back)"));
+    assert_eq!(
+        upsert(s, &back, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
+    let got = get(s, E, "e1").await;
+    assert_eq!(
+        (got.erased, got.payload),
+        (None, person("e1", "Eve (back)"))
+    );
+    assert_eq!(indexed_version(s, "e1").await, Some(500));
+    // Lifting leaves a live or a soft-deleted item alone.
+    assert_eq!(
+        s.lift_erasure(E, "e1").await.expect("lift a live item"),
+        LiftOutcome::NotErased
+    );
+    assert_eq!(get(s, E, "e1").await.payload, person("e1", "Eve (back)"));
+}
+
+pub async fn erase_of_an_absent_or_deleted_record_still_suppresses(s: &dyn RecordStore) {
+    // Never stored: the marker alone keeps it out.
+    assert_eq!(
+        s.erase(E, "ghost", 1_000, "ops").await.expect("erase"),
+        EraseOutcome::Marked
+    );
+    assert_erased(s, "ghost", 1_000, "ops").await;
+    let r = rec(E, "ghost", 5_000, 9_000, &person("ghost", "Gus"));
+    assert_eq!(
+        upsert(s, &r, Strategy::Webhook).await,
+        WriteOutcome::Suppressed
+    );
+    assert_eq!(
+        s.soft_delete(E, "ghost", 9_000, Strategy::Webhook)
+            .await
+            .expect("soft delete"),
+        DeleteOutcome::Suppressed
+    );
+    // Soft-deleted, then erased: a copy fetched after the deletion would restore a tombstone,
+    // never a marker.
+    let d = rec(E, "del", 1_000, 1_000, &person("del", "Dee"));
+    assert_eq!(upsert(s, &d, Strategy::Delta).await, WriteOutcome::Inserted);
+    assert_eq!(
+        s.soft_delete(E, "del", 2_000, Strategy::Reconcile)
+            .await
+            .expect("soft delete"),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        s.erase(E, "del", 3_000, "ops").await.expect("erase"),
+        EraseOutcome::Erased
+    );
+    let later = rec(E, "del", 1_000, 4_000, &person("del", "Dee"));
+    assert_eq!(
+        upsert(s, &later, Strategy::Targeted).await,
+        WriteOutcome::Suppressed
+    );
+    assert_erased(s, "del", 3_000, "ops").await;
+    // After the lift the record comes from the next sync.
+    assert_eq!(
+        s.lift_erasure(E, "ghost").await.expect("lift"),
+        LiftOutcome::Lifted
+    );
+    assert_eq!(
+        upsert(s, &r, Strategy::Webhook).await,
+        WriteOutcome::Inserted
+    );
+    // Other entities and IDs are untouched by a marker.
+    let other = rec("donations", "ghost", 1, 1, &json!({"amount": 1}));
+    assert_eq!(
+        upsert(s, &other, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
+}
+
+pub async fn erase_between_a_read_and_the_write_wins(s: &dyn RecordStore) {
+    // What each writer read first: the record live at version 1.
+    let v1 = rec(E, "rw", 1_000, 1_000, &person("rw", "Rae"));
+    assert_eq!(
+        upsert(s, &v1, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
+    let read = get(s, E, "rw").await;
+    // The erasure lands after the read...
+    assert_eq!(
+        s.erase(E, "rw", 2_000, "ops").await.expect("erase"),
+        EraseOutcome::Erased
+    );
+    // ...and each write, decided on the earlier read (an update, a restore-worthy fetch, a
+    // delete, a regression of the copy read), is refused in the write itself.
+    let v2 = rec(E, "rw", 3_000, 3_000, &person("rw", "Rae v2"));
+    assert_eq!(
+        upsert(s, &v2, Strategy::Delta).await,
+        WriteOutcome::Suppressed
+    );
+    assert_eq!(
+        s.soft_delete(E, "rw", 4_000, Strategy::Webhook)
+            .await
+            .expect("soft delete"),
+        DeleteOutcome::Suppressed
+    );
+    let older = rec(E, "rw", 500, 5_000, &person("rw", "Rae v0"));
+    assert_eq!(
+        s.write_regressed(&older, &read.version)
+            .await
+            .expect("write_regressed"),
+        RegressOutcome::Moved
+    );
+    assert_erased(s, "rw", 2_000, "ops").await;
+}
+
+pub async fn erase_racing_concurrent_upserts_always_ends_erased(s: &dyn RecordStore) {
+    // Writers race an erasure on each ID; whichever lands first, the record ends erased: a write
+    // before it is replaced, a write after it refused.
+    let ids: Vec<String> = (0..8).map(|i| format!("er{i}")).collect();
+    let writes = ids.iter().flat_map(|id| {
+        (1..=6).map(move |v| {
+            let r = rec(E, id, v * 1_000, v * 1_000, &json!({"id": id, "v": v}));
+            async move { s.upsert(&r, Strategy::Webhook).await.expect("upsert") }
+        })
+    });
+    let erases = ids
+        .iter()
+        .map(|id| async move { s.erase(E, id, 3_500, "ops").await.expect("erase") });
+    let (written, erased) = tokio::join!(join_all(writes), join_all(erases));
+    assert!(
+        written.iter().all(|o| matches!(
+            o,
+            WriteOutcome::Inserted
+                | WriteOutcome::Updated
+                | WriteOutcome::Stale
+                | WriteOutcome::Suppressed
+        )),
+        "{written:?}"
+    );
+    assert!(
+        erased
+            .iter()
+            .all(|o| matches!(o, EraseOutcome::Erased | EraseOutcome::Marked)),
+        "{erased:?}"
+    );
+    for id in &ids {
+        assert_erased(s, id, 3_500, "ops").await;
+    }
+}
+
+pub async fn purge_removes_only_old_soft_deleted_items(s: &dyn RecordStore) {
+    for id in ["old", "old2", "new", "live", "restored", "erased"] {
+        let r = rec(E, id, 1_000, 1_000, &person(id, id));
+        assert_eq!(upsert(s, &r, Strategy::Delta).await, WriteOutcome::Inserted);
+    }
+    let d = rec("donations", "old", 1_000, 1_000, &json!({"amount": 1}));
+    assert_eq!(upsert(s, &d, Strategy::Delta).await, WriteOutcome::Inserted);
+    for (entity, id, evidence) in [
+        (E, "old", 10_000),
+        (E, "old2", 11_000),
+        (E, "new", 90_000),
+        (E, "restored", 10_000),
+        ("donations", "old", 10_000),
+    ] {
+        assert_eq!(
+            s.soft_delete(entity, id, evidence, Strategy::Reconcile)
+                .await
+                .expect("soft delete"),
+            DeleteOutcome::Deleted
+        );
+    }
+    // The source had it again: restored before the purge.
+    let back = rec(E, "restored", 1_000, 20_000, &person("restored", "back"));
+    assert_eq!(
+        upsert(s, &back, Strategy::Targeted).await,
+        WriteOutcome::Restored
+    );
+    // An erasure older than the cutoff: a marker, never purged.
+    assert_eq!(
+        s.erase(E, "erased", 5_000, "ops").await.expect("erase"),
+        EraseOutcome::Erased
+    );
+    let cutoff = 50_000;
+    // A dry run counts and removes nothing.
+    let dry = s
+        .purge_deleted(Some(E), cutoff, None, true)
+        .await
+        .expect("dry run");
+    assert_eq!((dry.matched, dry.purged, dry.changed), (2, 0, 0));
+    assert!(dry.scanned >= dry.matched);
+    assert!(get(s, E, "old").await.is_deleted());
+    // A limit stops after that many.
+    let one = s
+        .purge_deleted(Some(E), cutoff, Some(1), false)
+        .await
+        .expect("purge one");
+    assert_eq!((one.matched, one.purged), (1, 1));
+    let rest = s
+        .purge_deleted(Some(E), cutoff, None, false)
+        .await
+        .expect("purge the rest");
+    assert_eq!((rest.matched, rest.purged, rest.changed), (1, 1, 0));
+    for gone in ["old", "old2"] {
+        assert!(
+            s.get(E, gone).await.expect("get").is_none(),
+            "{gone} purged"
+        );
+    }
+    // Kept: deleted after the cutoff, live, restored, erased, another entity's.
+    assert!(get(s, E, "new").await.is_deleted());
+    assert!(!get(s, E, "live").await.is_deleted());
+    assert_eq!(
+        get(s, E, "restored").await.payload,
+        person("restored", "back")
+    );
+    assert_erased(s, "erased", 5_000, "ops").await;
+    assert!(get(s, "donations", "old").await.is_deleted());
+    // Nothing left to purge of the entity; then every entity's.
+    let none = s
+        .purge_deleted(Some(E), cutoff, None, false)
+        .await
+        .expect("purge again");
+    assert_eq!((none.matched, none.purged), (0, 0));
+    let all = s
+        .purge_deleted(None, cutoff, None, false)
+        .await
+        .expect("purge every entity");
+    assert_eq!((all.matched, all.purged), (1, 1));
+    assert!(s.get("donations", "old").await.expect("get").is_none());
+    // A purged record is simply absent: the next sync inserts it afresh.
+    let again = rec(E, "old", 2_000, 100_000, &person("old", "again"));
+    assert_eq!(
+        upsert(s, &again, Strategy::Delta).await,
+        WriteOutcome::Inserted
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -498,3 +498,151 @@ async fn a_slice_asked_exactly_at_the_schedule_end_settles() {
         other => panic!("want a slice at the schedule's end, got {other:?}"),
     }
 }
+
+/// An erasure's marker as the application reads the item: the key, who and when, deleted;
+/// nothing of the record (no payload in either form, no version, no hash), out of the index.
+#[tokio::test]
+async fn an_erased_item_holds_no_data_of_the_record() {
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table);
+    let big = json!({"id": "7", "blob": "z".repeat(400 * 1024)});
+    for (id, payload) in [("6", json!({"id": "6", "name": "Ann"})), ("7", big)] {
+        let r = rec("people", id, 1_000, 2_000, &payload);
+        store.upsert(&r, Strategy::Delta).await.expect("upsert");
+        assert_eq!(
+            store
+                .erase("people", id, 9_000, "dpo")
+                .await
+                .expect("erase"),
+            shared::model::EraseOutcome::Erased
+        );
+        let item = raw_item(&client, &table, "people", id).await;
+        let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "deleted_at_us",
+                "entity",
+                "erased_by",
+                "erased_us",
+                "first_seen_us",
+                "id",
+                "last_action",
+                "last_synced_us",
+                "pk",
+                "written_by"
+            ],
+            "{id}: only the key, the erasure and its times"
+        );
+        assert_eq!(n(&item["erased_us"]), 9_000);
+        assert_eq!(n(&item["deleted_at_us"]), 9_000);
+        assert_eq!(item["erased_by"].as_s().expect("a string"), "dpo");
+        assert_eq!(item["last_action"].as_s().expect("a string"), "erased");
+    }
+}
+
+/// Erases `id` (on its own client and runtime) just before the first `UpdateItem` of `id`'s
+/// item goes out: an erasure landing between `upsert_many`'s read of the stored versions (or a
+/// soft delete's decision) and its conditional write.
+#[derive(Debug, Clone)]
+struct EraseBeforeWrite {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    table: String,
+    id: String,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for EraseBeforeWrite {
+    fn name(&self) -> &'static str {
+        "EraseBeforeWrite"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let update = ctx
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".UpdateItem"));
+        if !update || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (table, id) = (self.table.clone(), self.id.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let store = DynamoRecords::new(dynamodb_client().await, &table);
+                store.erase("people", &id, 5_000, "race").await
+            })
+        })
+        .join()
+        .expect("the erasing thread")
+        .expect("erase");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_between_the_version_read_and_the_conditional_write_wins() {
+    use shared::model::{DeleteOutcome, WriteOutcome};
+    let (client, table, _) = fresh_tables().await;
+    let plain = DynamoRecords::new(client, &table);
+    let sdk = crate::harness::sdk_config().await;
+    for (id, case) in [("u", "update"), ("r", "restore"), ("d", "delete")] {
+        let first = rec("people", id, 1_000, 1_000, &json!({"id": id, "v": 1}));
+        plain.upsert(&first, Strategy::Delta).await.expect("insert");
+        if case == "restore" {
+            plain
+                .soft_delete("people", id, 2_000, Strategy::Reconcile)
+                .await
+                .expect("soft delete");
+        }
+        let hook = EraseBeforeWrite {
+            armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            table: table.clone(),
+            id: id.to_owned(),
+        };
+        let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(hook.clone())
+            .build();
+        let store = DynamoRecords::new(aws_sdk_dynamodb::Client::from_conf(conf), &table);
+        if case == "delete" {
+            assert_eq!(
+                store
+                    .soft_delete("people", id, 3_000, Strategy::Webhook)
+                    .await
+                    .expect("soft delete"),
+                DeleteOutcome::Suppressed,
+                "{case}"
+            );
+        } else {
+            // Read as an update (newer) or a restore (fetched after the deletion), then erased.
+            let next = rec("people", id, 2_000, 3_000, &json!({"id": id, "v": 2}));
+            assert_eq!(
+                store
+                    .upsert_many(&[next], Strategy::Webhook)
+                    .await
+                    .expect("upsert"),
+                [WriteOutcome::Suppressed],
+                "{case}"
+            );
+        }
+        assert!(
+            !hook.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "{case}: the erasure ran between the read and the write"
+        );
+        let got = plain.get("people", id).await.expect("get").expect("stored");
+        assert_eq!(
+            got.erased.map(|e| (e.erased_us, e.erased_by)),
+            Some((5_000, "race".to_owned())),
+            "{case}"
+        );
+    }
+}

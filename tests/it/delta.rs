@@ -307,6 +307,7 @@ impl RecordHooks<MemoryRecords> for Blind {
                             fetched_at_us: r.version.fetched_at_us,
                             hash: r.version.hash,
                             deleted_at_us: None,
+                            erased: false,
                         },
                         payload: serde_json::from_str(r.payload.get()).expect("JSON"),
                         first_seen_us: now,
@@ -317,6 +318,7 @@ impl RecordHooks<MemoryRecords> for Blind {
                             LastAction::Insert
                         },
                         written_by: by,
+                        erased: None,
                     },
                 );
                 if existed {

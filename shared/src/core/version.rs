@@ -5,11 +5,17 @@
 //! Its one exception, [`decide_regression`], is reconciliation's repair of a source whose
 //! version went backwards, for entities that opt in (`allow_version_regression`): the only rule
 //! under which a write may lower `delta_us`, and only over the exact stored copy it compared.
+//!
+//! Above every case: an erased record (`StoredVersion::erased`, the suppression marker of
+//! `RecordStore::erase`) refuses every write. `decide_upsert` answers `Suppressed`,
+//! `decide_delete` `Suppressed`, `decide_regression` `Moved`, `advances_deletion` `false`, until
+//! `RecordStore::lift_erasure` removes the marker.
 
 use crate::model::{DeleteOutcome, Micros, RegressOutcome, StoredVersion, Version, WriteOutcome};
 
 /// Decide what an upsert of `incoming` over `stored` does.
 ///
+/// - erased: suppressed, whatever the version (the marker holds none);
 /// - nothing stored: insert;
 /// - stored is soft-deleted: write only when fetched after the deletion's evidence (the source
 ///   really has it again), else stale;
@@ -19,6 +25,9 @@ pub fn decide_upsert(stored: Option<&StoredVersion>, incoming: &Version) -> Writ
     let Some(s) = stored else {
         return WriteOutcome::Inserted;
     };
+    if s.erased {
+        return WriteOutcome::Suppressed;
+    }
     if let Some(deleted_at) = s.deleted_at_us {
         return if incoming.fetched_at_us > deleted_at {
             WriteOutcome::Restored
@@ -38,10 +47,12 @@ pub fn decide_upsert(stored: Option<&StoredVersion>, incoming: &Version) -> Writ
 }
 
 /// Decide what a soft delete with evidence observed at `evidence_us` does: delete only a live
-/// item whose last fetch is strictly before the evidence (I3, I4).
+/// item whose last fetch is strictly before the evidence (I3, I4). An erased record's marker
+/// stays as it is (`Suppressed`).
 pub fn decide_delete(stored: Option<&StoredVersion>, evidence_us: Micros) -> DeleteOutcome {
     match stored {
         None => DeleteOutcome::NotFound,
+        Some(s) if s.erased => DeleteOutcome::Suppressed,
         Some(s) if s.deleted_at_us.is_some() => DeleteOutcome::AlreadyDeleted,
         Some(s) if s.fetched_at_us >= evidence_us => DeleteOutcome::NewerThanEvidence,
         Some(_) => DeleteOutcome::Deleted,
@@ -52,8 +63,10 @@ pub fn decide_delete(stored: Option<&StoredVersion>, evidence_us: Micros) -> Del
 /// deletion evidence later (`deleted_at_us`): the source was seen without it again, later. A copy
 /// fetched between the two observations must not restore it (the source deleted it once more,
 /// after re-creating it): `decide_upsert` restores only what was fetched after the latest.
+/// Never an erased record's marker (its `deleted_at_us` is the erasure's time).
 pub fn advances_deletion(stored: Option<&StoredVersion>, evidence_us: Micros) -> bool {
     stored
+        .filter(|s| !s.erased)
         .and_then(|s| s.deleted_at_us)
         .is_some_and(|d| evidence_us > d)
 }
@@ -64,7 +77,7 @@ pub fn advances_deletion(stored: Option<&StoredVersion>, evidence_us: Micros) ->
 /// lower `delta_us`", for entities with `allow_version_regression` only:
 ///
 /// - the store must still hold exactly the copy compared (live; its delta, `fetched_at` and
-///   hash unchanged), else `Moved`: a write or a delete in between wins;
+///   hash unchanged), else `Moved`: a write, a delete or an erasure in between wins;
 /// - `fetched` must be below it (else `NotNewer`: the ordinary rule applies);
 /// - `fetched` must have been requested after the stored copy was (`fetched_at_us` is the send
 ///   time of the request), else `FetchedBefore`: an answer older than the stored copy proves
@@ -78,7 +91,7 @@ pub fn decide_regression(
     fetched: &Version,
 ) -> RegressOutcome {
     match stored {
-        Some(s) if s.deleted_at_us.is_none() && s == compared => {}
+        Some(s) if s.deleted_at_us.is_none() && !s.erased && s == compared => {}
         _ => return RegressOutcome::Moved,
     }
     if fetched.delta_us >= compared.delta_us {
@@ -110,6 +123,7 @@ mod tests {
             fetched_at_us: fetched,
             hash: ContentHash(hash),
             deleted_at_us: deleted,
+            erased: false,
         }
     }
 
@@ -191,6 +205,53 @@ mod tests {
         assert_eq!(
             decide_delete(Some(&s(1, 5, 1, Some(7))), 10),
             AlreadyDeleted
+        );
+    }
+
+    #[test]
+    fn an_erased_record_refuses_every_write_whatever_the_version() {
+        let erased = StoredVersion::erased_marker(500);
+        // Any version, fetched before or after the erasure, newer or older: suppressed.
+        for incoming in [
+            v(0, 0, 0),
+            v(10, 100, 1),
+            v(999, 501, 7),
+            v(i64::MAX, i64::MAX, 9),
+        ] {
+            assert_eq!(
+                decide_upsert(Some(&erased), &incoming),
+                WriteOutcome::Suppressed,
+                "{incoming:?}"
+            );
+        }
+        // A delete, with any evidence, leaves the marker as it is (and never moves its time).
+        for evidence in [0, 499, 500, 501, i64::MAX] {
+            assert_eq!(
+                decide_delete(Some(&erased), evidence),
+                DeleteOutcome::Suppressed
+            );
+            assert!(!advances_deletion(Some(&erased), evidence));
+        }
+        // A regression never writes over it: neither over the marker it did not compare...
+        let live = s(10, 100, 1, None);
+        assert_eq!(
+            decide_regression(Some(&erased), &live, &v(5, 200, 2)),
+            RegressOutcome::Moved
+        );
+        // ...nor when the marker itself is what was compared.
+        assert_eq!(
+            decide_regression(Some(&erased), &erased, &v(-1, 600, 2)),
+            RegressOutcome::Moved
+        );
+        // The same marker, not erased (a soft-deleted tombstone of the same time), restores
+        // from a copy fetched later: the suppression is the `erased` flag alone.
+        let tombstone = StoredVersion {
+            erased: false,
+            ..erased
+        };
+        assert_eq!(
+            decide_upsert(Some(&tombstone), &v(10, 501, 1)),
+            WriteOutcome::Restored
         );
     }
 }

@@ -213,6 +213,8 @@ pub struct DeltaSummary {
     pub restored: u64,
     pub unchanged: u64,
     pub stale: u64,
+    /// Records erased here (`syncctl erase`) that the source still lists: refused, unwritten.
+    pub suppressed: u64,
     /// Records that cannot be synced, each counted once per run: taken out of their page by
     /// the source client (no usable ID, no readable delta value, an unpaired surrogate escape)
     /// or refused by the store as too large. Skipped, so that one bad record does not stop the
@@ -269,6 +271,7 @@ pub async fn run_delta(
         restored: 0,
         unchanged: 0,
         stale: 0,
+        suppressed: 0,
         rejected: 0,
         rejected_ids: Vec::new(),
         stopped_by: None,
@@ -432,6 +435,7 @@ async fn sync_pages(
                 WriteOutcome::Restored => summary.restored += 1,
                 WriteOutcome::Unchanged => summary.unchanged += 1,
                 WriteOutcome::Stale => summary.stale += 1,
+                WriteOutcome::Suppressed => summary.suppressed += 1,
             }
         }
         if next.is_some() {

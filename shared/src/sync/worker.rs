@@ -238,6 +238,8 @@ pub struct BatchReport {
     pub written: usize,
     pub unchanged: usize,
     pub stale: usize,
+    /// Records erased here (`syncctl erase`): fetched, refused by the store, unwritten.
+    pub suppressed: usize,
     pub deleted: usize,
     /// 404s that deleted nothing (already deleted, never stored, or fetched after the 404).
     pub delete_skipped: usize,
@@ -781,6 +783,7 @@ fn settle_upserts(
                     }
                     WriteOutcome::Unchanged => report.unchanged += 1,
                     WriteOutcome::Stale => report.stale += 1,
+                    WriteOutcome::Suppressed => report.suppressed += 1,
                 }
                 groups[i].result = Some(Ok(()));
             }
@@ -820,6 +823,7 @@ impl BatchReport {
             written = self.written,
             unchanged = self.unchanged,
             stale = self.stale,
+            suppressed = self.suppressed,
             deleted = self.deleted,
             delete_skipped = self.delete_skipped,
             not_found = self.not_found,

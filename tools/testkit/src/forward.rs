@@ -29,8 +29,8 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use shared::model::{
-    DeleteOutcome, Fetched, LiveIdPage, Micros, Record, RegressOutcome, StoredRecord,
-    StoredVersion, Strategy, SyncTimes, WriteOutcome,
+    DeleteOutcome, EraseOutcome, Fetched, LiftOutcome, LiveIdPage, Micros, PurgeCount, Record,
+    RegressOutcome, StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
     ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, NotFoundCounts, RecordPage,
@@ -99,6 +99,39 @@ pub trait RecordHooks<S: RecordStore + ?Sized>: Send + Sync {
         inner.get(entity, id).await
     }
 
+    async fn erase(
+        &self,
+        inner: &S,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError> {
+        inner.erase(entity, id, now_us, erased_by).await
+    }
+
+    async fn lift_erasure(
+        &self,
+        inner: &S,
+        entity: &str,
+        id: &str,
+    ) -> Result<LiftOutcome, StoreError> {
+        inner.lift_erasure(entity, id).await
+    }
+
+    async fn purge_deleted(
+        &self,
+        inner: &S,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError> {
+        inner
+            .purge_deleted(entity, deleted_before_us, limit, dry_run)
+            .await
+    }
+
     async fn sync_times(
         &self,
         inner: &S,
@@ -154,6 +187,34 @@ impl<S: RecordStore + ?Sized, H: RecordHooks<S>> RecordStore for Forward<S, H> {
 
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         self.hook.get(&self.inner, entity, id).await
+    }
+
+    async fn erase(
+        &self,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError> {
+        self.hook
+            .erase(&self.inner, entity, id, now_us, erased_by)
+            .await
+    }
+
+    async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError> {
+        self.hook.lift_erasure(&self.inner, entity, id).await
+    }
+
+    async fn purge_deleted(
+        &self,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError> {
+        self.hook
+            .purge_deleted(&self.inner, entity, deleted_before_us, limit, dry_run)
+            .await
     }
 
     async fn sync_times(

@@ -11,13 +11,16 @@ use crate::core::version::advances_deletion;
 use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
-    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, RegressOutcome,
-    StoredRecord, StoredVersion, Strategy, SyncTimes, Version, WriteOutcome, shard_of,
+    ContentHash, DeleteOutcome, EraseOutcome, Erasure, IdVersion, LastAction, LiftOutcome,
+    LiveIdPage, Micros, PurgeCount, Record, RegressOutcome, StoredRecord, StoredVersion, Strategy,
+    SyncTimes, Version, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -27,6 +30,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Conditional writes in flight per `upsert_many` (outcomes still come back in input order).
 pub const UPSERT_CONCURRENCY: usize = 32;
+
+/// Conditional deletes in flight per page of `purge_deleted`'s scan.
+pub const PURGE_CONCURRENCY: usize = 16;
 
 // The key limits and the item key are the size rule of both stores; re-exported here, where
 // callers of this store have always found them.
@@ -76,6 +82,19 @@ pub fn live_ids_partition(entity: &str, shard: u16) -> String {
 /// sets `deleted_at_us`, `last_action = delete`, `written_by`, `last_synced_us`, and REMOVEs
 /// `gsi_pk`/`gsi_sk` (out of the sparse index); the payload stays. A failed condition is
 /// classified by `core::decide_delete` on the old item (none: NotFound).
+///
+/// # Erasures
+///
+/// `erase` is one `PutItem` of the marker (see [`super::schema`]) under
+/// `attribute_not_exists(erased_us)`: whatever the item held is replaced at once (the old
+/// image, `ALL_OLD`, says whether there was one), and an existing marker is kept
+/// (`AlreadyErased`, from the failed condition's image). Every conditional write above also
+/// requires `attribute_not_exists(erased_us)`, and a failed condition's image of a marker is
+/// classified `Suppressed` (`Moved` for a regression) by the version rule, so the suppression is
+/// checked in the same write as the version, never by a read before it. `lift_erasure` is a
+/// `DeleteItem` under `attribute_exists(erased_us)`. `purge_deleted` scans the whole table
+/// (a FilterExpression on `deleted_at_us`, markers excluded) and deletes each match under
+/// `deleted_at_us = :seen AND attribute_not_exists(erased_us)`, [`PURGE_CONCURRENCY`] in flight.
 ///
 /// # Regressions
 ///
@@ -129,6 +148,7 @@ impl DynamoRecords {
             attr::FETCHED_AT_US,
             attr::HASH,
             attr::DELETED_AT_US,
+            attr::ERASED_US,
         ];
         let mut found = HashMap::with_capacity(pks.len());
         for item in self
@@ -324,6 +344,7 @@ impl DynamoRecords {
             .expression_attribute_names("#written_by", attr::WRITTEN_BY)
             .expression_attribute_names("#gsi_pk", attr::GSI_PK)
             .expression_attribute_names("#gsi_sk", attr::GSI_SK)
+            .expression_attribute_names("#erased", attr::ERASED_US)
             .expression_attribute_values(":entity", s(e.entity))
             .expression_attribute_values(":id", s(e.id))
             .expression_attribute_values(":delta", n(v.delta_us))
@@ -406,6 +427,31 @@ impl DynamoRecords {
         }
     }
 
+    /// Delete one soft-deleted item the purge's scan found, only while it is still that copy
+    /// (`deleted_at_us` as read, not a marker): `false` when it changed in between.
+    async fn purge_one(&self, pk: &str, seen_deleted_at: Micros) -> Result<bool, StoreError> {
+        let op = "purge deleted record";
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(pk))
+            .condition_expression("#deleted_at = :seen AND attribute_not_exists(#erased)")
+            .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+            .expression_attribute_names("#erased", attr::ERASED_US)
+            .expression_attribute_values(":seen", n(seen_deleted_at))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                DeleteItemError::ConditionalCheckFailedException(_) => Ok(false),
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+
     async fn soft_delete_one(
         &self,
         entity: &str,
@@ -434,8 +480,12 @@ impl DynamoRecords {
             .table_name(&self.table)
             .key(attr::PK, s(pk))
             .update_expression("SET #deleted_at = :evidence")
-            .condition_expression("attribute_exists(#deleted_at) AND #deleted_at < :evidence")
+            .condition_expression(
+                "attribute_exists(#deleted_at) AND #deleted_at < :evidence \
+                 AND attribute_not_exists(#erased)",
+            )
             .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+            .expression_attribute_names("#erased", attr::ERASED_US)
             .expression_attribute_values(":evidence", n(evidence_us))
             .send()
             .await;
@@ -468,10 +518,11 @@ impl DynamoRecords {
                  #last_synced = :now REMOVE #gsi_pk, #gsi_sk",
             )
             .condition_expression(
-                "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
-                 AND #fetched < :evidence",
+                "attribute_exists(#pk) AND attribute_not_exists(#erased) \
+                 AND attribute_not_exists(#deleted_at) AND #fetched < :evidence",
             )
             .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#erased", attr::ERASED_US)
             .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
             .expression_attribute_names("#fetched", attr::FETCHED_AT_US)
             .expression_attribute_names("#last_action", attr::LAST_ACTION)
@@ -550,7 +601,7 @@ impl Case {
             WriteOutcome::Inserted => Some(Case::Insert),
             WriteOutcome::Updated => Some(Case::Update),
             WriteOutcome::Restored => Some(Case::Restore),
-            WriteOutcome::Unchanged | WriteOutcome::Stale => None,
+            WriteOutcome::Unchanged | WriteOutcome::Stale | WriteOutcome::Suppressed => None,
         }
     }
 
@@ -562,19 +613,21 @@ impl Case {
         }
     }
 
-    /// The disjunct of the version rule for this case (every one mentions `#pk`, so that
-    /// every request uses the same expression attribute names).
+    /// The disjunct of the version rule for this case (every one mentions `#pk` and
+    /// `#erased`, so that every request uses the same expression attribute names). Each
+    /// refuses an erasure's marker (redundant for an insert, which requires no item at all).
     fn condition(self) -> &'static str {
         match self {
-            Case::Insert => "attribute_not_exists(#pk)",
+            Case::Insert => "attribute_not_exists(#pk) AND attribute_not_exists(#erased)",
             Case::Update => {
-                "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+                "attribute_exists(#pk) AND attribute_not_exists(#erased) \
+                 AND attribute_not_exists(#deleted_at) \
                  AND #hash <> :hash \
                  AND (#delta < :delta OR (#delta = :delta AND #fetched < :fetched))"
             }
             Case::Restore => {
-                "attribute_exists(#pk) AND attribute_exists(#deleted_at) \
-                 AND #deleted_at < :fetched"
+                "attribute_exists(#pk) AND attribute_not_exists(#erased) \
+                 AND attribute_exists(#deleted_at) AND #deleted_at < :fetched"
             }
         }
     }
@@ -582,7 +635,8 @@ impl Case {
 
 /// `core::decide_regression` on numbers: the stored item is live and exactly the copy compared
 /// (`:cmp_*`), newer than the fetched one, fetched before it, with other content.
-const REGRESS_CONDITION: &str = "attribute_exists(#pk) AND attribute_not_exists(#deleted_at) \
+const REGRESS_CONDITION: &str = "attribute_exists(#pk) AND attribute_not_exists(#erased) \
+     AND attribute_not_exists(#deleted_at) \
      AND #delta = :cmp_delta AND #fetched = :cmp_fetched AND #hash = :cmp_hash \
      AND #delta > :delta AND #fetched < :fetched AND #hash <> :hash";
 
@@ -629,6 +683,9 @@ fn encode(r: &Record) -> Result<Encoded<'_>, StoreError> {
 
 fn decode_version(key: &str, item: &Item) -> Result<StoredVersion, StoreError> {
     let r = ItemReader::new(key, item);
+    if let Some(erased_us) = r.opt_i64(attr::ERASED_US)? {
+        return Ok(StoredVersion::erased_marker(erased_us));
+    }
     let hash_hex = r.s(attr::HASH)?;
     let hash = ContentHash::from_hex(hash_hex)
         .ok_or_else(|| r.error(format!("hash {hash_hex:?} is not 32 hex digits")))?;
@@ -637,12 +694,20 @@ fn decode_version(key: &str, item: &Item) -> Result<StoredVersion, StoreError> {
         fetched_at_us: r.i64(attr::FETCHED_AT_US)?,
         hash,
         deleted_at_us: r.opt_i64(attr::DELETED_AT_US)?,
+        erased: false,
     })
 }
 
 /// A whole item as a `StoredRecord`.
 pub(crate) fn decode_record(key: &str, item: &Item) -> Result<StoredRecord, StoreError> {
     let r = ItemReader::new(key, item);
+    if let Some(erasure) = decode_erasure(&r)? {
+        return Ok(StoredRecord::erased_marker(
+            r.s(attr::ENTITY)?,
+            r.s(attr::ID)?,
+            erasure,
+        ));
+    }
     let version = decode_version(key, item)?;
     let compressed = match r.get(attr::PAYLOAD_Z) {
         None => None,
@@ -668,7 +733,35 @@ pub(crate) fn decode_record(key: &str, item: &Item) -> Result<StoredRecord, Stor
             .ok_or_else(|| r.error(format!("unknown last_action {action:?}")))?,
         written_by: Strategy::parse(by)
             .ok_or_else(|| r.error(format!("unknown written_by {by:?}")))?,
+        erased: None,
     })
+}
+
+/// The erasure of a marker; `None` for any other item.
+fn decode_erasure(r: &ItemReader<'_>) -> Result<Option<Erasure>, StoreError> {
+    let Some(erased_us) = r.opt_i64(attr::ERASED_US)? else {
+        return Ok(None);
+    };
+    Ok(Some(Erasure {
+        erased_us,
+        erased_by: r.opt_s(attr::ERASED_BY)?.unwrap_or_default().to_owned(),
+    }))
+}
+
+/// The marker `erase` puts.
+fn marker_item(pk: &str, entity: &str, id: &str, now_us: Micros, erased_by: &str) -> Item {
+    HashMap::from([
+        (attr::PK.to_owned(), s(pk)),
+        (attr::ENTITY.to_owned(), s(entity)),
+        (attr::ID.to_owned(), s(id)),
+        (attr::ERASED_US.to_owned(), n(now_us)),
+        (attr::ERASED_BY.to_owned(), s(erased_by)),
+        (attr::DELETED_AT_US.to_owned(), n(now_us)),
+        (attr::FIRST_SEEN_US.to_owned(), n(now_us)),
+        (attr::LAST_SYNCED_US.to_owned(), n(now_us)),
+        (attr::LAST_ACTION.to_owned(), s(LastAction::Erased.as_str())),
+        (attr::WRITTEN_BY.to_owned(), s(Strategy::Manual.as_str())),
+    ])
 }
 
 #[async_trait]
@@ -762,6 +855,144 @@ impl RecordStore for DynamoRecords {
         out.item().map(|item| decode_record(&pk, item)).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
+    async fn erase(
+        &self,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError> {
+        let op = "erase record";
+        size::check_key(entity, id)?;
+        let pk = record_key(entity, id);
+        let sent = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(marker_item(&pk, entity, id, now_us, erased_by)))
+            .condition_expression("attribute_not_exists(#erased)")
+            .expression_attribute_names("#erased", attr::ERASED_US)
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => Ok(if out.attributes().is_some_and(|a| !a.is_empty()) {
+                EraseOutcome::Erased
+            } else {
+                EraseOutcome::Marked
+            }),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                PutItemError::ConditionalCheckFailedException(failed) => {
+                    let old = failed.item().cloned().unwrap_or_default();
+                    decode_erasure(&ItemReader::new(&pk, &old))?
+                        .map(EraseOutcome::AlreadyErased)
+                        .ok_or_else(|| StoreError::Decode {
+                            key: pk.clone(),
+                            message: "the erasure's condition failed on an item without \
+                                      erased_us"
+                                .into(),
+                        })
+                }
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
+    async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError> {
+        let op = "lift erasure";
+        if !size::key_fits(entity, id) {
+            return Ok(LiftOutcome::NotErased);
+        }
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(record_key(entity, id)))
+            .condition_expression("attribute_exists(#erased)")
+            .expression_attribute_names("#erased", attr::ERASED_US)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(LiftOutcome::Lifted),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                DeleteItemError::ConditionalCheckFailedException(_) => Ok(LiftOutcome::NotErased),
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = ?entity, before = deleted_before_us, dry_run))]
+    async fn purge_deleted(
+        &self,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError> {
+        let op = "purge deleted records";
+        let limit = limit.unwrap_or(u64::MAX);
+        let mut filter = String::from(
+            "attribute_exists(#deleted_at) AND attribute_not_exists(#erased) \
+             AND #deleted_at < :cutoff",
+        );
+        if entity.is_some() {
+            filter.push_str(" AND #entity = :entity");
+        }
+        let mut count = PurgeCount::default();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut req = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(&filter)
+                .projection_expression("#pk, #deleted_at")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
+                .expression_attribute_names("#erased", attr::ERASED_US)
+                .expression_attribute_values(":cutoff", n(deleted_before_us))
+                .set_exclusive_start_key(start.take());
+            if let Some(e) = entity {
+                req = req
+                    .expression_attribute_names("#entity", attr::ENTITY)
+                    .expression_attribute_values(":entity", s(e));
+            }
+            let out = req.send().await.map_err(|e| store_error(op, e))?;
+            count.scanned += u64::try_from(out.scanned_count()).unwrap_or(0);
+            let room = usize::try_from(limit - count.matched).unwrap_or(usize::MAX);
+            let mut found = Vec::new();
+            for item in out.items().iter().take(room) {
+                let r = ItemReader::new("records", item);
+                found.push((r.s(attr::PK)?.to_owned(), r.i64(attr::DELETED_AT_US)?));
+            }
+            count.matched += found.len() as u64;
+            if !dry_run {
+                // The futures built before the stream, so that the whole future stays `Send`.
+                let deletes: Vec<_> = found
+                    .iter()
+                    .map(|(pk, seen)| self.purge_one(pk, *seen))
+                    .collect();
+                let deleted: Vec<bool> = futures::stream::iter(deletes)
+                    .buffer_unordered(PURGE_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+                let purged = deleted.iter().filter(|d| **d).count() as u64;
+                count.purged += purged;
+                count.changed += deleted.len() as u64 - purged;
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() && count.matched < limit => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        Ok(count)
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, count = ids.len()))]
     async fn sync_times(
         &self,
@@ -775,7 +1006,12 @@ impl RecordStore for DynamoRecords {
             .map(|id| record_key(entity, id))
             .collect();
         let refs: Vec<&str> = pks.iter().map(String::as_str).collect();
-        let projection = [attr::ID, attr::FIRST_SEEN_US, attr::LAST_SYNCED_US];
+        let projection = [
+            attr::ID,
+            attr::FIRST_SEEN_US,
+            attr::LAST_SYNCED_US,
+            attr::ERASED_US,
+        ];
         let mut out = HashMap::with_capacity(ids.len());
         for item in self
             .batch_get(&refs, &projection, "read sync times")
@@ -787,6 +1023,7 @@ impl RecordStore for DynamoRecords {
                 SyncTimes {
                     first_seen_us: r.i64(attr::FIRST_SEEN_US)?,
                     last_synced_us: r.i64(attr::LAST_SYNCED_US)?,
+                    erased: r.get(attr::ERASED_US).is_some(),
                 },
             );
         }

@@ -15,9 +15,16 @@
 //! | `first_seen_us` | N | our clock at the first write (kept across updates, deletes and restores) |
 //! | `last_synced_us` | N | our clock at the last write |
 //! | `deleted_at_us` | N | only on soft-deleted items: the deletion's evidence time |
-//! | `last_action` | S | `insert`, `update`, `restore` or `delete` |
+//! | `last_action` | S | `insert`, `update`, `restore`, `delete`, `regressed` or `erased` |
 //! | `written_by` | S | the strategy that wrote last (`delta`, `webhook`, `targeted`, `reconcile`, `manual`) |
 //! | `gsi_pk`, `gsi_sk` | S | only on live items: `"<entity>#<shard>"` (`model::shard_of`) and the ID |
+//! | `erased_us`, `erased_by` | N, S | only on an erasure's suppression marker (`RecordStore::erase`): when and by whom |
+//!
+//! An erasure's marker holds `pk`, `entity`, `id`, `erased_us`, `erased_by`, `deleted_at_us`,
+//! `first_seen_us` and `last_synced_us` (all three the erasure's time), `last_action = erased`
+//! and `written_by = manual`: no payload, no version, not in the live index. Every conditional
+//! write of the store requires `attribute_not_exists(erased_us)`, so no path writes the record
+//! back until `lift_erasure` deletes the marker.
 //!
 //! The global secondary index `live_ids` (hash `gsi_pk`, range `gsi_sk`) is sparse: a soft
 //! delete REMOVEs both attributes, a restore sets them again. Listing an entity's live IDs is
@@ -170,6 +177,8 @@ pub mod attr {
     pub const WRITTEN_BY: &str = "written_by";
     pub const GSI_PK: &str = "gsi_pk";
     pub const GSI_SK: &str = "gsi_sk";
+    pub const ERASED_US: &str = "erased_us";
+    pub const ERASED_BY: &str = "erased_by";
     // control
     pub const KIND: &str = "kind";
     pub const CURSOR: &str = "cursor";

@@ -44,7 +44,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Version of the schema this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,7 +83,9 @@ macro_rules! records_columns {
     last_synced_us INTEGER NOT NULL,
     deleted_at_us  INTEGER,                    -- NULL while live
     last_action    TEXT NOT NULL,
-    written_by     TEXT NOT NULL
+    written_by     TEXT NOT NULL,
+    erased_us      INTEGER,                    -- an erasure's marker only (RecordStore::erase)
+    erased_by      TEXT
 )"#
     };
 }
@@ -124,6 +126,11 @@ DROP TABLE records;
 ALTER TABLE records_v2 RENAME TO records;
 "#
 );
+
+/// Schema version 2 had no erasure columns: added (NULL in every row, no rebuild). A marker
+/// fills the NOT NULL version columns with zeros and empty text (it holds no data).
+const MIGRATE_FROM_V2: &str = "ALTER TABLE records ADD COLUMN erased_us INTEGER; \
+     ALTER TABLE records ADD COLUMN erased_by TEXT;";
 
 /// The control and queue tables. Every statement is idempotent (`IF NOT EXISTS`).
 pub const SCHEMA: &str = r#"
@@ -216,6 +223,9 @@ pub struct LocalStore {
     /// Negative control for tests (`with_first_deletion_evidence`).
     #[cfg(any(test, feature = "testing"))]
     first_deletion_evidence: bool,
+    /// Negative control for tests (`with_suppression_off`).
+    #[cfg(any(test, feature = "testing"))]
+    suppression_off: bool,
 }
 
 impl fmt::Debug for LocalStore {
@@ -235,6 +245,8 @@ impl LocalStore {
             last_write_wins: false,
             #[cfg(any(test, feature = "testing"))]
             first_deletion_evidence: false,
+            #[cfg(any(test, feature = "testing"))]
+            suppression_off: false,
         })
     }
 
@@ -246,6 +258,8 @@ impl LocalStore {
             last_write_wins: false,
             #[cfg(any(test, feature = "testing"))]
             first_deletion_evidence: false,
+            #[cfg(any(test, feature = "testing"))]
+            suppression_off: false,
         })
     }
 
@@ -281,6 +295,16 @@ impl LocalStore {
         self
     }
 
+    /// Negative control for tests only: upserts without the erasure's suppression check, an
+    /// erased record's marker taken for an ordinary soft-deleted item of the erasure's time,
+    /// so that any copy fetched after the erasure writes the record back (delta, webhook,
+    /// reconciliation alike).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_suppression_off(mut self) -> Self {
+        self.suppression_off = true;
+        self
+    }
+
     /// Whether a later deletion evidence moves `deleted_at_us` (always, without `testing`).
     fn advances_evidence(&self) -> bool {
         #[cfg(any(test, feature = "testing"))]
@@ -296,6 +320,7 @@ impl LocalStore {
         #[cfg(any(test, feature = "testing"))]
         {
             page.last_write_wins = self.last_write_wins;
+            page.suppression_off = self.suppression_off;
         }
         Ok(page)
     }
@@ -372,7 +397,12 @@ impl Db {
             });
         }
         if version == 1 {
+            // The rebuilt table has every column of this version.
             tx.execute_batch(MIGRATE_FROM_V1)
+                .map_err(|e| sql_error(op, e))?;
+        }
+        if version == 2 {
+            tx.execute_batch(MIGRATE_FROM_V2)
                 .map_err(|e| sql_error(op, e))?;
         }
         tx.execute_batch(RECORDS_SCHEMA)

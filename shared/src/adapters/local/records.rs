@@ -7,38 +7,59 @@ use crate::core::version::advances_deletion;
 use crate::core::{decide_delete, decide_regression, decide_upsert};
 use crate::error::StoreError;
 use crate::model::{
-    ContentHash, DeleteOutcome, IdVersion, LastAction, LiveIdPage, Micros, Record, RegressOutcome,
-    StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome, shard_of,
+    ContentHash, DeleteOutcome, EraseOutcome, Erasure, IdVersion, LastAction, LiftOutcome,
+    LiveIdPage, Micros, PurgeCount, Record, RegressOutcome, StoredRecord, StoredVersion, Strategy,
+    SyncTimes, WriteOutcome, shard_of,
 };
 use crate::ports::RecordStore;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
 
 const SELECT_VERSION: &str =
-    "SELECT delta_us, fetched_at_us, hash, deleted_at_us FROM records WHERE pk = ?1";
+    "SELECT delta_us, fetched_at_us, hash, deleted_at_us, erased_us FROM records WHERE pk = ?1";
 
 const INSERT: &str = "INSERT INTO records (pk, entity, id, shard, delta_us, fetched_at_us, hash, \
      payload, first_seen_us, last_synced_us, deleted_at_us, last_action, written_by) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, NULL, ?10, ?11)";
 
-/// An update or a restore: `first_seen_us` kept, `deleted_at_us` cleared. Bound with `INSERT`'s
+/// An update or a restore: `first_seen_us` kept, `deleted_at_us` cleared (and the erasure's
+/// columns, which only the negative control `with_suppression_off` ever finds set here). Bound with `INSERT`'s
 /// parameters. `entity`, `id` and `shard` are set too, as DynamoDB's update sets them (they
 /// differ from the stored ones only when two (entity, ID) pairs share a key, an entity name
 /// holding `#`); the live index entry changes with `delta_us` anyway.
 const UPDATE: &str = "UPDATE records SET entity = ?2, id = ?3, shard = ?4, delta_us = ?5, \
      fetched_at_us = ?6, hash = ?7, payload = ?8, last_synced_us = ?9, deleted_at_us = NULL, \
-     last_action = ?10, written_by = ?11 WHERE pk = ?1";
+     last_action = ?10, written_by = ?11, erased_us = NULL, erased_by = NULL WHERE pk = ?1";
 
 const SOFT_DELETE: &str = "UPDATE records SET deleted_at_us = ?2, last_action = ?3, \
      written_by = ?4, last_synced_us = ?5 WHERE pk = ?1";
 
 /// A later deletion evidence for an item already soft-deleted (`core::version::advances_deletion`).
-const LATER_EVIDENCE: &str = "UPDATE records SET deleted_at_us = ?2 WHERE pk = ?1";
+const LATER_EVIDENCE: &str =
+    "UPDATE records SET deleted_at_us = ?2 WHERE pk = ?1 AND erased_us IS NULL";
 
-const SELECT_SYNC_TIMES: &str = "SELECT first_seen_us, last_synced_us FROM records WHERE pk = ?1";
+const SELECT_SYNC_TIMES: &str =
+    "SELECT first_seen_us, last_synced_us, erased_us IS NOT NULL FROM records WHERE pk = ?1";
 
 const SELECT_ITEM: &str = "SELECT entity, id, delta_us, fetched_at_us, hash, deleted_at_us, \
-     payload, first_seen_us, last_synced_us, last_action, written_by FROM records WHERE pk = ?1";
+     payload, first_seen_us, last_synced_us, last_action, written_by, erased_us, erased_by \
+     FROM records WHERE pk = ?1";
+
+/// An erasure's marker: the key, the erasure, `deleted_at_us` and both times at the erasure,
+/// `last_action = erased`; the version columns (NOT NULL) zero and empty, no payload.
+const INSERT_MARKER: &str = "INSERT INTO records (pk, entity, id, shard, delta_us, \
+     fetched_at_us, hash, payload, first_seen_us, last_synced_us, deleted_at_us, last_action, \
+     written_by, erased_us, erased_by) \
+     VALUES (?1, ?2, ?3, ?4, 0, 0, '', '', ?5, ?5, ?5, ?6, ?7, ?5, ?8)";
+
+const DELETE_KEY: &str = "DELETE FROM records WHERE pk = ?1";
+
+/// Soft-deleted items (never markers) with evidence before `?1`, of entity `?2` (every entity
+/// when NULL), at most `?3`: counted (dry run) or deleted, in one statement.
+const COUNT_PURGEABLE: &str = "SELECT count(*) FROM (SELECT 1 FROM records \
+     WHERE deleted_at_us < ?1 AND erased_us IS NULL AND (?2 IS NULL OR entity = ?2) LIMIT ?3)";
+const PURGE: &str = "DELETE FROM records WHERE rowid IN (SELECT rowid FROM records \
+     WHERE deleted_at_us < ?1 AND erased_us IS NULL AND (?2 IS NULL OR entity = ?2) LIMIT ?3)";
 
 /// A shard's live IDs from the key index alone: an entity's keys are the range
 /// `["<entity>#", "<entity>$")` ('$' follows '#'), less other entities' keys in it; the ID is
@@ -67,13 +88,17 @@ fn read_version(st: &mut Statement<'_>, pk: &str) -> Result<Option<StoredVersion
                 r.get::<_, i64>(1)?,
                 hash,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })
         .optional()
         .map_err(|e| row_error(op, pk, e))?;
-    let Some((delta_us, fetched_at_us, hash, deleted_at_us)) = row else {
+    let Some((delta_us, fetched_at_us, hash, deleted_at_us, erased_us)) = row else {
         return Ok(None);
     };
+    if let Some(erased_us) = erased_us {
+        return Ok(Some(StoredVersion::erased_marker(erased_us)));
+    }
     let hash = hash.ok_or_else(|| StoreError::Decode {
         key: pk.to_owned(),
         message: "hash is not 32 hex digits".into(),
@@ -83,6 +108,7 @@ fn read_version(st: &mut Statement<'_>, pk: &str) -> Result<Option<StoredVersion
         fetched_at_us,
         hash,
         deleted_at_us,
+        erased: false,
     }))
 }
 
@@ -95,6 +121,10 @@ pub(super) struct Page {
     /// Negative control for tests (`LocalStore::with_last_write_wins`): the version rule off.
     #[cfg(any(test, feature = "testing"))]
     pub(super) last_write_wins: bool,
+    /// Negative control for tests (`LocalStore::with_suppression_off`): an erasure's marker
+    /// taken for a soft-deleted item.
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) suppression_off: bool,
 }
 
 struct PageRow {
@@ -136,15 +166,25 @@ impl Page {
             rows,
             #[cfg(any(test, feature = "testing"))]
             last_write_wins: false,
+            #[cfg(any(test, feature = "testing"))]
+            suppression_off: false,
         })
     }
 
-    /// `core::decide_upsert`, or a negative control's last write wins.
+    /// `core::decide_upsert`, or a negative control's (last write wins; no suppression).
     fn decide(
         &self,
         stored: Option<&StoredVersion>,
         incoming: &crate::model::Version,
     ) -> WriteOutcome {
+        #[cfg(any(test, feature = "testing"))]
+        if self.suppression_off && stored.is_some_and(|s| s.erased) {
+            let tombstone = stored.map(|s| StoredVersion {
+                erased: false,
+                ..*s
+            });
+            return decide_upsert(tombstone.as_ref(), incoming);
+        }
         #[cfg(any(test, feature = "testing"))]
         if self.last_write_wins {
             return match stored {
@@ -222,7 +262,7 @@ pub(super) fn upsert_rows(
             WriteOutcome::Inserted => (&mut insert, LastAction::Insert),
             WriteOutcome::Updated => (&mut update, LastAction::Update),
             WriteOutcome::Restored => (&mut update, LastAction::Restore),
-            WriteOutcome::Unchanged | WriteOutcome::Stale => {
+            WriteOutcome::Unchanged | WriteOutcome::Stale | WriteOutcome::Suppressed => {
                 outcomes.push(outcome);
                 continue;
             }
@@ -326,6 +366,123 @@ fn soft_delete_one(
     Ok(outcome)
 }
 
+/// Run `f` with SQLite's `secure_delete` on (the bytes of what it deletes are overwritten with
+/// zeros in the file, not left in free pages), then checkpoint the WAL and truncate it, so that
+/// neither the old pages nor older WAL frames of the deleted rows stay on disk. The checkpoint
+/// is best effort: a reader in another process may keep it from finishing (the next automatic
+/// checkpoint then writes the zeroed pages).
+fn securely<T>(
+    conn: &mut Connection,
+    op: &'static str,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("PRAGMA secure_delete = ON")
+        .map_err(|e| sql_error(op, e))?;
+    let out = f(conn);
+    let reset = conn
+        .execute_batch("PRAGMA secure_delete = OFF")
+        .map_err(|e| sql_error(op, e));
+    let out = out?;
+    reset?;
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    Ok(out)
+}
+
+/// `RecordStore::erase`: the stored item (any rows of the key) replaced by the marker inside one
+/// immediate transaction, its bytes zeroed in the file (`securely`); an existing marker kept.
+pub(super) fn erase_one(
+    conn: &mut Connection,
+    entity: &str,
+    id: &str,
+    now_us: Micros,
+    erased_by: &str,
+) -> Result<EraseOutcome, StoreError> {
+    let op = "erase record";
+    size::check_key(entity, id)?;
+    let pk = record_key(entity, id);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    if let Some(e) = get_one(&tx, &pk)?.and_then(|item| item.erased) {
+        return Ok(EraseOutcome::AlreadyErased(e));
+    }
+    let removed = tx
+        .prepare_cached(DELETE_KEY)
+        .and_then(|mut st| st.execute([&pk]))
+        .map_err(|e| sql_error(op, e))?;
+    tx.prepare_cached(INSERT_MARKER)
+        .and_then(|mut st| {
+            st.execute(params![
+                pk,
+                entity,
+                id,
+                shard_of(id),
+                now_us,
+                LastAction::Erased.as_str(),
+                Strategy::Manual.as_str(),
+                erased_by,
+            ])
+        })
+        .map_err(|e| sql_error(op, e))?;
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    Ok(if removed > 0 {
+        EraseOutcome::Erased
+    } else {
+        EraseOutcome::Marked
+    })
+}
+
+/// `RecordStore::lift_erasure`: the marker deleted, only a marker.
+fn lift_one(conn: &mut Connection, pk: &str) -> Result<LiftOutcome, StoreError> {
+    let op = "lift erasure";
+    let n = conn
+        .prepare_cached("DELETE FROM records WHERE pk = ?1 AND erased_us IS NOT NULL")
+        .and_then(|mut st| st.execute([pk]))
+        .map_err(|e| sql_error(op, e))?;
+    Ok(if n > 0 {
+        LiftOutcome::Lifted
+    } else {
+        LiftOutcome::NotErased
+    })
+}
+
+/// `RecordStore::purge_deleted`: one statement in one immediate transaction (so nothing
+/// restores an item between its selection and its deletion: `changed` is always 0 here).
+fn purge(
+    conn: &mut Connection,
+    entity: Option<&str>,
+    deleted_before_us: Micros,
+    limit: Option<u64>,
+    dry_run: bool,
+) -> Result<PurgeCount, StoreError> {
+    let op = "purge deleted records";
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(op, e))?;
+    let matched: i64 = tx
+        .query_row(
+            COUNT_PURGEABLE,
+            params![deleted_before_us, entity, limit],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_error(op, e))?;
+    let purged = if dry_run {
+        0
+    } else {
+        tx.execute(PURGE, params![deleted_before_us, entity, limit])
+            .map_err(|e| sql_error(op, e))?
+    };
+    tx.commit().map_err(|e| sql_error(op, e))?;
+    let matched = u64::try_from(matched).unwrap_or(0);
+    Ok(PurgeCount {
+        scanned: matched,
+        matched,
+        purged: purged as u64,
+        changed: 0,
+    })
+}
+
 /// The columns of one row as SQLite has them, before any decoding that can fail.
 struct RawItem {
     entity: String,
@@ -339,10 +496,22 @@ struct RawItem {
     last_synced_us: i64,
     last_action: String,
     written_by: String,
+    erased_us: Option<i64>,
+    erased_by: Option<String>,
 }
 
 impl RawItem {
     fn decode(self, pk: &str) -> Result<StoredRecord, StoreError> {
+        if let Some(erased_us) = self.erased_us {
+            return Ok(StoredRecord::erased_marker(
+                &self.entity,
+                &self.id,
+                Erasure {
+                    erased_us,
+                    erased_by: self.erased_by.unwrap_or_default(),
+                },
+            ));
+        }
         let bad = |message: String| StoreError::Decode {
             key: pk.to_owned(),
             message,
@@ -363,12 +532,14 @@ impl RawItem {
                 fetched_at_us: self.fetched_at_us,
                 hash,
                 deleted_at_us: self.deleted_at_us,
+                erased: false,
             },
             payload,
             first_seen_us: self.first_seen_us,
             last_synced_us: self.last_synced_us,
             last_action,
             written_by,
+            erased: None,
         })
     }
 }
@@ -392,6 +563,8 @@ fn get_one(conn: &Connection, pk: &str) -> Result<Option<StoredRecord>, StoreErr
                 last_synced_us: r.get(8)?,
                 last_action: r.get(9)?,
                 written_by: r.get(10)?,
+                erased_us: r.get(11)?,
+                erased_by: r.get(12)?,
             })
         })
         .optional()
@@ -421,6 +594,7 @@ fn sync_times_of(
                     Ok(SyncTimes {
                         first_seen_us: r.get(0)?,
                         last_synced_us: r.get(1)?,
+                        erased: r.get(2)?,
                     })
                 })
                 .optional()
@@ -533,6 +707,50 @@ impl RecordStore for LocalStore {
     async fn get(&self, entity: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let pk = record_key(entity, id);
         self.db().call("get record", move |c| get_one(c, &pk)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
+    async fn erase(
+        &self,
+        entity: &str,
+        id: &str,
+        now_us: Micros,
+        erased_by: &str,
+    ) -> Result<EraseOutcome, StoreError> {
+        let (entity, id, by) = (entity.to_owned(), id.to_owned(), erased_by.to_owned());
+        self.db()
+            .call("erase record", move |c| {
+                securely(c, "erase record", |c| {
+                    erase_one(c, &entity, &id, now_us, &by)
+                })
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, id = %id))]
+    async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError> {
+        let pk = record_key(entity, id);
+        self.db()
+            .call("lift erasure", move |c| lift_one(c, &pk))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = ?entity, before = deleted_before_us, dry_run))]
+    async fn purge_deleted(
+        &self,
+        entity: Option<&str>,
+        deleted_before_us: Micros,
+        limit: Option<u64>,
+        dry_run: bool,
+    ) -> Result<PurgeCount, StoreError> {
+        let entity = entity.map(str::to_owned);
+        self.db()
+            .call("purge deleted records", move |c| {
+                securely(c, "purge deleted records", |c| {
+                    purge(c, entity.as_deref(), deleted_before_us, limit, dry_run)
+                })
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, count = ids.len()))]

@@ -52,7 +52,8 @@ async fn insert_then_get_decodes_every_field() {
             delta_us: 10,
             fetched_at_us: 100,
             hash: r.version.hash,
-            deleted_at_us: None
+            deleted_at_us: None,
+            erased: false,
         }
     );
     assert_eq!(got.payload, serde_json::json!({"id": "1", "name": "Ann"}));
@@ -702,12 +703,206 @@ async fn a_version_1_file_is_migrated_with_its_records() {
         .unwrap();
     assert_eq!(
         (version, indexes, rows),
-        (2, vec!["records_key".to_owned()], 3)
+        (SCHEMA_VERSION, vec!["records_key".to_owned()], 3)
     );
     drop(raw);
-    // Opening a migrated file again changes nothing.
+    // Opening a migrated file again changes nothing; the erasure's columns came with the
+    // rebuilt table.
     let s = LocalStore::open(&path).unwrap();
     assert_eq!(get(&s, "10").await.payload["name"], "ten");
+    assert_eq!(
+        s.erase("people", "1", 50, "ops").await.unwrap(),
+        EraseOutcome::Erased
+    );
+    assert!(get(&s, "1").await.is_erased());
+}
+
+/// Version 2's records table: no erasure columns.
+const RECORDS_V2: &str = r#"
+CREATE TABLE records (
+    pk TEXT NOT NULL, entity TEXT NOT NULL, id TEXT NOT NULL, shard INTEGER NOT NULL,
+    delta_us INTEGER NOT NULL, fetched_at_us INTEGER NOT NULL, hash TEXT NOT NULL,
+    payload TEXT NOT NULL, first_seen_us INTEGER NOT NULL, last_synced_us INTEGER NOT NULL,
+    deleted_at_us INTEGER, last_action TEXT NOT NULL, written_by TEXT NOT NULL
+);
+CREATE INDEX records_key ON records (pk, shard, delta_us, deleted_at_us, entity);
+PRAGMA user_version = 2;
+"#;
+
+#[tokio::test]
+async fn a_version_2_file_gains_the_erasure_columns_and_keeps_its_records() {
+    let dir = TempDir::new();
+    let path = dir.path().join("v2.sqlite");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(RECORDS_V2).unwrap();
+    for (id, deleted) in [("1", None), ("2", Some(99_i64))] {
+        let r = person(id, 4, 5, id);
+        raw.execute(
+            "INSERT INTO records VALUES (?1, 'people', ?2, ?3, 4, 5, ?4, ?5, 7, 8, ?6, \
+             'insert', 'delta')",
+            rusqlite::params![
+                format!("people#{id}"),
+                id,
+                shard_of(id),
+                r.version.hash.to_hex(),
+                r.payload.get(),
+                deleted
+            ],
+        )
+        .unwrap();
+    }
+    drop(raw);
+    let s = LocalStore::open(&path).unwrap();
+    let one = get(&s, "1").await;
+    assert_eq!(
+        (one.payload["name"].as_str(), one.erased),
+        (Some("1"), None)
+    );
+    assert_eq!(get(&s, "2").await.version.deleted_at_us, Some(99));
+    assert_eq!(
+        s.erase("people", "1", 50, "ops").await.unwrap(),
+        EraseOutcome::Erased
+    );
+    assert_eq!(
+        s.upsert(&person("1", 9, 60, "back"), Strategy::Delta)
+            .await
+            .unwrap(),
+        WriteOutcome::Suppressed
+    );
+    drop(s);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    drop(raw);
+    // Opening it again changes nothing (no second ALTER).
+    let s = LocalStore::open(&path).unwrap();
+    assert!(get(&s, "1").await.is_erased());
+}
+
+/// Whether `needle` appears in the database file or its WAL.
+fn on_disk(path: &std::path::Path, needle: &str) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path.to_path_buf(), std::path::PathBuf::from(wal)]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+#[tokio::test]
+async fn an_erased_record_leaves_no_bytes_of_it_in_the_file() {
+    let dir = TempDir::new();
+    let path = dir.path().join("erase.sqlite");
+    let s = LocalStore::open(&path).unwrap();
+    // A small payload (in the row) and a large one (overflow pages), each with a marker text.
+    let small = "Zebedee-Quartermaine-small";
+    let large = format!("Zebedee-Quartermaine-large-{}", "x".repeat(20_000));
+    s.upsert_many(
+        &[
+            person("1", 1, 1, small),
+            person("2", 1, 1, &large),
+            person("3", 1, 1, "Kept-Neighbour"),
+        ],
+        Strategy::Delta,
+    )
+    .await
+    .unwrap();
+    // An update too, so that older copies exist in the WAL.
+    s.upsert(&person("1", 2, 2, small), Strategy::Delta)
+        .await
+        .unwrap();
+    assert!(on_disk(&path, small) && on_disk(&path, "Zebedee-Quartermaine-large"));
+    for id in ["1", "2"] {
+        assert_eq!(
+            s.erase("people", id, 10, "ops").await.unwrap(),
+            EraseOutcome::Erased
+        );
+    }
+    assert!(
+        !on_disk(&path, "Zebedee-Quartermaine"),
+        "the erased payloads are still in the file or its WAL"
+    );
+    assert!(on_disk(&path, "Kept-Neighbour"), "the neighbour is intact");
+    assert_eq!(get(&s, "3").await.payload["name"], "Kept-Neighbour");
+}
+
+#[tokio::test]
+async fn negative_control_without_secure_delete_the_erased_bytes_stay_in_the_file() {
+    let dir = TempDir::new();
+    let path = dir.path().join("plain.sqlite");
+    let s = LocalStore::open(&path).unwrap();
+    let small = "Zebedee-Quartermaine-small";
+    s.upsert(&person("1", 1, 1, small), Strategy::Delta)
+        .await
+        .unwrap();
+    // The same replacement as `erase_one`, without `securely`: a plain delete leaves the bytes.
+    s.db()
+        .call("erase record", |c| {
+            records::erase_one(c, "people", "1", 10, "ops")
+        })
+        .await
+        .unwrap();
+    assert!(get(&s, "1").await.is_erased());
+    assert!(
+        on_disk(&path, small),
+        "a delete without secure_delete leaves the bytes (else the test above proves nothing)"
+    );
+}
+
+#[tokio::test]
+async fn purge_removes_old_soft_deleted_rows_only_in_one_statement() {
+    let s = LocalStore::in_memory().unwrap();
+    for id in ["a", "b", "c", "d", "e"] {
+        s.upsert(&rec("people", id, 1, 1, "{}"), Strategy::Delta)
+            .await
+            .unwrap();
+    }
+    s.upsert(&rec("donations", "a", 1, 1, "{}"), Strategy::Delta)
+        .await
+        .unwrap();
+    for (entity, id, at) in [
+        ("people", "a", 100),
+        ("people", "b", 200),
+        ("people", "c", 300),
+        ("donations", "a", 100),
+    ] {
+        assert_eq!(
+            s.soft_delete(entity, id, at, Strategy::Reconcile)
+                .await
+                .unwrap(),
+            DeleteOutcome::Deleted
+        );
+    }
+    s.erase("people", "d", 50, "ops").await.unwrap();
+    // Counting changes nothing.
+    let dry = s
+        .purge_deleted(Some("people"), 250, None, true)
+        .await
+        .unwrap();
+    assert_eq!((dry.matched, dry.purged), (2, 0));
+    let limited = s
+        .purge_deleted(Some("people"), 250, Some(1), false)
+        .await
+        .unwrap();
+    assert_eq!((limited.matched, limited.purged), (1, 1));
+    let rest = s
+        .purge_deleted(Some("people"), 250, None, false)
+        .await
+        .unwrap();
+    assert_eq!((rest.matched, rest.purged), (1, 1));
+    assert!(s.get("people", "a").await.unwrap().is_none());
+    assert!(s.get("people", "b").await.unwrap().is_none());
+    // Newer than the cutoff, another entity, live, erased: kept.
+    assert!(get(&s, "c").await.is_deleted());
+    assert!(s.get("donations", "a").await.unwrap().is_some());
+    assert!(!get(&s, "e").await.is_deleted());
+    assert!(get(&s, "d").await.is_erased());
+    // Every entity.
+    let all = s.purge_deleted(None, 1_000, None, false).await.unwrap();
+    assert_eq!(all.purged, 2);
+    assert!(get(&s, "d").await.is_erased());
 }
 
 #[tokio::test]

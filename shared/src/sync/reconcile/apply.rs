@@ -1,7 +1,9 @@
 //! Apply: targeted syncs for the missed and stale records (or a rewind of the delta cursor when
 //! they are too many), then the deletions the guard allowed (each candidate written since the
 //! listing started dropped, the rest confirmed again, each delete conditional on the listing's
-//! start). Resumable: it stops before the invocation's deadline at a batch boundary and says
+//! start). Missed records the store holds erased (`RecordStore::erase`) are not queued (a
+//! marker is absent from the live listing, so the diff finds them missed every day): counted
+//! `suppressed`. Resumable: it stops before the invocation's deadline at a batch boundary and says
 //! where it is ([`ApplyOutput::position`]); the state machine invokes it again until `done`.
 //! Repairs come first, so that a long deletion never keeps them from being queued.
 
@@ -169,10 +171,11 @@ async fn repair(
         (&input.diff.stale, "reconcile: stale at the destination"),
     ];
     while let Some((key, reason)) = object_at(&lists, pos.object) {
+        let missed = pos.object < input.diff.to_fetch.objects;
         let mut reader = RunReader::open(deps.spill, &key).await?;
         skip(&mut reader, pos.offset).await?;
         loop {
-            let ids = next_ids(&mut reader, REPAIR_BATCH).await?;
+            let mut ids = next_ids(&mut reader, REPAIR_BATCH).await?;
             if ids.is_empty() {
                 break;
             }
@@ -180,6 +183,11 @@ async fn repair(
                 return Ok(true);
             }
             let n = ids.len() as u64;
+            if missed {
+                let before = ids.len();
+                ids = drop_erased(deps, run, ids).await?;
+                out.suppressed += (before - ids.len()) as u64;
+            }
             let queued = clock.batch(queue_targeted(deps, run, &ids, reason)).await?;
             let Some(queued) = queued else {
                 return Ok(true);
@@ -191,6 +199,20 @@ async fn repair(
         pos.offset = 0;
     }
     Ok(false)
+}
+
+/// `ids` less those the store holds erased: a suppression marker, which no targeted sync could
+/// write over (one strongly consistent read of the batch's sync times).
+async fn drop_erased(
+    deps: &ReconcileDeps<'_>,
+    run: &RunRef,
+    ids: Vec<String>,
+) -> Result<Vec<String>, StepError> {
+    let times = deps.records.sync_times(&run.entity, &ids).await?;
+    Ok(ids
+        .into_iter()
+        .filter(|id| !times.get(id).is_some_and(|t| t.erased))
+        .collect())
 }
 
 /// The regressions of the `newer` list after `pos.after` (`regress::repair_regressions`, which

@@ -39,9 +39,13 @@ pub async fn finish(
         source_count: input.diff.as_ref().map(|d| d.source.ids),
         destination_count: input.diff.as_ref().map(|d| d.destination.ids),
         deleted: apply.deleted,
-        missed: input.diff.as_ref().map_or(0, |d| d.to_fetch.pairs),
+        missed: input
+            .diff
+            .as_ref()
+            .map_or(0, |d| d.to_fetch.pairs.saturating_sub(apply.suppressed)),
         stale: input.diff.as_ref().map_or(0, |d| d.stale.pairs),
         queued: apply.queued,
+        suppressed: apply.suppressed,
         guard: input.guard.as_ref().map(|g| g.decision.clone()),
         recent: apply
             .recent

@@ -270,6 +270,9 @@ pub struct ApplyOutput {
     pub alive: u64,
     /// Targeted syncs queued for missed and stale records.
     pub queued: u64,
+    /// Missed records the store holds erased (`syncctl erase`): not queued.
+    #[serde(default)]
+    pub suppressed: u64,
     /// Instead of queueing (over `targeted_limit`): the delta cursor rewound to here.
     #[serde(default)]
     pub rewound_to_us: Option<Micros>,
@@ -380,9 +383,13 @@ pub struct RunSummary {
     pub source_count: Option<u64>,
     pub destination_count: Option<u64>,
     pub deleted: u64,
+    /// Records the source has and the destination lacks, less the erased ones (`suppressed`).
     pub missed: u64,
     pub stale: u64,
     pub queued: u64,
+    /// Records the source has that are erased here (`syncctl erase`): left erased, not queued.
+    #[serde(default)]
+    pub suppressed: u64,
     pub guard: Option<Decision>,
     /// Deletion candidates written since the listing started (created or synced by another
     /// strategy meanwhile): not deleted, and no reason to block the run.
@@ -468,6 +475,7 @@ impl RunSummary {
             missed = self.missed,
             stale = self.stale,
             queued = self.queued,
+            suppressed = self.suppressed,
             recent = self.recent,
             rejected = self.rejected,
             regressions = self.regressions,

@@ -454,6 +454,7 @@ fn the_json_report_has_a_stable_shape() {
                 missed: 0,
                 stale: 1,
                 queued: 1,
+                suppressed: 0,
                 guard: Some(Decision::NeedsApproval {
                     reason: "10 deletions".into(),
                 }),
