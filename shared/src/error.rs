@@ -471,6 +471,19 @@ pub enum SyncError {
         #[source]
         source: ParseError,
     },
+    /// An operator's change (a cursor moved, a re-sync asked for) found the job's lease held
+    /// by a run: it changes nothing; try again once the run has stopped.
+    #[error("{scope} is busy: run {holder} holds its lease until {until}; try again after it")]
+    LeaseHeld {
+        scope: String,
+        holder: String,
+        /// RFC 3339.
+        until: String,
+    },
+    /// An operator's change that would break the sync (a cursor in the future): refused,
+    /// nothing changed.
+    #[error("refused: {0}")]
+    InvalidChange(String),
 }
 
 impl SyncError {
@@ -479,6 +492,8 @@ impl SyncError {
             SyncError::Source(e) => e.is_retryable(),
             SyncError::Store(e) => e.is_retryable(),
             SyncError::State { .. } => false,
+            SyncError::LeaseHeld { .. } => true,
+            SyncError::InvalidChange(_) => false,
         }
     }
 }

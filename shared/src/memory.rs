@@ -262,6 +262,33 @@ pub struct MemoryControl {
     pub not_found: Mutex<BTreeMap<(String, i64), NotFoundCounts>>,
 }
 
+impl MemoryControl {
+    fn set_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+        cursor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut jobs = self.jobs.lock().expect("poisoned");
+        let s = jobs.entry((entity.to_owned(), kind)).or_default();
+        if s.lease_holder.as_deref() != Some(holder)
+            || s.lease_expires_us.is_none_or(|e| e <= now_us)
+        {
+            return Err(StoreError::LeaseLost {
+                scope: format!("{entity}/{}", kind.as_str()),
+                holder: holder.to_owned(),
+            });
+        }
+        s.cursor = cursor.map(str::to_owned);
+        s.cursor_updated_us = Some(now_us);
+        s.lease_expires_us = Some(now_us + ttl_us);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ControlStore for MemoryControl {
     async fn job_state(&self, entity: &str, kind: JobKind) -> Result<JobState, StoreError> {
@@ -328,20 +355,18 @@ impl ControlStore for MemoryControl {
         ttl_us: Micros,
         cursor: &str,
     ) -> Result<(), StoreError> {
-        let mut jobs = self.jobs.lock().expect("poisoned");
-        let s = jobs.entry((entity.to_owned(), kind)).or_default();
-        if s.lease_holder.as_deref() != Some(holder)
-            || s.lease_expires_us.is_none_or(|e| e <= now_us)
-        {
-            return Err(StoreError::LeaseLost {
-                scope: format!("{entity}/{}", kind.as_str()),
-                holder: holder.to_owned(),
-            });
-        }
-        s.cursor = Some(cursor.to_owned());
-        s.cursor_updated_us = Some(now_us);
-        s.lease_expires_us = Some(now_us + ttl_us);
-        Ok(())
+        self.set_cursor(entity, kind, holder, now_us, ttl_us, Some(cursor))
+    }
+
+    async fn clear_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.set_cursor(entity, kind, holder, now_us, ttl_us, None)
     }
 
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {

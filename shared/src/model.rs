@@ -145,6 +145,8 @@ pub enum Strategy {
     Targeted,
     Reconcile,
     Manual,
+    /// A full re-sync (`sync::resync`).
+    Resync,
 }
 
 impl Strategy {
@@ -155,6 +157,7 @@ impl Strategy {
             Strategy::Targeted => "targeted",
             Strategy::Reconcile => "reconcile",
             Strategy::Manual => "manual",
+            Strategy::Resync => "resync",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -164,6 +167,7 @@ impl Strategy {
             "targeted" => Strategy::Targeted,
             "reconcile" => Strategy::Reconcile,
             "manual" => Strategy::Manual,
+            "resync" => Strategy::Resync,
             _ => return None,
         })
     }

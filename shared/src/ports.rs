@@ -120,6 +120,9 @@ pub trait RecordStore: Send + Sync {
 pub enum JobKind {
     Delta,
     Reconcile,
+    /// A full re-sync (`sync::resync`): a delta listing from the beginning on a cursor and a
+    /// lease of its own, beside the entity's delta runs.
+    Resync,
 }
 
 impl JobKind {
@@ -127,12 +130,14 @@ impl JobKind {
         match self {
             JobKind::Delta => "delta",
             JobKind::Reconcile => "reconcile",
+            JobKind::Resync => "resync",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "delta" => Some(JobKind::Delta),
             "reconcile" => Some(JobKind::Reconcile),
+            "resync" => Some(JobKind::Resync),
             _ => None,
         }
     }
@@ -243,6 +248,18 @@ pub trait ControlStore: Send + Sync {
         now_us: Micros,
         ttl_us: Micros,
         cursor: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Remove the cursor (the next run reads from the beginning) and extend the lease, under
+    /// the same fencing as `save_cursor`: `StoreError::LeaseLost` unless `holder` holds an
+    /// unexpired lease.
+    async fn clear_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
     ) -> Result<(), StoreError>;
 
     /// Upsert a page through `records`, then save the cursor (as `save_cursor`) once every

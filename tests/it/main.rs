@@ -2,6 +2,7 @@
 
 mod bad_records;
 mod budget;
+mod cli;
 mod conformance;
 mod conformance_dynamodb;
 mod conformance_local;
@@ -11,6 +12,7 @@ mod delta;
 mod harness;
 mod hostile;
 mod lambda_features;
+mod operator;
 mod readme;
 mod reconcile;
 mod reconcile_sfn;

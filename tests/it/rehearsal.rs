@@ -1096,6 +1096,54 @@ async fn each_function_binary_runs_its_samples_with_the_templates_environment() 
         None
     );
 
+    // The re-sync sample: everything read again on the re-sync's own cursor (nothing written:
+    // unchanged), then its closing reconciliation started on the state machine the template
+    // names in RECONCILE_STATE_MACHINE_ARN. moto's CloudFormation makes the state machine where
+    // its Step Functions API does not list it, so the test creates one by the same name: the
+    // ARN moto answers must be the one the template built, or the start below fails.
+    let named = &env["DeltaSyncFunction"]["RECONCILE_STATE_MACHINE_ARN"];
+    let name = named.rsplit(':').next().expect("a name");
+    let sfn = crate::harness::sfn_client().await;
+    let made = sfn
+        .create_state_machine()
+        .name(name)
+        .definition(r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#)
+        .role_arn("arn:aws:iam::123456789012:role/rehearsal")
+        .send()
+        .await
+        .expect("a state machine by the template's name");
+    assert_eq!(made.state_machine_arn(), named.as_str());
+    let out = invoke(&delta, &sample("delta-sync/resync.json"), folder.path()).unwrap();
+    assert_eq!(out["runs"], json!([]), "no delta run: {out}");
+    let run = &out["resyncs"][0];
+    assert_eq!(
+        (&run["lane"], &run["status"], &run["seen"], &run["inserted"]),
+        (
+            &json!("resync"),
+            &json!("succeeded"),
+            &json!(PEOPLE),
+            &json!(0)
+        ),
+        "{out}"
+    );
+    let execution = out["reconciliations"][0]["execution"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a reconciliation started: {out}"));
+    let started = sfn
+        .describe_execution()
+        .execution_arn(execution)
+        .send()
+        .await
+        .expect("the execution the re-sync started");
+    assert_eq!(
+        serde_json::from_str::<Value>(started.input().unwrap_or_default()).unwrap(),
+        json!({"entity": "people"})
+    );
+    assert!(
+        started.name().unwrap_or_default().starts_with("resync-"),
+        "{started:?}"
+    );
+
     // Negative control: the same binary without one variable the template sets fails its cold
     // start, naming it (so the environment above is what made it work).
     drop(ingest);

@@ -35,6 +35,24 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// Who the SDK's credentials are (STS GetCallerIdentity): the ARN an operator's change is
+/// recorded with on AWS (`syncctl cursor`, `resync`). `AWS_ENDPOINT_URL_STS` points it at an
+/// emulator.
+pub async fn caller_arn(sdk: &aws_config::SdkConfig) -> Result<String, StoreError> {
+    let client = aws_sdk_sts::Client::new(sdk);
+    let who = client
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| store_error("sts:GetCallerIdentity", e))?;
+    who.arn()
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Decode {
+            key: "sts:GetCallerIdentity".into(),
+            message: "the answer has no Arn".into(),
+        })
+}
+
 pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
     dynamodb_client_at(sdk, None)
 }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct DeltaOptions {
     pub run_id: String,
+    /// Whose cursor and lease the run uses: the entity's delta sync, or its full re-sync.
+    pub lane: Lane,
     /// How late a record can be committed after its timestamp (long transactions, skew between
     /// the source's web and database servers): the cursor stays this far below the source's
     /// clock at the run's start.
@@ -51,6 +53,34 @@ pub struct DeltaOptions {
     pub per_record_rejection: bool,
 }
 
+/// Which job a run of the delta loop is. Both read the same listing under the same cursor
+/// rule; each has its own cursor, lease and run history (`JobKind`), so a re-sync reads
+/// everything from the beginning while the entity's delta runs go on beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    #[default]
+    Delta,
+    /// A full re-sync (`sync::resync`).
+    Resync,
+}
+
+impl Lane {
+    pub fn kind(self) -> JobKind {
+        match self {
+            Lane::Delta => JobKind::Delta,
+            Lane::Resync => JobKind::Resync,
+        }
+    }
+    /// What the run's writes record as `written_by`, and its metrics' `Strategy`.
+    pub fn strategy(self) -> Strategy {
+        match self {
+            Lane::Delta => Strategy::Delta,
+            Lane::Resync => Strategy::Resync,
+        }
+    }
+}
+
 /// A progress callback.
 #[derive(Clone)]
 pub struct PageHook(pub std::sync::Arc<dyn Fn(&DeltaSummary) + Send + Sync>);
@@ -75,6 +105,7 @@ impl Default for DeltaOptions {
     fn default() -> Self {
         DeltaOptions {
             run_id: uuid::Uuid::new_v4().to_string(),
+            lane: Lane::Delta,
             overlap_us: 120_000_000,
             max_clock_skew_us: 300_000_000,
             lease_ttl_us: 16 * 60_000_000,
@@ -205,6 +236,8 @@ impl RunStatus {
 pub struct DeltaSummary {
     pub entity: String,
     pub run_id: String,
+    #[serde(skip_serializing_if = "is_delta")]
+    pub lane: Lane,
     pub status: RunStatus,
     pub pages: u64,
     pub seen: u64,
@@ -244,6 +277,10 @@ impl DeltaSummary {
     }
 }
 
+fn is_delta(lane: &Lane) -> bool {
+    *lane == Lane::Delta
+}
+
 fn show(c: Option<&DeltaCursor>) -> Option<String> {
     c.map(|c| format_rfc3339(c.watermark_us))
 }
@@ -263,6 +300,7 @@ pub async fn run_delta(
     let mut summary = DeltaSummary {
         entity: entity.to_owned(),
         run_id: opts.run_id.clone(),
+        lane: opts.lane,
         status: RunStatus::Succeeded,
         pages: 0,
         seen: 0,
@@ -284,7 +322,7 @@ pub async fn run_delta(
     match control
         .acquire_lease(
             entity,
-            JobKind::Delta,
+            opts.lane.kind(),
             &opts.run_id,
             started_us,
             opts.lease_ttl_us,
@@ -313,7 +351,7 @@ pub async fn run_delta(
     }
     let run = RunRecord {
         entity: entity.to_owned(),
-        kind: JobKind::Delta,
+        kind: opts.lane.kind(),
         run_id: opts.run_id.clone(),
         started_us,
         finished_us: Some(now_us()),
@@ -323,7 +361,7 @@ pub async fn run_delta(
     // History and release are best effort after a failure: the error that matters is the run's.
     let history = control.put_run(&run).await;
     let release = control
-        .release_lease(entity, JobKind::Delta, &opts.run_id)
+        .release_lease(entity, opts.lane.kind(), &opts.run_id)
         .await;
     result?;
     history?;
@@ -339,7 +377,7 @@ async fn sync_pages(
     opts: &DeltaOptions,
     summary: &mut DeltaSummary,
 ) -> Result<(), SyncError> {
-    let state = control.job_state(entity, JobKind::Delta).await?;
+    let state = control.job_state(entity, opts.lane.kind()).await?;
     let mut cursor = match state.cursor.as_deref() {
         Some(s) => Some(DeltaCursor::decode(s).map_err(|source| SyncError::State {
             entity: entity.to_owned(),
@@ -409,7 +447,7 @@ async fn sync_pages(
         let encoded = next.as_ref().map(DeltaCursor::encode);
         let save = encoded.as_deref().map(|c| CursorSave {
             entity,
-            kind: JobKind::Delta,
+            kind: opts.lane.kind(),
             holder: &opts.run_id,
             now_us: now_us(),
             ttl_us: opts.lease_ttl_us,
@@ -418,6 +456,7 @@ async fn sync_pages(
         let outcomes = write_page(
             records,
             control,
+            opts.lane.strategy(),
             entity,
             &page.records,
             save,
@@ -448,6 +487,14 @@ async fn sync_pages(
         let stop = if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
             Some("deadline")
         } else if summary.pages >= opts.max_pages {
+            // A re-sync must learn that it has read to the end (its closing reconciliation
+            // depends on it), and the page that would tell is the next: a run that stopped at
+            // the cap would otherwise read the last boundary again, and stop again, for ever.
+            // So it asks for the next page (one request per capped run) and stops only when
+            // there is one (not written: the next run reads it again). Delta runs never end.
+            if opts.lane == Lane::Resync && !more_pages(&mut pages).await {
+                break;
+            }
             Some("page_cap")
         } else {
             None
@@ -471,15 +518,25 @@ async fn sync_pages(
     Ok(())
 }
 
+/// Whether the listing has another page: asked for and dropped unwritten (an error counts as
+/// more, for the next run to meet).
+async fn more_pages(
+    pages: &mut futures::stream::BoxStream<'_, Result<crate::ports::RecordPage, SourceError>>,
+) -> bool {
+    pages.next().await.is_some()
+}
+
 /// IDs of refused records kept in a run's summary.
 pub use crate::sync::rejected::REJECTED_IDS_KEPT;
 
 /// A page's writes and checkpoint. A record the store refuses as too large (both stores check
 /// every record before writing any) is taken out of the page, counted and logged, and the rest
 /// written: one oversized record must not hold the entity's cursor back for ever.
+#[allow(clippy::too_many_arguments)]
 async fn write_page(
     records: &dyn RecordStore,
     control: &dyn ControlStore,
+    by: Strategy,
     entity: &str,
     page: &[Record],
     save: Option<CursorSave<'_>>,
@@ -489,7 +546,7 @@ async fn write_page(
     let mut rows = std::borrow::Cow::Borrowed(page);
     loop {
         match control
-            .upsert_then_save_cursor(records, &rows, Strategy::Delta, save)
+            .upsert_then_save_cursor(records, &rows, by, save)
             .await
         {
             Err(StoreError::TooLarge { key, bytes }) => {
@@ -527,7 +584,7 @@ async fn checkpoint(
     control
         .save_cursor(
             entity,
-            JobKind::Delta,
+            opts.lane.kind(),
             &opts.run_id,
             now_us(),
             opts.lease_ttl_us,
@@ -554,6 +611,7 @@ impl DeltaSummary {
             duration_ms = self.duration_ms,
             cursor_before = self.cursor_before.as_deref().unwrap_or("-"),
             cursor_after = self.cursor_after.as_deref().unwrap_or("-"),
+            lane = self.lane.strategy().as_str(),
             "delta run finished"
         );
     }
@@ -589,16 +647,24 @@ impl DeltaSummary {
             ("RunStoppedByBudget", budget_short, "Count"),
             ("RunDuration", self.duration_ms as f64, "Milliseconds"),
         ];
-        // The cursor as the summary shows it (`show`, RFC 3339 to the microsecond).
-        if let Some(at) = self
-            .cursor_after
-            .as_deref()
-            .and_then(|c| parse_rfc3339(c).ok())
+        // The cursor as the summary shows it (`show`, RFC 3339 to the microsecond). A
+        // re-sync's cursor is meant to lag (it reads from the beginning): no lag for it.
+        if self.lane == Lane::Delta
+            && let Some(at) = self
+                .cursor_after
+                .as_deref()
+                .and_then(|c| parse_rfc3339(c).ok())
         {
             let lag_s = (now - at).max(0) as f64 / 1e6;
             metrics.push(("CursorLagSeconds", lag_s, "Seconds"));
         }
-        crate::telemetry::emf(&[("Entity", &self.entity), ("Strategy", "delta")], &metrics)
+        crate::telemetry::emf(
+            &[
+                ("Entity", &self.entity),
+                ("Strategy", self.lane.strategy().as_str()),
+            ],
+            &metrics,
+        )
     }
 }
 

@@ -3,6 +3,8 @@
 //! metrics it has; the functions' handlers publish them.
 
 pub mod delta;
+pub mod operator;
 pub mod reconcile;
 pub mod rejected;
+pub mod resync;
 pub mod worker;

@@ -1,13 +1,18 @@
 //! `syncctl`: the operator CLI of the Sync Engine. Each subcommand lives in its own module;
 //! this file only parses the command line and reports errors.
 
+mod actor;
 mod check_source;
+mod cursor;
 mod delta;
 mod demo;
 mod dlq;
+mod erase;
 mod get;
 mod init;
+mod purge;
 mod reconcile;
+mod resync;
 mod serve;
 mod sign;
 mod status;
@@ -46,10 +51,24 @@ enum Command {
     /// ID filter, get_by_id and JSON 404s? Run after every edit of infra/endpoints.toml.
     /// Exit 0: all passed; 1: a check failed; 3: unreachable; 4: some undecided.
     CheckSource(check_source::CheckSourceArgs),
+    /// Show an entity's delta cursor, or move it (`set --to TIME`, `reset`) under its lease,
+    /// recorded in the run history with --actor.
+    Cursor(cursor::CursorArgs),
+    /// Re-sync an entity without downtime: its whole listing read again on a cursor of its own
+    /// while delta and webhooks go on, then a reconciliation; resumes where it stopped.
+    Resync(resync::ResyncArgs),
     /// One record: the stored copy beside the source's live record (fetched now), the verdict
     /// of the version rule and the field-level difference of the payloads.
     /// Exit 0: in sync (or deleted on both sides); 1: error; 3: out of sync; 4: found nowhere.
     Get(get::GetArgs),
+    /// Remove our copy of one record (a privacy request) and keep it out: a suppression
+    /// marker no delta run, webhook or reconciliation writes over, until `--lift`. Erase it at
+    /// the source too; DynamoDB's point-in-time backups and stream keep copies for their
+    /// retention.
+    Erase(erase::EraseArgs),
+    /// Remove soft-deleted records older than the retention (TOMBSTONE_RETENTION_DAYS, 90) or
+    /// --older-than; never erased markers. On DynamoDB: a Scan of the whole records table.
+    Purge(purge::PurgeArgs),
 }
 
 #[tokio::main]
@@ -65,7 +84,11 @@ async fn main() -> ExitCode {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Sign(args) => sign::run(args),
         Command::CheckSource(args) => return check_source::run(args).await,
+        Command::Cursor(args) => cursor::run(args).await,
+        Command::Resync(args) => resync::run(args).await,
         Command::Get(args) => return get::run(args).await,
+        Command::Erase(args) => erase::run(args).await,
+        Command::Purge(args) => purge::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -210,6 +233,91 @@ mod tests {
         assert!(a.json && a.store.uses_dynamodb());
         assert_eq!(a.max_diffs, 5);
         assert!(Cli::try_parse_from(["syncctl", "get", "people"]).is_err());
+    }
+
+    #[test]
+    fn cursor_and_resync_take_an_entity_and_their_flags() {
+        let cli = Cli::try_parse_from([
+            "syncctl",
+            "cursor",
+            "set",
+            "people",
+            "--to",
+            "2026-11-30T00:00:00Z",
+            "--actor",
+            "ana",
+        ])
+        .expect("parse");
+        let Command::Cursor(cursor::CursorArgs {
+            command: cursor::CursorCommand::Set(a),
+        }) = cli.command
+        else {
+            panic!("expected cursor set")
+        };
+        assert_eq!(
+            (a.entity.as_str(), a.to.as_str()),
+            ("people", "2026-11-30T00:00:00Z")
+        );
+        assert_eq!(a.actor.as_deref(), Some("ana"));
+        assert!(Cli::try_parse_from(["syncctl", "cursor", "set", "people"]).is_err());
+        assert!(Cli::try_parse_from(["syncctl", "cursor", "reset"]).is_err());
+        let cli = Cli::try_parse_from(["syncctl", "resync", "people", "--restart"]).expect("parse");
+        let Command::Resync(a) = cli.command else {
+            panic!("expected resync")
+        };
+        assert!(a.restart && !a.cancel);
+        assert_eq!(a.pages_per_run, 1_000);
+        assert!(
+            Cli::try_parse_from(["syncctl", "resync", "people", "--restart", "--cancel"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["syncctl", "resync", "people", "--pages-per-run", "0"]).is_err()
+        );
+    }
+
+    #[test]
+    fn erase_and_purge_take_their_flags() {
+        let cli = Cli::try_parse_from([
+            "syncctl", "erase", "people", "42", "--actor", "dpo", "--json",
+        ])
+        .expect("parse");
+        let Command::Erase(a) = cli.command else {
+            panic!("expected erase")
+        };
+        assert_eq!((a.entity.as_str(), a.id.as_str()), ("people", "42"));
+        assert_eq!(a.actor.as_deref(), Some("dpo"));
+        assert!(a.json && !a.lift && !a.store.uses_dynamodb());
+        let cli = Cli::try_parse_from(["syncctl", "erase", "--lift", "people", "42", "--dynamodb"])
+            .expect("parse");
+        let Command::Erase(a) = cli.command else {
+            panic!("expected erase")
+        };
+        assert!(a.lift && a.store.uses_dynamodb());
+        assert!(Cli::try_parse_from(["syncctl", "erase", "people"]).is_err());
+        let cli = Cli::try_parse_from([
+            "syncctl",
+            "purge",
+            "--older-than",
+            "30d",
+            "--entity",
+            "people",
+            "--dry-run",
+            "--limit",
+            "5",
+        ])
+        .expect("parse");
+        let Command::Purge(a) = cli.command else {
+            panic!("expected purge")
+        };
+        assert_eq!(a.older_than, Some(30 * 86_400 * 1_000_000));
+        assert_eq!((a.entity.as_deref(), a.limit), (Some("people"), Some(5)));
+        assert!(a.dry_run && !a.json);
+        let cli = Cli::try_parse_from(["syncctl", "purge"]).expect("parse");
+        let Command::Purge(a) = cli.command else {
+            panic!("expected purge")
+        };
+        assert_eq!((a.older_than, a.dry_run), (None, false));
+        assert!(Cli::try_parse_from(["syncctl", "purge", "--older-than", "1w"]).is_err());
     }
 
     #[test]

@@ -290,6 +290,20 @@ pub trait ControlHooks<S: ControlStore + ?Sized>: Send + Sync {
             .await
     }
 
+    async fn clear_cursor(
+        &self,
+        inner: &S,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<(), StoreError> {
+        inner
+            .clear_cursor(entity, kind, holder, now_us, ttl_us)
+            .await
+    }
+
     async fn put_run(&self, inner: &S, run: &RunRecord) -> Result<(), StoreError> {
         inner.put_run(run).await
     }
@@ -381,6 +395,19 @@ impl<S: ControlStore + ?Sized, H: ControlHooks<S>> ControlStore for Forward<S, H
     ) -> Result<(), StoreError> {
         self.hook
             .save_cursor(&self.inner, entity, kind, holder, now_us, ttl_us, cursor)
+            .await
+    }
+
+    async fn clear_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<(), StoreError> {
+        self.hook
+            .clear_cursor(&self.inner, entity, kind, holder, now_us, ttl_us)
             .await
     }
 

@@ -7,7 +7,7 @@ fn sample_events_parse() {
         "../../../../events/delta-sync/all-entities.json"
     ))
     .unwrap();
-    assert_eq!(parse_input(bare).unwrap(), Input { entity: None });
+    assert_eq!(parse_input(bare).unwrap(), Input::default());
     let one: serde_json::Value = serde_json::from_str(include_str!(
         "../../../../events/delta-sync/one-entity.json"
     ))
@@ -15,38 +15,191 @@ fn sample_events_parse() {
     assert_eq!(
         parse_input(one).unwrap(),
         Input {
-            entity: Some("people".into())
+            entity: Some("people".into()),
+            ..Input::default()
         }
     );
     let sched: serde_json::Value = serde_json::from_str(include_str!(
         "../../../../events/delta-sync/scheduled-event.json"
     ))
     .unwrap();
-    assert_eq!(parse_input(sched).unwrap(), Input { entity: None });
+    assert_eq!(parse_input(sched).unwrap(), Input::default());
     assert!(parse_input(serde_json::json!({"entity": 3})).is_err());
     assert!(parse_input(serde_json::json!({"entty": "people"})).is_err());
+    let resync: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../events/delta-sync/resync.json")).unwrap();
+    assert_eq!(
+        parse_input(resync).unwrap(),
+        Input {
+            entity: Some("people".into()),
+            resync: true,
+            ..Input::default()
+        }
+    );
+    // A re-sync of every entity at once is not a typo the input lets through.
+    let e = parse_input(serde_json::json!({"resync": true})).unwrap_err();
+    assert!(
+        e.error_message.contains("needs the one entity"),
+        "{}",
+        e.error_message
+    );
+    assert!(parse_input(serde_json::json!({"entity": "people", "restart": true})).is_err());
+    assert!(parse_input(serde_json::json!({"entity": "people", "actor": "me"})).is_err());
 }
 
 fn sample(name: &str) -> serde_json::Value {
     let text = match name {
         "all-entities" => include_str!("../../../../events/delta-sync/all-entities.json"),
         "one-entity" => include_str!("../../../../events/delta-sync/one-entity.json"),
+        "resync" => include_str!("../../../../events/delta-sync/resync.json"),
         _ => include_str!("../../../../events/delta-sync/scheduled-event.json"),
     };
     serde_json::from_str(text).unwrap()
 }
 
 async fn deps(sim: &source_sim::SimHandle) -> Deps {
+    deps_and_executions(sim).await.0
+}
+
+async fn deps_and_executions(sim: &source_sim::SimHandle) -> (Deps, Arc<Started>) {
+    let started = Arc::new(Started::default());
     let config = testkit::config::at(&sim.base_url());
     let source = shared::source::SourceClient::new(&config, None).unwrap();
     let store = Arc::new(shared::adapters::local::LocalStore::in_memory().unwrap());
-    Deps {
+    let deps = Deps {
         config,
         source: Arc::new(source),
         records: store.clone(),
         control: store,
         options: DeltaOptions::default(),
+        executions: started.clone(),
+        reconcile_state_machine: "arn:aws:states:us-east-1:123456789012:stateMachine:s-reconcile"
+            .into(),
+    };
+    (deps, started)
+}
+
+/// The executions a handler started (an in-memory `Executions`, for these tests only).
+#[derive(Default)]
+struct Started(std::sync::Mutex<Vec<(String, String, serde_json::Value)>>);
+
+#[async_trait::async_trait]
+impl Executions for Started {
+    async fn start(
+        &self,
+        state_machine: &str,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<String, shared::error::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((state_machine.into(), name.into(), input.clone()));
+        Ok(format!("{state_machine}:{name}"))
     }
+}
+
+impl Started {
+    fn calls(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn deadline_in(secs: u64) -> lambda_runtime::Context {
+    let mut ctx = lambda_runtime::Context::default();
+    ctx.deadline = (SystemTime::now() + Duration::from_secs(secs))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    ctx
+}
+
+#[tokio::test]
+async fn the_resync_sample_reads_everything_on_its_own_cursor_and_starts_one_reconciliation() {
+    let sim = testkit::sim::start(source_sim::SimConfig {
+        people: 250,
+        donations: 10,
+        ..Default::default()
+    })
+    .await;
+    let (mut d, started) = deps_and_executions(&sim).await;
+    // Delta first, as the schedule does: its cursor must not move because of the re-sync.
+    let out = handle(
+        &d,
+        LambdaEvent::new(sample("scheduled-event"), deadline_in(900)),
+    )
+    .await
+    .unwrap();
+    assert!(out.resyncs.is_empty() && out.reconciliations.is_empty());
+    assert_eq!(out.runs[0].inserted, 250);
+    // Then a page per run: the re-sync needs several invocations (people: 100 per page).
+    d.options.max_pages = 1;
+    let delta_cursor = || async {
+        d.control
+            .job_state("people", shared::ports::JobKind::Delta)
+            .await
+            .unwrap()
+            .cursor
+    };
+    let before = delta_cursor().await;
+
+    let out = handle(&d, LambdaEvent::new(sample("resync"), deadline_in(900)))
+        .await
+        .unwrap();
+    // No delta run in that invocation: the re-sync's first run, from the beginning.
+    assert!(out.runs.is_empty());
+    assert_eq!(out.resyncs.len(), 1);
+    let first = &out.resyncs[0];
+    assert_eq!(
+        (first.entity.as_str(), first.status),
+        ("people", RunStatus::Partial)
+    );
+    assert_eq!(
+        (first.seen, first.unchanged, first.cursor_before.as_deref()),
+        (100, 100, None)
+    );
+
+    // The schedule carries it on, beside the delta runs, until it has read everything.
+    let mut seen = first.seen;
+    let mut invocations = 0;
+    let closing = loop {
+        invocations += 1;
+        assert!(invocations < 10, "the re-sync did not finish");
+        let out = handle(
+            &d,
+            LambdaEvent::new(sample("all-entities"), deadline_in(900)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.runs.len(), 2, "delta runs go on");
+        seen += out.resyncs.iter().map(|s| s.seen).sum::<u64>();
+        if !out.reconciliations.is_empty() {
+            break out;
+        }
+    };
+    assert_eq!(closing.resyncs.last().unwrap().status, RunStatus::Succeeded);
+    // Every record read again (the inclusive cursor reads a boundary twice at most), none
+    // written: they were unchanged.
+    assert!(seen >= 250, "{seen}");
+    assert!(closing.resyncs.iter().all(|s| s.written() == 0));
+    assert_eq!(delta_cursor().await, before);
+    let calls = started.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, d.reconcile_state_machine);
+    assert_eq!(
+        calls[0].1,
+        format!("resync-{}", closing.resyncs.last().unwrap().run_id)
+    );
+    assert_eq!(calls[0].2, serde_json::json!({"entity": "people"}));
+    // Done: later invocations run delta only.
+    let out = handle(
+        &d,
+        LambdaEvent::new(sample("all-entities"), deadline_in(900)),
+    )
+    .await
+    .unwrap();
+    assert!(out.resyncs.is_empty() && out.reconciliations.is_empty());
+    assert_eq!(started.calls().len(), 1);
 }
 
 #[tokio::test]

@@ -372,6 +372,45 @@ impl ControlStore for DynamoControl {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
+    async fn clear_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(job_pk(entity, kind)))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression("REMOVE #cursor SET #cursor_updated = :now, #expires = :expires")
+            .condition_expression("#holder = :me AND #expires > :now")
+            .expression_attribute_names("#cursor", attr::CURSOR)
+            .expression_attribute_names("#cursor_updated", attr::CURSOR_UPDATED_US)
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_values(":now", n(now_us))
+            .expression_attribute_values(":expires", n(now_us.saturating_add(ttl_us)))
+            .expression_attribute_values(":me", s(holder))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Err(StoreError::LeaseLost {
+                    scope: scope(entity, kind),
+                    holder: holder.to_owned(),
+                }),
+                other => Err(store_error("clear cursor", other)),
+            },
+            Err(other) => Err(store_error("clear cursor", other)),
+        }
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %run.entity, kind = run.kind.as_str(), run_id = %run.run_id))]
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let ttl = ttl_seconds(now_us().saturating_add(RUN_HISTORY_RETENTION_US));

@@ -118,7 +118,8 @@ struct OwnedSave {
     holder: String,
     now_us: Micros,
     ttl_us: Micros,
-    cursor: String,
+    /// `None` clears it (`clear_cursor`).
+    cursor: Option<String>,
 }
 
 impl OwnedSave {
@@ -129,7 +130,7 @@ impl OwnedSave {
             holder: c.holder.to_owned(),
             now_us: c.now_us,
             ttl_us: c.ttl_us,
-            cursor: c.cursor.to_owned(),
+            cursor: Some(c.cursor.to_owned()),
         }
     }
 
@@ -144,7 +145,7 @@ impl OwnedSave {
                 holder: self.holder.clone(),
             });
         }
-        s.cursor = Some(self.cursor.clone());
+        s.cursor = self.cursor.clone();
         s.cursor_updated_us = Some(self.now_us);
         s.lease_expires_us = Some(self.now_us.saturating_add(self.ttl_us));
         Ok(s)
@@ -281,6 +282,32 @@ impl ControlStore for LocalStore {
         self.db()
             .call("save cursor", move |c| {
                 with_job(c, "save cursor", &save.entity, kind, |s| {
+                    Ok((Some(save.apply(s)?), ()))
+                })
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(entity = %entity, kind = kind.as_str()))]
+    async fn clear_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+    ) -> Result<(), StoreError> {
+        let save = OwnedSave {
+            entity: entity.to_owned(),
+            kind,
+            holder: holder.to_owned(),
+            now_us,
+            ttl_us,
+            cursor: None,
+        };
+        self.db()
+            .call("clear cursor", move |c| {
+                with_job(c, "clear cursor", &save.entity, kind, |s| {
                     Ok((Some(save.apply(s)?), ()))
                 })
             })
