@@ -82,36 +82,34 @@ impl Target {
         }
     }
 
-    /// The control store of the same tables, in this process.
-    pub async fn control(&self) -> Arc<dyn ControlStore> {
+    /// The same stores, in this process (records and control).
+    pub async fn stores(&self) -> (Arc<dyn RecordStore>, Arc<dyn ControlStore>) {
         match self {
             Target::Local(db) => {
-                Arc::new(shared::adapters::local::LocalStore::open(db).expect("open the store"))
+                let s = Arc::new(
+                    shared::adapters::local::LocalStore::open(db).expect("open the store"),
+                );
+                (s.clone(), s)
             }
             Target::Dynamo {
                 records, control, ..
             } => {
-                let (_, c) =
+                let (r, c) =
                     shared::adapters::dynamodb::stores(dynamodb_client().await, records, control);
-                Arc::new(c)
+                (Arc::new(r), Arc::new(c))
             }
         }
     }
 
-    /// The same store, in this process (to soft-delete a record as reconciliation would).
+    /// The control store of the same tables, in this process.
+    pub async fn control(&self) -> Arc<dyn ControlStore> {
+        self.stores().await.1
+    }
+
+    /// The records of the same store, in this process (to soft-delete a record as
+    /// reconciliation would).
     pub async fn open(&self) -> Arc<dyn RecordStore> {
-        match self {
-            Target::Local(db) => {
-                Arc::new(shared::adapters::local::LocalStore::open(db).expect("open the store"))
-            }
-            Target::Dynamo {
-                records, control, ..
-            } => {
-                let (r, _) =
-                    shared::adapters::dynamodb::stores(dynamodb_client().await, records, control);
-                Arc::new(r)
-            }
-        }
+        self.stores().await.0
     }
 }
 

@@ -235,6 +235,63 @@ fn decode_event(key: &str, item: &Item) -> Result<(EventClaim, Micros), StoreErr
     Ok((claim, until_us))
 }
 
+impl DynamoControl {
+    /// `save_cursor` (`Some`) and `clear_cursor` (`None`): one conditional UpdateItem, only
+    /// while `holder` holds an unexpired lease (else `LeaseLost`), the lease extended.
+    async fn write_cursor(
+        &self,
+        entity: &str,
+        kind: JobKind,
+        holder: &str,
+        now_us: Micros,
+        ttl_us: Micros,
+        cursor: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (update, op) = match cursor {
+            Some(_) => (
+                "SET #cursor = :cursor, #cursor_updated = :now, #expires = :expires",
+                "save cursor",
+            ),
+            None => (
+                "REMOVE #cursor SET #cursor_updated = :now, #expires = :expires",
+                "clear cursor",
+            ),
+        };
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(job_pk(entity, kind)))
+            .key(attr::SK, s(STATE_SK))
+            .update_expression(update)
+            .condition_expression("#holder = :me AND #expires > :now")
+            .expression_attribute_names("#cursor", attr::CURSOR)
+            .expression_attribute_names("#cursor_updated", attr::CURSOR_UPDATED_US)
+            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
+            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
+            .expression_attribute_values(":now", n(now_us))
+            .expression_attribute_values(":expires", n(now_us.saturating_add(ttl_us)))
+            .expression_attribute_values(":me", s(holder));
+        let sent = match cursor {
+            Some(c) => sent.expression_attribute_values(":cursor", s(c)),
+            None => sent,
+        }
+        .send()
+        .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Err(StoreError::LeaseLost {
+                    scope: scope(entity, kind),
+                    holder: holder.to_owned(),
+                }),
+                other => Err(store_error(op, other)),
+            },
+            Err(other) => Err(store_error(op, other)),
+        }
+    }
+}
+
 #[async_trait]
 impl ControlStore for DynamoControl {
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
@@ -341,35 +398,8 @@ impl ControlStore for DynamoControl {
         ttl_us: Micros,
         cursor: &str,
     ) -> Result<(), StoreError> {
-        let sent = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(job_pk(entity, kind)))
-            .key(attr::SK, s(STATE_SK))
-            .update_expression("SET #cursor = :cursor, #cursor_updated = :now, #expires = :expires")
-            .condition_expression("#holder = :me AND #expires > :now")
-            .expression_attribute_names("#cursor", attr::CURSOR)
-            .expression_attribute_names("#cursor_updated", attr::CURSOR_UPDATED_US)
-            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
-            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
-            .expression_attribute_values(":cursor", s(cursor))
-            .expression_attribute_values(":now", n(now_us))
-            .expression_attribute_values(":expires", n(now_us.saturating_add(ttl_us)))
-            .expression_attribute_values(":me", s(holder))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(_) => Err(StoreError::LeaseLost {
-                    scope: scope(entity, kind),
-                    holder: holder.to_owned(),
-                }),
-                other => Err(store_error("save cursor", other)),
-            },
-            Err(other) => Err(store_error("save cursor", other)),
-        }
+        self.write_cursor(entity, kind, holder, now_us, ttl_us, Some(cursor))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, kind = kind.as_str()))]
@@ -381,34 +411,8 @@ impl ControlStore for DynamoControl {
         now_us: Micros,
         ttl_us: Micros,
     ) -> Result<(), StoreError> {
-        let sent = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(job_pk(entity, kind)))
-            .key(attr::SK, s(STATE_SK))
-            .update_expression("REMOVE #cursor SET #cursor_updated = :now, #expires = :expires")
-            .condition_expression("#holder = :me AND #expires > :now")
-            .expression_attribute_names("#cursor", attr::CURSOR)
-            .expression_attribute_names("#cursor_updated", attr::CURSOR_UPDATED_US)
-            .expression_attribute_names("#holder", attr::LEASE_HOLDER)
-            .expression_attribute_names("#expires", attr::LEASE_EXPIRES_US)
-            .expression_attribute_values(":now", n(now_us))
-            .expression_attribute_values(":expires", n(now_us.saturating_add(ttl_us)))
-            .expression_attribute_values(":me", s(holder))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(_) => Err(StoreError::LeaseLost {
-                    scope: scope(entity, kind),
-                    holder: holder.to_owned(),
-                }),
-                other => Err(store_error("clear cursor", other)),
-            },
-            Err(other) => Err(store_error("clear cursor", other)),
-        }
+        self.write_cursor(entity, kind, holder, now_us, ttl_us, None)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %run.entity, kind = run.kind.as_str(), run_id = %run.run_id))]
