@@ -146,6 +146,8 @@ pub enum Verdict {
     DeletedHereLiveThere,
     /// Live here, a 404 at the source.
     GoneAtSource,
+    /// Erased here (`syncctl erase`): no copy kept, and no path writes it back until lifted.
+    Erased,
     /// Soft-deleted here, a 404 at the source.
     DeletedBoth,
     /// Neither side has it.
@@ -164,6 +166,7 @@ impl Verdict {
             Verdict::MissingInStore => "missing_in_store",
             Verdict::DeletedHereLiveThere => "deleted_here_live_there",
             Verdict::GoneAtSource => "gone_at_source",
+            Verdict::Erased => "erased",
             Verdict::DeletedBoth => "deleted_both",
             Verdict::Nowhere => "nowhere",
             Verdict::RejectedAtSource => "rejected_at_source",
@@ -193,6 +196,10 @@ impl Verdict {
                 "gone at source: the source answers 404, the store holds it live"
             }
             Verdict::DeletedBoth => "deleted on both sides: soft-deleted here, 404 at the source",
+            Verdict::Erased => {
+                "erased here (a privacy request): no copy is kept, and no sync writes it back \
+                 until `syncctl erase --lift`"
+            }
             Verdict::Nowhere => "not found: neither the store nor the source has it",
             Verdict::RejectedAtSource => {
                 "rejected at source: the source has it, but it cannot be synced"
@@ -202,7 +209,8 @@ impl Verdict {
 
     pub fn exit_code(self) -> u8 {
         match self {
-            Verdict::InSync | Verdict::DeletedBoth => IN_SYNC,
+            // Erased: as intended, whatever the source holds.
+            Verdict::InSync | Verdict::DeletedBoth | Verdict::Erased => IN_SYNC,
             Verdict::Nowhere => NOWHERE,
             _ => DIFFERS,
         }
@@ -280,6 +288,8 @@ impl Comparison {
     ) -> Comparison {
         let (verdict, sync_would) = judge(stored.as_ref(), &live);
         let diff = match (&stored, &live) {
+            // An erasure keeps no payload to compare (and the point is not to show one).
+            (Some(s), _) if s.version.erased => None,
             (Some(s), Live::Found(r)) => Some(
                 serde_json::from_str::<Value>(r.payload.get())
                     .map(|v| diff::diff(&s.payload, &v, max_diffs))
@@ -301,7 +311,13 @@ impl Comparison {
     pub fn to_json(&self) -> Value {
         let store = self.stored.as_ref().map(|s| {
             json!({
-                "status": if s.is_deleted() { "deleted" } else { "live" },
+                "status": if s.version.erased {
+                    "erased"
+                } else if s.is_deleted() {
+                    "deleted"
+                } else {
+                    "live"
+                },
                 "delta": format_rfc3339(s.version.delta_us),
                 "delta_us": s.version.delta_us,
                 "fetched_at": format_rfc3339(s.version.fetched_at_us),
@@ -411,6 +427,7 @@ impl Comparison {
             "status",
             match s {
                 None => "absent".into(),
+                Some(s) if s.version.erased => "erased".into(),
                 Some(s) if s.is_deleted() => "soft-deleted".into(),
                 Some(_) => "live".into(),
             },
@@ -522,6 +539,13 @@ fn diff_table(d: &Diff) -> String {
 pub fn judge(stored: Option<&StoredRecord>, live: &Live) -> (Verdict, SyncWould) {
     let version = stored.map(|s| &s.version);
     match (stored, live) {
+        (Some(s), live) if s.version.erased => {
+            let would = match live {
+                Live::Found(r) => SyncWould::Write(decide_upsert(version, &r.version)),
+                _ => SyncWould::Nothing,
+            };
+            (Verdict::Erased, would)
+        }
         (_, Live::Rejected(_)) => (Verdict::RejectedAtSource, SyncWould::Reject),
         (None, Live::Gone { .. }) => (Verdict::Nowhere, SyncWould::Nothing),
         (Some(s), Live::Gone { sent_us }) => {
@@ -596,6 +620,17 @@ mod tests {
                 .unwrap();
             assert_eq!(done, DeleteOutcome::Deleted);
         }
+        store.get("people", "1").await.unwrap().unwrap()
+    }
+
+    /// What a store returns for a record erased after it was synced.
+    async fn erased() -> StoredRecord {
+        let store = LocalStore::in_memory().unwrap();
+        store
+            .upsert(&record(10, 100, r#"{"id":"1"}"#), Strategy::Delta)
+            .await
+            .unwrap();
+        store.erase("people", "1", 150, "ana").await.unwrap();
         store.get("people", "1").await.unwrap().unwrap()
     }
 
@@ -674,13 +709,6 @@ mod tests {
                 SyncWould::Reject,
                 3,
             ),
-            (
-                None,
-                Live::Rejected(RejectReason::NullDelta),
-                RejectedAtSource,
-                SyncWould::Reject,
-                3,
-            ),
         ];
         for (i, (s, live, verdict, would, code)) in cases.into_iter().enumerate() {
             let s = match s {
@@ -690,6 +718,18 @@ mod tests {
             assert_eq!(judge(s.as_ref(), &live), (verdict, would), "case {i}");
             assert_eq!(verdict.exit_code(), code, "case {i}");
         }
+        // Erased here: whatever the source holds, no sync writes it back; as intended (exit 0).
+        let e = erased().await;
+        assert_eq!(judge(Some(&e), &found(11, 200, b)), (Erased, w(Suppressed)));
+        assert_eq!(
+            judge(Some(&e), &Live::Gone { sent_us: 200 }),
+            (Erased, SyncWould::Nothing)
+        );
+        assert_eq!(Erased.exit_code(), 0);
+        // Nothing of an erased record is shown: no diff against the source's payload.
+        let c = Comparison::new("people", "1", Some(erased().await), found(11, 200, b), 50);
+        assert!(c.diff.is_none());
+        assert_eq!(c.to_json()["store"]["status"], "erased");
     }
 
     #[test]
