@@ -646,3 +646,106 @@ async fn an_erasure_between_the_version_read_and_the_conditional_write_wins() {
         );
     }
 }
+
+/// With a tombstone retention (the stack's `TombstoneRetentionDays`), a soft delete sets the
+/// TTL attribute `expires_at` (epoch seconds, rounded up) to its evidence plus the retention,
+/// a later evidence moves it, and a restore removes it; a live item, an erasure's marker and a
+/// store keeping tombstones for ever never carry one.
+#[tokio::test]
+async fn soft_deletes_expire_after_the_retention_and_a_restore_keeps_the_record() {
+    use shared::config::TombstoneRetention;
+    use shared::core::timefmt::now_us;
+    use shared::model::{DeleteOutcome, WriteOutcome};
+    const DAY_S: i64 = 86_400;
+    let (client, table, _) = fresh_tables().await;
+    let store = DynamoRecords::new(client.clone(), &table)
+        .with_tombstone_retention(TombstoneRetention::days(7));
+    let t0 = now_us();
+    let r = rec("people", "t1", 1_000, t0, &json!({"id": "t1"}));
+    assert_eq!(
+        store.upsert(&r, Strategy::Delta).await.expect("insert"),
+        WriteOutcome::Inserted
+    );
+    let expires = |item: &HashMap<String, AttributeValue>| item.get("expires_at").map(n);
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t1").await),
+        None
+    );
+    let e1 = t0 + 1_500_000;
+    assert_eq!(
+        store
+            .soft_delete("people", "t1", e1, Strategy::Webhook)
+            .await
+            .expect("soft delete"),
+        DeleteOutcome::Deleted
+    );
+    let at = |evidence: i64| (evidence + 999_999).div_euclid(1_000_000) + 7 * DAY_S;
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t1").await),
+        Some(at(e1))
+    );
+    // The source was seen without it again, later: the expiry moves with the evidence.
+    let e2 = e1 + 60_000_000;
+    assert_eq!(
+        store
+            .soft_delete("people", "t1", e2, Strategy::Reconcile)
+            .await
+            .expect("soft delete again"),
+        DeleteOutcome::AlreadyDeleted
+    );
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t1").await),
+        Some(at(e2))
+    );
+    // Restored: the record stays.
+    let back = rec("people", "t1", 2_000, e2 + 1, &json!({"id": "t1", "v": 2}));
+    assert_eq!(
+        store
+            .upsert(&back, Strategy::Targeted)
+            .await
+            .expect("restore"),
+        WriteOutcome::Restored
+    );
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t1").await),
+        None
+    );
+    // Deleted again, then erased: the marker never expires.
+    store
+        .soft_delete("people", "t1", e2 + 10, Strategy::Webhook)
+        .await
+        .expect("soft delete");
+    assert!(expires(&raw_item(&client, &table, "people", "t1").await).is_some());
+    store
+        .erase("people", "t1", e2 + 20, "ops")
+        .await
+        .expect("erase");
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t1").await),
+        None
+    );
+    // Kept for ever (the default, and TombstoneRetentionDays = 0): no expiry.
+    let forever = DynamoRecords::new(client.clone(), &table);
+    let r = rec("people", "t2", 1_000, t0, &json!({"id": "t2"}));
+    forever.upsert(&r, Strategy::Delta).await.expect("insert");
+    forever
+        .soft_delete("people", "t2", e1, Strategy::Webhook)
+        .await
+        .expect("soft delete");
+    assert_eq!(
+        expires(&raw_item(&client, &table, "people", "t2").await),
+        None
+    );
+    // The table's TTL is on that attribute (create_tables, as the template's).
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .expect("DescribeTimeToLive");
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
+        Some("expires_at")
+    );
+}

@@ -9,6 +9,7 @@ mod conformance_local;
 mod converge;
 mod deliveries;
 mod delta;
+mod erase;
 mod harness;
 mod hostile;
 mod lambda_features;

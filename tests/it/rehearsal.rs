@@ -275,15 +275,16 @@ fn check_not_created(t: &Value, created: &BTreeSet<String>) -> Vec<String> {
             )),
         }
     }
-    // What moto creates but does not apply.
-    let control = &res["ControlTable"]["Properties"]["TimeToLiveSpecification"];
-    if control["AttributeName"].as_str() != schema::CONTROL.ttl_attribute
-        || control["Enabled"] != true
-    {
-        bad.push(format!(
-            "ControlTable: TTL {control}, want {:?}",
-            schema::CONTROL.ttl_attribute
-        ));
+    // What moto creates but does not apply: each table's TTL (the records table's since
+    // soft deletes expire, `TombstoneRetentionDays`).
+    for table in schema::TABLES {
+        let ttl = &res[table.logical_id]["Properties"]["TimeToLiveSpecification"];
+        if ttl["AttributeName"].as_str() != table.ttl_attribute || ttl["Enabled"] != true {
+            bad.push(format!(
+                "{}: TTL {ttl}, want {:?}",
+                table.logical_id, table.ttl_attribute
+            ));
+        }
     }
     let rules = res["SpillBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
         .as_array()

@@ -1,10 +1,11 @@
 //! What every deployed Lambda builds once per cold start: the configuration, the source client
 //! (secret from Secrets Manager / SSM, or the environment, read again after a 401) and the
-//! DynamoDB stores. A missing variable or secret fails the cold start with an error naming it.
+//! DynamoDB stores (soft-deleted records kept for `TOMBSTONE_RETENTION_DAYS`, their TTL). A
+//! missing variable or secret, or a bad value, fails the cold start with an error naming it.
 
 use crate::adapters::aws;
 use crate::adapters::dynamodb::{DynamoControl, DynamoRecords, TableNames, stores};
-use crate::config::{Config, Env};
+use crate::config::{Config, Env, TombstoneRetention};
 use crate::error::ConfigError;
 use crate::source::SourceClient;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub struct Deployed {
 pub async fn load() -> Result<Deployed, ConfigError> {
     let config = Config::load()?;
     let tables = TableNames::from_env(Env::process())?;
+    let retention = TombstoneRetention::from_env(Env::process())?;
     let sdk = aws::sdk_config().await;
     // The secret read now, and again after a source 401 (a rotation needs no cold start).
     let provider = crate::adapters::secrets::source_provider(&config.source.auth, &sdk);
@@ -28,6 +30,7 @@ pub async fn load() -> Result<Deployed, ConfigError> {
         None => None,
     };
     let (records, control) = stores(aws::dynamodb_client(&sdk), &tables.records, &tables.control);
+    let records = records.with_tombstone_retention(retention);
     let control = Arc::new(control);
     // Every function's requests share the account's rate budget in the control table.
     let mut source = SourceClient::new(&config, secret)?.with_budget_in(control.clone());

@@ -338,3 +338,43 @@ fn template_reconcile_environment_is_what_the_code_reads() {
         "the reconciliation lease outlives one step"
     );
 }
+
+/// `TombstoneRetentionDays` reaches every function that builds the records store
+/// (`adapters::deploy::load`: delta, worker, reconcile) as `TOMBSTONE_RETENTION_DAYS`, with the
+/// code's default and range, and the records table's TTL attribute is the one soft deletes set.
+#[test]
+fn template_tombstone_retention_reaches_every_function_that_writes_records() {
+    use shared::config::retention::{
+        DEFAULT_TOMBSTONE_RETENTION_DAYS, MAX_TOMBSTONE_RETENTION_DAYS, TOMBSTONE_RETENTION_VAR,
+    };
+    let t = template();
+    let p = &t["Parameters"]["TombstoneRetentionDays"];
+    let num = |v: &Value| -> u64 {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or_else(|| panic!("{v:?} is a whole number"))
+    };
+    assert_eq!(num(&p["Default"]), DEFAULT_TOMBSTONE_RETENTION_DAYS);
+    assert_eq!(
+        num(&p["MinValue"]),
+        0,
+        "0 keeps soft-deleted records for ever"
+    );
+    assert_eq!(num(&p["MaxValue"]), MAX_TOMBSTONE_RETENTION_DAYS);
+    for krate in ["delta-sync", "sync-worker", "reconcile"] {
+        let f = function(&t, krate);
+        let vars = &f["Properties"]["Environment"]["Variables"];
+        assert!(
+            is_ref_to(&vars[TOMBSTONE_RETENTION_VAR], "TombstoneRetentionDays"),
+            "{krate} gets {TOMBSTONE_RETENTION_VAR}"
+        );
+    }
+    let ingest = function(&t, "webhook-ingest");
+    assert!(
+        ingest["Properties"]["Environment"]["Variables"]
+            .get(TOMBSTONE_RETENTION_VAR)
+            .is_none(),
+        "the ingest writes no records"
+    );
+    assert_eq!(schema::RECORDS.ttl_attribute, Some("expires_at"));
+}

@@ -41,6 +41,11 @@ impl StoreArgs {
                 &self.records_table,
                 &self.control_table,
             );
+            // Soft deletes made here expire as the stack's do (TOMBSTONE_RETENTION_DAYS, 90).
+            let retention =
+                shared::config::TombstoneRetention::from_env(shared::config::Env::process())
+                    .map_err(|e| e.to_string())?;
+            let r = r.with_tombstone_retention(retention);
             return Ok((Arc::new(r), Arc::new(c)));
         }
         let store = Arc::new(self.open_local()?);

@@ -1,10 +1,11 @@
 //! `RecordStore` on the `records` table (layout in [`super::schema`]).
 
 use super::conditional::{self, Attempt};
-use super::item::{Item, ItemReader, n, s};
+use super::item::{Item, ItemReader, n, s, ttl_seconds};
 use super::payload::{self, StoredPayload};
 use super::schema::{LIVE_IDS_INDEX, PAYLOAD_ENCODING_ZLIB_JSON, attr};
 use crate::adapters::aws::store_error;
+use crate::config::TombstoneRetention;
 use crate::core::size;
 use crate::core::timefmt::now_us;
 use crate::core::version::advances_deletion;
@@ -27,6 +28,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+mod operator;
 
 /// Conditional writes in flight per `upsert_many` (outcomes still come back in input order).
 pub const UPSERT_CONCURRENCY: usize = 32;
@@ -81,7 +84,11 @@ pub fn live_ids_partition(entity: &str, shard: u16) -> String {
 /// `attribute_exists(pk) AND attribute_not_exists(deleted_at_us) AND fetched_at_us < :evidence`:
 /// sets `deleted_at_us`, `last_action = delete`, `written_by`, `last_synced_us`, and REMOVEs
 /// `gsi_pk`/`gsi_sk` (out of the sparse index); the payload stays. A failed condition is
-/// classified by `core::decide_delete` on the old item (none: NotFound).
+/// classified by `core::decide_delete` on the old item (none: NotFound). With a tombstone
+/// retention (`with_tombstone_retention`, the stack's `TombstoneRetentionDays`) it also sets
+/// the TTL attribute `expires_at` to the evidence plus the retention (a later evidence moves
+/// it too), and every upsert and regression REMOVEs it, so that a restored record never
+/// expires; DynamoDB's TTL then deletes the tombstone (within a few days of that time).
 ///
 /// # Erasures
 ///
@@ -114,6 +121,8 @@ pub struct DynamoRecords {
     table: String,
     /// The kind of the last successful write: the first guess of the next upsert.
     guess: AtomicU8,
+    /// How long a soft-deleted item is kept (its `expires_at`); for ever by default.
+    retention: TombstoneRetention,
 }
 
 impl DynamoRecords {
@@ -122,7 +131,23 @@ impl DynamoRecords {
             client,
             table: table.into(),
             guess: AtomicU8::new(Case::Insert as u8),
+            retention: TombstoneRetention::forever(),
         }
+    }
+
+    /// Soft deletes set the TTL attribute `expires_at` to their evidence plus `retention`
+    /// (none when it is for ever, the default).
+    pub fn with_tombstone_retention(mut self, retention: TombstoneRetention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// `SET #expires = :expires` for a deletion with evidence at `evidence_us` (with a leading
+    /// `, `), and its value; nothing when soft-deleted items are kept for ever.
+    fn expiry(&self, evidence_us: Micros) -> Option<(&'static str, AttributeValue)> {
+        self.retention
+            .expires_at_us(evidence_us)
+            .map(|at| (", #expires = :expires", n(ttl_seconds(at))))
     }
 
     pub fn table(&self) -> &str {
@@ -345,6 +370,7 @@ impl DynamoRecords {
             .expression_attribute_names("#gsi_pk", attr::GSI_PK)
             .expression_attribute_names("#gsi_sk", attr::GSI_SK)
             .expression_attribute_names("#erased", attr::ERASED_US)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .expression_attribute_values(":entity", s(e.entity))
             .expression_attribute_values(":id", s(e.id))
             .expression_attribute_values(":delta", n(v.delta_us))
@@ -427,31 +453,6 @@ impl DynamoRecords {
         }
     }
 
-    /// Delete one soft-deleted item the purge's scan found, only while it is still that copy
-    /// (`deleted_at_us` as read, not a marker): `false` when it changed in between.
-    async fn purge_one(&self, pk: &str, seen_deleted_at: Micros) -> Result<bool, StoreError> {
-        let op = "purge deleted record";
-        let sent = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(pk))
-            .condition_expression("#deleted_at = :seen AND attribute_not_exists(#erased)")
-            .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
-            .expression_attribute_names("#erased", attr::ERASED_US)
-            .expression_attribute_values(":seen", n(seen_deleted_at))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                DeleteItemError::ConditionalCheckFailedException(_) => Ok(false),
-                other => Err(store_error(op, other)),
-            },
-            Err(other) => Err(store_error(op, other)),
-        }
-    }
-
     async fn soft_delete_one(
         &self,
         entity: &str,
@@ -474,12 +475,22 @@ impl DynamoRecords {
     /// (`core::version::advances_deletion`), conditionally: still deleted, and with an earlier
     /// evidence (a restore or a later evidence meanwhile wins, and then nothing is written).
     async fn later_evidence(&self, pk: &str, evidence_us: Micros) -> Result<(), StoreError> {
-        let sent = self
+        let expiry = self.expiry(evidence_us);
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(attr::PK, s(pk))
-            .update_expression("SET #deleted_at = :evidence")
+            .update_expression(format!(
+                "SET #deleted_at = :evidence{}",
+                expiry.as_ref().map_or("", |e| e.0)
+            ));
+        if let Some((_, at)) = expiry {
+            req = req
+                .expression_attribute_names("#expires", attr::EXPIRES_AT)
+                .expression_attribute_values(":expires", at);
+        }
+        let sent = req
             .condition_expression(
                 "attribute_exists(#deleted_at) AND #deleted_at < :evidence \
                  AND attribute_not_exists(#erased)",
@@ -508,15 +519,23 @@ impl DynamoRecords {
         by: Strategy,
     ) -> Result<Attempt<DeleteOutcome, ()>, StoreError> {
         let op = "soft delete record";
-        let sent = self
+        let expiry = self.expiry(evidence_us);
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(attr::PK, s(pk))
-            .update_expression(
+            .update_expression(format!(
                 "SET #deleted_at = :evidence, #last_action = :delete, #written_by = :by, \
-                 #last_synced = :now REMOVE #gsi_pk, #gsi_sk",
-            )
+                 #last_synced = :now{} REMOVE #gsi_pk, #gsi_sk",
+                expiry.as_ref().map_or("", |e| e.0)
+            ));
+        if let Some((_, at)) = expiry {
+            req = req
+                .expression_attribute_names("#expires", attr::EXPIRES_AT)
+                .expression_attribute_values(":expires", at);
+        }
+        let sent = req
             .condition_expression(
                 "attribute_exists(#pk) AND attribute_not_exists(#erased) \
                  AND attribute_not_exists(#deleted_at) AND #fetched < :evidence",
@@ -645,14 +664,14 @@ const UPSERT_NATIVE: &str = "SET #entity = :entity, #id = :id, #delta = :delta, 
      #fetched = :fetched, #hash = :hash, #payload = :payload, \
      #first_seen = if_not_exists(#first_seen, :now), #last_synced = :now, \
      #last_action = :action, #written_by = :by, #gsi_pk = :gsi_pk, #gsi_sk = :id \
-     REMOVE #deleted_at, #payload_z, #encoding";
+     REMOVE #deleted_at, #payload_z, #encoding, #expires";
 
 /// The update of an upsert with a compressed payload.
 const UPSERT_COMPRESSED: &str = "SET #entity = :entity, #id = :id, #delta = :delta, \
      #fetched = :fetched, #hash = :hash, #payload_z = :payload_z, #encoding = :encoding, \
      #first_seen = if_not_exists(#first_seen, :now), #last_synced = :now, \
      #last_action = :action, #written_by = :by, #gsi_pk = :gsi_pk, #gsi_sk = :id \
-     REMOVE #deleted_at, #payload";
+     REMOVE #deleted_at, #payload, #expires";
 
 /// A record ready to write.
 struct Encoded<'a> {
@@ -746,22 +765,6 @@ fn decode_erasure(r: &ItemReader<'_>) -> Result<Option<Erasure>, StoreError> {
         erased_us,
         erased_by: r.opt_s(attr::ERASED_BY)?.unwrap_or_default().to_owned(),
     }))
-}
-
-/// The marker `erase` puts.
-fn marker_item(pk: &str, entity: &str, id: &str, now_us: Micros, erased_by: &str) -> Item {
-    HashMap::from([
-        (attr::PK.to_owned(), s(pk)),
-        (attr::ENTITY.to_owned(), s(entity)),
-        (attr::ID.to_owned(), s(id)),
-        (attr::ERASED_US.to_owned(), n(now_us)),
-        (attr::ERASED_BY.to_owned(), s(erased_by)),
-        (attr::DELETED_AT_US.to_owned(), n(now_us)),
-        (attr::FIRST_SEEN_US.to_owned(), n(now_us)),
-        (attr::LAST_SYNCED_US.to_owned(), n(now_us)),
-        (attr::LAST_ACTION.to_owned(), s(LastAction::Erased.as_str())),
-        (attr::WRITTEN_BY.to_owned(), s(Strategy::Manual.as_str())),
-    ])
 }
 
 #[async_trait]
@@ -863,67 +866,12 @@ impl RecordStore for DynamoRecords {
         now_us: Micros,
         erased_by: &str,
     ) -> Result<EraseOutcome, StoreError> {
-        let op = "erase record";
-        size::check_key(entity, id)?;
-        let pk = record_key(entity, id);
-        let sent = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(marker_item(&pk, entity, id, now_us, erased_by)))
-            .condition_expression("attribute_not_exists(#erased)")
-            .expression_attribute_names("#erased", attr::ERASED_US)
-            .return_values(ReturnValue::AllOld)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match sent {
-            Ok(out) => Ok(if out.attributes().is_some_and(|a| !a.is_empty()) {
-                EraseOutcome::Erased
-            } else {
-                EraseOutcome::Marked
-            }),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                PutItemError::ConditionalCheckFailedException(failed) => {
-                    let old = failed.item().cloned().unwrap_or_default();
-                    decode_erasure(&ItemReader::new(&pk, &old))?
-                        .map(EraseOutcome::AlreadyErased)
-                        .ok_or_else(|| StoreError::Decode {
-                            key: pk.clone(),
-                            message: "the erasure's condition failed on an item without \
-                                      erased_us"
-                                .into(),
-                        })
-                }
-                other => Err(store_error(op, other)),
-            },
-            Err(other) => Err(store_error(op, other)),
-        }
+        self.erase_item(entity, id, now_us, erased_by).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, id = %id))]
     async fn lift_erasure(&self, entity: &str, id: &str) -> Result<LiftOutcome, StoreError> {
-        let op = "lift erasure";
-        if !size::key_fits(entity, id) {
-            return Ok(LiftOutcome::NotErased);
-        }
-        let sent = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(record_key(entity, id)))
-            .condition_expression("attribute_exists(#erased)")
-            .expression_attribute_names("#erased", attr::ERASED_US)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(LiftOutcome::Lifted),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                DeleteItemError::ConditionalCheckFailedException(_) => Ok(LiftOutcome::NotErased),
-                other => Err(store_error(op, other)),
-            },
-            Err(other) => Err(store_error(op, other)),
-        }
+        self.lift_item(entity, id).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = ?entity, before = deleted_before_us, dry_run))]
@@ -934,63 +882,8 @@ impl RecordStore for DynamoRecords {
         limit: Option<u64>,
         dry_run: bool,
     ) -> Result<PurgeCount, StoreError> {
-        let op = "purge deleted records";
-        let limit = limit.unwrap_or(u64::MAX);
-        let mut filter = String::from(
-            "attribute_exists(#deleted_at) AND attribute_not_exists(#erased) \
-             AND #deleted_at < :cutoff",
-        );
-        if entity.is_some() {
-            filter.push_str(" AND #entity = :entity");
-        }
-        let mut count = PurgeCount::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut req = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression(&filter)
-                .projection_expression("#pk, #deleted_at")
-                .expression_attribute_names("#pk", attr::PK)
-                .expression_attribute_names("#deleted_at", attr::DELETED_AT_US)
-                .expression_attribute_names("#erased", attr::ERASED_US)
-                .expression_attribute_values(":cutoff", n(deleted_before_us))
-                .set_exclusive_start_key(start.take());
-            if let Some(e) = entity {
-                req = req
-                    .expression_attribute_names("#entity", attr::ENTITY)
-                    .expression_attribute_values(":entity", s(e));
-            }
-            let out = req.send().await.map_err(|e| store_error(op, e))?;
-            count.scanned += u64::try_from(out.scanned_count()).unwrap_or(0);
-            let room = usize::try_from(limit - count.matched).unwrap_or(usize::MAX);
-            let mut found = Vec::new();
-            for item in out.items().iter().take(room) {
-                let r = ItemReader::new("records", item);
-                found.push((r.s(attr::PK)?.to_owned(), r.i64(attr::DELETED_AT_US)?));
-            }
-            count.matched += found.len() as u64;
-            if !dry_run {
-                // The futures built before the stream, so that the whole future stays `Send`.
-                let deletes: Vec<_> = found
-                    .iter()
-                    .map(|(pk, seen)| self.purge_one(pk, *seen))
-                    .collect();
-                let deleted: Vec<bool> = futures::stream::iter(deletes)
-                    .buffer_unordered(PURGE_CONCURRENCY)
-                    .try_collect()
-                    .await?;
-                let purged = deleted.iter().filter(|d| **d).count() as u64;
-                count.purged += purged;
-                count.changed += deleted.len() as u64 - purged;
-            }
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() && count.matched < limit => start = Some(k.clone()),
-                _ => break,
-            }
-        }
-        Ok(count)
+        self.purge_items(entity, deleted_before_us, limit, dry_run)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, entity = %entity, count = ids.len()))]

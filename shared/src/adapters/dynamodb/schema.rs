@@ -19,6 +19,7 @@
 //! | `written_by` | S | the strategy that wrote last (`delta`, `webhook`, `targeted`, `reconcile`, `manual`) |
 //! | `gsi_pk`, `gsi_sk` | S | only on live items: `"<entity>#<shard>"` (`model::shard_of`) and the ID |
 //! | `erased_us`, `erased_by` | N, S | only on an erasure's suppression marker (`RecordStore::erase`): when and by whom |
+//! | `expires_at` | N | only on soft-deleted items, when the stack keeps them for a time (`TombstoneRetentionDays`): the table's TTL attribute, epoch **seconds**, `deleted_at_us` plus the retention; every write that restores the item removes it |
 //!
 //! An erasure's marker holds `pk`, `entity`, `id`, `erased_us`, `erased_by`, `deleted_at_us`,
 //! `first_seen_us` and `last_synced_us` (all three the erasure's time), `last_action = erased`
@@ -179,6 +180,7 @@ pub mod attr {
     pub const GSI_SK: &str = "gsi_sk";
     pub const ERASED_US: &str = "erased_us";
     pub const ERASED_BY: &str = "erased_by";
+    pub const EXPIRES_AT: &str = "expires_at";
     // control
     pub const KIND: &str = "kind";
     pub const CURSOR: &str = "cursor";
@@ -235,7 +237,7 @@ pub const RECORDS: TableSchema = TableSchema {
     }],
     billing_mode: PAY_PER_REQUEST,
     stream_view_type: Some(NEW_AND_OLD_IMAGES),
-    ttl_attribute: None,
+    ttl_attribute: Some(attr::EXPIRES_AT),
     point_in_time_recovery: true,
 };
 
