@@ -3,7 +3,7 @@
 
 use crate::measure::{cpu_time, peak_rss_bytes};
 use shared::adapters::local::LocalStore;
-use shared::model::{Record, Strategy, WriteOutcome};
+use shared::model::{Record, Strategy};
 use shared::ports::{ControlStore, CursorSave, JobKind};
 use std::path::Path;
 use std::time::Instant;
@@ -59,10 +59,7 @@ pub fn store_bench(records: usize, db: &Path) -> serde_json::Value {
                 .expect("upsert and save cursor");
             cpu += (cpu_time() - c0).as_secs_f64();
             seen += recs.len();
-            written += outcomes
-                .iter()
-                .filter(|o| !matches!(o, WriteOutcome::Unchanged | WriteOutcome::Stale))
-                .count();
+            written += outcomes.iter().filter(|o| o.wrote()).count();
         }
         serde_json::json!({
             "run": label,
