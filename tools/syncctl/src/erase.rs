@@ -28,7 +28,8 @@ pub struct EraseArgs {
     /// next sync that sees the record writes it again.
     #[arg(long)]
     pub lift: bool,
-    /// Who asks, kept in the marker as `erased_by` (default: the local user name, $USER).
+    /// Who asks, kept in the marker as `erased_by` (default: on AWS, the caller's ARN; locally
+    /// the user name, $USER).
     #[arg(long, value_name = "NAME")]
     pub actor: Option<String>,
     /// Print one JSON object.
@@ -114,7 +115,7 @@ async fn erase(args: &EraseArgs) -> Result<Report, String> {
         }
         return Ok(report);
     }
-    let actor = actor(args.actor.as_deref())?;
+    let actor = crate::actor::resolve(args.actor.as_deref(), &args.store).await?;
     let now = now_us();
     let (result, erasure) = match records
         .erase(&args.entity, &args.id, now, &actor)
@@ -134,24 +135,6 @@ async fn erase(args: &EraseArgs) -> Result<Report, String> {
     report.erased_by = Some(erasure.erased_by);
     report.notes = notes(store);
     Ok(report)
-}
-
-/// `--actor`, or the local user name. (On AWS the caller's ARN would name the operator better;
-/// pass it with `--actor` until `syncctl` asks STS itself.)
-fn actor(given: Option<&str>) -> Result<String, String> {
-    let name = match given {
-        Some(a) => a.trim().to_owned(),
-        None => ["USER", "LOGNAME", "USERNAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok())
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .ok_or("no user name in USER, LOGNAME or USERNAME: pass --actor NAME")?,
-    };
-    if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
-        return Err("--actor must be 1 to 256 printable characters".into());
-    }
-    Ok(name)
 }
 
 /// What an erasure does not reach, for the store it ran on.
@@ -204,14 +187,6 @@ fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_actor_is_trimmed_and_a_bad_one_refused() {
-        assert_eq!(actor(Some(" dpo@example.org ")).unwrap(), "dpo@example.org");
-        assert!(actor(Some("")).is_err());
-        assert!(actor(Some("a\nb")).is_err());
-        assert!(actor(Some(&"x".repeat(257))).is_err());
-    }
 
     #[test]
     fn the_table_names_the_result_and_the_caveats() {
