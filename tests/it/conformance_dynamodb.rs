@@ -749,3 +749,90 @@ async fn soft_deletes_expire_after_the_retention_and_a_restore_keeps_the_record(
         Some("expires_at")
     );
 }
+
+/// Restores a soft-deleted record (on its own client and runtime) just before the first
+/// `DeleteItem` goes out: a restore landing between the purge's scan and its delete.
+#[derive(Debug, Clone)]
+struct RestoreBeforeDelete {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    table: String,
+    record: shared::model::Record,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for RestoreBeforeDelete {
+    fn name(&self) -> &'static str {
+        "RestoreBeforeDelete"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let delete = ctx
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".DeleteItem"));
+        if !delete || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (table, record) = (self.table.clone(), self.record.clone());
+        let restored = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let store = DynamoRecords::new(dynamodb_client().await, &table);
+                store.upsert(&record, Strategy::Targeted).await
+            })
+        })
+        .join()
+        .expect("the restoring thread")
+        .expect("restore");
+        assert_eq!(restored, WriteOutcome::Restored);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_between_the_purge_scan_and_its_delete_wins() {
+    let (client, table, _) = fresh_tables().await;
+    let plain = DynamoRecords::new(client, &table);
+    let r = rec("people", "p1", 1_000, 1_000, &json!({"id": "p1"}));
+    plain.upsert(&r, Strategy::Delta).await.expect("insert");
+    plain
+        .soft_delete("people", "p1", 2_000, Strategy::Reconcile)
+        .await
+        .expect("soft delete");
+    let hook = RestoreBeforeDelete {
+        armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        table: table.clone(),
+        record: rec(
+            "people",
+            "p1",
+            1_000,
+            3_000,
+            &json!({"id": "p1", "back": true}),
+        ),
+    };
+    let sdk = crate::harness::sdk_config().await;
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .interceptor(hook.clone())
+        .build();
+    let store = DynamoRecords::new(aws_sdk_dynamodb::Client::from_conf(conf), &table);
+    let count = store
+        .purge_deleted(Some("people"), 10_000, None, false)
+        .await
+        .expect("purge");
+    assert!(
+        !hook.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the restore ran"
+    );
+    assert_eq!((count.matched, count.purged, count.changed), (1, 0, 1));
+    let got = plain.get("people", "p1").await.expect("get").expect("kept");
+    assert!(!got.is_deleted());
+    assert_eq!(got.payload, json!({"id": "p1", "back": true}));
+}
