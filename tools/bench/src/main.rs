@@ -3,6 +3,7 @@
 
 mod budget;
 mod converge;
+mod cost;
 mod fuzz;
 mod measure;
 mod reconcile;
@@ -104,6 +105,9 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000)]
         records: usize,
     },
+    /// AWS requests of each path for ~1 KB records against the emulators, priced at us-east-1
+    /// list prices per million records (issue 16); the last line is one JSON object.
+    Cost(cost::CostArgs),
 }
 
 fn main() {
@@ -132,6 +136,7 @@ fn main() {
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Converge { seeds, first_seed } => converge::main(seeds, first_seed),
         Cmd::Budget(args) => budget::run(&args),
+        Cmd::Cost(args) => cost::main(&args),
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
