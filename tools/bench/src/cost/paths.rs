@@ -88,6 +88,22 @@ pub(super) async fn paths(
     create_table(&c.ddb, &schema::CONTROL, &names.control_reread)
         .await
         .map_err(table_err)?;
+    // The records tables' stream off: DynamoDB Streams writes are not billed, and DynamoDB
+    // Local keeps every stream record, slowing down with each run (the emulator is shared).
+    for table in [&names.records, &names.records_small] {
+        c.ddb
+            .update_table()
+            .table_name(table)
+            .stream_specification(
+                aws_sdk_dynamodb::types::StreamSpecification::builder()
+                    .stream_enabled(false)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .send()
+            .await
+            .map_err(|e| format!("stream off on {table}: {}", AwsError::new(e)))?;
+    }
     let url = c
         .sqs
         .create_queue()
