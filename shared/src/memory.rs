@@ -8,7 +8,7 @@ use crate::model::*;
 use crate::ports::*;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -260,6 +260,8 @@ pub struct MemoryControl {
     pub events: Mutex<HashMap<String, (bool, Micros)>>,
     /// The 404 window's buckets: `(entity, window) -> counts`.
     pub not_found: Mutex<BTreeMap<(String, i64), NotFoundCounts>>,
+    /// `processed_events` fails while set (a control table that cannot be read).
+    pub fail_event_reads: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryControl {
@@ -398,23 +400,26 @@ impl ControlStore for MemoryControl {
         Ok(out)
     }
 
-    async fn claim_event(
+    async fn processed_events(
         &self,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        let mut ev = self.events.lock().expect("poisoned");
-        match ev.get(event_id) {
-            Some((true, _)) => Ok(EventClaim::Completed),
-            Some((false, until)) if *until > now_us => {
-                Ok(EventClaim::InProgress { until_us: *until })
-            }
-            _ => {
-                ev.insert(event_id.to_owned(), (false, now_us + in_progress_ttl_us));
-                Ok(EventClaim::Claimed)
-            }
+    ) -> Result<HashSet<String>, StoreError> {
+        if self
+            .fail_event_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StoreError::backend(
+                "read processed events",
+                std::io::Error::other("control table unreachable"),
+            ));
         }
+        let ev = self.events.lock().expect("poisoned");
+        Ok(event_ids
+            .iter()
+            .filter(|id| matches!(ev.get(**id), Some((true, until)) if *until > now_us))
+            .map(|id| (*id).to_owned())
+            .collect())
     }
 
     async fn complete_event(
@@ -426,14 +431,6 @@ impl ControlStore for MemoryControl {
             .lock()
             .expect("poisoned")
             .insert(event_id.to_owned(), (true, retain_until_us));
-        Ok(())
-    }
-
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        let mut ev = self.events.lock().expect("poisoned");
-        if matches!(ev.get(event_id), Some((false, _))) {
-            ev.remove(event_id);
-        }
         Ok(())
     }
 

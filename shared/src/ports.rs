@@ -11,6 +11,7 @@ use crate::model::{
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use std::collections::HashSet;
 use tokio::io::AsyncRead;
 
 /// The synced records (the `records` table).
@@ -204,17 +205,6 @@ pub struct CursorSave<'a> {
     pub cursor: &'a str,
 }
 
-/// Result of claiming an event ID (webhook dedup, the Powertools idempotency pattern).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventClaim {
-    /// New (or its earlier in-progress marker expired): process it, then `complete_event`.
-    Claimed,
-    /// Another worker is processing it right now.
-    InProgress { until_us: Micros },
-    /// Already processed.
-    Completed,
-}
-
 /// Cursors, leases, run history and processed event IDs (the `control` table).
 #[async_trait]
 pub trait ControlStore: Send + Sync {
@@ -288,23 +278,25 @@ pub trait ControlStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<RunRecord>, StoreError>;
 
-    /// Claim an event ID: an in-progress marker until `now + in_progress_ttl`.
-    async fn claim_event(
+    /// Which of `event_ids` were processed: marked by `complete_event` with a retention
+    /// still running at `now_us` (an expired marker counts as absent, whether or not the
+    /// store has removed it yet). One read for the lot; it may be eventually consistent: a
+    /// marker written a moment ago and missed costs a second fetch of the record, never a
+    /// wrong write (the version rule decides every write).
+    async fn processed_events(
         &self,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError>;
+    ) -> Result<HashSet<String>, StoreError>;
 
     /// Mark processed, kept until `retain_until_us` (at least the sender's retry horizon).
+    /// Written only after the event's work succeeded: a failure or a crash before it leaves
+    /// nothing behind, so the redelivery does the work again.
     async fn complete_event(
         &self,
         event_id: &str,
         retain_until_us: Micros,
     ) -> Result<(), StoreError>;
-
-    /// Drop an in-progress marker after a failure so that a redelivery can process it.
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError>;
 
     /// Add one worker batch's fetches and unexpected 404s of `entity` to its rolling 404
     /// window (the `notfound#<entity>` item) and answer the window's totals after the addition:

@@ -29,8 +29,8 @@ use shared::model::{
     Record, RegressOutcome, Strategy, WriteOutcome, shard_of,
 };
 use shared::ports::{
-    BudgetStore, ControlStore, EventClaim, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US,
-    NotFoundCounts, RecordStore, RunRecord, not_found_window,
+    BudgetStore, ControlStore, JobKind, LeaseOutcome, NOT_FOUND_WINDOW_US, NotFoundCounts,
+    RecordStore, RunRecord, not_found_window,
 };
 use std::collections::BTreeSet;
 
@@ -94,7 +94,7 @@ macro_rules! conformance_suite {
             control_test!(release_lets_another_acquire);
             control_test!(concurrent_acquires_have_one_winner);
             control_test!(runs_newest_first_with_limit);
-            control_test!(event_claims);
+            control_test!(processed_events);
             control_test!(not_found_window_rolls_by_ten_minutes);
         }
     };
@@ -1981,83 +1981,47 @@ pub async fn runs_newest_first_with_limit(c: &dyn ControlStore) {
     );
 }
 
-pub async fn event_claims(c: &dyn ControlStore) {
+/// Webhook dedup (`processed_events`, `complete_event`): an event is processed once completed,
+/// until its retention ends; one read answers for many IDs (more than one BatchGetItem's 100
+/// keys, repeated IDs, unusual characters).
+pub async fn processed_events(c: &dyn ControlStore) {
     let t = now_us();
-    let ttl = 60 * SEC;
-    assert_eq!(
-        c.claim_event("evt-1", t, ttl).await.expect("claim"),
-        EventClaim::Claimed
-    );
-    assert_eq!(
-        c.claim_event("evt-1", t + SEC, ttl).await.expect("claim"),
-        EventClaim::InProgress { until_us: t + ttl }
-    );
-    // Another event is independent.
-    assert_eq!(
-        c.claim_event("evt-2", t, ttl).await.expect("claim"),
-        EventClaim::Claimed
-    );
-    // The worker died: once its marker expires, a redelivery claims it.
-    assert_eq!(
-        c.claim_event("evt-1", t + ttl, ttl).await.expect("claim"),
-        EventClaim::Claimed
-    );
-    assert_eq!(
-        c.claim_event("evt-1", t + ttl + SEC, ttl)
+    let done = |ids: Vec<String>, now: i64| async move {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut v: Vec<String> = c
+            .processed_events(&refs, now)
             .await
-            .expect("claim"),
-        EventClaim::InProgress {
-            until_us: t + 2 * ttl
-        }
-    );
-    // Processed: completed until the retention ends, whatever the in-progress TTL.
+            .expect("processed events")
+            .into_iter()
+            .collect();
+        v.sort();
+        v
+    };
+    let ids = |names: &[&str]| names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>();
+    assert!(done(ids(&["evt-1"]), t).await.is_empty(), "never seen");
+    assert!(done(Vec::new(), t).await.is_empty(), "no IDs");
     let retain = t + 7 * 24 * 3_600 * SEC;
     c.complete_event("evt-1", retain).await.expect("complete");
+    c.complete_event("evt-2", t + SEC).await.expect("complete");
     assert_eq!(
-        c.claim_event("evt-1", t + 3 * ttl, ttl)
-            .await
-            .expect("claim"),
-        EventClaim::Completed
+        done(ids(&["evt-1", "evt-2", "evt-3", "evt-1"]), t).await,
+        ["evt-1", "evt-2"]
     );
-    // Releasing a completed event changes nothing.
-    c.release_event("evt-1").await.expect("release");
-    assert_eq!(
-        c.claim_event("evt-1", t + 3 * ttl, ttl)
-            .await
-            .expect("claim"),
-        EventClaim::Completed
-    );
-    // A failed worker releases its claim: the redelivery claims it at once.
-    c.release_event("evt-2").await.expect("release");
-    assert_eq!(
-        c.claim_event("evt-2", t + SEC, ttl).await.expect("claim"),
-        EventClaim::Claimed
-    );
-    // Releasing an unknown event is fine.
-    c.release_event("never-seen").await.expect("release");
-    // Concurrent claims of one new event: exactly one wins.
-    let claims = join_all((0..10).map(|_| c.claim_event("evt-3", t, ttl))).await;
-    let claims: Vec<EventClaim> = claims.into_iter().map(|r| r.expect("claim")).collect();
-    assert_eq!(
-        claims.iter().filter(|c| **c == EventClaim::Claimed).count(),
-        1,
-        "{claims:?}"
-    );
-    assert!(
-        claims
-            .iter()
-            .all(|c| matches!(c, EventClaim::Claimed | EventClaim::InProgress { .. }))
-    );
+    // Past its retention an event is new again (whether or not TTL has removed it).
+    assert_eq!(done(ids(&["evt-1", "evt-2"]), t + SEC).await, ["evt-1"]);
+    assert!(done(ids(&["evt-1"]), retain).await.is_empty());
+    // Completing again extends the retention.
+    c.complete_event("evt-2", retain).await.expect("complete");
+    assert_eq!(done(ids(&["evt-2"]), t + SEC).await, ["evt-2"]);
     // IDs with unusual characters.
-    assert_eq!(
-        c.claim_event("msg#1/ü", t, ttl).await.expect("claim"),
-        EventClaim::Claimed
-    );
     c.complete_event("msg#1/ü", retain).await.expect("complete");
-    assert_eq!(
-        c.claim_event("msg#1/ü", t, ttl).await.expect("claim"),
-        EventClaim::Completed
-    );
+    assert_eq!(done(ids(&["msg#1/ü", "msg#1"]), t).await, ["msg#1/ü"]);
+    // 150 IDs in one read, 120 of them processed (two BatchGetItem calls on DynamoDB).
+    let many: Vec<String> = (0..150).map(|i| format!("bulk-{i:03}")).collect();
+    for id in &many[..120] {
+        c.complete_event(id, retain).await.expect("complete");
+    }
+    assert_eq!(done(many.clone(), t).await, many[..120].to_vec());
 }
 
 /// The rolling 404 window (`count_not_found`): counts add up within a 10-minute bucket, the

@@ -208,7 +208,7 @@ async fn a_minute_retry_after_fails_the_worker_message_promptly_and_deletes_noth
     let one = rs.get(E, "1").await.unwrap().expect("person 1");
     assert!(!one.is_deleted(), "nothing deleted on a fetch cut short");
     assert!(rs.get(E, "2").await.unwrap().is_some());
-    // SQS redelivers m0: its claim was released, so it is processed (the source still has
+    // SQS redelivers m0: nothing marked its event done, so it is processed (the source still has
     // person 1, so the delete is not confirmed and the record stays).
     let again = process_batch(
         &deps,

@@ -554,7 +554,7 @@ async fn failure_mid_batch(dedup: DedupMode) -> (BatchReport, BatchReport, usize
 
 #[tokio::test]
 async fn a_failure_mid_batch_loses_nothing_and_retries_only_the_failed() {
-    let (first, second, live) = failure_mid_batch(DedupMode::InProgressThenCompleted).await;
+    let (first, second, live) = failure_mid_batch(DedupMode::CompletedAfter).await;
     assert_eq!(first.failed.len(), 1, "{first:?}");
     assert_eq!(first.written, 4);
     assert_eq!((second.written, second.failed.len()), (1, 0));

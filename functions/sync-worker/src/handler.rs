@@ -16,15 +16,8 @@ pub struct Deps {
     pub options: WorkerOptions,
 }
 
-/// A claim outlives the invocation by this much (then another delivery may take it over).
-const CLAIM_MARGIN: Duration = Duration::from_secs(60);
-// A message whose attempt crashed after its claim comes back after the visibility timeout,
-// 6 x the function's timeout (template.yaml, Mappings.WorkerTimeout; 30 s at the shortest):
-// its claim must have expired by then, or every redelivery meets it and the message reaches
-// the dead-letter queue with nothing wrong but a crash.
-const _: () = assert!(CLAIM_MARGIN.as_secs() + 30 < 6 * 30);
 /// The fetches stop this long before the invocation's deadline (a request already sent, the
-/// writes and the claims' settling fit in it; the source's request timeout is 10 s by default):
+/// writes and the processed events' markers fit in it; the source's request timeout is 10 s by default):
 /// a `Retry-After` or a backoff that would pass the stop fails its message for SQS to retry.
 const STOP_MARGIN: Duration = Duration::from_secs(15);
 
@@ -44,8 +37,6 @@ pub async fn handle(
         .collect();
     let mut options = deps.options.clone();
     let deadline = event.context.deadline();
-    let left = shared::core::deadline::time_left(deadline).unwrap_or_default();
-    options.in_progress_ttl_us = (left + CLAIM_MARGIN).as_micros() as i64;
     options.stop_at = shared::core::deadline::stop_instant(deadline, STOP_MARGIN);
     let before = deps.source.usage();
     let report = process_batch(

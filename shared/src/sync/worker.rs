@@ -1,9 +1,17 @@
 //! The sync worker: a batch of queue messages ("sync this record", from webhooks or from
 //! reconciliation) becomes at most one `get_by_id` per record and a write under the version rule.
 //!
-//! - Dedup by event ID, Powertools' idempotency pattern: claim (an in-progress marker that
-//!   expires), do the work, then mark completed (kept for the sender's retry horizon). A failure
-//!   releases the claim, so a redelivery processes the message: nothing is lost.
+//! - Dedup by event ID, one write per event: one read of the batch's markers first (an event
+//!   marked processed is a duplicate: done, not fetched), the work, then a `completed` marker
+//!   for each event whose work succeeded (kept for the sender's retry horizon). Nothing is
+//!   written before the work, so a failure or a crash leaves no marker and the redelivery
+//!   does the work: nothing is lost, and no claim outlives a crash to fail the redeliveries.
+//!   Two deliveries of one event processed at the same moment both fetch (the read misses
+//!   the other's marker): one more source request, never a wrong write, since the version rule
+//!   decides every write. Powertools' claim-then-complete pattern closes that race for two
+//!   writes per event; the race is rare (a sender retries after its timeout, SQS duplicates
+//!   seldom) and its cost is one request, so one write it is (issue 16's cost benchmark:
+//!   $0.625 per million events less).
 //! - Coalescing: messages for one `(entity, id)` share one fetch.
 //! - A JSON 404 soft-deletes, conditional on the record not having been fetched at or after the
 //!   404's request was sent (`core::decide_delete`). One clock (`SourceApi::fetch_by_id`): the
@@ -18,7 +26,7 @@
 //!   (`ControlStore::count_not_found`: this 10-minute bucket and the previous one, one write
 //!   per entity and batch), so that a trickle of one or two messages per batch trips too.
 //! - One span per message (`message`: message ID, event ID, entity, record ID; never its
-//!   body), in which its claim calls run and its failure is logged.
+//!   body), in which its `complete_event` runs and its failure is logged.
 //! - A record the source has but that cannot be synced (`SourceError::Rejected`: a null or
 //!   unreadable delta value, an unpaired surrogate escape, ...) or that the store refuses as too
 //!   large: its messages are done (deleted from the queue, not retried: retrying cannot help
@@ -33,18 +41,18 @@ use crate::config::Env;
 use crate::core::timefmt::now_us;
 use crate::error::{ConfigError, SourceError, StoreError};
 use crate::model::{DeleteOutcome, Fetched, Micros, Record, RejectReason, Strategy, WriteOutcome};
-use crate::ports::{ControlStore, EventClaim, NotFoundCounts, RecordStore, SourceApi};
+use crate::ports::{ControlStore, NotFoundCounts, RecordStore, SourceApi};
 use crate::wire::{ENVELOPE_VERSION, EnvelopeAction, MessageKind, QueueEnvelope};
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::Instrument;
 
 /// When the dedup marker is written (a negative-control switch, compiled for tests only).
 #[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DedupMode {
-    /// Claim in progress, complete after the work succeeded (the product).
-    InProgressThenCompleted,
+    /// Mark completed after the work succeeded (the product).
+    CompletedAfter,
     /// Negative control for tests: mark completed before the work, so a failure loses the
     /// message on redelivery.
     CompletedFirst,
@@ -60,9 +68,6 @@ pub struct WorkerOptions {
     /// The ceiling applies from this many unexpected 404s in a batch, or in the window (a lone
     /// late update of a deleted record must still delete).
     pub not_found_min: usize,
-    /// How long a claim holds before another worker may take the event over (longer than the
-    /// invocation can run).
-    pub in_progress_ttl_us: Micros,
     /// How long a processed event ID is remembered (at least the sender's retry horizon).
     pub retain_us: Micros,
     /// `get_by_id` calls in flight (the client's rate limiter still applies).
@@ -96,12 +101,11 @@ impl Default for WorkerOptions {
         WorkerOptions {
             not_found_ceiling: 0.5,
             not_found_min: 5,
-            in_progress_ttl_us: 15 * 60 * 1_000_000,
             retain_us: 8 * 24 * 3600 * 1_000_000,
             concurrency: 8,
             stop_at: None,
             #[cfg(any(test, feature = "testing"))]
-            dedup: DedupMode::InProgressThenCompleted,
+            dedup: DedupMode::CompletedAfter,
             #[cfg(any(test, feature = "testing"))]
             confirm_deletes: true,
             #[cfg(any(test, feature = "testing"))]
@@ -272,8 +276,9 @@ pub struct WorkerDeps<'a> {
 enum Failure {
     #[error("undecodable message: {0}")]
     Poison(String),
-    #[error("event in progress elsewhere until {0}")]
-    InProgress(Micros),
+    /// The batch's read of processed events failed (every message with an event ID fails).
+    #[error("reading processed events: {0}")]
+    Dedup(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("source: {0}")]
@@ -303,8 +308,8 @@ enum Failure {
 struct Item {
     message_id: String,
     env: QueueEnvelope,
-    /// The event ID we claimed (and must complete or release).
-    claimed: Option<String>,
+    /// The event ID to mark processed once the work succeeded.
+    event: Option<String>,
 }
 
 /// Process one batch. Every message ends either done (processed or a duplicate) or in
@@ -328,6 +333,8 @@ pub async fn process_batch(
     // (never its body). The message's own calls run in it, and its failure is logged in it.
     let mut spans: HashMap<&str, tracing::Span> = HashMap::with_capacity(msgs.len());
 
+    let mut decoded: Vec<(&InMessage, QueueEnvelope, tracing::Span)> =
+        Vec::with_capacity(msgs.len());
     for m in msgs {
         let span = tracing::info_span!(
             "message",
@@ -337,60 +344,76 @@ pub async fn process_batch(
             record_id = tracing::field::Empty,
         );
         spans.entry(&m.message_id).or_insert_with(|| span.clone());
-        let env = match decode(&m.body) {
-            Ok(e) => e,
+        match decode(&m.body) {
+            Ok(env) => {
+                span.record("entity", env.entity.as_str());
+                span.record("record_id", env.id.as_str());
+                if let Some(ev) = &env.event_id {
+                    span.record("event_id", ev.as_str());
+                }
+                decoded.push((m, env, span));
+            }
             Err(reason) => {
                 report.poison += 1;
                 failures.push((m.message_id.clone(), Failure::Poison(reason)));
-                continue;
             }
-        };
-        span.record("entity", env.entity.as_str());
-        span.record("record_id", env.id.as_str());
-        if let Some(ev) = &env.event_id {
-            span.record("event_id", ev.as_str());
-            if let Some(&first) = first_of_event.get(ev) {
-                followers.push((m.message_id.clone(), first));
-                continue;
-            }
-            let now = now_us();
-            let claim = deps
-                .control
-                .claim_event(ev, now, opts.in_progress_ttl_us)
-                .instrument(span.clone())
-                .await;
-            match claim {
-                Ok(EventClaim::Claimed) => {
-                    if opts.completes_first()
-                        && let Err(e) = deps
-                            .control
-                            .complete_event(ev, now + opts.retain_us)
-                            .instrument(span.clone())
-                            .await
-                    {
-                        failures.push((m.message_id.clone(), e.into()));
-                        continue;
-                    }
-                    first_of_event.insert(ev.clone(), items.len());
-                    items.push(Item {
-                        message_id: m.message_id.clone(),
-                        claimed: Some(ev.clone()),
-                        env,
-                    });
-                }
-                Ok(EventClaim::Completed) => report.duplicates += 1,
-                Ok(EventClaim::InProgress { until_us }) => {
-                    failures.push((m.message_id.clone(), Failure::InProgress(until_us)))
-                }
-                Err(e) => failures.push((m.message_id.clone(), e.into())),
-            }
-        } else {
+        }
+    }
+
+    // Which events were processed already: one read for the batch (nothing is written before
+    // the work: a failure or a crash leaves no marker, and the redelivery does the work).
+    let event_ids: Vec<&str> = decoded
+        .iter()
+        .filter_map(|(_, env, _)| env.event_id.as_deref())
+        .collect();
+    let processed = if event_ids.is_empty() {
+        Ok(HashSet::new())
+    } else {
+        deps.control
+            .processed_events(&event_ids, now_us())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    for (m, env, span) in decoded {
+        let Some(ev) = env.event_id.clone() else {
             items.push(Item {
                 message_id: m.message_id.clone(),
-                claimed: None,
+                event: None,
                 env,
             });
+            continue;
+        };
+        if let Some(&first) = first_of_event.get(&ev) {
+            followers.push((m.message_id.clone(), first));
+            continue;
         }
+        match &processed {
+            Err(e) => {
+                failures.push((m.message_id.clone(), Failure::Dedup(e.clone())));
+                continue;
+            }
+            Ok(done) if done.contains(&ev) => {
+                report.duplicates += 1;
+                continue;
+            }
+            Ok(_) => {}
+        }
+        if opts.completes_first()
+            && let Err(e) = deps
+                .control
+                .complete_event(&ev, now_us() + opts.retain_us)
+                .instrument(span)
+                .await
+        {
+            failures.push((m.message_id.clone(), e.into()));
+            continue;
+        }
+        first_of_event.insert(ev.clone(), items.len());
+        items.push(Item {
+            message_id: m.message_id.clone(),
+            event: Some(ev),
+            env,
+        });
     }
 
     // Coalesce by (entity, id): one fetch per record.
@@ -422,7 +445,7 @@ pub async fn process_batch(
     .await;
     apply(deps, &mut groups, outcomes, opts, &mut report).await;
 
-    // Settle every item: complete or release its claim.
+    // Settle every item: a processed event is marked so (a failed one is left unmarked).
     let mut item_ok = vec![false; items.len()];
     for g in &mut groups {
         let result = g.result.take().unwrap_or(Ok(()));
@@ -441,27 +464,23 @@ pub async fn process_batch(
         }
     }
     for (i, it) in items.iter().enumerate() {
-        let Some(ev) = &it.claimed else { continue };
-        if opts.completes_first() {
+        let Some(ev) = &it.event else { continue };
+        if opts.completes_first() || !item_ok[i] {
             continue;
         }
         let span = spans
             .get(it.message_id.as_str())
             .cloned()
             .unwrap_or_else(tracing::Span::none);
-        if item_ok[i] {
-            if let Err(e) = deps
-                .control
-                .complete_event(ev, now_us() + opts.retain_us)
-                .instrument(span)
-                .await
-            {
-                // The work is done and idempotent: redoing it after the claim expires is safe.
-                item_ok[i] = false;
-                failures.push((it.message_id.clone(), e.into()));
-            }
-        } else if let Err(e) = deps.control.release_event(ev).instrument(span).await {
-            tracing::warn!(message_id = %it.message_id, error = %e, "cannot release claim; it expires");
+        if let Err(e) = deps
+            .control
+            .complete_event(ev, now_us() + opts.retain_us)
+            .instrument(span)
+            .await
+        {
+            // The work is done and idempotent: the redelivery redoes it (one more fetch).
+            item_ok[i] = false;
+            failures.push((it.message_id.clone(), e.into()));
         }
     }
     for (follower, first) in followers {

@@ -124,8 +124,7 @@ async fn negative_control_a_strict_max_seen_cursor_loses_ties() {
     assert!(total(&out, "I1") > 0, "no I1 violation found:\n{report}");
 }
 
-/// The worker's dedup after the work (claim in progress, complete once written) -> complete
-/// first: a message whose work then fails (an armed record-write crash, a source fault) is
+/// The worker's dedup after the work (marked done once written) -> marked first: a message whose work then fails (an armed record-write crash, a source fault) is
 /// redelivered, taken for a duplicate and acknowledged with its change never stored (I5).
 #[tokio::test]
 async fn negative_control_dedup_before_the_work_acknowledges_lost_events() {

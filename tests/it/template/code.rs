@@ -245,7 +245,7 @@ pub(super) fn function_logic_code(binary: &str) -> String {
     code.join("\n")
 }
 
-/// The methods of a trait of `shared/src/ports.rs` (`ControlStore` → `claim_event`, ...).
+/// The methods of a trait of `shared/src/ports.rs` (`ControlStore` → `processed_events`, ...).
 pub(super) fn port_methods(trait_name: &str) -> BTreeSet<String> {
     let code = production_code(&root().join("shared/src/ports.rs"));
     let start = code

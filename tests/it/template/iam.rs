@@ -603,21 +603,21 @@ fn template_grants_only_calls_the_code_makes() {
             .any(|b| b.contains("dynamodb:Scan on RecordsTable")),
         "{found:?}"
     );
-    // The control adapter deletes items, the records adapter never does: per table.
+    // The control adapter puts items, the records adapter never does: per table.
     let found =
-        with("{Effect: Allow, Action: dynamodb:DeleteItem, Resource: !GetAtt RecordsTable.Arn}");
+        with("{Effect: Allow, Action: dynamodb:PutItem, Resource: !GetAtt RecordsTable.Arn}");
     assert!(
         found
             .iter()
-            .any(|b| b.contains("dynamodb:DeleteItem on RecordsTable")),
+            .any(|b| b.contains("dynamodb:PutItem on RecordsTable")),
         "{found:?}"
     );
     let found =
-        with("{Effect: Allow, Action: dynamodb:DeleteItem, Resource: !GetAtt ControlTable.Arn}");
+        with("{Effect: Allow, Action: dynamodb:PutItem, Resource: !GetAtt ControlTable.Arn}");
     assert_eq!(
         found,
         Vec::<String>::new(),
-        "the control adapter does call DeleteItem"
+        "the control adapter does call PutItem"
     );
     // The control table has no index to query.
     let found = with(
@@ -973,8 +973,9 @@ fn template_delta_sync_grants_cover_a_run() {
 }
 
 /// What a batch calls (`sync-worker` through the DynamoDB adapter): records BatchGetItem and
-/// UpdateItem (upsert_many, soft_delete); control PutItem (claim_event, complete_event),
-/// DeleteItem (release_event) and UpdateItem (count_not_found, the rolling 404 window). Exactly these, the poller's SQS actions on the work queue, and the
+/// UpdateItem (upsert_many, soft_delete); control BatchGetItem (processed_events), PutItem
+/// (complete_event) and UpdateItem (count_not_found, the rolling 404 window, and the rate
+/// budget). Exactly these, the poller's SQS actions on the work queue, and the
 /// source secret as the delta function reads it.
 #[test]
 fn template_sync_worker_grants_cover_a_batch() {
@@ -990,7 +991,7 @@ fn template_sync_worker_grants_cover_a_batch() {
             ),
             (
                 ("ControlTable".to_owned(), None),
-                set(&["PutItem", "DeleteItem", "UpdateItem"])
+                set(&["BatchGetItem", "PutItem", "UpdateItem"])
             ),
         ])
     );
@@ -1068,7 +1069,7 @@ fn template_reconcile_function_grants_cover_the_steps() {
     );
     let batch_get = body("batch_get");
     assert!(
-        calls(&batch_get, "BatchGetItem") && batch_get.contains(".consistent_read(true)"),
+        calls(&batch_get, "BatchGetItem") && batch_get.contains("Read::Strong"),
         "batch_get: a strongly consistent BatchGetItem"
     );
 

@@ -800,7 +800,7 @@ fn template_delta_function_is_not_retried_and_records_failures() {
     );
 }
 
-/// The worker builds `event#` keys (claim, complete, release) and its rolling 404 window's
+/// The worker builds `event#` keys (the batch's read, complete) and its rolling 404 window's
 /// `notfound#` key through the control adapter; the ingest touches the control table not at
 /// all. The template grants each exactly that.
 #[test]
@@ -808,8 +808,8 @@ fn template_control_grants_are_limited_to_the_keys_the_code_builds() {
     let t = template();
     let worker = control_keys("sync-worker").expect("the worker's control calls are traced");
     for pair in [
+        ("BatchGetItem", "event#"),
         ("PutItem", "event#"),
-        ("DeleteItem", "event#"),
         ("UpdateItem", "notfound#"),
         ("UpdateItem", "budget#"),
     ] {
@@ -958,7 +958,7 @@ fn template_key_tracing_reads_paths_bodies_and_prefixes() {
     );
     let methods = port_methods("ControlStore");
     assert!(
-        methods.contains("claim_event") && methods.contains("upsert_then_save_cursor"),
+        methods.contains("processed_events") && methods.contains("upsert_then_save_cursor"),
         "{methods:?}"
     );
 }

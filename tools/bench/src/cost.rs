@@ -42,7 +42,6 @@ use shared::adapters::s3::S3Spill;
 use shared::ports::SpillStore;
 use source_sim::SimConfig;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// The issue's bound on records per path.
 const MAX_RECORDS: u64 = 20_000;
@@ -72,8 +71,6 @@ const RECONCILE_FN: &str = "reconcile";
 const FUNCTIONS: [&str; 4] = [DELTA_FN, INGEST_FN, WORKER_FN, RECONCILE_FN];
 const ENTITY: &str = "people";
 const SECRET: &str = "bench-cost-webhook-secret";
-/// The worker's timeout (template.yaml's WorkerTimeoutSeconds default): its claims' lifetime.
-const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Issue 16's targets, in dollars per million records (the reconciliation: per run of an
 /// unchanged 1,000,000-record entity).

@@ -338,7 +338,7 @@ pub async fn reconcile_leg(
             records: store,
             control: store,
         };
-        let d = drain_queue(&queue, &wdeps, &queue_options).await?;
+        let d = drain_queue(&queue, &wdeps).await?;
         println!("   worker: {}", describe_drained(&d));
         expect(d.failed == 0 && d.written as u64 >= 2, || {
             format!("the worker did not fetch the queued records: {d:?}")

@@ -393,7 +393,7 @@ pub async fn execute(
             records: records.as_ref(),
             control: control.as_ref(),
         };
-        Some(drain_queue(&queue, &wdeps, &queue_options).await?)
+        Some(drain_queue(&queue, &wdeps).await?)
     } else {
         let waiting: u64 = runs.iter().map(|r| r.queued).sum();
         if waiting > 0 {
@@ -470,12 +470,8 @@ pub async fn reconcile_entities(
 
 /// Receive and process until the queue shows nothing visible: what succeeded is deleted; what
 /// failed comes back after the visibility timeout (for `serve`, or the next drain).
-pub async fn drain_queue(
-    queue: &LocalQueue,
-    deps: &WorkerDeps<'_>,
-    queue_options: &QueueOptions,
-) -> Result<Drained, String> {
-    let options = crate::serve::worker_options(queue_options);
+pub async fn drain_queue(queue: &LocalQueue, deps: &WorkerDeps<'_>) -> Result<Drained, String> {
+    let options = shared::sync::worker::WorkerOptions::default();
     let mut d = Drained::default();
     loop {
         let got = queue

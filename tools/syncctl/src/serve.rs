@@ -103,24 +103,13 @@ impl ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             store,
             queue: "work".into(),
-            worker: worker_options(&queue_options),
+            worker: WorkerOptions::default(),
             queue_options,
             config,
             secrets,
             source,
             on_batch: None,
         }
-    }
-}
-
-/// The worker's options for a queue: an event's in-progress claim lasts as long as the
-/// message's invisibility. (The default, 15 minutes, is a Lambda's longest run; here a claim
-/// left by a killed process would outlive every redelivery and send the message to the dead
-/// letters.)
-pub fn worker_options(queue: &QueueOptions) -> WorkerOptions {
-    WorkerOptions {
-        in_progress_ttl_us: i64::try_from(queue.visibility_timeout.as_micros()).unwrap_or(i64::MAX),
-        ..WorkerOptions::default()
     }
 }
 
@@ -419,7 +408,7 @@ struct Worker {
 }
 
 /// Receive, process, delete what succeeded; until asked to stop (between batches, so that a
-/// batch is never cut in the middle and its claims never left behind).
+/// batch is never cut in the middle).
 async fn worker_loop(mut w: Worker) {
     while !*w.stopped.borrow() {
         let got = match w.queue.receive(BATCH_SIZE, RECEIVE_WAIT_MS).await {
@@ -542,7 +531,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let handle = start(ServeOptions {
         listen: args.listen,
         queue: args.queue.clone(),
-        worker: worker_options(&queue_options),
+        worker: WorkerOptions::default(),
         queue_options,
         on_batch: Some(Arc::new(|r: &BatchReport| {
             println!("{}", describe_batch(r))

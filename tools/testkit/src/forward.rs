@@ -33,11 +33,11 @@ use shared::model::{
     RegressOutcome, StoredRecord, StoredVersion, Strategy, SyncTimes, WriteOutcome,
 };
 use shared::ports::{
-    ControlStore, EventClaim, IdPage, JobKind, JobState, LeaseOutcome, NotFoundCounts, RecordPage,
-    RecordStore, RunRecord, SourceApi,
+    ControlStore, IdPage, JobKind, JobState, LeaseOutcome, NotFoundCounts, RecordPage, RecordStore,
+    RunRecord, SourceApi,
 };
 use shared::{SourceError, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// `inner`, with every call passed through `hook` (see the module doc).
@@ -318,16 +318,13 @@ pub trait ControlHooks<S: ControlStore + ?Sized>: Send + Sync {
         inner.list_runs(entity, kind, limit).await
     }
 
-    async fn claim_event(
+    async fn processed_events(
         &self,
         inner: &S,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        inner
-            .claim_event(event_id, now_us, in_progress_ttl_us)
-            .await
+    ) -> Result<HashSet<String>, StoreError> {
+        inner.processed_events(event_ids, now_us).await
     }
 
     async fn complete_event(
@@ -337,10 +334,6 @@ pub trait ControlHooks<S: ControlStore + ?Sized>: Send + Sync {
         retain_until_us: Micros,
     ) -> Result<(), StoreError> {
         inner.complete_event(event_id, retain_until_us).await
-    }
-
-    async fn release_event(&self, inner: &S, event_id: &str) -> Result<(), StoreError> {
-        inner.release_event(event_id).await
     }
 
     async fn count_not_found(
@@ -424,14 +417,13 @@ impl<S: ControlStore + ?Sized, H: ControlHooks<S>> ControlStore for Forward<S, H
         self.hook.list_runs(&self.inner, entity, kind, limit).await
     }
 
-    async fn claim_event(
+    async fn processed_events(
         &self,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
+    ) -> Result<HashSet<String>, StoreError> {
         self.hook
-            .claim_event(&self.inner, event_id, now_us, in_progress_ttl_us)
+            .processed_events(&self.inner, event_ids, now_us)
             .await
     }
 
@@ -443,10 +435,6 @@ impl<S: ControlStore + ?Sized, H: ControlHooks<S>> ControlStore for Forward<S, H
         self.hook
             .complete_event(&self.inner, event_id, retain_until_us)
             .await
-    }
-
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        self.hook.release_event(&self.inner, event_id).await
     }
 
     async fn count_not_found(

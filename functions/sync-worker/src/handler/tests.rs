@@ -154,7 +154,7 @@ async fn a_retry_after_past_the_stop_fails_its_messages_at_once_for_sqs_to_retry
     );
     assert!(f.store.get("people", "3").await.unwrap().is_none());
     assert!(f.store.get("donations", "2").await.unwrap().is_some());
-    // The redelivery, with time to spare, processes them (their claims were released).
+    // The redelivery, with time to spare, processes them (nothing marked them done).
     let r = handle(&deps, invoke(sample("webhook-batch")))
         .await
         .unwrap();

@@ -3,23 +3,22 @@
 //! image (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), never by a second read.
 
 use super::conditional::{self, Attempt};
-use super::item::{Item, ItemReader, n, s, ttl_seconds};
+use super::item::{Item, ItemReader, Read, batch_get, n, s, ttl_seconds};
 use super::schema::attr;
 use crate::adapters::aws::store_error;
 use crate::core::timefmt::now_us;
 use crate::error::StoreError;
 use crate::model::Micros;
 use crate::ports::{
-    ControlStore, EventClaim, JobKind, JobState, LeaseOutcome, NOT_FOUND_STALE_WINDOWS,
-    NOT_FOUND_WINDOW_US, NotFoundCounts, RunRecord, not_found_window,
+    ControlStore, JobKind, JobState, LeaseOutcome, NOT_FOUND_STALE_WINDOWS, NOT_FOUND_WINDOW_US,
+    NotFoundCounts, RunRecord, not_found_window,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use std::collections::{HashMap, HashSet};
 
 /// Run-history entries expire this long after their last write (DynamoDB TTL).
 pub const RUN_HISTORY_RETENTION_US: Micros = 90 * 24 * 3_600 * 1_000_000;
@@ -27,7 +26,9 @@ pub const RUN_HISTORY_RETENTION_US: Micros = 90 * 24 * 3_600 * 1_000_000;
 const STATE_SK: &str = "state";
 const EVENT_SK: &str = "event";
 const NOT_FOUND_SK: &str = "window";
-const IN_PROGRESS: &str = "in_progress";
+/// The status of the claims the worker wrote before one write per event: read as not
+/// processed (the marker expires; `complete_event` overwrites it).
+const LEGACY_IN_PROGRESS: &str = "in_progress";
 const COMPLETED: &str = "completed";
 
 pub fn job_pk(entity: &str, kind: JobKind) -> String {
@@ -73,11 +74,10 @@ fn scope(entity: &str, kind: JobKind) -> String {
 /// - `save_cursor` is fenced: `lease_holder = :me AND lease_expires_us > :now`, else
 ///   `StoreError::LeaseLost`; it extends the lease in the same write.
 /// - `release_lease`: `lease_holder = :me`, REMOVE holder and expiry (token and cursor kept).
-/// - Events: `claim_event` puts an in-progress marker when
-///   `attribute_not_exists(pk) OR until_us <= :now` (absent, or expired whether in progress or
-///   completed, exactly like the local store and like TTL will eventually make it);
-///   `complete_event` overwrites it with `completed`; `release_event` deletes only an
-///   in-progress marker.
+/// - Events: `processed_events` is one eventually consistent BatchGetItem of the markers; a
+///   marker counts when `completed` and `until_us > now` (an expired one is absent, exactly
+///   like the local store and like TTL will eventually make it). `complete_event` puts the
+///   `completed` marker, unconditionally (one write per processed event).
 /// - 404 window: `count_not_found` is one UpdateItem on `notfound#<entity>` / `window`:
 ///   `ADD f_<w> :fetched, n_<w> :not_found` for the current 10-minute window `w`, `REMOVE` the
 ///   buckets `w-2` to `w-7` in the same expression, `SET ttl` to the end of window `w+1` (an
@@ -223,16 +223,24 @@ fn decode_run(key: &str, item: &Item) -> Result<RunRecord, StoreError> {
     })
 }
 
-/// What an event marker says: its status and until when.
-fn decode_event(key: &str, item: &Item) -> Result<(EventClaim, Micros), StoreError> {
+/// The event ID of a marker that says processed at `now_us` (completed, retention running).
+fn decode_event<'a>(
+    key: &'a str,
+    item: &'a Item,
+    now_us: Micros,
+) -> Result<Option<&'a str>, StoreError> {
     let r = ItemReader::new(key, item);
-    let until_us = r.i64(attr::UNTIL_US)?;
-    let claim = match r.s(attr::STATUS)? {
-        IN_PROGRESS => EventClaim::InProgress { until_us },
-        COMPLETED => EventClaim::Completed,
+    let completed = match r.s(attr::STATUS)? {
+        COMPLETED => true,
+        LEGACY_IN_PROGRESS => false,
         other => return Err(r.error(format!("unknown event status {other:?}"))),
     };
-    Ok((claim, until_us))
+    let until_us = r.i64(attr::UNTIL_US)?;
+    if completed && until_us > now_us {
+        Ok(Some(r.s(attr::EVENT_ID)?))
+    } else {
+        Ok(None)
+    }
 }
 
 impl DynamoControl {
@@ -477,55 +485,42 @@ impl ControlStore for DynamoControl {
         Ok(out)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
-    async fn claim_event(
+    /// One BatchGetItem, eventually consistent (half a read unit per marker).
+    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, events = event_ids.len()))]
+    async fn processed_events(
         &self,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        let op = "claim event";
-        let pk = &event_pk(event_id);
-        let until_us = now_us.saturating_add(in_progress_ttl_us);
-        conditional::until_settled(op, pk, (), move |()| async move {
-            let sent = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item(attr::PK, s(pk))
-                .item(attr::SK, s(EVENT_SK))
-                .item(attr::EVENT_ID, s(event_id))
-                .item(attr::STATUS, s(IN_PROGRESS))
-                .item(attr::UNTIL_US, n(until_us))
-                .item(attr::TTL, n(ttl_seconds(until_us)))
-                .condition_expression("attribute_not_exists(#pk) OR #until <= :now")
-                .expression_attribute_names("#pk", attr::PK)
-                .expression_attribute_names("#until", attr::UNTIL_US)
-                .expression_attribute_values(":now", n(now_us))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
-                .send()
-                .await;
-            match sent {
-                Ok(_) => Ok(Attempt::Done(EventClaim::Claimed)),
-                Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                    PutItemError::ConditionalCheckFailedException(f) => {
-                        if let Some(item) = f.item() {
-                            let (claim, until) = decode_event(pk, item)?;
-                            if until > now_us {
-                                return Ok(Attempt::Done(claim));
-                            }
-                        }
-                        // Expired or gone in between: try again.
-                        Ok(Attempt::Again(()))
-                    }
-                    other => Err(store_error(op, other)),
-                },
-                Err(other) => Err(store_error(op, other)),
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut unique: Vec<&str> = event_ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let keys = unique
+            .iter()
+            .map(|id| {
+                HashMap::from([
+                    (attr::PK.to_owned(), s(event_pk(id))),
+                    (attr::SK.to_owned(), s(EVENT_SK)),
+                ])
+            })
+            .collect();
+        let items = batch_get(
+            self.client.batch_get_item(),
+            &self.table,
+            keys,
+            Read::Eventual,
+            &[attr::PK, attr::EVENT_ID, attr::STATUS, attr::UNTIL_US],
+            "read processed events",
+        )
+        .await?;
+        let mut done = HashSet::with_capacity(items.len());
+        for item in &items {
+            let key = ItemReader::new("event", item).s(attr::PK)?;
+            if let Some(event_id) = decode_event(key, item, now_us)? {
+                done.insert(event_id.to_owned());
             }
-        })
-        .await
+        }
+        Ok(done)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
@@ -602,30 +597,6 @@ impl ControlStore for DynamoControl {
             not_found: count(&n_now)? + count(&n_prev)?,
         })
     }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(table = %self.table, event_id = %event_id))]
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        let sent = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(event_pk(event_id)))
-            .key(attr::SK, s(EVENT_SK))
-            .condition_expression("#status = :in_progress")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(ctx)) => match ctx.into_err() {
-                // Completed, or not there: nothing to release.
-                DeleteItemError::ConditionalCheckFailedException(_) => Ok(()),
-                other => Err(store_error("release event", other)),
-            },
-            Err(other) => Err(store_error("release event", other)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -654,18 +625,30 @@ mod tests {
     }
 
     #[test]
-    fn bad_event_items_are_decode_errors() {
-        let item = Item::from([
-            (attr::STATUS.to_owned(), s("weird")),
-            (attr::UNTIL_US.to_owned(), n(5)),
-        ]);
+    fn event_markers_decode_by_status_and_retention() {
+        let marker = |status: &str| {
+            Item::from([
+                (attr::EVENT_ID.to_owned(), s("x")),
+                (attr::STATUS.to_owned(), s(status)),
+                (attr::UNTIL_US.to_owned(), n(5)),
+            ])
+        };
+        let completed = marker(COMPLETED);
+        assert_eq!(decode_event("event#x", &completed, 4).unwrap(), Some("x"));
+        assert_eq!(
+            decode_event("event#x", &completed, 5).unwrap(),
+            None,
+            "expired"
+        );
+        let legacy = marker(LEGACY_IN_PROGRESS);
+        assert_eq!(decode_event("event#x", &legacy, 0).unwrap(), None);
         assert!(matches!(
-            decode_event("event#x", &item),
+            decode_event("event#x", &marker("weird"), 0),
             Err(StoreError::Decode { .. })
         ));
         let item = Item::from([(attr::STATUS.to_owned(), s(COMPLETED))]);
         assert!(matches!(
-            decode_event("event#x", &item),
+            decode_event("event#x", &item, 0),
             Err(StoreError::Decode { .. })
         ));
     }

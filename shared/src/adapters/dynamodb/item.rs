@@ -1,11 +1,88 @@
 //! Reading attributes of an item without panicking: a missing or mistyped attribute is a
 //! `StoreError::Decode` naming the item's key.
 
+use crate::adapters::aws::store_error;
 use crate::error::StoreError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::batch_get_item::builders::BatchGetItemFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use std::collections::HashMap;
 
 pub type Item = HashMap<String, AttributeValue>;
+
+/// How a read is made: strongly consistent (a read unit per 4 KB), or eventually consistent
+/// (half as much; may miss a write of the last moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    Strong,
+    Eventual,
+}
+
+/// The items of `keys` (distinct: DynamoDB refuses a repeated key) that exist in `table`,
+/// projected to `projection`: BatchGetItem of at most 100 keys per call, unprocessed keys
+/// retried with backoff (a throttling error after 8 rounds), read as `read` says.
+///
+/// `request` is the caller's `client.batch_get_item()`, so that each adapter's code names the
+/// operations it sends (the template's IAM tests trace grants to those calls).
+pub async fn batch_get(
+    request: BatchGetItemFluentBuilder,
+    table: &str,
+    keys: Vec<Item>,
+    read: Read,
+    projection: &[&str],
+    op: &'static str,
+) -> Result<Vec<Item>, StoreError> {
+    let mut found = Vec::with_capacity(keys.len());
+    let projection_expression = (0..projection.len())
+        .map(|i| format!("#a{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let names: HashMap<String, String> = projection
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("#a{i}"), (*a).to_owned()))
+        .collect();
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let chunk: Vec<Item> = keys.by_ref().take(100).collect();
+        let mut pending = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(chunk))
+                .consistent_read(read == Read::Strong)
+                .projection_expression(&projection_expression)
+                .set_expression_attribute_names(Some(names.clone()))
+                .build()
+                .map_err(|e| StoreError::backend(op, e))?,
+        );
+        let mut round = 0u32;
+        while let Some(keys_and_attributes) = pending.take() {
+            let mut out = request
+                .clone()
+                .request_items(table, keys_and_attributes)
+                .send()
+                .await
+                .map_err(|e| store_error(op, e))?;
+            pending = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(table))
+                .filter(|k| !k.keys().is_empty())
+                .cloned();
+            if let Some(items) = out.responses.as_mut().and_then(|r| r.remove(table)) {
+                found.extend(items);
+            }
+            if pending.is_some() {
+                round += 1;
+                if round > 8 {
+                    return Err(StoreError::throttled(
+                        "BatchGetItem",
+                        crate::error::Unprocessed { rounds: 8 },
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25 << round.min(6))).await;
+            }
+        }
+    }
+    Ok(found)
+}
 
 /// An item being decoded, with its key for error messages.
 pub struct ItemReader<'a> {

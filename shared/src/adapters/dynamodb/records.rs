@@ -187,9 +187,8 @@ impl DynamoRecords {
         Ok(found)
     }
 
-    /// The items of these keys that exist, projected to `projection`, strongly consistent, by
-    /// BatchGetItem of at most 100 distinct keys per call, unprocessed keys retried with
-    /// backoff (a throttling error after 8 rounds).
+    /// The items of these keys that exist, projected to `projection`, strongly consistent
+    /// (`item::batch_get`).
     async fn batch_get(
         &self,
         pks: &[&str],
@@ -199,64 +198,19 @@ impl DynamoRecords {
         let mut unique: Vec<&str> = pks.to_vec();
         unique.sort_unstable();
         unique.dedup();
-        let mut found = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(100) {
-            let keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|pk| HashMap::from([(attr::PK.to_owned(), s(*pk))]))
-                .collect();
-            let mut pending = Some(
-                aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .projection_expression(
-                        projection
-                            .iter()
-                            .enumerate()
-                            .map(|(i, _)| format!("#a{i}"))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                    .set_expression_attribute_names(Some(
-                        projection
-                            .iter()
-                            .enumerate()
-                            .map(|(i, a)| (format!("#a{i}"), (*a).to_owned()))
-                            .collect(),
-                    ))
-                    .build()
-                    .map_err(|e| StoreError::backend(op, e))?,
-            );
-            let mut round = 0u32;
-            while let Some(request) = pending.take() {
-                let mut out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(|e| store_error(op, e))?;
-                pending = out
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.table))
-                    .filter(|k| !k.keys().is_empty())
-                    .cloned();
-                if let Some(items) = out.responses.as_mut().and_then(|r| r.remove(&self.table)) {
-                    found.extend(items);
-                }
-                if pending.is_some() {
-                    round += 1;
-                    if round > 8 {
-                        return Err(StoreError::throttled(
-                            "BatchGetItem",
-                            crate::error::Unprocessed { rounds: 8 },
-                        ));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(25 << round.min(6))).await;
-                }
-            }
-        }
-        Ok(found)
+        let keys = unique
+            .iter()
+            .map(|pk| HashMap::from([(attr::PK.to_owned(), s(*pk))]))
+            .collect();
+        super::item::batch_get(
+            self.client.batch_get_item(),
+            &self.table,
+            keys,
+            super::item::Read::Strong,
+            projection,
+            op,
+        )
+        .await
     }
 
     async fn upsert_one(

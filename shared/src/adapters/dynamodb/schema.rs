@@ -50,9 +50,11 @@
 //! - run history: `pk = "runs#<entity>#<kind>"`, `sk = "<started_us, 20 digits>#<run_id>"`
 //!   (sorts by start, then run ID), `ttl` 90 days after the last write; listed newest first with
 //!   `ScanIndexForward = false`.
-//! - webhook dedup: `pk = "event#<event_id>"`, `sk = "event"`: `status` (`in_progress` |
-//!   `completed`), `until_us`, `ttl` (= `until_us` in seconds, rounded up). An expired marker is
-//!   treated as absent whether or not TTL has removed it yet (TTL deletion lags by up to days).
+//! - webhook dedup: `pk = "event#<event_id>"`, `sk = "event"`: `event_id`, `status`
+//!   (`completed`; `in_progress` on claims an older worker wrote, read as not processed),
+//!   `until_us`, `ttl` (= `until_us` in seconds, rounded up). Written once per processed event,
+//!   after its work. An expired marker is treated as absent whether or not TTL has removed it
+//!   yet (TTL deletion lags by up to days).
 //! - the worker's rolling 404 window: `pk = "notfound#<entity>"`, `sk = "window"`: `entity`,
 //!   `f_<w>` and `n_<w>` (N: fetches and unexpected 404s of the 10-minute bucket `w`,
 //!   `ports::not_found_window`), `ttl` at the end of bucket `w + 1`. Each write adds to the

@@ -6,16 +6,19 @@ use super::{LocalStore, row_error, sql_error, sql_limit};
 use crate::error::StoreError;
 use crate::model::{Micros, Record, Strategy, WriteOutcome};
 use crate::ports::{
-    ControlStore, CursorSave, EventClaim, JobKind, JobState, LeaseOutcome, NotFoundCounts,
-    RecordStore, RunRecord, not_found_window, upsert_then_save_cursor_in_turn,
+    ControlStore, CursorSave, JobKind, JobState, LeaseOutcome, NotFoundCounts, RecordStore,
+    RunRecord, not_found_window, upsert_then_save_cursor_in_turn,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashSet;
 
 /// Run-history entries kept per `(entity, kind)`; older ones are pruned by `put_run`.
 pub const RUNS_KEPT: usize = 100;
 
-const IN_PROGRESS: &str = "in_progress";
+/// The state of the claims the worker wrote before one write per event: read as not
+/// processed (the row expires; `complete_event` replaces it).
+const LEGACY_IN_PROGRESS: &str = "in_progress";
 const COMPLETED: &str = "completed";
 
 const SELECT_JOB: &str = "SELECT cursor, cursor_updated_us, lease_holder, lease_expires_us, \
@@ -438,62 +441,42 @@ impl ControlStore for LocalStore {
             .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id))]
-    async fn claim_event(
+    #[tracing::instrument(level = "debug", skip_all, fields(events = event_ids.len()))]
+    async fn processed_events(
         &self,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        let event_id = event_id.to_owned();
+    ) -> Result<HashSet<String>, StoreError> {
+        let ids: Vec<String> = event_ids.iter().map(|&id| id.to_owned()).collect();
         self.db()
-            .call("claim event", move |c| {
-                let op = "claim event";
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(|e| sql_error(op, e))?;
-                let row = tx
+            .call("read processed events", move |c| {
+                let op = "read processed events";
+                let mut st = c
                     .prepare_cached(
                         "SELECT state, until_us FROM control_events WHERE event_id = ?1",
                     )
-                    .and_then(|mut st| {
-                        st.query_row([&event_id], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                        })
+                    .map_err(|e| sql_error(op, e))?;
+                let mut done = HashSet::new();
+                for id in ids {
+                    let row = st
+                        .query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                         .optional()
-                    })
-                    .map_err(|e| row_error(op, &format!("event#{event_id}"), e))?;
-                let answer = match row {
-                    Some((state, until)) if until > now_us => match state.as_str() {
-                        COMPLETED => Some(EventClaim::Completed),
-                        IN_PROGRESS => Some(EventClaim::InProgress { until_us: until }),
+                        .map_err(|e| row_error(op, &format!("event#{id}"), e))?;
+                    let Some((state, until)) = row else { continue };
+                    match state.as_str() {
+                        COMPLETED if until > now_us => {
+                            done.insert(id);
+                        }
+                        COMPLETED | LEGACY_IN_PROGRESS => {}
                         other => {
                             return Err(StoreError::Decode {
-                                key: format!("event#{event_id}"),
+                                key: format!("event#{id}"),
                                 message: format!("unknown event state {other:?}"),
                             });
                         }
-                    },
-                    // New, or an expired marker of either kind: ours now.
-                    _ => None,
-                };
-                if let Some(answer) = answer {
-                    return Ok(answer);
+                    }
                 }
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO control_events (event_id, state, until_us) \
-                     VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        event_id,
-                        IN_PROGRESS,
-                        now_us.saturating_add(in_progress_ttl_us)
-                    ])
-                })
-                .map_err(|e| sql_error(op, e))?;
-                tx.commit().map_err(|e| sql_error(op, e))?;
-                Ok(EventClaim::Claimed)
+                Ok(done)
             })
             .await
     }
@@ -564,19 +547,6 @@ impl ControlStore for LocalStore {
                     fetched: u64::try_from(f).unwrap_or_default(),
                     not_found: u64::try_from(n).unwrap_or_default(),
                 })
-            })
-            .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id))]
-    async fn release_event(&self, event_id: &str) -> Result<(), StoreError> {
-        let event_id = event_id.to_owned();
-        self.db()
-            .call("release event", move |c| {
-                c.prepare_cached("DELETE FROM control_events WHERE event_id = ?1 AND state = ?2")
-                    .and_then(|mut st| st.execute(params![event_id, IN_PROGRESS]))
-                    .map(drop)
-                    .map_err(|e| sql_error("release event", e))
             })
             .await
     }

@@ -8,7 +8,7 @@ use crate::memory::MemoryRecords;
 use crate::model::RawJson;
 use crate::model::*;
 use crate::ports::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 fn rec(entity: &str, id: &str, delta_us: i64, fetched_at_us: i64, payload: &str) -> Record {
     Record::new(
@@ -560,7 +560,6 @@ async fn reopening_the_file_keeps_everything() {
         s.put_run(&run("people", JobKind::Delta, "run-1", 5))
             .await
             .unwrap();
-        s.claim_event("evt-1", 0, 1_000).await.unwrap();
         s.complete_event("evt-1", i64::MAX).await.unwrap();
     }
     let s = LocalStore::open(&path).unwrap();
@@ -575,8 +574,8 @@ async fn reopening_the_file_keeps_everything() {
         [run("people", JobKind::Delta, "run-1", 5)]
     );
     assert_eq!(
-        s.claim_event("evt-1", 1, 1_000).await.unwrap(),
-        EventClaim::Completed
+        s.processed_events(&["evt-1", "evt-2"], 1).await.unwrap(),
+        HashSet::from(["evt-1".to_owned()])
     );
     assert_eq!(
         s.upsert(&person("1", 10, 100, "Ann"), Strategy::Delta)
@@ -976,7 +975,7 @@ async fn a_corrupt_row_is_a_decode_error_never_a_panic() {
         Err(StoreError::Decode { .. })
     ));
     assert!(matches!(
-        s.claim_event("e", 0, 10).await,
+        s.processed_events(&["e"], 0).await,
         Err(StoreError::Decode { .. })
     ));
 }
@@ -1211,57 +1210,50 @@ async fn runs_newest_first_replaced_by_key_and_pruned() {
 }
 
 #[tokio::test]
-async fn events_claim_complete_release_and_expire() {
-    let s = LocalStore::in_memory().unwrap();
-    assert_eq!(
-        s.claim_event("e1", 0, 100).await.unwrap(),
-        EventClaim::Claimed
-    );
-    assert_eq!(
-        s.claim_event("e1", 99, 100).await.unwrap(),
-        EventClaim::InProgress { until_us: 100 }
-    );
-    // The in-progress marker expired: a redelivery may take it over.
-    assert_eq!(
-        s.claim_event("e1", 100, 100).await.unwrap(),
-        EventClaim::Claimed
-    );
+async fn events_are_processed_once_completed_until_their_retention_ends() {
+    let dir = TempDir::new();
+    let path = dir.path().join("events.sqlite");
+    let s = LocalStore::open(&path).unwrap();
+    let done = |ids: &[&str], now| {
+        let s = s.clone();
+        let ids: Vec<String> = ids.iter().map(|&i| i.to_owned()).collect();
+        async move {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let mut v: Vec<String> = s
+                .processed_events(&refs, now)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert!(done(&["e1"], 0).await.is_empty(), "never seen");
     s.complete_event("e1", 1_000).await.unwrap();
+    s.complete_event("e2", 50).await.unwrap();
+    assert_eq!(done(&["e1", "e2", "e3"], 10).await, ["e1", "e2"]);
+    // Past its retention an event is new again, whether or not the row is gone yet.
+    assert_eq!(done(&["e1", "e2"], 50).await, ["e1"]);
+    assert_eq!(done(&["e1", "e1"], 999).await, ["e1"], "a repeated ID");
+    assert!(done(&["e1"], 1_000).await.is_empty());
+    // A claim written before one write per event reads as not processed.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO control_events VALUES ('old', 'in_progress', 9223372036854775807);",
+        )
+        .unwrap();
+    assert!(done(&["old"], 0).await.is_empty());
+    s.complete_event("old", 100).await.unwrap();
     assert_eq!(
-        s.claim_event("e1", 500, 100).await.unwrap(),
-        EventClaim::Completed
-    );
-    // Releasing a completed event changes nothing.
-    s.release_event("e1").await.unwrap();
-    assert_eq!(
-        s.claim_event("e1", 999, 100).await.unwrap(),
-        EventClaim::Completed
-    );
-    // Past its retention it is new again.
-    assert_eq!(
-        s.claim_event("e1", 1_000, 100).await.unwrap(),
-        EventClaim::Claimed
+        done(&["old"], 0).await,
+        ["old"],
+        "completing replaces the claim"
     );
 
-    // A failure releases the marker: the next delivery claims it at once.
-    assert_eq!(
-        s.claim_event("e2", 0, 100).await.unwrap(),
-        EventClaim::Claimed
-    );
-    s.release_event("e2").await.unwrap();
-    assert_eq!(
-        s.claim_event("e2", 1, 100).await.unwrap(),
-        EventClaim::Claimed
-    );
-    s.release_event("never-seen").await.unwrap();
-
-    s.complete_event("e3", 50).await.unwrap();
-    assert_eq!(s.purge_expired_events(60).await.unwrap(), 1);
-    assert_eq!(
-        s.claim_event("e3", 0, 10).await.unwrap(),
-        EventClaim::Claimed,
-        "purged"
-    );
+    assert_eq!(s.purge_expired_events(60).await.unwrap(), 1, "e2");
+    assert_eq!(done(&["e1", "e2", "old"], 59).await, ["e1", "old"]);
 }
 
 /// 100,000 records in batches of 500; the same again writes nothing; every live ID listed once.

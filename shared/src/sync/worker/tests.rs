@@ -264,25 +264,45 @@ async fn a_completed_event_is_a_duplicate_and_not_fetched() {
 }
 
 #[tokio::test]
-async fn an_event_in_progress_elsewhere_fails_and_keeps_the_other_claim() {
-    let w = World::new(Source::with([fresh("1", 10, "Ann")]));
-    let now = now_us();
+async fn an_unreadable_dedup_fails_the_messages_with_events_and_fetches_nothing_for_them() {
+    let w = World::new(Source::with([fresh("1", 10, "Ann"), fresh("2", 10, "Bo")]));
+    w.control
+        .fail_event_reads
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = w
+        .run(&[webhook("m1", "1", "evt-1"), targeted("m2", "2")], &opts())
+        .await;
     assert_eq!(
-        w.control
-            .claim_event("evt-1", now, HOUR_US)
-            .await
-            .expect("claim"),
-        EventClaim::Claimed
+        r.failed,
+        ["m1"],
+        "redelivered; the targeted message has no event"
     );
-    let r = w.run(&[webhook("m1", "1", "evt-1")], &opts()).await;
-    assert_eq!(r.failed, ["m1"]);
-    assert_eq!(r.duplicates, 0);
-    assert!(w.source.called_ids().is_empty(), "not fetched");
-    assert_eq!(
-        w.event("evt-1"),
-        Some((false, now + HOUR_US)),
-        "the other worker's claim is neither released nor completed"
+    assert_eq!(w.source.called_ids(), ["2"]);
+    assert_eq!(w.event("evt-1"), None);
+}
+
+/// The race one write per event accepts: two deliveries of one event in flight at once both
+/// fetch (neither sees the other's marker), and the version rule makes the second write a
+/// no-op. No message fails, nothing is written twice.
+#[tokio::test]
+async fn two_deliveries_in_flight_at_once_both_fetch_and_write_once() {
+    // Each answer takes a moment, so that both batches have read the markers before either
+    // completes its event.
+    let w = World::new(Source {
+        delay: Duration::from_millis(20),
+        ..Source::with([fresh("1", 10, "Ann")])
+    });
+    let (first, second, o) = (
+        [webhook("m1", "1", "evt-1")],
+        [webhook("m2", "1", "evt-1")],
+        opts(),
     );
+    let (a, b) = tokio::join!(w.run(&first, &o), w.run(&second, &o));
+    assert!(a.failed.is_empty() && b.failed.is_empty(), "{a:?} {b:?}");
+    assert_eq!(a.get_by_id_calls + b.get_by_id_calls, 2);
+    assert_eq!(a.written + b.written, 1, "{a:?} {b:?}");
+    assert_eq!(a.unchanged + b.unchanged, 1, "{a:?} {b:?}");
+    assert_eq!(w.event("evt-1").map(|(done, _)| done), Some(true));
 }
 
 #[tokio::test]
@@ -306,12 +326,12 @@ async fn a_processed_event_is_completed_and_its_redelivery_is_a_duplicate() {
 }
 
 #[tokio::test]
-async fn a_failed_event_releases_its_claim_so_the_redelivery_is_processed() {
+async fn a_failed_event_leaves_no_marker_so_the_redelivery_is_processed() {
     let w = World::new(Source::default());
     w.source.fails("1");
     let r = w.run(&[webhook("m1", "1", "evt-1")], &opts()).await;
     assert_eq!(r.failed, ["m1"]);
-    assert_eq!(w.event("evt-1"), None, "claim released");
+    assert_eq!(w.event("evt-1"), None, "nothing written before the work");
 
     w.source.found(fresh("1", 10, "Ann"));
     let again = w.run(&[webhook("m1", "1", "evt-1")], &opts()).await;

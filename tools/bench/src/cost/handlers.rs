@@ -3,9 +3,7 @@
 
 use super::logs::LogCount;
 use super::report::{Env, PathRun, Window};
-use super::{
-    DELTA_FN, ENTITY, INGEST_FN, RECONCILE_FN, SECRET, WORKER_FN, WORKER_TIMEOUT, thread_cpu,
-};
+use super::{DELTA_FN, ENTITY, INGEST_FN, RECONCILE_FN, SECRET, WORKER_FN, thread_cpu};
 use shared::adapters::aws::AwsError;
 use shared::adapters::dynamodb::{DynamoControl, DynamoRecords};
 use shared::config::{Config, RateLimit};
@@ -21,7 +19,6 @@ use shared::sync::worker::{BatchReport, InMessage, WorkerDeps, WorkerOptions, pr
 use shared::webhook::Ingest;
 use source_sim::{Entity, SimHandle};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The source client pointed at a simulator, with the deployed shared rate budget in
 /// `control` (as `deploy::load` builds it) and a limit high enough not to wait.
@@ -208,10 +205,7 @@ pub(super) async fn worker_invocation(
     let (msgs, receipts): (Vec<InMessage>, Vec<String>) =
         received.into_iter().map(|r| (r.message, r.receipt)).unzip();
     let c0 = thread_cpu();
-    let options = WorkerOptions {
-        in_progress_ttl_us: (WORKER_TIMEOUT + Duration::from_secs(60)).as_micros() as i64,
-        ..WorkerOptions::default()
-    };
+    let options = WorkerOptions::default();
     let before = source.usage();
     let report = process_batch(deps, &msgs, &options).await;
     report.log();

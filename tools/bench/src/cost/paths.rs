@@ -329,7 +329,7 @@ async fn webhook_paths(
     let p = env.close(
         w,
         source,
-        "webhook events on a busy queue: one delivery (one event) per API Gateway request to the ingest function, SendMessageBatch, the event source mapping's batches of 10 (ReceiveMessage, DeleteMessageBatch), the worker's dedup claim and completion, get_by_id and the write of the changed record",
+        "webhook events on a busy queue: one delivery (one event) per API Gateway request to the ingest function, SendMessageBatch, the event source mapping's batches of 10 (ReceiveMessage, DeleteMessageBatch), the worker's dedup read and completion, get_by_id and the write of the changed record",
         events,
         serde_json::json!({"events": events, "worker_batches": batches, "written": written}),
     );

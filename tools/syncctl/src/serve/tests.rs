@@ -61,7 +61,7 @@ async fn rig(people: usize, queue_options: QueueOptions) -> Rig {
     let (sim, config, source) = sim_and_config(people).await;
     let store = LocalStore::in_memory().expect("store");
     let serve = start(ServeOptions {
-        worker: worker_options(&queue_options),
+        worker: WorkerOptions::default(),
         queue_options,
         ..ServeOptions::new(
             store.clone(),

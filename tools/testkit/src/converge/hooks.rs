@@ -8,21 +8,18 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use shared::model::Fetched;
 use shared::model::{Micros, Record, Strategy, WriteOutcome};
-use shared::ports::{
-    ControlStore, EventClaim, IdPage, JobKind, LeaseOutcome, RecordStore, SourceApi,
-};
+use shared::ports::{ControlStore, IdPage, JobKind, LeaseOutcome, RecordStore, SourceApi};
 use shared::{SourceError, StoreError};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 
-/// The armed crash points, shared by both hooks and the harness, the events whose completion
-/// a crash prevented (their claims stay in progress until they expire), and the gate that holds
-/// a delta run's next page write back (an interleaving inside the run).
+/// The armed crash points, shared by both hooks and the harness, and the gate that holds a
+/// delta run's next page write back (an interleaving inside the run).
 #[derive(Default, Clone)]
 pub struct Crashes {
     armed: Arc<Mutex<Vec<CrashPoint>>>,
-    claimed: Arc<Mutex<Vec<String>>>,
     gate: Arc<Mutex<Option<Gate>>>,
     /// Negative control: every lease taken whoever holds it (see [`Crashes::without_leases`]).
     steal: bool,
@@ -53,11 +50,6 @@ impl Crashes {
             }
             None => false,
         }
-    }
-
-    /// The events a crash after the work left claimed.
-    pub fn left_claimed(&self) -> Vec<String> {
-        self.claimed.lock().expect("claimed events").clone()
     }
 
     pub fn clear(&self) {
@@ -172,19 +164,16 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
             .await
     }
 
-    async fn claim_event(
+    async fn processed_events(
         &self,
         inner: &S,
-        event_id: &str,
+        event_ids: &[&str],
         now_us: Micros,
-        in_progress_ttl_us: Micros,
-    ) -> Result<EventClaim, StoreError> {
-        if self.take(CrashPoint::BeforeClaim) {
-            return Err(crash("crash point: before the dedup claim"));
+    ) -> Result<HashSet<String>, StoreError> {
+        if self.take(CrashPoint::BeforeDedupRead) {
+            return Err(crash("crash point: before the dedup read"));
         }
-        inner
-            .claim_event(event_id, now_us, in_progress_ttl_us)
-            .await
+        inner.processed_events(event_ids, now_us).await
     }
 
     async fn complete_event(
@@ -194,10 +183,6 @@ impl<S: ControlStore + ?Sized> ControlHooks<S> for Crashes {
         retain_until_us: Micros,
     ) -> Result<(), StoreError> {
         if self.take(CrashPoint::AfterWork) {
-            self.claimed
-                .lock()
-                .expect("claimed events")
-                .push(event_id.to_owned());
             return Err(crash(
                 "crash point: after the work, before completing the event",
             ));

@@ -53,9 +53,9 @@ pub enum CrashPoint {
     BeforeCheckpoint,
     /// The record store's next write fails.
     RecordWrite,
-    /// The worker's next dedup claim fails (before the claim).
-    BeforeClaim,
-    /// The worker's next `complete_event` fails (after the claim and the work).
+    /// The worker's next read of processed events fails (before any work).
+    BeforeDedupRead,
+    /// The worker's next `complete_event` fails (after the work).
     AfterWork,
     /// The next reconciliation step runs but its output is lost (mid-spill in Source,
     /// between diff and apply in Diff/Guard, mid-apply in Apply): Step Functions retries the
@@ -253,7 +253,7 @@ impl Scenario {
                 _ => Op::Crash(match rng.u8(0..5) {
                     0 => CrashPoint::BeforeCheckpoint,
                     1 => CrashPoint::RecordWrite,
-                    2 => CrashPoint::BeforeClaim,
+                    2 => CrashPoint::BeforeDedupRead,
                     3 => CrashPoint::AfterWork,
                     _ => CrashPoint::ReconcileStepLost,
                 }),
