@@ -53,10 +53,24 @@ pub fn emf(dims: &[(&str, &str)], metrics: &[(&str, f64, &str)]) -> String {
     serde_json::Value::Object(root).to_string()
 }
 
+/// Like [`emf`] for counts that are mostly zero (a request's outcome flags, a batch's
+/// counters): the zero counts are left out, and so is the line when every count is zero (an
+/// empty string). CloudWatch reads a count that is absent from a period as no data, which the
+/// alarms treat as not breaching and a Sum on the dashboard shows as nothing: the same as a
+/// zero, for a fraction of the log bytes (issue 16's cost benchmark: these lines are most of
+/// what a webhook event writes to CloudWatch Logs).
+pub fn emf_counts(dims: &[(&str, &str)], metrics: &[(&str, f64, &str)]) -> String {
+    let nonzero: Vec<(&str, f64, &str)> = metrics.iter().copied().filter(|m| m.1 != 0.0).collect();
+    if nonzero.is_empty() {
+        return String::new();
+    }
+    emf(dims, &nonzero)
+}
+
 /// Publish metrics: EMF on stdout inside Lambda (CloudWatch turns it into metrics), nothing
 /// elsewhere (local runs print their own summaries).
 pub fn publish(line: &str) {
-    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+    if !line.is_empty() && std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
         println!("{line}");
     }
 }
@@ -74,5 +88,16 @@ mod tests {
         assert_eq!(m["Dimensions"][0][0], "Entity");
         assert_eq!(m["Metrics"][0]["Name"], "RecordsSeen");
         assert!(v["_aws"]["Timestamp"].as_i64().unwrap() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn count_lines_leave_zeros_out() {
+        let line = super::emf_counts(&[], &[("A", 0.0, "Count"), ("B", 2.0, "Count")]);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["B"], 2.0);
+        assert!(v.get("A").is_none(), "{line}");
+        let defs = &v["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        assert_eq!(defs.as_array().map(Vec::len), Some(1), "{line}");
+        assert_eq!(super::emf_counts(&[], &[("A", 0.0, "Count")]), "");
     }
 }

@@ -861,6 +861,7 @@ impl BatchReport {
     /// rejected-records alarm sums over). Lines are separated by `\n`.
     pub fn metrics(&self) -> String {
         let mut lines = vec![self.batch_metrics()];
+        lines.retain(|l| !l.is_empty());
         for (entity, n) in &self.rejected {
             lines.push(crate::telemetry::emf(
                 &[("Entity", entity), ("Strategy", "worker")],
@@ -870,8 +871,9 @@ impl BatchReport {
         lines.join("\n")
     }
 
+    /// Zeros left out (`telemetry::emf_counts`).
     fn batch_metrics(&self) -> String {
-        crate::telemetry::emf(
+        crate::telemetry::emf_counts(
             &[],
             &[
                 (

@@ -87,11 +87,12 @@ impl Answer {
     }
 
     /// The request's metrics as one EMF line (the handler publishes it with
-    /// `telemetry::publish`): counts and outcome flags, no dimensions.
+    /// `telemetry::publish`): counts and outcome flags, no dimensions, zeros left out
+    /// (`telemetry::emf_counts`).
     pub fn metrics(&self) -> String {
         let (queued, ignored, kind) = self.counts();
         let flag = |k: &str| if k == kind { 1.0 } else { 0.0 };
-        crate::telemetry::emf(
+        crate::telemetry::emf_counts(
             &[],
             &[
                 ("WebhookEventsQueued", queued as f64, "Count"),

@@ -290,7 +290,10 @@ async fn each_answer_carries_the_metrics_the_handler_publishes() {
     let line = ok.metrics();
     assert_eq!(ok.status, 200);
     assert!(metric(&line, "WebhookEventsQueued") >= 1.0, "{line}");
-    assert_eq!(metric(&line, "WebhookUnauthorized"), 0.0);
+    assert!(
+        !line.contains("WebhookUnauthorized"),
+        "a zero count is left out: {line}"
+    );
     let refused = ingest
         .handle(
             sample("bad-signature").headers(),
@@ -301,7 +304,7 @@ async fn each_answer_carries_the_metrics_the_handler_publishes() {
     let line = refused.metrics();
     assert_eq!(refused.status, 401);
     assert_eq!(metric(&line, "WebhookUnauthorized"), 1.0, "{line}");
-    assert_eq!(metric(&line, "WebhookEventsQueued"), 0.0);
+    assert!(!line.contains("WebhookEventsQueued"), "{line}");
 }
 
 fn body_bytes(req: Request) -> Vec<u8> {
