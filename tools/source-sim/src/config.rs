@@ -10,7 +10,8 @@ use crate::webhooks::WebhookTarget;
 /// The entities the simulator serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entity {
-    /// `GET /people/v2/people`, JSON:API type `Person`, about 1 KB of JSON per record.
+    /// `GET /people/v2/people`, JSON:API type `Person`, about 1.1 KB of JSON per record (exactly
+    /// [`SimConfig::record_bytes`] when set).
     People,
     /// `GET /giving/v2/donations`, JSON:API type `Donation`, a few hundred bytes per record.
     Donations,
@@ -440,6 +441,24 @@ pub struct SimConfig {
     /// Where changes are delivered as signed webhooks (`None`: not delivered); see
     /// [`crate::webhooks`]. Settable at run time.
     pub webhook: Option<WebhookTarget>,
+    /// When set, every person's JSON is exactly this many bytes: its resource object as served,
+    /// compact (the `data` of `GET <path>/<id>`, an element of a page's `data`, the `data` of a
+    /// webhook payload; the flat object with [`Envelope::Bare`]), for the initial records and
+    /// after every mutation. The `notes` attribute, the last one, makes up the difference:
+    /// `Revision N.` and words (ASCII, nothing to escape), the last word cut short to land
+    /// exactly.
+    ///
+    /// With the shortest notes (`Revision N.`) a person is still about 980 to 1,130 bytes
+    /// (more with long IDs or a long base URL, which `links.self` carries), so one longer than
+    /// asked leaves out its optional parts, one at a time in this order until it fits: the work
+    /// e-mail, `medical_notes`, `anniversary`, `nickname`, `middle_name` (`null`s), the phone
+    /// number (`[]`). Everything else, and the random draws, stay as generated (at 1,024
+    /// bytes about half the people lose their work e-mail, a few percent more than that).
+    /// Still too long with all of them left out (asking for less than about 970 bytes), it
+    /// keeps the shortest notes and is longer than asked. Sparse field sets get the full
+    /// record's left-out parts and notes as long as its, so only full records have this size.
+    /// Donations are unaffected. `None` (the default): the natural content, about 1,100 bytes a person.
+    pub record_bytes: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -466,6 +485,7 @@ impl Default for SimConfig {
             default_per_page: 25,
             max_per_page: 100,
             webhook: None,
+            record_bytes: None,
         }
     }
 }
@@ -529,6 +549,7 @@ impl fmt::Debug for SimConfig {
             .field("default_per_page", &self.default_per_page)
             .field("max_per_page", &self.max_per_page)
             .field("webhook", &self.webhook)
+            .field("record_bytes", &self.record_bytes)
             .finish()
     }
 }

@@ -130,6 +130,7 @@ const MEMOS: &[&str] = &[
 ];
 
 /// What rendering a record depends on besides the record itself.
+#[derive(Clone, Copy)]
 pub(crate) struct RenderCtx<'a> {
     pub seed: u64,
     pub format: TimestampFormat,
@@ -139,6 +140,8 @@ pub(crate) struct RenderCtx<'a> {
     pub base_url: &'a str,
     /// Initial number of people, so donations point at plausible people.
     pub people_hint: usize,
+    /// [`crate::SimConfig::record_bytes`]: the size of a full person's JSON, when set.
+    pub record_bytes: Option<usize>,
 }
 
 impl RenderCtx<'_> {
@@ -161,7 +164,7 @@ fn write_id(out: &mut String, id: u64, bad: Option<Corruption>) {
 }
 
 /// Writes one resource object (`{"type":..,"id":..,"attributes":{..},...}`, or the flat object
-/// in the bare envelope), broken as `bad` says.
+/// in the bare envelope), broken as `bad` says, and sized as [`RenderCtx::record_bytes`] asks.
 pub(crate) fn write_record(
     out: &mut String,
     ctx: &RenderCtx<'_>,
@@ -170,6 +173,160 @@ pub(crate) fn write_record(
     rec: &Rec,
     bad: Option<Corruption>,
 ) {
+    match ctx.record_bytes {
+        Some(n) if entity == Entity::People && Extra::SIZED.iter().any(|a| ctx.fields.wants(a)) => {
+            write_sized_person(out, ctx, id, rec, bad, n);
+        }
+        _ => {
+            write_resource(out, ctx, entity, id, rec, bad, Notes::Natural);
+        }
+    }
+}
+
+/// Writes a person whose full JSON (every attribute, in the run's envelope, as served) is `n`
+/// bytes long: rendered with the shortest notes, dropping its [`Extra`]s one by one while that
+/// is longer than `n`, then the notes filled up to `n` in place. A record still too long with
+/// every extra dropped keeps the shortest notes and its length. A sparse field set is written
+/// with the full record's extras left out and notes as long as the full record's.
+fn write_sized_person(
+    out: &mut String,
+    ctx: &RenderCtx<'_>,
+    id: u64,
+    rec: &Rec,
+    bad: Option<Corruption>,
+    n: usize,
+) {
+    let all = FieldSet::All;
+    let full = RenderCtx {
+        fields: &all,
+        ..*ctx
+    };
+    let sparse = *ctx.fields != FieldSet::All;
+    let start = out.len();
+    let mut scratch = String::new();
+    let mut drop = 0;
+    let (slot, len) = loop {
+        let (buf, from) = if sparse {
+            (&mut scratch, 0)
+        } else {
+            (&mut *out, start)
+        };
+        buf.truncate(from);
+        let notes = Notes::Sized { drop };
+        let slot = write_resource(buf, &full, Entity::People, id, rec, bad, notes);
+        let len = buf.len() - from;
+        if len <= n || drop == Extra::ALL.len() {
+            break (slot, len);
+        }
+        drop += 1;
+    };
+    let slot = if sparse {
+        let notes = Notes::Sized { drop };
+        write_resource(out, ctx, Entity::People, id, rec, bad, notes)
+    } else {
+        slot
+    };
+    if let Some(mut slot) = slot {
+        let fill = filler(&mut slot.words, n.saturating_sub(len));
+        out.insert_str(slot.at, &fill);
+    }
+}
+
+/// How a person's `notes` are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Notes {
+    /// As generated: `Revision N.` and words up to a drawn length of 40 to 99 bytes.
+    Natural,
+    /// For [`RenderCtx::record_bytes`]: `Revision N.` only, the words inserted afterwards at
+    /// the returned [`NotesSlot`]; the first `drop` of [`Extra::ALL`] are left out.
+    Sized { drop: usize },
+}
+
+/// Where sized notes end in the output (before the closing quote), and the generator their
+/// words are drawn from.
+struct NotesSlot {
+    at: usize,
+    words: Gen,
+}
+
+/// The optional parts of a person that a sized record leaves out, in this order, when even its
+/// shortest notes would make it longer than asked: the work e-mail first (the largest), the
+/// phone number last (people rarely lack one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Extra {
+    /// The second (work) e-mail address: about 75 bytes.
+    WorkEmail,
+    /// `medical_notes` (`null` instead).
+    MedicalNotes,
+    /// `anniversary` (`null` instead).
+    Anniversary,
+    /// `nickname` (`null` instead, and `name` from the first name).
+    Nickname,
+    /// `middle_name` (`null` instead).
+    MiddleName,
+    /// The phone number (`phone_numbers: []`): about 60 bytes, the last resort.
+    PhoneNumber,
+}
+
+impl Extra {
+    /// The attributes that sizing changes: `notes` and those an extra is in.
+    const SIZED: [&'static str; 8] = [
+        "notes",
+        "emails",
+        "medical_notes",
+        "anniversary",
+        "nickname",
+        "name",
+        "middle_name",
+        "phone_numbers",
+    ];
+
+    const ALL: [Extra; 6] = [
+        Extra::WorkEmail,
+        Extra::MedicalNotes,
+        Extra::Anniversary,
+        Extra::Nickname,
+        Extra::MiddleName,
+        Extra::PhoneNumber,
+    ];
+
+    /// Whether this extra is written when the first `drop` of [`Extra::ALL`] are left out.
+    fn kept(self, notes: Notes) -> bool {
+        match notes {
+            Notes::Natural => true,
+            Notes::Sized { drop } => (self as usize) >= drop,
+        }
+    }
+}
+
+/// `len` bytes to append to sized notes: ` word word ...` drawn from [`WORDS`], the last word
+/// cut short to land exactly, or a lone `.` when one byte is left. ASCII with nothing to
+/// escape, so the JSON grows by exactly `len` bytes.
+fn filler(words: &mut Gen, len: usize) -> String {
+    let mut s = String::with_capacity(len);
+    while s.len() < len {
+        let room = len - s.len();
+        if room == 1 {
+            s.push('.');
+            break;
+        }
+        let word = words.pick(WORDS);
+        s.push(' ');
+        s.push_str(&word[..word.len().min(room - 1)]);
+    }
+    s
+}
+
+/// [`write_record`] with the notes written as `notes` says; returns where sized notes end.
+fn write_resource(
+    out: &mut String,
+    ctx: &RenderCtx<'_>,
+    entity: Entity,
+    id: u64,
+    rec: &Rec,
+    bad: Option<Corruption>,
+    notes: Notes,
+) -> Option<NotesSlot> {
     let person = match entity {
         Entity::Donations => Some(donation_person(ctx, id)),
         Entity::People => None,
@@ -182,7 +339,7 @@ pub(crate) fn write_record(
             write_id(out, id, bad);
             out.push_str("\",\"attributes\":{");
             let mut w = ObjWriter::new(out, ctx.fields, true);
-            write_attributes(&mut w, ctx, entity, id, rec, bad);
+            let slot = write_attributes(&mut w, ctx, entity, id, rec, bad, notes);
             out.push('}');
             if let Some(pid) = person
                 && ctx.fields.wants("person")
@@ -198,19 +355,21 @@ pub(crate) fn write_record(
                 ctx.base_url,
                 entity.path()
             );
+            slot
         }
         Envelope::Bare => {
             out.push_str("{\"id\":\"");
             write_id(out, id, bad);
             out.push('"');
             let mut w = ObjWriter::new(out, ctx.fields, false);
-            write_attributes(&mut w, ctx, entity, id, rec, bad);
+            let slot = write_attributes(&mut w, ctx, entity, id, rec, bad, notes);
             if let Some(pid) = person
                 && w.key("person_id")
             {
                 let _ = write!(w.out, "\"{pid}\"");
             }
             out.push('}');
+            slot
         }
     }
 }
@@ -227,7 +386,8 @@ fn write_attributes(
     id: u64,
     rec: &Rec,
     bad: Option<Corruption>,
-) {
+    notes: Notes,
+) -> Option<NotesSlot> {
     ctx.ts(w, "created_at", rec.created_us);
     match bad {
         Some(Corruption::NullDelta) => w.opt_str("updated_at", None),
@@ -246,8 +406,11 @@ fn write_attributes(
     let var = Gen::new(ctx.seed, entity, id, u64::from(rec.mutation) + 1);
     let lone = bad == Some(Corruption::LoneSurrogate);
     match entity {
-        Entity::People => person(w, id, rec, stable, var, lone),
-        Entity::Donations => donation(w, ctx, rec, stable, var, lone),
+        Entity::People => person(w, id, rec, stable, var, lone, notes),
+        Entity::Donations => {
+            donation(w, ctx, rec, stable, var, lone);
+            None
+        }
     }
 }
 
@@ -263,11 +426,28 @@ fn str_maybe_lone(w: &mut ObjWriter<'_>, name: &str, v: &str, lone: bool) {
     }
 }
 
-fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lone: bool) {
+/// Writes a person's attributes; with sized notes, returns where they end (see [`Notes`]). The
+/// generators are drawn the same whatever is left out, so that the rest stays the same.
+fn person(
+    w: &mut ObjWriter<'_>,
+    id: u64,
+    rec: &Rec,
+    mut s: Gen,
+    mut v: Gen,
+    lone: bool,
+    notes_as: Notes,
+) -> Option<NotesSlot> {
+    let kept = |e: Extra| e.kept(notes_as);
     let first = s.pick(FIRST);
     let last = s.pick(LAST);
-    let middle = s.chance(3).then(|| s.pick(FIRST));
-    let nickname = v.chance(4).then(|| v.pick(FIRST));
+    let middle = s
+        .chance(3)
+        .then(|| s.pick(FIRST))
+        .filter(|_| kept(Extra::MiddleName));
+    let nickname = v
+        .chance(4)
+        .then(|| v.pick(FIRST))
+        .filter(|_| kept(Extra::Nickname));
     let gender = s.pick(&["M", "F", ""]);
     let birth_year = 1940 + s.below(80) as i64;
     let birthdate = format!(
@@ -275,14 +455,17 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lon
         1 + s.below(12),
         1 + s.below(28)
     );
-    let anniversary = s.chance(3).then(|| {
-        format!(
-            "{:04}-{:02}-{:02}",
-            1965 + s.below(58),
-            1 + s.below(12),
-            1 + s.below(28)
-        )
-    });
+    let anniversary = s
+        .chance(3)
+        .then(|| {
+            format!(
+                "{:04}-{:02}-{:02}",
+                1965 + s.below(58),
+                1 + s.below(12),
+                1 + s.below(28)
+            )
+        })
+        .filter(|_| kept(Extra::Anniversary));
     let child = birth_year > 2008;
 
     str_maybe_lone(w, "first_name", first, lone);
@@ -308,7 +491,11 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lon
     w.bool("site_administrator", false);
     w.bool("accounting_administrator", s.chance(50));
     w.bool("passed_background_check", s.chance(2));
-    w.opt_str("medical_notes", v.chance(5).then(|| v.pick(MEDICAL)));
+    let medical = v.chance(5).then(|| v.pick(MEDICAL));
+    w.opt_str(
+        "medical_notes",
+        medical.filter(|_| kept(Extra::MedicalNotes)),
+    );
     w.opt_str("remote_id", None);
     w.opt_str("inactivated_at", None);
 
@@ -319,7 +506,7 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lon
             w.out,
             "[{{\"address\":\"{lf}.{ll}{id}@example.org\",\"location\":\"Home\",\"primary\":true}}"
         );
-        if v.chance(2) {
+        if v.chance(2) && kept(Extra::WorkEmail) {
             let _ = write!(
                 w.out,
                 ",{{\"address\":\"{lf}{id}@work.example.com\",\"location\":\"Work\",\"primary\":false}}"
@@ -328,12 +515,15 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lon
         w.out.push(']');
     }
     if w.key("phone_numbers") {
-        let _ = write!(
-            w.out,
-            "[{{\"number\":\"+1 555-{:03}-{:04}\",\"location\":\"Mobile\",\"primary\":true}}]",
-            s.below(1000),
-            s.below(10_000)
-        );
+        let (exchange, line) = (s.below(1000), s.below(10_000));
+        if kept(Extra::PhoneNumber) {
+            let _ = write!(
+                w.out,
+                "[{{\"number\":\"+1 555-{exchange:03}-{line:04}\",\"location\":\"Mobile\",\"primary\":true}}]",
+            );
+        } else {
+            w.out.push_str("[]");
+        }
     }
     if w.key("addresses") {
         let (city, state, zip) = CITIES[s.below(CITIES.len() as u64) as usize];
@@ -346,14 +536,22 @@ fn person(w: &mut ObjWriter<'_>, id: u64, rec: &Rec, mut s: Gen, mut v: Gen, lon
         );
     }
     if w.key("notes") {
-        let target = 40 + v.below(60) as usize;
         let mut notes = format!("Revision {}.", rec.mutation);
+        if notes_as != Notes::Natural {
+            push_str(w.out, &notes);
+            return Some(NotesSlot {
+                at: w.out.len() - 1,
+                words: v,
+            });
+        }
+        let target = 40 + v.below(60) as usize;
         while notes.len() < target {
             notes.push(' ');
             notes.push_str(v.pick(WORDS));
         }
         push_str(w.out, &notes);
     }
+    None
 }
 
 fn donation(
@@ -427,6 +625,7 @@ mod tests {
             fields,
             base_url: "http://sim",
             people_hint: 10,
+            record_bytes: None,
         }
     }
 
@@ -495,6 +694,39 @@ mod tests {
         // Stable identity, changed notes.
         assert_eq!(va["attributes"]["last_name"], vc["attributes"]["last_name"]);
         assert_ne!(va["attributes"]["notes"], vc["attributes"]["notes"]);
+    }
+
+    /// The natural content, byte for byte as before `record_bytes` existed: an FNV-1a hash of
+    /// 200 people in both envelopes, at mutations 0 and 3, computed before the change.
+    #[test]
+    fn unsized_people_are_unchanged() {
+        let all = FieldSet::All;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for env in [Envelope::JsonApi, Envelope::Bare] {
+            for m in [0, 3] {
+                for id in 1..=200 {
+                    for b in render(Entity::People, id, &rec(m), &all, env).bytes() {
+                        h ^= u64::from(b);
+                        h = h.wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
+            }
+        }
+        assert_eq!(h, 0x5df7_c13a_684a_c21f);
+    }
+
+    #[test]
+    fn filler_lands_exactly() {
+        let mut g = Gen::new(1, Entity::People, 1, 1);
+        for len in 0..200 {
+            let f = filler(&mut g, len);
+            assert_eq!(f.len(), len);
+            assert!(
+                f.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b' ' || b == b'.')
+            );
+            assert!(len < 2 || f.starts_with(' '), "{f:?}");
+        }
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //! is absent in cursor mode. The next link keeps every parameter and continues in the client's
 //! own style (offset, page or cursor), and the same URL is in the `Link: <url>; rel="next"`
 //! header. `X-Total-Count` carries `total_count`. Donations also carry
-//! `relationships.person`. Offsets are resolved on the live ordered set at request time, so a
+//! `relationships.person`. A person is about 1.1 KB of JSON, or exactly
+//! [`SimConfig::record_bytes`] when set (its `notes` sized). Offsets are resolved on the live ordered set at request time, so a
 //! mutation mid-scan shifts later pages exactly as on a real API; cursors are keyset positions
 //! and are stable under mutations.
 //!

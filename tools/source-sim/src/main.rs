@@ -105,6 +105,11 @@ struct Args {
     /// Further random delay (0..=N ms) before each webhook delivery.
     #[arg(long, default_value_t = 0)]
     webhook_jitter_ms: u64,
+    /// Serve every person as exactly this many bytes of JSON, by sizing its notes (optional
+    /// parts left out when even the shortest notes are too long; below about 970 bytes some
+    /// people stay longer); unset: natural sizes, about 1,100 bytes.
+    #[arg(long)]
+    record_bytes: Option<usize>,
 }
 
 #[tokio::main]
@@ -152,6 +157,7 @@ async fn main() -> ExitCode {
         clock_skew_ms: args.clock_skew_ms,
         addr: Some(SocketAddr::new(args.host, args.port)),
         webhook,
+        record_bytes: args.record_bytes,
         ..SimConfig::default()
     };
     let sim = match source_sim::start(cfg).await {

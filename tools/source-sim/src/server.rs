@@ -433,4 +433,154 @@ mod tests {
         assert!(matches!(route("/people/v2/peoplex"), Route::Unknown));
         assert!(matches!(route("/"), Route::Unknown));
     }
+
+    use crate::config::SimConfig;
+
+    fn sim(envelope: Envelope, record_bytes: Option<usize>) -> Sim {
+        let cfg = SimConfig {
+            people: 200,
+            envelope,
+            record_bytes,
+            ..SimConfig::default()
+        };
+        Sim::new(cfg, "http://127.0.0.1:54321".into())
+    }
+
+    /// Person `id` as `GET <path>/<id>` serves it: the resource object's bytes, cut out of the
+    /// document.
+    fn served(sim: &Sim, id: u64) -> String {
+        let doc = sim.record_json(Entity::People, id).unwrap();
+        match sim.config().envelope {
+            Envelope::JsonApi => doc
+                .strip_prefix("{\"data\":")
+                .and_then(|d| d.strip_suffix(",\"included\":[],\"meta\":{}}"))
+                .unwrap()
+                .to_owned(),
+            Envelope::Bare => doc,
+        }
+    }
+
+    /// Every person of a listing of 100 a page, parsed.
+    fn listed(sim: &Sim) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        for offset in [0, 100] {
+            let query = format!("per_page=100&offset={offset}");
+            let reply = sim.list(Entity::People, Entity::People.path(), Some(&query));
+            assert_eq!(reply.status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let page = match sim.config().envelope {
+                Envelope::JsonApi => v["data"].clone(),
+                Envelope::Bare => v,
+            };
+            all.extend(page.as_array().unwrap().iter().cloned());
+        }
+        all
+    }
+
+    fn assert_all_sized(sim: &Sim, n: usize) {
+        let listed = listed(sim);
+        assert_eq!(listed.len(), 200);
+        for (id, element) in (1..=200).zip(&listed) {
+            let raw = served(sim, id);
+            assert_eq!(raw.len(), n, "person {id}: {raw}");
+            let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+            // What a client measures after parsing, and the same record in a page.
+            assert_eq!(v.to_string().len(), n, "person {id}");
+            assert_eq!(element, &v, "person {id} in a page");
+        }
+    }
+
+    #[test]
+    fn sized_people_are_exactly_the_asked_bytes_in_pages_and_after_updates() {
+        for envelope in [Envelope::JsonApi, Envelope::Bare] {
+            let sim = sim(envelope, Some(1024));
+            assert_all_sized(&sim, 1024);
+            for id in (1..=200).step_by(7) {
+                sim.update(Entity::People, id, None).unwrap();
+            }
+            for _ in 0..12 {
+                sim.update(Entity::People, 5, None).unwrap();
+            }
+            assert_all_sized(&sim, 1024);
+            let notes = |id| {
+                let v: serde_json::Value = serde_json::from_str(&served(&sim, id)).unwrap();
+                let attrs = match envelope {
+                    Envelope::JsonApi => v["attributes"].clone(),
+                    Envelope::Bare => v,
+                };
+                attrs["notes"].as_str().unwrap().to_owned()
+            };
+            assert!(notes(5).starts_with("Revision 12. "), "{}", notes(5));
+            assert!(notes(8).starts_with("Revision 1. "), "{}", notes(8));
+            assert!(notes(2).starts_with("Revision 0. "), "{}", notes(2));
+        }
+    }
+
+    #[test]
+    fn a_size_every_person_reaches_changes_only_the_notes() {
+        let natural = sim(Envelope::JsonApi, None);
+        let sized = sim(Envelope::JsonApi, Some(1_300));
+        assert_all_sized(&sized, 1_300);
+        for (mut a, mut b) in listed(&natural).into_iter().zip(listed(&sized)) {
+            let (na, nb) = (
+                a["attributes"]["notes"].take(),
+                b["attributes"]["notes"].take(),
+            );
+            assert_eq!(a, b);
+            // The same revision mark, then other words.
+            let revision = |n: &serde_json::Value| n.as_str().unwrap()[..11].to_owned();
+            assert_eq!(revision(&na), revision(&nb));
+        }
+    }
+
+    #[test]
+    fn a_size_too_small_leaves_out_the_extras_and_keeps_the_shortest_notes() {
+        let sim = sim(Envelope::JsonApi, Some(200));
+        for (id, v) in (1..=200).zip(listed(&sim)) {
+            assert!(served(&sim, id).len() > 200);
+            let a = &v["attributes"];
+            assert_eq!(a["notes"], "Revision 0.");
+            assert_eq!(a["emails"].as_array().unwrap().len(), 1);
+            assert_eq!(a["phone_numbers"], serde_json::json!([]));
+            for absent in ["medical_notes", "anniversary", "nickname", "middle_name"] {
+                assert!(a[absent].is_null(), "{absent} of person {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_people_leave_out_what_the_full_records_do() {
+        let sim = sim(Envelope::JsonApi, Some(1024));
+        let reply = sim.list(
+            Entity::People,
+            Entity::People.path(),
+            Some("per_page=100&fields[Person]=emails,phone_numbers,name"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        for (id, sparse) in (1..=100).zip(v["data"].as_array().unwrap()) {
+            let full: serde_json::Value = serde_json::from_str(&served(&sim, id)).unwrap();
+            for a in ["emails", "phone_numbers", "name"] {
+                assert_eq!(
+                    sparse["attributes"][a], full["attributes"][a],
+                    "{a} of {id}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_notes_are_as_long_as_the_full_records() {
+        let sim = sim(Envelope::JsonApi, Some(1024));
+        let reply = sim.list(
+            Entity::People,
+            Entity::People.path(),
+            Some("per_page=100&fields[Person]=notes"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        for (id, sparse) in (1..=100).zip(v["data"].as_array().unwrap()) {
+            let full: serde_json::Value = serde_json::from_str(&served(&sim, id)).unwrap();
+            let len = |v: &serde_json::Value| v["attributes"]["notes"].as_str().unwrap().len();
+            assert_eq!(len(sparse), len(&full), "person {id}");
+        }
+    }
 }

@@ -545,6 +545,7 @@ impl Sim {
             fields,
             base_url: &self.inner.base_url,
             people_hint: cfg.people,
+            record_bytes: cfg.record_bytes,
         }
     }
 

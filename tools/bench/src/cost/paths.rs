@@ -25,23 +25,31 @@ use std::sync::Arc;
 /// Webhook deliveries queued before the worker drains them (the busy-queue path).
 const BURST: u64 = 100;
 
-/// Averages of the stored records: their JSON (as the source serves it in a page) and their
-/// DynamoDB items.
+/// DynamoDB's write-unit step: a write costs one unit per started KB of the item.
+const WRITE_UNIT_BYTES: usize = 1_024;
+
+/// The stored records, sampled (about 50): their JSON (as the source serves it, compact) against
+/// `requested` (`None`: the simulator's natural size), and their DynamoDB items, with the write
+/// units a write of each costs.
 async fn record_sizes(
     sim: &SimHandle,
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     n: u64,
+    requested: Option<usize>,
 ) -> Result<serde_json::Value, String> {
     let sample: Vec<u64> = (1..=n).step_by((n / 50).max(1) as usize).collect();
-    let (mut json, mut item) = (0usize, 0usize);
+    let (mut json, mut item, mut max_item, mut units) = (0usize, 0usize, 0usize, 0usize);
+    let (mut at_requested, mut over_1k) = (0usize, 0usize);
     for &id in &sample {
         let doc = sim
             .sim()
             .record_json(Entity::People, id)
             .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| e.to_string())?;
-        json += v["data"].to_string().len();
+        let len = v["data"].to_string().len();
+        json += len;
+        at_requested += usize::from(Some(len) == requested);
         let got = ddb
             .get_item()
             .table_name(table)
@@ -52,14 +60,29 @@ async fn record_sizes(
             .send()
             .await
             .map_err(|e| format!("get item: {}", AwsError::new(e)))?;
-        item += got.item().map_or(0, prices::item_bytes);
+        let bytes = got.item().map_or(0, prices::item_bytes);
+        item += bytes;
+        max_item = max_item.max(bytes);
+        over_1k += usize::from(bytes > WRITE_UNIT_BYTES);
+        units += bytes.div_ceil(WRITE_UNIT_BYTES).max(1);
     }
     let k = sample.len().max(1);
+    let avg_item = item / k;
     Ok(serde_json::json!({
+        "requested_record_json_bytes": requested,
+        "requested_is": match requested {
+            Some(_) => "every record's JSON made this size by the simulator (its notes sized; optional parts such as a work e-mail left out where even the shortest notes were too long): --record-bytes",
+            None => "the simulator's natural records (--record-bytes 0)",
+        },
         "sampled": sample.len(),
+        "sampled_at_requested_bytes": requested.map(|_| at_requested),
         "avg_record_json_bytes": json / k,
-        "avg_dynamodb_item_bytes": item / k,
-        "note": "the record's JSON as served in a page (compact), and its DynamoDB item (payload as a native map plus the version, hash and sync attributes, sized by DynamoDB's rules): a 1 KB record is a 1-2 KB item, 2 write units",
+        "avg_dynamodb_item_bytes": avg_item,
+        "max_dynamodb_item_bytes": max_item,
+        "share_of_items_over_1024_bytes": round(over_1k as f64 / k as f64, 3),
+        "write_units_per_write_of_the_average_item": avg_item.div_ceil(WRITE_UNIT_BYTES).max(1),
+        "avg_write_units_per_item_write": round(units as f64 / k as f64, 3),
+        "note": "the record's JSON as the source serves it (the resource object, compact), and its DynamoDB item (the payload as a native map plus the version, hash and sync attributes, sized by DynamoDB's rules); a write costs one write unit per started KB of the item, so a record whose item crosses 1,024 bytes costs one more write unit per write (2 instead of 1)",
     }))
 }
 
@@ -142,7 +165,8 @@ pub(super) async fn paths(
         spill: &spill,
     };
     let mut runs = serde_json::Map::new();
-    let record_bytes = delta_paths(env, &stack, &control_reread, n, &mut runs).await?;
+    let requested = args.sim_record_bytes();
+    let record_bytes = delta_paths(env, &stack, &control_reread, n, requested, &mut runs).await?;
     webhook_paths(env, &stack, args, &mut runs).await?;
     let small_stack = Stack {
         sim: sim_small,
@@ -170,7 +194,7 @@ pub(super) async fn paths(
             "step_functions": "one transition per state one execution enters (the path checked against infra/reconcile.asl.json); one entity per execution",
             "cloudwatch_logs": "tracing lines (the Lambda subscriber's JSON format, info), the EMF lines each handler publishes, Lambda's START/END/REPORT lines, the webhook API's access-log line (template format); 26 bytes per event added",
             "api_gateway": "one HTTP API request per webhook delivery (one event each)",
-            "scaling": "usd_per_million_records = the path's cost x 1,000,000 / its records (reconcile_unchanged: the cost of one 1,000,000-record entity, see its usd_per_million_records_is)",
+            "scaling": "usd_per_million_records = the path's cost x 1,000,000 / its records (webhooks: events; delta_idle, which has no records: the cost of 1,000,000 idle runs; reconcile_unchanged: the cost of one 1,000,000-record entity, see its usd_per_million_records_is); usd_per_million_records_units says which for each path",
             "not_included": "storage (DynamoDB, S3, logs retention), data transfer, the source API, Secrets Manager reads at cold start, the event source mapping's idle polling, CloudWatch metrics from EMF (custom metrics are billed per metric-month, not per record)",
         }),
     );
@@ -200,6 +224,7 @@ async fn delta_paths(
     st: &Stack<'_>,
     control_reread: &DynamoControl,
     n: u64,
+    requested: Option<usize>,
     runs: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
     let (sim, source, records, control) = (st.sim, st.source, st.records, st.control.as_ref());
@@ -218,10 +243,12 @@ async fn delta_paths(
         delta_facts(&s),
     );
     priced(env, runs, "delta_backfill", &p);
-    let record_bytes = record_sizes(sim, &st.c.ddb, st.records_table, n).await?;
+    let record_bytes = record_sizes(sim, &st.c.ddb, st.records_table, n, requested).await?;
     progress(format!(
-        "records: {} bytes of JSON on average, stored as {}-byte DynamoDB items",
-        record_bytes["avg_record_json_bytes"], record_bytes["avg_dynamodb_item_bytes"]
+        "records: {} bytes of JSON on average, stored as {}-byte DynamoDB items ({} over 1 KB)",
+        record_bytes["avg_record_json_bytes"],
+        record_bytes["avg_dynamodb_item_bytes"],
+        record_bytes["share_of_items_over_1024_bytes"]
     ));
 
     // 2. Incremental: every record changed at the source since (an hour ago, so outside the

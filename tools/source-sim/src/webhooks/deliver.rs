@@ -496,4 +496,26 @@ mod tests {
             serde_json::from_str(e["attributes"]["payload"].as_str().unwrap()).unwrap();
         assert_eq!(p["data"]["type"], "Person");
     }
+
+    #[test]
+    fn payloads_carry_sized_people() {
+        let cfg = crate::SimConfig {
+            record_bytes: Some(1024),
+            ..crate::SimConfig::default()
+        };
+        let sim = Sim::new(cfg, "http://127.0.0.1:54321".into());
+        for id in [1, 2, 3, 50] {
+            let v = sim.update(Entity::People, id, None).unwrap();
+            let change = Change {
+                entity: Entity::People,
+                id,
+                kind: ChangeKind::Updated,
+                updated_at_us: v.updated_at_us,
+                mutation: v.mutation,
+            };
+            let doc = payload(&sim, &change);
+            let p: serde_json::Value = serde_json::from_str(&doc).unwrap();
+            assert_eq!(p["data"].to_string().len(), 1024, "{doc}");
+        }
+    }
 }
