@@ -58,9 +58,12 @@ impl Tally {
         }
     }
 
-    /// A line the handler prints (EMF).
-    pub(super) fn published(&mut self, line: &str) {
-        self.emf.add(LogCount::line(line.len()));
+    /// What the handler prints (EMF): each line of it, an empty string none
+    /// (`telemetry::publish` prints nothing for it).
+    pub(super) fn published(&mut self, lines: &str) {
+        for line in lines.lines().filter(|l| !l.is_empty()) {
+            self.emf.add(LogCount::line(line.len()));
+        }
     }
 }
 
