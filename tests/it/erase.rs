@@ -195,10 +195,12 @@ async fn scenario(fx: Fx) {
         .expect("update");
     let s = fx.delta().await;
     assert_eq!((s.suppressed, s.written()), (1, 0), "delta: {s:?}");
+    assert_eq!(emf(&s.metrics())["RecordsSuppressed"], 1.0);
     assert!(fx.is_erased(&id).await, "after the delta run");
     // A webhook for it: the worker fetches it, the store refuses it.
     let r = fx.webhook(&id, "evt-erased-1").await;
     assert_eq!((r.suppressed, r.written), (1, 0), "worker: {r:?}");
+    assert_eq!(emf(&r.metrics())["RecordsSuppressed"], 1.0);
     assert!(fx.is_erased(&id).await, "after the webhook");
     // Reconciliation: the source lists it, the destination's live listing lacks it. Not queued
     // (nothing the worker could write), not counted missed.
@@ -208,6 +210,7 @@ async fn scenario(fx: Fx) {
         (1, 0, 0, 0),
         "reconciliation: {s:?}"
     );
+    assert_eq!(emf(&s.metrics())["RecordsSuppressed"], 1.0);
     assert!(fx.is_erased(&id).await, "after the reconciliation");
     // Lifted: the next delta run writes it afresh (it changed within the re-read overlap).
     assert_eq!(
@@ -532,4 +535,9 @@ async fn syncctl_erase_and_purge_on_dynamodb_local() {
         text(&out.stderr)
     );
     operator_scenario(target, &|a| a.starts_with("arn:aws:")).await;
+}
+
+/// The first EMF line of a summary's metrics.
+fn emf(lines: &str) -> serde_json::Value {
+    serde_json::from_str(lines.lines().next().expect("an EMF line")).expect("EMF JSON")
 }

@@ -642,6 +642,8 @@ impl DeltaSummary {
             ("RecordsUnchanged", self.unchanged as f64, "Count"),
             ("RecordsStale", self.stale as f64, "Count"),
             ("RecordsRejected", self.rejected as f64, "Count"),
+            // Read again at the source but erased here (`syncctl erase`): not written.
+            ("RecordsSuppressed", self.suppressed as f64, "Count"),
             ("ApiPages", self.pages as f64, "Count"),
             ("RunFailed", failed, "Count"),
             ("RunStoppedByBudget", budget_short, "Count"),

@@ -887,6 +887,7 @@ impl BatchReport {
                 ("RecordsWritten", self.written as f64, "Count"),
                 ("RecordsUnchanged", self.unchanged as f64, "Count"),
                 ("RecordsDeleted", self.deleted as f64, "Count"),
+                ("RecordsSuppressed", self.suppressed as f64, "Count"),
                 (
                     "NotFoundCeilingTripped",
                     if self.ceiling_tripped || !self.window_tripped.is_empty() {

@@ -495,6 +495,7 @@ impl RunSummary {
                 ("ReconcileStale", self.stale as f64, "Count"),
                 ("ReconcileDeleted", self.deleted as f64, "Count"),
                 ("RecordsRejected", self.rejected as f64, "Count"),
+                ("RecordsSuppressed", self.suppressed as f64, "Count"),
                 ("ReconcileRegressions", self.regressions as f64, "Count"),
                 ("ReconcileRegressed", self.regressed as f64, "Count"),
                 ("RunFailed", failed, "Count"),
