@@ -374,13 +374,18 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
                 format!("{} {}", s(&last["status"]), s(&last["started"]))
             }),
             last_run_cell(last, || {
-                format!(
+                let counts = format!(
                     "{}/{}/{}/{}",
                     sum["seen"].as_u64().unwrap_or(0),
                     written,
                     sum["unchanged"].as_u64().unwrap_or(0),
                     sum["stale"].as_u64().unwrap_or(0)
-                )
+                );
+                // Records the run read again but left erased (`syncctl erase`).
+                match sum["suppressed"].as_u64().unwrap_or(0) {
+                    0 => counts,
+                    n => format!("{counts} ({n} erased)"),
+                }
             }),
         ]);
     }
@@ -413,6 +418,26 @@ mod tests {
             })
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn the_delta_table_counts_erased_records_a_run_left_alone() {
+        let row = |suppressed: u64| {
+            serde_json::json!({
+                "entity": "people", "cursor": "c", "lag_seconds": 5, "lease": null,
+                "runs": [{"status": "succeeded", "started": "t", "summary": {
+                    "seen": 3, "inserted": 1, "unchanged": 1, "stale": 0,
+                    "suppressed": suppressed,
+                }}],
+            })
+        };
+        let table = delta_table(&[row(1)]);
+        assert!(table.contains("3/1/1/0 (1 erased)"), "{table}");
+        let table = delta_table(&[row(0)]);
+        assert!(
+            table.contains("3/1/1/0") && !table.contains("erased"),
+            "{table}"
+        );
     }
 
     #[tokio::test]
