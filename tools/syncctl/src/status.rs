@@ -277,12 +277,15 @@ fn reconcile_table(rows: &[serde_json::Value]) -> String {
                 )
             }),
             last_run_cell(last, || {
-                format!(
-                    "{}/{}/{}/{}",
-                    n(&sum["deleted"]),
-                    n(&sum["missed"]),
-                    n(&sum["stale"]),
-                    n(&sum["queued"])
+                with_erased(
+                    format!(
+                        "{}/{}/{}/{}",
+                        n(&sum["deleted"]),
+                        n(&sum["missed"]),
+                        n(&sum["stale"]),
+                        n(&sum["queued"])
+                    ),
+                    sum,
                 )
             }),
             guard,
@@ -345,6 +348,15 @@ fn regression_note(row: &serde_json::Value) -> String {
     }
 }
 
+/// A run's counts, and how many records it read again but left erased (`syncctl erase`) when
+/// there were any.
+fn with_erased(counts: String, summary: &serde_json::Value) -> String {
+    match summary["suppressed"].as_u64().unwrap_or(0) {
+        0 => counts,
+        n => format!("{counts} ({n} erased)"),
+    }
+}
+
 fn delta_table(rows: &[serde_json::Value]) -> String {
     let mut lines = vec![[
         "ENTITY".to_owned(),
@@ -374,18 +386,16 @@ fn delta_table(rows: &[serde_json::Value]) -> String {
                 format!("{} {}", s(&last["status"]), s(&last["started"]))
             }),
             last_run_cell(last, || {
-                let counts = format!(
-                    "{}/{}/{}/{}",
-                    sum["seen"].as_u64().unwrap_or(0),
-                    written,
-                    sum["unchanged"].as_u64().unwrap_or(0),
-                    sum["stale"].as_u64().unwrap_or(0)
-                );
-                // Records the run read again but left erased (`syncctl erase`).
-                match sum["suppressed"].as_u64().unwrap_or(0) {
-                    0 => counts,
-                    n => format!("{counts} ({n} erased)"),
-                }
+                with_erased(
+                    format!(
+                        "{}/{}/{}/{}",
+                        sum["seen"].as_u64().unwrap_or(0),
+                        written,
+                        sum["unchanged"].as_u64().unwrap_or(0),
+                        sum["stale"].as_u64().unwrap_or(0)
+                    ),
+                    sum,
+                )
             }),
         ]);
     }
@@ -421,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn the_delta_table_counts_erased_records_a_run_left_alone() {
+    fn the_tables_count_erased_records_a_run_left_alone() {
         let row = |suppressed: u64| {
             serde_json::json!({
                 "entity": "people", "cursor": "c", "lag_seconds": 5, "lease": null,
@@ -433,6 +443,13 @@ mod tests {
         };
         let table = delta_table(&[row(1)]);
         assert!(table.contains("3/1/1/0 (1 erased)"), "{table}");
+        let rec = serde_json::json!({"entity": "people", "reconcile": {"lease": null, "runs": [
+            {"status": "succeeded", "started": "t", "summary": {
+                "deleted": 0, "missed": 2, "stale": 0, "queued": 2, "suppressed": 1,
+            }}],
+        }});
+        let table = reconcile_table(&[rec]);
+        assert!(table.contains("0/2/0/2 (1 erased)"), "{table}");
         let table = delta_table(&[row(0)]);
         assert!(
             table.contains("3/1/1/0") && !table.contains("erased"),
