@@ -79,7 +79,7 @@ pub async fn run(args: CursorArgs) -> Result<(), String> {
             let (_, control) = a.store.open().await?;
             let shown = show(&*control, &a.entity, a.history).await?;
             if a.json {
-                print_json(&shown)
+                crate::print_json(&shown)
             } else {
                 print!("{}", shown.render());
                 Ok(())
@@ -117,14 +117,6 @@ pub fn check_entity(config: &Config, entity: &str) -> Result<(), String> {
     })
 }
 
-fn print_json(v: &impl Serialize) -> Result<(), String> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
-    );
-    Ok(())
-}
-
 async fn change(
     entity: &str,
     to: Option<i64>,
@@ -138,7 +130,7 @@ async fn change(
         .await
         .map_err(|e| format!("{entity}: {e}"))?;
     if json {
-        return print_json(&done);
+        return crate::print_json(&done);
     }
     println!(
         "{entity}: cursor {} → {} (by {}, recorded in the run history)",

@@ -50,10 +50,7 @@ pub async fn run(args: DeltaArgs) -> Result<(), String> {
         summaries.push(s);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summaries).map_err(|e| e.to_string())?
-        );
+        crate::print_json(&summaries)?;
     } else {
         for s in &summaries {
             println!("{}", describe(s));

@@ -189,10 +189,7 @@ pub async fn run(args: DlqArgs) -> Result<(), String> {
         DlqCommand::List(a) => {
             let rows = list(&a.target.open().await?, a.limit, a.show_body).await?;
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-                );
+                crate::print_json(&rows)?;
             } else {
                 print!("{}", table(&rows, a.show_body));
                 println!(

@@ -61,10 +61,7 @@ pub struct Report {
 pub async fn run(args: EraseArgs) -> Result<(), String> {
     let report = erase(&args).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        crate::print_json(&report)?;
     } else {
         print!("{}", table(&report));
     }

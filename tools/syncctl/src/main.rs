@@ -99,6 +99,15 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A command's `--json` output: pretty JSON on stdout.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

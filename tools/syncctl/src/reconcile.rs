@@ -293,10 +293,7 @@ pub async fn run_with(
 ) -> Result<(), String> {
     let report = execute(args, config, source).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        crate::print_json(&report)?;
     } else {
         print!("{}", report.render());
     }

@@ -198,10 +198,7 @@ pub async fn run(args: ResyncArgs) -> Result<(), String> {
 
 fn print(out: &Outcome, json: bool) -> Result<(), String> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(out).map_err(|e| e.to_string())?
-        );
+        crate::print_json(out)?;
         return Ok(());
     }
     let e = &out.entity;

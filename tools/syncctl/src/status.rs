@@ -25,10 +25,7 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     let (_, control) = args.store.open().await?;
     let rows = collect(&config, &*control, args.runs).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        crate::print_json(&rows)?;
     } else {
         print!("{}", table(&rows));
     }
